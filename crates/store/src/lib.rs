@@ -49,7 +49,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a token by its hash.
     async fn insert_token(&self, token: TokenRecord) -> Result<()>;
-    /// Looks up a token of the given kind that has not expired at `now`.
+    /// Looks up a token of the given kind that has not expired at `now`,
+    /// used or not.
     async fn find_token(
         &self,
         hash: &str,
@@ -57,8 +58,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<TokenRecord>>;
     /// Replaces a refresh token with a new access and refresh pair, in one
-    /// transaction. Returns [`StoreError::NotFound`] if `old_refresh` is no
-    /// longer valid (used twice, expired or revoked).
+    /// transaction, marking the old one used. Returns
+    /// [`StoreError::NotFound`] if `old_refresh` is no longer valid (already
+    /// used, expired or revoked).
     async fn rotate_tokens(
         &self,
         old_refresh: &str,

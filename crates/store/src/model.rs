@@ -103,6 +103,8 @@ pub struct TokenRecord {
     pub family: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// True iff this refresh token was already exchanged.
+    pub used: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

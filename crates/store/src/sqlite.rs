@@ -190,7 +190,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Option<TokenRecord>> {
         let row = sqlx::query(
-            "SELECT user_id, family, expires_at FROM tokens
+            "SELECT user_id, family, expires_at, used FROM tokens
              WHERE token_hash = ? AND kind = ? AND expires_at > ?",
         )
         .bind(hash)
@@ -205,6 +205,7 @@ impl Store for SqliteStore {
             kind,
             family: row.try_get("family")?,
             expires_at: row.try_get("expires_at")?,
+            used: row.try_get("used")?,
         }))
     }
 
@@ -217,7 +218,8 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query(
-            "DELETE FROM tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
+            "UPDATE tokens SET used = 1
+             WHERE token_hash = ? AND kind = 'refresh' AND used = 0 AND expires_at > ?",
         )
         .bind(old_refresh)
         .bind(now)
@@ -607,6 +609,7 @@ mod tests {
             kind,
             family: "f".into(),
             expires_at: 100,
+            used: false,
         };
         store
             .insert_token(token("r0", TokenKind::Refresh))

@@ -16,7 +16,10 @@ CREATE TABLE tokens (
     user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     kind       TEXT    NOT NULL CHECK (kind IN ('access', 'refresh')),
     family     TEXT    NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    -- A rotated refresh token is kept, marked used, so that a replay of it
+    -- is recognised and ends the whole session.
+    used       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tokens_user ON tokens (user_id);
 
