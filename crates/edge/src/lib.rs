@@ -1,1 +1,21 @@
+//! The edge: the gateway every deployed domain is served through.
+//!
+//! It owns listeners, host routing, static files and reverse proxying. It
+//! reads routes from an in-memory table that the hub swaps atomically; it
+//! never talks to the store on the request path.
 #![forbid(unsafe_code)]
+
+pub mod body;
+pub mod host;
+mod idle;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod static_files;
+pub mod upstream;
+
+pub use metrics::EdgeMetrics;
+pub use routes::{Route, RouteTable, Routes, Target};
+pub use server::{Edge, EdgeConfig};
+pub use upstream::{Upstream, UpstreamError, UpstreamPolicy};

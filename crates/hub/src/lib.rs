@@ -1,1 +1,209 @@
+//! The hub: the control plane. It owns the REST API and the deploy
+//! pipeline (bundle → release → route), and pushes route changes to the
+//! edge. It never serves site traffic itself.
 #![forbid(unsafe_code)]
+
+pub mod api;
+mod auth;
+pub mod bundle;
+mod deploy;
+pub mod domain;
+pub mod error;
+mod layout;
+pub mod sites;
+
+pub use api::router;
+pub use layout::Layout;
+
+use edge::{Route, RouteTable, Routes, Target, Upstream, UpstreamPolicy};
+use identity::Identity;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use store::{RouteRecord, SiteKind, Store};
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Releases kept per site for rollback, the active one included.
+    pub keep_releases: usize,
+    pub bundle: bundle::BundleLimits,
+    /// Largest compressed upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Admit `localhost` and `*.localhost` as site domains.
+    pub allow_localhost: bool,
+    /// Where proxy sites may point.
+    pub upstream_policy: UpstreamPolicy,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            keep_releases: 5,
+            bundle: bundle::BundleLimits::default(),
+            max_upload_bytes: 512 * 1024 * 1024,
+            allow_localhost: true,
+            upstream_policy: UpstreamPolicy::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeployLabels {
+    result: &'static str,
+}
+
+/// Shared state of the control plane; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    store: Arc<dyn Store>,
+    identity: Identity,
+    routes: Routes,
+    layout: Layout,
+    config: HubConfig,
+    registry: Arc<Registry>,
+    deploys: Family<DeployLabels, Counter>,
+    /// One lock per site, held while its releases or route change, so a
+    /// rollback can never race a prune of the release it activates.
+    site_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The one-time token that may create the first admin, while no user
+    /// exists.
+    setup_token: Mutex<Option<String>>,
+}
+
+impl Hub {
+    /// Prepares the hub: clears what an interrupted deploy left behind and
+    /// loads every route into the edge's table.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        identity: Identity,
+        routes: Routes,
+        layout: Layout,
+        config: HubConfig,
+        mut registry: Registry,
+    ) -> Result<Hub, error::ApiError> {
+        let deploys = Family::<DeployLabels, Counter>::default();
+        registry.register("spinforge_deploys", "Deploys by result", deploys.clone());
+        layout.prepare().map_err(error::ApiError::internal)?;
+        let known = store.all_release_ids().await?;
+        layout.sweep(&known).map_err(error::ApiError::internal)?;
+
+        let hub = Hub {
+            inner: Arc::new(HubInner {
+                store,
+                identity,
+                routes,
+                layout,
+                config,
+                registry: Arc::new(registry),
+                deploys,
+                site_locks: Mutex::new(HashMap::new()),
+                setup_token: Mutex::new(None),
+            }),
+        };
+        hub.reload_routes().await?;
+        Ok(hub)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Rebuilds the edge's whole route table from the store.
+    pub async fn reload_routes(&self) -> Result<usize, error::ApiError> {
+        let mut table = RouteTable::default();
+        for record in self.inner.store.list_routes().await? {
+            match self.edge_route(&record) {
+                Some(route) => table.insert(&record.domain, route),
+                None => tracing::warn!(site = %record.domain, "stored route is unusable; skipped"),
+            }
+        }
+        let count = table.len();
+        self.inner.routes.replace(table);
+        Ok(count)
+    }
+
+    /// Creates a fresh one-time setup token if no user exists yet, and
+    /// returns it so the caller can print it once.
+    pub async fn issue_setup_token(&self) -> Result<Option<String>, error::ApiError> {
+        if self.inner.store.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let token = format!("sfs_{}", uuid::Uuid::new_v4().simple());
+        *self.lock_setup() = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    fn lock_setup(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.inner
+            .setup_token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn edge_route(&self, record: &RouteRecord) -> Option<Route> {
+        let target = match record.kind {
+            SiteKind::Static => Target::Static {
+                root: self
+                    .inner
+                    .layout
+                    .release_dir(record.site_id, record.release_id.as_ref()?),
+                spa: record.spa,
+            },
+            SiteKind::Proxy => Target::Proxy {
+                upstream: Upstream::parse(record.upstream.as_deref()?).ok()?,
+            },
+        };
+        Some(Route {
+            site: record.domain.as_str().into(),
+            target,
+        })
+    }
+
+    async fn site_lock(&self, domain: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .inner
+                .site_locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(domain.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Pushes the store's current route for one domain to the edge.
+    async fn sync_edge(&self, domain: &str) -> Result<(), error::ApiError> {
+        let records = self.inner.store.list_routes().await?;
+        let route = records
+            .iter()
+            .find(|r| r.domain == domain)
+            .and_then(|r| self.edge_route(r));
+        self.inner.routes.update(|table| match &route {
+            Some(route) => table.insert(domain, route.clone()),
+            None => table.remove(domain),
+        });
+        Ok(())
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,1 +1,36 @@
-fn main() {}
+//! The `spinforge` binary: `serve` wires the edge, the hub and the store
+//! into one process; every other command is a client of the hub's API,
+//! except `admin`, which works on a data directory on the host.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod pack;
+mod serve;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

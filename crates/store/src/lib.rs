@@ -10,7 +10,7 @@ mod model;
 mod sqlite;
 
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
 

@@ -138,7 +138,8 @@ pub struct NewSite {
     /// Already normalised and validated by the caller.
     pub domain: String,
     pub kind: SiteKind,
-    pub owner: UserId,
+    /// `None` when the server itself created the site (the demo).
+    pub owner: Option<UserId>,
     pub upstream: Option<String>,
     pub spa: bool,
     pub created_at: i64,
@@ -149,7 +150,7 @@ pub struct Site {
     pub id: SiteId,
     pub domain: String,
     pub kind: SiteKind,
-    pub owner: UserId,
+    pub owner: Option<UserId>,
     pub upstream: Option<String>,
     pub spa: bool,
     pub active_release: Option<ReleaseId>,
@@ -172,7 +173,8 @@ pub struct Release {
     /// Unpacked size in bytes.
     pub size_bytes: i64,
     pub file_count: i64,
-    pub created_by: UserId,
+    /// `None` when the server itself deployed it (the demo).
+    pub created_by: Option<UserId>,
     pub created_at: i64,
 }
 

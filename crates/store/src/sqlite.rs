@@ -67,7 +67,7 @@ fn site_from_row(row: &SqliteRow) -> Result<Site> {
         id: SiteId(row.try_get("id")?),
         domain: row.try_get("domain")?,
         kind: SiteKind::parse(row.try_get::<&str, _>("kind")?),
-        owner: UserId(row.try_get("owner_id")?),
+        owner: row.try_get::<Option<i64>, _>("owner_id")?.map(UserId),
         upstream: row.try_get("upstream")?,
         spa: row.try_get("spa")?,
         active_release: row
@@ -84,7 +84,7 @@ fn release_from_row(row: &SqliteRow) -> Result<Release> {
         sha256: row.try_get("sha256")?,
         size_bytes: row.try_get("size_bytes")?,
         file_count: row.try_get("file_count")?,
-        created_by: UserId(row.try_get("created_by")?),
+        created_by: row.try_get::<Option<i64>, _>("created_by")?.map(UserId),
         created_at: row.try_get("created_at")?,
     })
 }
@@ -250,7 +250,7 @@ impl Store for SqliteStore {
         )
         .bind(&site.domain)
         .bind(site.kind.as_str())
-        .bind(site.owner.0)
+        .bind(site.owner.map(|o| o.0))
         .bind(site.upstream.as_deref())
         .bind(site.spa)
         .bind(site.created_at)
@@ -331,7 +331,7 @@ impl Store for SqliteStore {
         .bind(&release.sha256)
         .bind(release.size_bytes)
         .bind(release.file_count)
-        .bind(release.created_by.0)
+        .bind(release.created_by.map(|c| c.0))
         .bind(release.created_at)
         .execute(&mut *tx)
         .await
@@ -489,7 +489,7 @@ mod tests {
         NewSite {
             domain: domain.into(),
             kind: SiteKind::Static,
-            owner,
+            owner: Some(owner),
             upstream: None,
             spa: false,
             created_at: 1,
@@ -503,7 +503,7 @@ mod tests {
             sha256: "00".into(),
             size_bytes: 1,
             file_count: 1,
-            created_by: by,
+            created_by: Some(by),
             created_at: 1,
         }
     }

@@ -27,7 +27,8 @@ CREATE TABLE sites (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     domain         TEXT    NOT NULL UNIQUE,
     kind           TEXT    NOT NULL CHECK (kind IN ('static', 'proxy')),
-    owner_id       INTEGER NOT NULL REFERENCES users (id),
+    -- NULL: created by the server itself (the demo), not by a user.
+    owner_id       INTEGER REFERENCES users (id) ON DELETE SET NULL,
     upstream       TEXT,
     spa            INTEGER NOT NULL DEFAULT 0,
     active_release TEXT,
@@ -40,7 +41,7 @@ CREATE TABLE releases (
     sha256      TEXT    NOT NULL,
     size_bytes  INTEGER NOT NULL,
     file_count  INTEGER NOT NULL,
-    created_by  INTEGER NOT NULL REFERENCES users (id),
+    created_by  INTEGER REFERENCES users (id) ON DELETE SET NULL,
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX releases_site ON releases (site_id, id);

@@ -1,0 +1,139 @@
+//! An I/O wrapper that fails a connection after a stretch with no bytes
+//! moving in either direction. It covers what hyper's header-read timeout
+//! does not: stalled bodies and quiet upgraded (WebSocket) connections.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+pub struct IdleTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> IdleTimeout<T> {
+    pub fn new(inner: T, timeout: Duration) -> IdleTimeout<T> {
+        let now = Instant::now();
+        IdleTimeout {
+            inner,
+            timeout,
+            last_activity: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
+    }
+
+    /// Called when the inner I/O is pending: returns an error iff the idle
+    /// deadline has passed. Re-arms the timer lazily, so activity costs one
+    /// `Instant::now()` and no timer reset.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let deadline = self.last_activity + self.timeout;
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle"))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+use std::future::Future;
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_times_out_and_a_busy_one_does_not() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = IdleTimeout::new(a, Duration::from_secs(10));
+        let mut buf = [0u8; 4];
+
+        b.write_all(b"ping").await.expect("write");
+        tokio::time::advance(Duration::from_secs(8)).await;
+        a.read_exact(&mut buf)
+            .await
+            .expect("data arrives before the deadline");
+
+        tokio::time::advance(Duration::from_secs(8)).await;
+        b.write_all(b"pong").await.expect("write");
+        a.read_exact(&mut buf)
+            .await
+            .expect("activity pushed the deadline out");
+
+        let err = a
+            .read(&mut buf)
+            .await
+            .expect_err("silence ends the connection");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,411 @@
+//! Reverse proxying to a site's upstream: streaming bodies both ways, a
+//! keep-alive pool, hop-by-hop headers removed, forwarding headers set,
+//! and WebSocket upgrades spliced through on a dedicated connection.
+
+use crate::body::{self, EdgeBody};
+use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub connect_timeout: Duration,
+    /// How long to wait for the upstream's response headers.
+    pub response_timeout: Duration,
+    /// Idle upstream connections kept per host.
+    pub pool_max_idle: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_max_idle: 64,
+        }
+    }
+}
+
+/// Why a proxied request got no upstream response. Every variant is the
+/// upstream's fault or the policy's refusal, never the client's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    #[error("upstream address refused by policy")]
+    Forbidden,
+    #[error("could not connect to upstream: {0}")]
+    Connect(String),
+    #[error("upstream did not answer in time")]
+    Timeout,
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// What the edge knows about the client, for the forwarding headers.
+pub struct ClientContext<'a> {
+    pub client_ip: IpAddr,
+    /// True iff the peer is a trusted proxy, so its `X-Forwarded-For` is kept.
+    pub peer_trusted: bool,
+    /// The normalised host the client asked for.
+    pub host: &'a str,
+    pub request_id: &'a str,
+}
+
+pub struct Proxy {
+    client: Client<HttpConnector<PolicyResolver>, EdgeBody>,
+    policy: Arc<UpstreamPolicy>,
+    config: ProxyConfig,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, policy: Arc<UpstreamPolicy>) -> Proxy {
+        let mut connector = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .build(connector);
+        Proxy {
+            client,
+            policy,
+            config,
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        upstream: &Upstream,
+        ctx: ClientContext<'_>,
+    ) -> Result<Response<EdgeBody>, ProxyError> {
+        // Names go through the policy resolver at connect time; literals
+        // skip DNS, so they are checked here against the current policy.
+        if let Some(ip) = upstream.literal_ip() {
+            if !self.policy.permits(ip) {
+                return Err(ProxyError::Forbidden);
+            }
+        }
+
+        let upgrade = websocket_upgrade(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, incoming) = req.into_parts();
+
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = format!(
+            "http://{}{}{}",
+            upstream.authority, upstream.base_path, path_and_query
+        );
+        parts.uri = uri
+            .parse()
+            .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
+        parts.version = Version::HTTP_11;
+        prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
+        let outgoing = Request::from_parts(parts, incoming.map_err(Into::into).boxed());
+
+        match client_upgrade {
+            None => self.send_pooled(outgoing).await,
+            Some(on_client) => self.send_upgrade(outgoing, upstream, on_client).await,
+        }
+    }
+
+    async fn send_pooled(&self, req: Request<EdgeBody>) -> Result<Response<EdgeBody>, ProxyError> {
+        let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(req));
+        let response = match sent.await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            incoming.map_err(Into::into).boxed(),
+        ))
+    }
+
+    /// A WebSocket handshake gets its own upstream connection, since the
+    /// connection leaves the pool once upgraded.
+    async fn send_upgrade(
+        &self,
+        req: Request<EdgeBody>,
+        upstream: &Upstream,
+        on_client: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response<EdgeBody>, ProxyError> {
+        let stream = tokio::time::timeout(self.config.connect_timeout, self.connect(upstream))
+            .await
+            .map_err(|_| ProxyError::Timeout)??;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Connect(error_chain(&e)))?;
+        tokio::spawn(connection.with_upgrades());
+
+        let sent = tokio::time::timeout(self.config.response_timeout, sender.send_request(req));
+        let mut response = match sent.await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let on_upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(on_client, on_upstream));
+        }
+        let (mut parts, incoming) = response.into_parts();
+        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade_headers = upgraded.then(|| {
+            (
+                parts.headers.get(header::UPGRADE).cloned(),
+                parts.headers.get(header::CONNECTION).cloned(),
+            )
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some((upgrade, connection)) = upgrade_headers {
+            if let Some(v) = upgrade {
+                parts.headers.insert(header::UPGRADE, v);
+            }
+            if let Some(v) = connection {
+                parts.headers.insert(header::CONNECTION, v);
+            }
+        }
+        Ok(Response::from_parts(
+            parts,
+            incoming.map_err(Into::into).boxed(),
+        ))
+    }
+
+    async fn connect(&self, upstream: &Upstream) -> Result<tokio::net::TcpStream, ProxyError> {
+        let addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+            .await
+            .map_err(|e| ProxyError::Connect(e.to_string()))?;
+        let mut last = ProxyError::Forbidden;
+        for addr in addrs.filter(|a| self.policy.permits(a.ip())) {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = ProxyError::Connect(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Copies bytes both ways between the client's and the upstream's
+/// upgraded connections until either side closes.
+async fn splice(on_client: hyper::upgrade::OnUpgrade, on_upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+/// Returns the `Upgrade` value iff the request asks for a WebSocket.
+fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = headers.get(header::UPGRADE)?;
+    let is_websocket = upgrade
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    (wants_upgrade && is_websocket).then(|| upgrade.clone())
+}
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header
+/// the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    upstream: &Upstream,
+    ctx: &ClientContext<'_>,
+    upgrade: Option<&HeaderValue>,
+) {
+    let prior_forwarded_for = if ctx.peer_trusted {
+        headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade.clone());
+    }
+
+    let forwarded_for = match prior_forwarded_for {
+        Some(prior) => format!("{prior}, {}", ctx.client_ip),
+        None => ctx.client_ip.to_string(),
+    };
+    set(headers, "x-forwarded-for", &forwarded_for);
+    set(headers, "x-forwarded-proto", "http");
+    set(headers, "x-forwarded-host", ctx.host);
+    set(headers, "x-request-id", ctx.request_id);
+    set(headers, "host", upstream.authority.as_str());
+    if !ctx.peer_trusted {
+        // Only a trusted proxy may speak for the client's address.
+        headers.remove("forwarded");
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The plain page for a failed proxy request. It names no upstream.
+pub fn error_page(status: StatusCode) -> Response<EdgeBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    fn ctx(trusted: bool) -> ClientContext<'static> {
+        ClientContext {
+            client_ip: "203.0.113.9".parse().expect("ip"),
+            peer_trusted: trusted,
+            host: "app.example.com",
+            request_id: "abc",
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("accept"));
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_forwarded_for() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let mut map = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
+        prepare_request_headers(&mut map, &upstream, &ctx(false), None);
+        assert_eq!(map["x-forwarded-for"], "203.0.113.9");
+        assert!(!map.contains_key("forwarded"));
+        assert_eq!(map["host"], "10.0.0.1:9000");
+        assert_eq!(map["x-forwarded-host"], "app.example.com");
+        assert_eq!(map["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn a_trusted_peer_extends_forwarded_for() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let mut map = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        prepare_request_headers(&mut map, &upstream, &ctx(true), None);
+        assert_eq!(map["x-forwarded-for"], "1.2.3.4, 203.0.113.9");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_passed_through() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(websocket_upgrade(&ws).is_some());
+        let h2c = headers(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        assert!(websocket_upgrade(&h2c).is_none());
+        let no_conn = headers(&[("upgrade", "websocket")]);
+        assert!(websocket_upgrade(&no_conn).is_none());
+    }
+}

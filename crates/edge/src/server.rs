@@ -1,0 +1,313 @@
+//! The edge's request path: accept connections, find the route for the
+//! Host, serve static files or proxy, and write one access-log line.
+//!
+//! This module holds the order of the request phases in one place. It
+//! never touches the database: routes arrive through [`Routes`].
+
+use crate::body::{self, EdgeBody};
+use crate::idle::IdleTimeout;
+use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
+use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
+use crate::routes::{Routes, Target};
+use crate::upstream::UpstreamPolicy;
+use crate::{host, static_files};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Peers whose `X-Forwarded-For` and `x-request-id` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Longest wait for a request's headers, including between keep-alive
+    /// requests.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest wait for in-flight requests when shutting down.
+    pub shutdown_grace: Duration,
+    pub proxy: ProxyConfig,
+    pub upstream_policy: UpstreamPolicy,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> EdgeConfig {
+        EdgeConfig {
+            trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(10),
+            proxy: ProxyConfig::default(),
+            upstream_policy: UpstreamPolicy::default(),
+        }
+    }
+}
+
+/// The edge: a cheap-to-clone handle shared by every connection.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: Routes,
+    proxy: Proxy,
+    metrics: EdgeMetrics,
+    config: EdgeConfig,
+    /// Random per process, so request ids from two runs never collide.
+    id_prefix: u64,
+    id_counter: AtomicU64,
+}
+
+impl Edge {
+    pub fn new(config: EdgeConfig, routes: Routes, metrics: EdgeMetrics) -> Edge {
+        let policy = Arc::new(config.upstream_policy.clone());
+        let proxy = Proxy::new(config.proxy.clone(), policy);
+        Edge {
+            inner: Arc::new(Inner {
+                routes,
+                proxy,
+                metrics,
+                config,
+                id_prefix: rand::random(),
+                id_counter: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.inner.routes
+    }
+
+    /// Accepts connections on `listener` until `shutdown` resolves, then
+    /// lets in-flight requests finish for up to the shutdown grace.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let config = &self.inner.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let edge = self.clone();
+            let io = TokioIo::new(IdleTimeout::new(stream, config.idle_timeout));
+            let service = service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            let gauge = self.inner.metrics.open_connections.clone();
+            gauge.inc();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                gauge.dec();
+            });
+        }
+
+        drop(listener);
+        if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("edge shutdown grace ran out with connections still open");
+        }
+    }
+
+    /// Serves one request. Never fails: every problem is a response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let peer_trusted = inner
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip()));
+        let client_ip = client_ip(&req, peer.ip(), peer_trusted);
+        let request_id = self.request_id(&req, peer_trusted);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let requested_host = req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .and_then(host::normalize);
+
+        let snapshot = inner.routes.snapshot();
+        let route = requested_host
+            .as_deref()
+            .and_then(|h| snapshot.lookup(h))
+            .cloned();
+        drop(snapshot);
+
+        let (site, mut response) = match route {
+            None => (None, not_found()),
+            Some(route) => {
+                let response = match &route.target {
+                    Target::Static { root, spa } => {
+                        static_files::serve(root, *spa, &method, &path, req.headers()).await
+                    }
+                    Target::Proxy { upstream } => {
+                        let ctx = ClientContext {
+                            client_ip,
+                            peer_trusted,
+                            host: requested_host.as_deref().unwrap_or(""),
+                            request_id: &request_id,
+                        };
+                        match inner.proxy.forward(req, upstream, ctx).await {
+                            Ok(response) => response,
+                            Err(e) => {
+                                tracing::warn!(
+                                    site = %route.site, request_id = %request_id,
+                                    error = %e, "proxy request failed"
+                                );
+                                let label = SiteLabel {
+                                    site: route.site.to_string(),
+                                };
+                                inner.metrics.upstream_errors.get_or_create(&label).inc();
+                                proxy::error_page(e.status())
+                            }
+                        }
+                    }
+                };
+                (Some(route.site.clone()), response)
+            }
+        };
+
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        let site_label = site.as_deref().unwrap_or("-");
+        inner
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                site: site_label.to_owned(),
+                status,
+            })
+            .inc();
+        inner.metrics.latency.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "spinforge::access",
+            request_id = %request_id,
+            client_ip = %client_ip,
+            method = %method,
+            host = requested_host.as_deref().unwrap_or("-"),
+            path = %path,
+            status,
+            site = site_label,
+            duration_us = elapsed.as_micros() as u64,
+        );
+        response
+    }
+
+    /// Keeps a well-formed `x-request-id` from a trusted proxy; otherwise
+    /// makes a new one.
+    fn request_id(&self, req: &Request<Incoming>, peer_trusted: bool) -> String {
+        if peer_trusted {
+            if let Some(id) = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                if is_valid_request_id(id) {
+                    return id.to_owned();
+                }
+            }
+        }
+        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.inner.id_prefix, n)
+    }
+}
+
+fn is_valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the rightmost untrusted-looking entry it forwarded.
+// Limitation: only the last hop is read; a chain of several trusted
+// proxies needs the full right-to-left walk of the edge-protection issue.
+fn client_ip(req: &Request<Incoming>, peer: IpAddr, peer_trusted: bool) -> IpAddr {
+    if !peer_trusted {
+        return peer;
+    }
+    req.headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+        .next_back()
+        .unwrap_or(peer)
+}
+
+fn not_found() -> Response<EdgeBody> {
+    let mut response = Response::new(body::full("404 Not Found\n"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_accept_only_safe_characters() {
+        assert!(is_valid_request_id("abc-123_x.y"));
+        assert!(!is_valid_request_id(""));
+        assert!(!is_valid_request_id("a b"));
+        assert!(!is_valid_request_id("a\"b"));
+        assert!(!is_valid_request_id(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,457 @@
+//! The REST API under `/api/v1`, plus `/healthz`, `/readyz` and
+//! `/metrics`. Each handler parses, calls one hub operation and shapes the
+//! answer; rules live in the hub's operations, errors in [`ApiError`].
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::sites::SiteSpec;
+use crate::Hub;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use store::{Release, Site, SiteKind};
+use subtle::ConstantTimeEq;
+use utoipa::OpenApi;
+
+/// JSON bodies larger than this are refused before parsing.
+const JSON_LIMIT: usize = 64 * 1024;
+
+/// `Json` whose rejections become our error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+pub fn router(hub: Hub) -> Router {
+    let api = Router::new()
+        .route("/setup", post(setup))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/sites", get(list_sites).post(create_site))
+        .route(
+            "/sites/{domain}",
+            get(show_site).patch(update_site).delete(delete_site),
+        )
+        .route(
+            "/sites/{domain}/releases",
+            get(list_releases)
+                .post(upload_release)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/sites/{domain}/rollback", post(rollback))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .with_state(hub)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "SpinForge API", description = "Control plane of SpinForge"),
+    paths(
+        setup,
+        login,
+        refresh,
+        logout,
+        list_sites,
+        create_site,
+        show_site,
+        update_site,
+        delete_site,
+        list_releases,
+        upload_release,
+        rollback,
+        healthz,
+        readyz
+    ),
+    components(schemas(ErrorBody, SiteView, ReleaseView, TokenPairView))
+)]
+struct ApiDoc;
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+// ---- shapes ----------------------------------------------------------------
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SiteView {
+    pub domain: String,
+    /// `static` or `proxy`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub upstream: Option<String>,
+    pub spa: bool,
+    pub active_release: Option<String>,
+    /// The creating user's id; absent for sites the server made itself.
+    pub owner: Option<i64>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<Site> for SiteView {
+    fn from(site: Site) -> SiteView {
+        SiteView {
+            domain: site.domain,
+            kind: site.kind.as_str().to_owned(),
+            upstream: site.upstream,
+            spa: site.spa,
+            active_release: site.active_release.map(|r| r.0),
+            owner: site.owner.map(|o| o.0),
+            created_at: rfc3339(site.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReleaseView {
+    pub id: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub file_count: i64,
+    pub created_by: Option<i64>,
+    pub created_at: String,
+    pub active: bool,
+}
+
+fn release_view(release: Release, active: Option<&str>) -> ReleaseView {
+    ReleaseView {
+        active: active == Some(release.id.0.as_str()),
+        id: release.id.0,
+        sha256: release.sha256,
+        size_bytes: release.size_bytes,
+        file_count: release.file_count,
+        created_by: release.created_by.map(|c| c.0),
+        created_at: rfc3339(release.created_at),
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenPairView {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+}
+
+impl From<identity::TokenPair> for TokenPairView {
+    fn from(pair: identity::TokenPair) -> TokenPairView {
+        TokenPairView {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: pair.token_type.to_owned(),
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+/// No `Debug`: the password must never reach a log line.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    pub token: String,
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSiteRequest {
+    pub domain: String,
+    /// `static` (default) or `proxy`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub spa: bool,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSiteRequest {
+    pub upstream: Option<String>,
+    pub spa: Option<bool>,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to activate; default: the one before the active one.
+    pub release: Option<String>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_kind(kind: Option<&str>) -> Result<SiteKind, ApiError> {
+    match kind.unwrap_or("static") {
+        "static" => Ok(SiteKind::Static),
+        "proxy" => Ok(SiteKind::Proxy),
+        "process" | "balancer" => Err(ApiError::invalid(
+            "type",
+            "process and balancer sites are not available yet",
+        )),
+        _ => Err(ApiError::invalid("type", "must be one of static, proxy")),
+    }
+}
+
+// ---- auth ------------------------------------------------------------------
+
+/// Creates the first admin with the one-time token printed in the log.
+#[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest, tag = "auth",
+    responses((status = 201, body = TokenPairView), (status = 403, body = ErrorBody)))]
+async fn setup(
+    State(hub): State<Hub>,
+    ApiJson(req): ApiJson<SetupRequest>,
+) -> Result<(StatusCode, Json<TokenPairView>), ApiError> {
+    {
+        let expected = hub.lock_setup();
+        let matches = expected
+            .as_deref()
+            .is_some_and(|token| bool::from(token.as_bytes().ct_eq(req.token.as_bytes())));
+        if !matches {
+            tracing::info!(target: "spinforge::audit", event = "setup.denied", "bad setup token");
+            return Err(ApiError::Forbidden);
+        }
+    }
+    if hub.store().count_users().await? > 0 {
+        return Err(ApiError::Forbidden);
+    }
+    hub.identity()
+        .create_user(&req.email, req.password.clone(), store::Role::Admin)
+        .await?;
+    *hub.lock_setup() = None;
+    let (user, pair) = hub.identity().login(&req.email, req.password).await?;
+    tracing::info!(target: "spinforge::audit", event = "user.created", user = %user.id,
+        "first admin created with the setup token");
+    Ok((StatusCode::CREATED, Json(pair.into())))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", request_body = LoginRequest, tag = "auth",
+    responses((status = 200, body = TokenPairView), (status = 401, body = ErrorBody)))]
+async fn login(
+    State(hub): State<Hub>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<TokenPairView>, ApiError> {
+    match hub.identity().login(&req.email, req.password).await {
+        Ok((user, pair)) => {
+            tracing::info!(target: "spinforge::audit", event = "auth.login", user = %user.id);
+            Ok(Json(pair.into()))
+        }
+        Err(e) => {
+            tracing::info!(target: "spinforge::audit", event = "auth.failed", "login failed");
+            Err(e.into())
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/refresh", request_body = RefreshRequest, tag = "auth",
+    responses((status = 200, body = TokenPairView), (status = 401, body = ErrorBody)))]
+async fn refresh(
+    State(hub): State<Hub>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<Json<TokenPairView>, ApiError> {
+    Ok(Json(
+        hub.identity().refresh(&req.refresh_token).await?.into(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn logout(State(hub): State<Hub>, Admin(who): Admin) -> Result<StatusCode, ApiError> {
+    hub.identity().logout(&who).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- sites -----------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites",
+    responses((status = 200, body = [SiteView]), (status = 401, body = ErrorBody)))]
+async fn list_sites(State(hub): State<Hub>, _: Admin) -> Result<Json<Vec<SiteView>>, ApiError> {
+    let sites = hub.store().list_sites().await?;
+    Ok(Json(sites.into_iter().map(SiteView::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/sites", request_body = CreateSiteRequest, tag = "sites",
+    responses((status = 201, body = SiteView), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn create_site(
+    State(hub): State<Hub>,
+    Admin(who): Admin,
+    ApiJson(req): ApiJson<CreateSiteRequest>,
+) -> Result<(StatusCode, Json<SiteView>), ApiError> {
+    let kind = parse_kind(req.kind.as_deref())?;
+    let spec = SiteSpec {
+        domain: req.domain,
+        kind,
+        upstream: req.upstream,
+        spa: req.spa,
+    };
+    let site = hub.create_site(Some(who.user_id), spec).await?;
+    Ok((StatusCode::CREATED, Json(site.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/sites/{domain}", tag = "sites",
+    params(("domain" = String, Path)),
+    responses((status = 200, body = SiteView), (status = 404, body = ErrorBody)))]
+async fn show_site(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(domain): Path<String>,
+) -> Result<Json<SiteView>, ApiError> {
+    Ok(Json(hub.site(&domain).await?.into()))
+}
+
+#[utoipa::path(patch, path = "/api/v1/sites/{domain}", request_body = UpdateSiteRequest,
+    tag = "sites", params(("domain" = String, Path)),
+    responses((status = 200, body = SiteView), (status = 400, body = ErrorBody)))]
+async fn update_site(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(domain): Path<String>,
+    ApiJson(req): ApiJson<UpdateSiteRequest>,
+) -> Result<Json<SiteView>, ApiError> {
+    Ok(Json(
+        hub.update_site(&domain, req.upstream, req.spa)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/sites/{domain}", tag = "sites",
+    params(("domain" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_site(
+    State(hub): State<Hub>,
+    Admin(who): Admin,
+    Path(domain): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let site = hub.delete_site(&domain).await?;
+    tracing::info!(target: "spinforge::audit", event = "site.delete", user = %who.user_id,
+        site = %site.domain);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- releases --------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/sites/{domain}/releases", tag = "releases",
+    params(("domain" = String, Path)),
+    responses((status = 200, body = [ReleaseView]), (status = 404, body = ErrorBody)))]
+async fn list_releases(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(domain): Path<String>,
+) -> Result<Json<Vec<ReleaseView>>, ApiError> {
+    let site = hub.site(&domain).await?;
+    let active = site.active_release.as_ref().map(|r| r.0.as_str());
+    let releases = hub.store().list_releases(site.id).await?;
+    Ok(Json(
+        releases
+            .into_iter()
+            .map(|r| release_view(r, active))
+            .collect(),
+    ))
+}
+
+/// Uploads a gzip-compressed tar of the site's files and activates it.
+#[utoipa::path(post, path = "/api/v1/sites/{domain}/releases", tag = "releases",
+    params(("domain" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/gzip"),
+    responses((status = 201, body = ReleaseView), (status = 400, body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn upload_release(
+    State(hub): State<Hub>,
+    Admin(who): Admin,
+    Path(domain): Path<String>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
+    let release = hub.deploy(&domain, Some(who.user_id), body).await;
+    let result = if release.is_ok() {
+        "success"
+    } else {
+        "failure"
+    };
+    tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
+        site = %domain, result);
+    let release = release?;
+    let id = release.id.0.clone();
+    Ok((StatusCode::CREATED, Json(release_view(release, Some(&id)))))
+}
+
+#[utoipa::path(post, path = "/api/v1/sites/{domain}/rollback", request_body = RollbackRequest,
+    tag = "releases", params(("domain" = String, Path)),
+    responses((status = 200, body = SiteView), (status = 400, body = ErrorBody)))]
+async fn rollback(
+    State(hub): State<Hub>,
+    Admin(who): Admin,
+    Path(domain): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<SiteView>, ApiError> {
+    // The body is optional: empty means "the release before the active one".
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let req: RollbackRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("body", format!("invalid JSON: {e}")))?;
+        req.release
+    };
+    let site = hub.rollback(&domain, to).await?;
+    tracing::info!(target: "spinforge::audit", event = "site.rollback", user = %who.user_id,
+        site = %site.domain);
+    Ok(Json(site.into()))
+}
+
+// ---- operations ------------------------------------------------------------
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready iff the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200), (status = 503)))]
+async fn readyz(State(hub): State<Hub>) -> (StatusCode, &'static str) {
+    match hub.store().count_users().await {
+        Ok(_) => (StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        }
+    }
+}
+
+async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, hub.registry())
+        .map_err(ApiError::internal)?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], text))
+}

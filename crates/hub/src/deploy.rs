@@ -1,0 +1,213 @@
+//! The deploy pipeline: a streamed bundle becomes an immutable release.
+//!
+//! upload → `tmp/` (hashed, size-capped) → safe unpack in `tmp/` → rename
+//! into `sites/ID/releases/` → one store transaction activates it → the
+//! edge's route swaps. A crash at any step leaves either the old release
+//! active or the new one complete; the start-up sweep removes the rest.
+
+use crate::bundle::{self, BundleError};
+use crate::error::ApiError;
+use crate::{layout, now, DeployLabels, Hub};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use store::{Release, ReleaseId, SiteKind, UserId};
+use tokio::io::AsyncWriteExt;
+
+/// Removes a temporary path when dropped, unless disarmed.
+struct TempPath(Option<PathBuf>);
+
+impl TempPath {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = layout::remove_any(&path);
+        }
+    }
+}
+
+impl Hub {
+    /// Turns an uploaded bundle into the site's active release.
+    pub async fn deploy(
+        &self,
+        domain: &str,
+        creator: Option<UserId>,
+        body: axum::body::Body,
+    ) -> Result<Release, ApiError> {
+        let result = self.deploy_inner(domain, creator, body).await;
+        let label = DeployLabels {
+            result: if result.is_ok() { "ok" } else { "failed" },
+        };
+        self.inner.deploys.get_or_create(&label).inc();
+        result
+    }
+
+    async fn deploy_inner(
+        &self,
+        domain: &str,
+        creator: Option<UserId>,
+        body: axum::body::Body,
+    ) -> Result<Release, ApiError> {
+        let site = self.site(domain).await?;
+        if site.kind != SiteKind::Static {
+            return Err(ApiError::invalid("type", "only static sites take a bundle"));
+        }
+        let id = ReleaseId(uuid::Uuid::now_v7().to_string());
+        let tmp = self.inner.layout.tmp_dir();
+
+        let upload_path = tmp.join(format!("upload-{id}.tar.gz"));
+        let _upload_guard = TempPath(Some(upload_path.clone()));
+        let (sha256, compressed) = self.receive(&upload_path, body).await?;
+
+        let unpack_dir = tmp.join(format!("release-{id}"));
+        let mut unpack_guard = TempPath(Some(unpack_dir.clone()));
+        let limits = self.inner.config.bundle.clone();
+        let unpacked = {
+            let (archive, dest) = (upload_path.clone(), unpack_dir.clone());
+            tokio::fs::create_dir(&dest)
+                .await
+                .map_err(ApiError::internal)?;
+            tokio::task::spawn_blocking(move || bundle::unpack(&archive, &dest, &limits))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| bundle_error(e, compressed))?
+        };
+
+        let _site_guard = self.site_lock(&site.domain).await;
+        let release_dir = self.inner.layout.release_dir(site.id, &id);
+        let releases_dir = self.inner.layout.releases_dir(site.id);
+        tokio::fs::create_dir_all(&releases_dir)
+            .await
+            .map_err(ApiError::internal)?;
+        tokio::fs::rename(&unpack_dir, &release_dir)
+            .await
+            .map_err(ApiError::internal)?;
+        unpack_guard.disarm();
+        let mut release_guard = TempPath(Some(release_dir));
+
+        let release = Release {
+            id: id.clone(),
+            site_id: site.id,
+            sha256,
+            size_bytes: unpacked.size_bytes as i64,
+            file_count: unpacked.file_count as i64,
+            created_by: creator,
+            created_at: now(),
+        };
+        match self.inner.store.insert_release(&release).await {
+            Ok(()) => release_guard.disarm(),
+            Err(store::StoreError::Backend(sqlx_error))
+                if sqlx_error
+                    .as_database_error()
+                    .is_some_and(|d| d.is_foreign_key_violation()) =>
+            {
+                // The site was deleted while the bundle was uploading.
+                return Err(ApiError::NotFound("site"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.sync_edge(&site.domain).await?;
+        tracing::info!(
+            site = %site.domain, release = %id, files = unpacked.file_count,
+            bytes = unpacked.size_bytes, "release activated"
+        );
+
+        self.prune(&site).await;
+        Ok(release)
+    }
+
+    /// Streams the request body to `path`, hashing it and enforcing the
+    /// upload cap as bytes arrive. Returns the hex SHA-256 and the size.
+    async fn receive(
+        &self,
+        path: &PathBuf,
+        body: axum::body::Body,
+    ) -> Result<(String, u64), ApiError> {
+        let cap = self.inner.config.max_upload_bytes;
+        let mut file = tokio::fs::File::create_new(path)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadBundle(format!("upload was interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > cap {
+                return Err(ApiError::TooLarge(format!(
+                    "bundle is larger than {cap} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        file.flush().await.map_err(ApiError::internal)?;
+        if size == 0 {
+            return Err(ApiError::BadBundle("bundle is empty".into()));
+        }
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+
+    /// Deletes the oldest releases beyond the configured count. The active
+    /// release is never deleted, whatever its age. Failures are logged:
+    /// the deploy itself already succeeded.
+    async fn prune(&self, site: &store::Site) {
+        let keep = self.inner.config.keep_releases.max(1);
+        let releases = match self.inner.store.list_releases(site.id).await {
+            Ok(releases) => releases,
+            Err(e) => {
+                tracing::warn!(site = %site.domain, error = %e, "could not list releases to prune");
+                return;
+            }
+        };
+        let store_site = self
+            .inner
+            .store
+            .site_by_domain(&site.domain)
+            .await
+            .ok()
+            .flatten();
+        let active = store_site.and_then(|s| s.active_release);
+        let doomed: Vec<ReleaseId> = releases
+            .into_iter()
+            .skip(keep)
+            .map(|r| r.id)
+            .filter(|id| Some(id) != active.as_ref())
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.store.delete_releases(site.id, &doomed).await {
+            tracing::warn!(site = %site.domain, error = %e, "could not prune releases");
+            return;
+        }
+        for id in &doomed {
+            let dir = self.inner.layout.release_dir(site.id, id);
+            if let Err(e) = layout::remove_any(&dir) {
+                tracing::warn!(site = %site.domain, release = %id, error = %e, "prune left a folder");
+            }
+        }
+        tracing::info!(site = %site.domain, pruned = doomed.len(), "old releases pruned");
+    }
+}
+
+fn bundle_error(error: BundleError, compressed: u64) -> ApiError {
+    if !error.is_client_fault() {
+        return ApiError::internal(error);
+    }
+    let message = error.to_string();
+    tracing::debug!(error = %message, compressed, "bundle refused");
+    match error {
+        BundleError::TooLarge { .. }
+        | BundleError::TooManyFiles { .. }
+        | BundleError::TooManyDirectories { .. }
+        | BundleError::CompressionBomb { .. } => ApiError::TooLarge(message),
+        _ => ApiError::BadBundle(message),
+    }
+}

@@ -1,0 +1,147 @@
+//! The hub's one error type, and the one place it becomes the API's JSON:
+//! `{"error": {"code", "message", "field"}}`. Handlers return `ApiError`
+//! and never build error bodies themselves.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The client sent a value that breaks a rule; `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// The client sent an unusable bundle.
+    #[error("bundle: {0}")]
+    BadBundle(String),
+    /// The client sent more bytes than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The client is not logged in, or its token is dead.
+    #[error("authentication required")]
+    Unauthorized,
+    /// The client is logged in but may not do this.
+    #[error("permission denied")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The client asked for something that collides with existing state.
+    #[error("{message}")]
+    Conflict {
+        field: &'static str,
+        message: String,
+    },
+    /// Our side. The detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(detail.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
+        match self {
+            ApiError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
+            ApiError::BadBundle(_) => (StatusCode::BAD_REQUEST, "bad_bundle", Some("bundle")),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("bundle")),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `invalid`, `bad_bundle`, `too_large`,
+    /// `unauthorized`, `forbidden`, `not_found`, `conflict`, `internal`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.parts();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "request failed on our side");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                field,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<identity::IdentityError> for ApiError {
+    fn from(e: identity::IdentityError) -> ApiError {
+        use identity::IdentityError as E;
+        match e {
+            E::BadCredentials | E::BadToken => ApiError::Unauthorized,
+            E::Invalid { field, rule } => ApiError::Invalid {
+                field,
+                message: rule,
+            },
+            E::EmailTaken => ApiError::Conflict {
+                field: "email",
+                message: "email is already registered".into(),
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> ApiError {
+        match e {
+            store::StoreError::NotFound => ApiError::NotFound("resource"),
+            store::StoreError::Conflict("domain") => ApiError::Conflict {
+                field: "domain",
+                message: "domain is already taken".into(),
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+        use axum::extract::rejection::JsonRejection as R;
+        match rejection {
+            R::BytesRejection(_) => ApiError::TooLarge("request body is too large".into()),
+            other => ApiError::invalid("body", other.body_text()),
+        }
+    }
+}

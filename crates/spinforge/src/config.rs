@@ -1,0 +1,160 @@
+//! `serve`'s settings: defaults, then the TOML file, then `SPINFORGE_*`
+//! variables, then flags; the later wins. Unknown keys in the file are an
+//! error, so a typo never silently falls back to a default.
+
+use crate::cli::ServeArgs;
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub tls_listen: Option<String>,
+    pub api_listen: Option<String>,
+    /// Releases kept per site for rollback.
+    pub keep_releases: Option<usize>,
+    /// Admit `localhost` and `*.localhost` site domains (default true).
+    pub allow_localhost: Option<bool>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub edge: EdgeFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_upload_bytes: Option<u64>,
+    pub max_unpacked_bytes: Option<u64>,
+    pub max_files: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// CIDR ranges proxy sites may reach although they are private,
+    /// loopback or link-local. Empty by default.
+    #[serde(default)]
+    pub allow_upstream_cidrs: Vec<IpNet>,
+    pub connect_timeout_secs: Option<u64>,
+    pub response_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeFileConfig {
+    /// Peers whose X-Forwarded-For and x-request-id are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub tls_listen: SocketAddr,
+    pub hub: hub::HubConfig,
+    pub edge: edge::EdgeConfig,
+}
+
+fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{name}: `{value}` is not an address like 0.0.0.0:8080"))
+}
+
+pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("config file {} is invalid", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./spinforge-data"));
+    let listen = args
+        .listen
+        .clone()
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:8080".into());
+    let api_listen = args
+        .api_listen
+        .clone()
+        .or(file.api_listen)
+        .unwrap_or_else(|| "127.0.0.1:9080".into());
+    let tls_listen = args
+        .tls_listen
+        .clone()
+        .or(file.tls_listen)
+        .unwrap_or_else(|| "0.0.0.0:8443".into());
+
+    let mut hub = hub::HubConfig::default();
+    if let Some(keep) = file.keep_releases {
+        if keep == 0 {
+            bail!("keep_releases must be at least 1");
+        }
+        hub.keep_releases = keep;
+    }
+    if let Some(allow) = file.allow_localhost {
+        hub.allow_localhost = allow;
+    }
+    if let Some(v) = file.limits.max_upload_bytes {
+        hub.max_upload_bytes = v;
+    }
+    if let Some(v) = file.limits.max_unpacked_bytes {
+        hub.bundle.max_unpacked_bytes = v;
+    }
+    if let Some(v) = file.limits.max_files {
+        hub.bundle.max_files = v;
+    }
+    let policy = edge::UpstreamPolicy {
+        allow: file.proxy.allow_upstream_cidrs,
+    };
+    hub.upstream_policy = policy.clone();
+
+    let mut edge = edge::EdgeConfig {
+        trusted_proxies: file.edge.trusted_proxies,
+        upstream_policy: policy,
+        ..edge::EdgeConfig::default()
+    };
+    if let Some(secs) = file.edge.header_read_timeout_secs {
+        edge.header_read_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = file.edge.idle_timeout_secs {
+        edge.idle_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = file.proxy.connect_timeout_secs {
+        edge.proxy.connect_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = file.proxy.response_timeout_secs {
+        edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
+    }
+
+    Ok(Settings {
+        data_dir,
+        listen: addr(&listen, "listen")?,
+        api_listen: addr(&api_listen, "api_listen")?,
+        tls_listen: addr(&tls_listen, "tls_listen")?,
+        hub,
+        edge,
+    })
+}

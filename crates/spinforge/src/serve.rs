@@ -1,0 +1,204 @@
+//! `spinforge serve`: opens the store, starts the hub and binds the edge
+//! and API listeners, then runs until SIGINT or SIGTERM.
+
+use crate::cli::{LogFormat, ServeArgs};
+use crate::config::{self, Settings};
+use anyhow::Context;
+use edge::{Edge, EdgeMetrics, Routes};
+use hub::{Hub, Layout};
+use identity::{Identity, IdentityConfig};
+use prometheus_client::registry::Registry;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use store::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let settings = config::resolve(&args)?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+    tracing::info!("data directory: {}", data_dir.display());
+
+    let store = Arc::new(
+        SqliteStore::open(&data_dir)
+            .await
+            .context("cannot open the store")?,
+    );
+    let identity = Identity::new(store.clone(), IdentityConfig::default()).await?;
+    let mut registry = Registry::default();
+    let routes = Routes::default();
+    let edge = Edge::new(
+        settings.edge.clone(),
+        routes.clone(),
+        EdgeMetrics::new(&mut registry),
+    );
+    let hub = Hub::start(
+        store.clone(),
+        identity,
+        routes,
+        Layout::new(&data_dir),
+        settings.hub.clone(),
+        registry,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the hub: {e}"))?;
+    let served = hub
+        .reload_routes()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(routes = served, "route table loaded");
+
+    if args.demo {
+        deploy_examples(&hub, Path::new("examples")).await;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let edge_listener = bind(&settings, settings.listen, "edge").await?;
+    let api_listener = bind(&settings, settings.api_listen, "API").await?;
+    tracing::info!("edge listening on http://{}", edge_listener.local_addr()?);
+    tracing::info!("API listening on http://{}", api_listener.local_addr()?);
+    // Limitation: HTTPS on the TLS address arrives with the TLS issue.
+    tracing::info!(
+        "HTTPS ({}) is not served yet: no certificates exist",
+        settings.tls_listen
+    );
+    announce_setup(&hub, &data_dir).await;
+
+    let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
+    let api = hub::router(hub.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(wait_for(stop_rx))
+            .await
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = edge_task.await;
+    if let Ok(Err(e)) = api_task.await {
+        tracing::warn!(error = %e, "API server ended with an error");
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn bind(
+    _settings: &Settings,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} to {addr}"))
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// With no users yet, says how to create the first admin, and prints a
+/// one-time setup token. The token is printed once and lives in memory
+/// only, so a restart makes a new one.
+async fn announce_setup(hub: &Hub, data_dir: &Path) {
+    match hub.issue_setup_token().await {
+        Ok(Some(token)) => {
+            tracing::warn!(
+                "no admin exists yet. Create one on this host with:\n    \
+                 spinforge admin create --data-dir {} --email you@example.com\n\
+                 or POST {{\"token\",\"email\",\"password\"}} to /api/v1/setup with the \
+                 one-time setup token: {token}",
+                data_dir.display()
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check for users"),
+    }
+}
+
+/// `--demo`: deploys each folder of `examples/` as `NAME.localhost`,
+/// unless that site already has a release.
+async fn deploy_examples(hub: &Hub, examples: &Path) {
+    let Ok(entries) = std::fs::read_dir(examples) else {
+        tracing::warn!("--demo: no ./examples folder here; nothing to deploy");
+        return;
+    };
+    let mut dirs: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    dirs.sort();
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let domain = format!("{name}.localhost");
+        if let Err(e) = deploy_example(hub, &dir, &domain).await {
+            tracing::warn!(site = %domain, error = %e, "--demo: example not deployed");
+        }
+    }
+}
+
+async fn deploy_example(hub: &Hub, dir: &Path, domain: &str) -> anyhow::Result<()> {
+    let existing = hub.store().site_by_domain(domain).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|s| s.active_release.is_some())
+    {
+        tracing::info!(site = %domain, "--demo: already deployed");
+        return Ok(());
+    }
+    if existing.is_none() {
+        let spec = hub::sites::SiteSpec {
+            domain: domain.to_owned(),
+            kind: store::SiteKind::Static,
+            upstream: None,
+            spa: false,
+        };
+        hub.create_site(None, spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let bundle = crate::pack::pack_to_vec(dir)?;
+    let release = hub
+        .deploy(domain, None, axum::body::Body::from(bundle))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(site = %domain, release = %release.id, "--demo: deployed {}", dir.display());
+    Ok(())
+}
