@@ -120,7 +120,7 @@ mod tests {
         }
         std::fs::write(layout.tmp_dir().join("upload-1"), "partial").expect("write");
 
-        layout.sweep(&[keep.clone()]).expect("sweep");
+        layout.sweep(std::slice::from_ref(&keep)).expect("sweep");
 
         assert!(layout
             .release_dir(keep.0, &keep.1)
