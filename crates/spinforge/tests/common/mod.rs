@@ -1,0 +1,328 @@
+//! The black-box harness: starts the real `spinforge serve` binary on free
+//! loopback ports with a temporary data directory, and drives it through
+//! the real CLI and real HTTP clients. Every server it starts is killed
+//! when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spinforge");
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// The config every test server gets unless it passes its own: loopback
+/// upstreams allowed, since test upstreams run on 127.0.0.1.
+pub const LOOPBACK_UPSTREAMS: &str = "[proxy]\nallow_upstream_cidrs = [\"127.0.0.0/8\"]\n";
+
+pub struct Server {
+    child: Option<Child>,
+    pub edge: SocketAddr,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Holds the data directory and the CLI's config home alive.
+    pub root: Arc<tempfile::TempDir>,
+    config: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(LOOPBACK_UPSTREAMS)
+    }
+
+    /// Starts a server with `config` as its TOML config file.
+    pub fn start_with(config: &str) -> Server {
+        let root = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Server::spawn(root, config.to_owned(), &[])
+    }
+
+    /// Starts a server with extra `serve` flags (for example `--demo`)
+    /// and the workspace root as working directory.
+    pub fn start_in_workspace(flags: &[&str]) -> Server {
+        let root = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), flags)
+    }
+
+    fn spawn(root: Arc<tempfile::TempDir>, config: String, flags: &[&str]) -> Server {
+        let data_dir = root.path().join("data");
+        let config_path = root.path().join("spinforge.toml");
+        std::fs::write(&config_path, &config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(flags)
+            .current_dir(workspace_root())
+            .env("SPINFORGE_LOG", "info")
+            .env_remove("SPINFORGE_API")
+            .env_remove("SPINFORGE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start spinforge serve");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (prefix, kind) in [
+                    ("edge listening on http://", "edge"),
+                    ("API listening on http://", "api"),
+                ] {
+                    if let Some(rest) = line.split(prefix).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send((kind, addr));
+                    }
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let (mut edge, mut api) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while edge.is_none() || api.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("edge", addr)) => edge = addr.parse().ok(),
+                Ok((_, addr)) => api = addr.parse().ok(),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start; log:\n{}", log.lock().expect("log"));
+                }
+            }
+        }
+        Server {
+            child: Some(child),
+            edge: edge.expect("edge addr"),
+            api: api.expect("api addr"),
+            data_dir,
+            root,
+            config,
+            log,
+        }
+    }
+
+    /// Starts a new server on the same data directory and config.
+    pub fn restart(mut self) -> Server {
+        self.stop();
+        let root = self.root.clone();
+        let config = self.config.clone();
+        drop(self);
+        Server::spawn(root, config, &[])
+    }
+
+    /// Sends SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn edge_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.edge, path)
+    }
+
+    /// Runs the CLI against this server, with its own config home so the
+    /// stored login never touches the real one.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("SPINFORGE_API", self.api_url())
+            .env("XDG_CONFIG_HOME", self.root.path().join("config-home"))
+            .env("HOME", self.root.path())
+            .env_remove("SPINFORGE_TOKEN")
+            .current_dir(workspace_root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run spinforge");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .as_mut()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait for spinforge")
+    }
+
+    /// Creates the admin on the host with the CLI and logs the CLI in.
+    pub fn create_admin_and_login(&self) {
+        let out = self.cli(
+            &[
+                "admin",
+                "create",
+                "--data-dir",
+                self.data_dir.to_str().expect("utf-8 path"),
+                "--email",
+                ADMIN_EMAIL,
+                "--password-stdin",
+            ],
+            Some(&format!("{ADMIN_PASSWORD}\n")),
+        );
+        assert_ok(&out);
+        let out = self.cli(
+            &["login", "--email", ADMIN_EMAIL, "--password-stdin"],
+            Some(ADMIN_PASSWORD),
+        );
+        assert_ok(&out);
+    }
+
+    /// Creates the admin and returns an access token from the API.
+    pub async fn admin_token(&self) -> String {
+        self.create_admin_and_login();
+        let response = http()
+            .post(format!("{}/api/v1/auth/login", self.api_url()))
+            .json(&serde_json::json!({ "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// GET through the edge with the given Host header.
+    pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
+        http()
+            .get(self.edge_url(path))
+            .header("host", host)
+            .send()
+            .await
+            .expect("edge request")
+    }
+
+    /// Release folders on disk for a site id.
+    pub fn release_dirs(&self, site_id: i64) -> Vec<String> {
+        let dir = self
+            .data_dir
+            .join("sites")
+            .join(site_id.to_string())
+            .join("releases");
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    /// Entries left in the data directory's tmp folder.
+    pub fn tmp_entries(&self) -> usize {
+        std::fs::read_dir(self.data_dir.join("tmp")).map_or(0, |d| d.count())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP client that neither follows redirects nor decompresses.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("root")
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `files` (relative path, content) under `dir`.
+pub fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+}
+
+/// Bytes that look random but are the same in every run.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
