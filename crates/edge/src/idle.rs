@@ -1,6 +1,7 @@
 //! An I/O wrapper that fails a connection after a stretch with no bytes
 //! moving in either direction. It covers what hyper's header-read timeout
-//! does not: stalled bodies and quiet upgraded (WebSocket) connections.
+//! does not: stalled bodies, quiet upgraded (WebSocket) connections, and a
+//! client that connects and never sends its first byte.
 
 use std::io;
 use std::pin::Pin;
@@ -12,6 +13,9 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleTimeout<T> {
     inner: T,
     timeout: Duration,
+    /// The wait for the first byte read, when it differs from `timeout`;
+    /// `None` once a byte has arrived.
+    first_byte_timeout: Option<Duration>,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
 }
@@ -22,16 +26,28 @@ impl<T> IdleTimeout<T> {
         IdleTimeout {
             inner,
             timeout,
+            first_byte_timeout: None,
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
         }
+    }
+
+    /// Fails the connection if its first byte takes longer than `timeout`.
+    ///
+    /// The server needs this because hyper starts its header-read timer
+    /// only once the first bytes have told HTTP/1 from HTTP/2 apart: a
+    /// client that sends nothing would otherwise wait out the idle timeout.
+    pub fn with_first_byte_timeout(mut self, timeout: Duration) -> IdleTimeout<T> {
+        self.first_byte_timeout = Some(timeout);
+        self
     }
 
     /// Called when the inner I/O is pending: returns an error iff the idle
     /// deadline has passed. Re-arms the timer lazily, so activity costs one
     /// `Instant::now()` and no timer reset.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let deadline = self.last_activity + self.timeout;
+        let limit = self.first_byte_timeout.unwrap_or(self.timeout);
+        let deadline = self.last_activity + limit;
         if self.timer.deadline() != deadline {
             self.timer.as_mut().reset(deadline);
         }
@@ -53,9 +69,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 this.last_activity = Instant::now();
+                if buf.filled().len() > filled {
+                    this.first_byte_timeout = None;
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => this.poll_expired(cx).map(Err),
@@ -135,5 +155,32 @@ mod tests {
             .await
             .expect_err("silence ends the connection");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_has_its_own_shorter_deadline() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut silent = IdleTimeout::new(a, Duration::from_secs(120))
+            .with_first_byte_timeout(Duration::from_secs(2));
+        let started = Instant::now();
+        let err = silent
+            .read(&mut [0u8; 4])
+            .await
+            .expect_err("a client that never speaks is cut off");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut talker = IdleTimeout::new(a, Duration::from_secs(120))
+            .with_first_byte_timeout(Duration::from_secs(2));
+        let mut byte = [0u8; 1];
+        b.write_all(b"G").await.expect("write");
+        talker.read_exact(&mut byte).await.expect("first byte");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        b.write_all(b"E").await.expect("write");
+        talker
+            .read_exact(&mut byte)
+            .await
+            .expect("after the first byte only the idle timeout applies");
     }
 }

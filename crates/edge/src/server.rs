@@ -123,7 +123,9 @@ impl Edge {
             };
             let _ = stream.set_nodelay(true);
             let edge = self.clone();
-            let io = TokioIo::new(IdleTimeout::new(stream, config.idle_timeout));
+            let io = IdleTimeout::new(stream, config.idle_timeout)
+                .with_first_byte_timeout(config.header_read_timeout);
+            let io = TokioIo::new(io);
             let service = service_fn(move |req| {
                 let edge = edge.clone();
                 async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }

@@ -1,0 +1,593 @@
+//! Proxy sites through the real edge, in front of upstreams the tests run
+//! on 127.0.0.1: a real Python file server, a raw TCP server that echoes
+//! what reached it, a WebSocket echo server, a closed port and a silent
+//! one. Also the upstream policy and the edge's slow-header cut-off.
+//!
+//! Every upstream lives only as long as its test; no traffic leaves the
+//! loopback interface.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest any single upstream or client step may take in these tests.
+const STEP: Duration = Duration::from_secs(10);
+
+/// A free loopback port: bound, read, released.
+fn free_port() -> u16 {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// `python3 -m http.server` on a free port, killed when dropped.
+struct PythonServer {
+    child: Child,
+    port: u16,
+}
+
+impl PythonServer {
+    fn start(dir: &Path) -> PythonServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let mut server = PythonServer { child, port };
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while StdStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                panic!("python http.server did not accept on port {port}");
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("python http.server exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a test upstream got: the request head as sent, and the body.
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Runs an HTTP/1.1 upstream on 127.0.0.1 that answers every request with
+/// `answer(received)` and closes the connection. It stops with the test.
+async fn spawn_upstream(answer: fn(Received) -> Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(Ok(received)) = tokio::time::timeout(STEP, read_request(stream)).await {
+                    let (received, mut stream) = received;
+                    let body = answer(received);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                         content-length: {}\r\nconnection: close, x-up-hop\r\n\
+                         x-up-hop: 1\r\nkeep-alive: timeout=5\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one request: the head up to the blank line, then a body framed by
+/// `content-length` or chunked transfer coding.
+async fn read_request(stream: TcpStream) -> std::io::Result<(Received, TcpStream)> {
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push_str(&line);
+        if line == "\r\n" || head.len() > 64 * 1024 {
+            break;
+        }
+    }
+
+    let headers = parse_headers(&head);
+    let mut body = Vec::new();
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.iter().any(|v| v.contains("chunked")));
+    if chunked {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).await?;
+            let size_hex = size_line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size_hex, 16)
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            if size == 0 {
+                // Trailers, then the final blank line.
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..]).await?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf).await?;
+        }
+    } else if let Some(length) = headers.get("content-length") {
+        let length: usize = length[0]
+            .parse()
+            .map_err(|_| std::io::Error::other("bad length"))?;
+        body.resize(length, 0);
+        reader.read_exact(&mut body).await?;
+    }
+    Ok((Received { head, body }, reader.into_inner()))
+}
+
+/// Header lines of a request or response head, by lower-case name.
+fn parse_headers(head: &str) -> HashMap<String, Vec<String>> {
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for line in head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            headers
+                .entry(name.trim().to_ascii_lowercase())
+                .or_default()
+                .push(value.trim().to_owned());
+        }
+    }
+    headers
+}
+
+/// Creates a proxy site through the API; returns the API's status and body.
+async fn create_proxy_site(
+    server: &Server,
+    token: &str,
+    domain: &str,
+    upstream: &str,
+) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/api/v1/sites", server.api_url()))
+        .bearer_auth(token)
+        .json(&json!({ "domain": domain, "type": "proxy", "upstream": upstream }))
+        .send()
+        .await
+        .expect("create site");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+async fn proxy_site(server: &Server, domain: &str, upstream: &str) {
+    let token = server.admin_token().await;
+    let (status, body) = create_proxy_site(server, &token, domain, upstream).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Waits, bounded, for `needle` to show up in the server log.
+async fn wait_for_log(server: &Server, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if server.log().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn files_from_a_real_upstream_arrive_intact() {
+    let files = tempfile::tempdir().expect("upstream dir");
+    let large = pseudo_random(3 * 1024 * 1024, 11);
+    write_tree(
+        files.path(),
+        &[("hello.txt", b"hello from python"), ("big.bin", &large)],
+    );
+    let python = PythonServer::start(files.path());
+    let server = Server::start();
+    let upstream = format!("http://127.0.0.1:{}", python.port);
+    proxy_site(&server, "py.localhost", &upstream).await;
+
+    let response = server.get("py.localhost", "/hello.txt").await;
+    assert_eq!(response.status(), 200);
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(!request_id.is_empty());
+    assert_eq!(
+        response.bytes().await.expect("body").as_ref(),
+        b"hello from python"
+    );
+
+    let response = server.get("py.localhost", "/big.bin").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let got = response.bytes().await.expect("body");
+    assert_eq!(got.len(), large.len());
+    assert_eq!(sha256_hex(&got), sha256_hex(&large));
+
+    let response = server.get("py.localhost", "/missing.txt").await;
+    assert_eq!(
+        response.status(),
+        404,
+        "the upstream's status passes through"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
+    let upstream = spawn_upstream(|received| received.head.into_bytes()).await;
+    let server = Server::start();
+    proxy_site(&server, "echo.localhost", &format!("http://{upstream}")).await;
+
+    let response = http()
+        .get(server.edge_url("/echo?q=1"))
+        .header("host", "echo.localhost")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-request-id", "chosen-by-client")
+        .header("connection", "close, x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-end-to-end", "kept")
+        .send()
+        .await
+        .expect("edge request");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("x-up-hop").is_none(),
+        "a header the upstream named in Connection reached the client"
+    );
+    assert!(response.headers().get("keep-alive").is_none());
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let head = response.text().await.expect("echoed head");
+    let sent = parse_headers(&head);
+    let one = |name: &str| -> &str {
+        match sent.get(name).map(Vec::as_slice) {
+            Some([value]) => value,
+            other => panic!("{name}: want exactly one value, got {other:?}\n{head}"),
+        }
+    };
+
+    assert!(head.starts_with("GET /echo?q=1 HTTP/1.1\r\n"), "{head}");
+    assert_eq!(one("x-forwarded-for"), "127.0.0.1", "{head}");
+    assert_eq!(one("x-forwarded-proto"), "http");
+    assert_eq!(one("x-forwarded-host"), "echo.localhost");
+    assert_eq!(one("x-request-id"), request_id);
+    assert_ne!(request_id, "chosen-by-client", "an untrusted id was kept");
+    assert_eq!(one("x-end-to-end"), "kept");
+    for dropped in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "forwarded",
+    ] {
+        assert!(
+            !sent.contains_key(dropped),
+            "{dropped} was forwarded\n{head}"
+        );
+    }
+}
+
+/// Size of the uploaded request bodies (bytes).
+const UPLOAD: usize = 2 * 1024 * 1024;
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_upstream_intact() {
+    let upstream = spawn_upstream(|received| {
+        format!("{} {}", received.body.len(), sha256_hex(&received.body)).into_bytes()
+    })
+    .await;
+    let server = Server::start();
+    proxy_site(&server, "upload.localhost", &format!("http://{upstream}")).await;
+    let payload = pseudo_random(UPLOAD, 3);
+    let expected = format!("{UPLOAD} {}", sha256_hex(&payload));
+
+    // With a known length.
+    let response = http()
+        .post(server.edge_url("/upload"))
+        .header("host", "upload.localhost")
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("text"), expected);
+
+    // Streamed in chunks, with no length up front.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        payload.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let response = http()
+        .post(server.edge_url("/upload"))
+        .header("host", "upload.localhost")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("streamed post");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("text"), expected);
+}
+
+/// A WebSocket server on 127.0.0.1 that echoes text and binary messages.
+async fn spawn_websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                // The close reply is queued by tungstenite itself; reading
+                // on until the stream ends flushes it.
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_messages_echo_through_the_edge() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let upstream = spawn_websocket_echo().await;
+    let server = Server::start();
+    proxy_site(&server, "ws.localhost", &format!("http://{upstream}")).await;
+
+    let request = "ws://ws.localhost/chat"
+        .into_client_request()
+        .expect("request");
+    let stream = TcpStream::connect(server.edge).await.expect("connect edge");
+    let (mut ws, response) =
+        tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().contains_key("x-request-id"));
+
+    let binary = pseudo_random(100_000, 5);
+    let messages = [
+        Message::text("hello through the edge"),
+        Message::binary(binary.clone()),
+        Message::text("ünïcödé ✓"),
+    ];
+    for message in messages {
+        ws.send(message.clone()).await.expect("send");
+        let echoed = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("echo in time")
+            .expect("stream open")
+            .expect("message");
+        assert_eq!(echoed, message);
+    }
+
+    ws.close(None).await.expect("close");
+    let deadline = Instant::now() + STEP;
+    let mut saw_close = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => saw_close = true,
+            Ok(Some(Ok(other))) => panic!("unexpected message after close: {other:?}"),
+            Ok(Some(Err(e))) => panic!("close was not clean: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("the connection did not finish closing"),
+        }
+    }
+    assert!(saw_close, "the upstream's close frame came back");
+}
+
+#[tokio::test]
+async fn a_down_upstream_gets_502_that_names_no_address() {
+    let port = free_port();
+    let server = Server::start();
+    let upstream = format!("http://127.0.0.1:{port}");
+    proxy_site(&server, "down.localhost", &upstream).await;
+
+    let response = server.get("down.localhost", "/").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .expect("type")
+            .to_str()
+            .expect("ascii"),
+        "text/plain; charset=utf-8"
+    );
+    assert!(response.headers().contains_key("x-request-id"));
+    let text = response.text().await.expect("text");
+    assert_eq!(text, "502 Bad Gateway\n");
+    assert!(!text.contains("127.0.0.1") && !text.contains(&port.to_string()));
+    assert!(
+        wait_for_log(&server, "proxy request failed").await,
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn a_silent_upstream_gets_504_after_the_response_timeout() {
+    // Accepts connections and holds them open without a word.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let server = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}response_timeout_secs = 1\n"));
+    proxy_site(&server, "slow.localhost", &format!("http://{upstream}")).await;
+
+    let started = Instant::now();
+    let response = server.get("slow.localhost", "/").await;
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() < STEP, "took {:?}", started.elapsed());
+    let text = response.text().await.expect("text");
+    assert_eq!(text, "504 Gateway Timeout\n");
+    assert!(!text.contains(&upstream.port().to_string()));
+    assert!(
+        wait_for_log(&server, "proxy request failed").await,
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn private_and_metadata_upstreams_are_refused_without_an_allowlist() {
+    let port = free_port();
+    let server = Server::start_with("");
+    let token = server.admin_token().await;
+    for (i, upstream) in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}/"),
+        "http://169.254.169.254/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://[::1]:8080/".to_owned(),
+        "http://[::ffff:127.0.0.1]/".to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let domain = format!("p{i}.localhost");
+        let (status, body) = create_proxy_site(&server, &token, &domain, upstream).await;
+        assert_eq!(status, 400, "{upstream}: {body}");
+        assert_eq!(body["error"]["code"], "invalid", "{upstream}");
+        assert_eq!(body["error"]["field"], "upstream", "{upstream}");
+        assert_eq!(server.get(&domain, "/").await.status(), 404);
+    }
+
+    // The loopback allowlist does not open the metadata address.
+    let server = Server::start();
+    let token = server.admin_token().await;
+    let (status, body) =
+        create_proxy_site(&server, &token, "meta.localhost", "http://169.254.169.254/").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "upstream");
+}
+
+/// An edge with a one-second header-read timeout.
+fn impatient_server() -> Server {
+    Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[edge]\nheader_read_timeout_secs = 1\n"
+    ))
+}
+
+/// Reads until the edge closes the connection, for at most 10 s from
+/// `started`. Returns whatever the edge sent, or `None` if it stayed open.
+async fn read_until_closed(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    started: Instant,
+) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = Duration::from_secs(10).saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, reader.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&answer).into_owned()),
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_request_headers_are_cut_off() {
+    let server = impatient_server();
+    let stream = TcpStream::connect(server.edge).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+
+    // One byte every 200 ms: never idle, never a whole request line.
+    let trickle = tokio::spawn(async move {
+        let partial = b"GET /a-request-line-that-never-ends-because-the-client-is-slow";
+        for byte in partial {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    let answer = read_until_closed(&mut reader, started).await;
+    trickle.abort();
+    let answer = answer.unwrap_or_else(|| {
+        panic!(
+            "the connection was still open after {:?}",
+            started.elapsed()
+        )
+    });
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_cut_off() {
+    let server = impatient_server();
+    let mut stream = TcpStream::connect(server.edge).await.expect("connect");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut stream, started).await;
+    assert!(
+        answer.is_some(),
+        "a silent connection was still open after {:?}",
+        started.elapsed()
+    );
+}
