@@ -49,6 +49,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .with_state(hub)
 }
@@ -413,8 +414,9 @@ async fn rollback(
     State(hub): State<Hub>,
     Admin(who): Admin,
     Path(domain): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<SiteView>, ApiError> {
+    let body = body?;
     // The body is optional: empty means "the release before the active one".
     let to = if body.iter().all(u8::is_ascii_whitespace) {
         None

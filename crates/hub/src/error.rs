@@ -21,6 +21,9 @@ pub enum ApiError {
     /// The client sent more bytes than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// The client sent a request body (not a bundle) over the JSON limit.
+    #[error("request body is too large")]
+    BodyTooLarge,
     /// The client is not logged in, or its token is dead.
     #[error("authentication required")]
     Unauthorized,
@@ -29,6 +32,9 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The client used a method the route does not have.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The client asked for something that collides with existing state.
     #[error("{message}")]
     Conflict {
@@ -57,9 +63,13 @@ impl ApiError {
             ApiError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
             ApiError::BadBundle(_) => (StatusCode::BAD_REQUEST, "bad_bundle", Some("bundle")),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("bundle")),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("body")),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
@@ -140,8 +150,18 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
         use axum::extract::rejection::JsonRejection as R;
         match rejection {
-            R::BytesRejection(_) => ApiError::TooLarge("request body is too large".into()),
+            R::BytesRejection(inner) => inner.into(),
             other => ApiError::invalid("body", other.body_text()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge
+        } else {
+            ApiError::invalid("body", rejection.body_text())
         }
     }
 }

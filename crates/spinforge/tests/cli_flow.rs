@@ -265,6 +265,18 @@ async fn api_serves_health_metrics_and_openapi() {
     assert!(metrics.contains(r#"spinforge_deploys_total{result="ok"} 1"#));
     assert!(metrics.contains("spinforge_edge_open_connections"));
 
+    let wrong = client
+        .put(format!("{}/api/v1/sites", server.api_url()))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(wrong.status(), 405);
+    let body: Value = wrong
+        .json()
+        .await
+        .expect("a wrong method still gets the JSON error shape");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
     let doc: Value = get("/api/v1/openapi.json")
         .await
         .expect("openapi")

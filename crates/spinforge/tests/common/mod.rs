@@ -126,7 +126,8 @@ impl Server {
 
     /// Sends SIGKILL: the process gets no chance to clean up.
     pub fn kill9(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        // Taken, so a later stop never signals a pid the kernel reused.
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
