@@ -5,6 +5,7 @@
 //! never talks to the store on the request path.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod body;
 pub mod host;
 mod idle;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod static_files;
 pub mod upstream;
 
+pub use app::{AppLease, AppUnavailable, AppWaker, LeaseGuard, WakeFuture};
 pub use metrics::EdgeMetrics;
 pub use routes::{Route, RouteTable, Routes, Target};
 pub use server::{Edge, EdgeConfig};

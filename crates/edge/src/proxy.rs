@@ -2,6 +2,7 @@
 //! keep-alive pool, hop-by-hop headers removed, forwarding headers set,
 //! and WebSocket upgrades spliced through on a dedicated connection.
 
+use crate::app::{AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -94,7 +95,7 @@ impl Proxy {
 
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         upstream: &Upstream,
         ctx: ClientContext<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
@@ -105,7 +106,30 @@ impl Proxy {
                 return Err(ProxyError::Forbidden);
             }
         }
+        self.send(req, upstream, ctx, None).await
+    }
 
+    /// Forwards to a local app instance. The policy does not apply: the
+    /// address came from our own supervisor, not from a site's settings.
+    /// The lease is held until the response body or WebSocket ends.
+    pub async fn forward_to_app(
+        &self,
+        req: Request<Incoming>,
+        lease: AppLease,
+        ctx: ClientContext<'_>,
+    ) -> Result<Response<EdgeBody>, ProxyError> {
+        let upstream = Upstream::local(lease.addr);
+        self.send(req, &upstream, ctx, Some(Leased(lease.guard)))
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        upstream: &Upstream,
+        ctx: ClientContext<'_>,
+        lease: Option<Leased>,
+    ) -> Result<Response<EdgeBody>, ProxyError> {
         let upgrade = websocket_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
@@ -122,13 +146,18 @@ impl Proxy {
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
         let outgoing = Request::from_parts(parts, incoming.map_err(Into::into).boxed());
 
-        match client_upgrade {
+        let trusted = lease.is_some();
+        let result = match client_upgrade {
             None => self.send_pooled(outgoing).await,
-            Some(on_client) => self.send_upgrade(outgoing, upstream, on_client).await,
-        }
+            Some(on_client) => {
+                self.send_upgrade(outgoing, upstream, trusted, on_client)
+                    .await
+            }
+        };
+        attach(result, lease)
     }
 
-    async fn send_pooled(&self, req: Request<EdgeBody>) -> Result<Response<EdgeBody>, ProxyError> {
+    async fn send_pooled(&self, req: Request<EdgeBody>) -> Result<Sent, ProxyError> {
         let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(req));
         let response = match sent.await {
             Err(_) => return Err(ProxyError::Timeout),
@@ -138,10 +167,11 @@ impl Proxy {
         };
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            incoming.map_err(Into::into).boxed(),
-        ))
+        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
+        Ok(Sent {
+            response,
+            upgrade: None,
+        })
     }
 
     /// A WebSocket handshake gets its own upstream connection, since the
@@ -150,9 +180,11 @@ impl Proxy {
         &self,
         req: Request<EdgeBody>,
         upstream: &Upstream,
+        trusted: bool,
         on_client: hyper::upgrade::OnUpgrade,
-    ) -> Result<Response<EdgeBody>, ProxyError> {
-        let stream = tokio::time::timeout(self.config.connect_timeout, self.connect(upstream))
+    ) -> Result<Sent, ProxyError> {
+        let connect = self.connect(upstream, trusted);
+        let stream = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| ProxyError::Timeout)??;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -166,13 +198,10 @@ impl Proxy {
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let on_upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(on_client, on_upstream));
-        }
+        let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| (on_client, hyper::upgrade::on(&mut response)));
         let (mut parts, incoming) = response.into_parts();
-        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let upgrade_headers = upgraded.then(|| {
+        let upgrade_headers = upgrade.is_some().then(|| {
             (
                 parts.headers.get(header::UPGRADE).cloned(),
                 parts.headers.get(header::CONNECTION).cloned(),
@@ -187,18 +216,20 @@ impl Proxy {
                 parts.headers.insert(header::CONNECTION, v);
             }
         }
-        Ok(Response::from_parts(
-            parts,
-            incoming.map_err(Into::into).boxed(),
-        ))
+        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
+        Ok(Sent { response, upgrade })
     }
 
-    async fn connect(&self, upstream: &Upstream) -> Result<tokio::net::TcpStream, ProxyError> {
+    async fn connect(
+        &self,
+        upstream: &Upstream,
+        trusted: bool,
+    ) -> Result<tokio::net::TcpStream, ProxyError> {
         let addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
             .await
             .map_err(|e| ProxyError::Connect(e.to_string()))?;
         let mut last = ProxyError::Forbidden;
-        for addr in addrs.filter(|a| self.policy.permits(a.ip())) {
+        for addr in addrs.filter(|a| trusted || self.policy.permits(a.ip())) {
             match tokio::net::TcpStream::connect(addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
@@ -209,6 +240,58 @@ impl Proxy {
         }
         Err(last)
     }
+}
+
+/// An upstream response, and the two halves of a WebSocket upgrade when
+/// the upstream agreed to one.
+struct Sent {
+    response: Response<EdgeBody>,
+    upgrade: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
+}
+
+/// An app lease riding along with a proxied request.
+struct Leased(Box<dyn LeaseGuard>);
+
+/// Starts the WebSocket splice if there is one, and makes the lease live
+/// exactly as long as the exchange: the splice, or the response body.
+fn attach(
+    result: Result<Sent, ProxyError>,
+    lease: Option<Leased>,
+) -> Result<Response<EdgeBody>, ProxyError> {
+    let sent = match result {
+        Ok(sent) => sent,
+        Err(e) => {
+            if let Some(Leased(guard)) = &lease {
+                guard.record_status(e.status().as_u16());
+            }
+            return Err(e);
+        }
+    };
+    let Sent {
+        mut response,
+        upgrade,
+    } = sent;
+    if let Some(Leased(guard)) = &lease {
+        guard.record_status(response.status().as_u16());
+    }
+    match (upgrade, lease) {
+        (Some((on_client, on_upstream)), lease) => {
+            tokio::spawn(async move {
+                splice(on_client, on_upstream).await;
+                drop(lease);
+            });
+        }
+        (None, Some(Leased(guard))) => {
+            let body = std::mem::replace(response.body_mut(), body::empty());
+            *response.body_mut() = LeasedBody {
+                inner: body,
+                _lease: guard,
+            }
+            .boxed();
+        }
+        (None, None) => {}
+    }
+    Ok(response)
 }
 
 /// Copies bytes both ways between the client's and the upstream's

@@ -16,6 +16,8 @@ pub enum Target {
     Static { root: PathBuf, spa: bool },
     /// Requests forwarded to an approved upstream.
     Proxy { upstream: Upstream },
+    /// Requests forwarded to the site's app process, woken on demand.
+    App,
 }
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! This module holds the order of the request phases in one place. It
 //! never touches the database: routes arrive through [`Routes`].
 
+use crate::app::{AppUnavailable, AppWaker};
 use crate::body::{self, EdgeBody};
 use crate::idle::IdleTimeout;
 use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
@@ -22,7 +23,7 @@ use ipnet::IpNet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -68,6 +69,8 @@ struct Inner {
     /// Random per process, so request ids from two runs never collide.
     id_prefix: u64,
     id_counter: AtomicU64,
+    /// Starts app processes on demand; unset until the hub plugs it in.
+    apps: OnceLock<Arc<dyn AppWaker>>,
 }
 
 impl Edge {
@@ -82,6 +85,7 @@ impl Edge {
                 config,
                 id_prefix: rand::random(),
                 id_counter: AtomicU64::new(0),
+                apps: OnceLock::new(),
             }),
         }
     }
@@ -197,20 +201,17 @@ impl Edge {
                             host: requested_host.as_deref().unwrap_or(""),
                             request_id: &request_id,
                         };
-                        match inner.proxy.forward(req, upstream, ctx).await {
-                            Ok(response) => response,
-                            Err(e) => {
-                                tracing::warn!(
-                                    site = %route.site, request_id = %request_id,
-                                    error = %e, "proxy request failed"
-                                );
-                                let label = SiteLabel {
-                                    site: route.site.to_string(),
-                                };
-                                inner.metrics.upstream_errors.get_or_create(&label).inc();
-                                proxy::error_page(e.status())
-                            }
-                        }
+                        let result = inner.proxy.forward(req, upstream, ctx).await;
+                        self.proxied(result, &route.site, &request_id)
+                    }
+                    Target::App => {
+                        let ctx = ClientContext {
+                            client_ip,
+                            peer_trusted,
+                            host: requested_host.as_deref().unwrap_or(""),
+                            request_id: &request_id,
+                        };
+                        self.to_app(req, &route.site, ctx).await
                     }
                 };
                 (Some(route.site.clone()), response)
@@ -244,6 +245,77 @@ impl Edge {
             duration_us = elapsed.as_micros() as u64,
         );
         response
+    }
+
+    /// Wakes the site's app if needed and forwards to it.
+    async fn to_app(
+        &self,
+        req: Request<Incoming>,
+        site: &str,
+        ctx: ClientContext<'_>,
+    ) -> Response<EdgeBody> {
+        let request_id = ctx.request_id.to_owned();
+        let Some(waker) = self.inner.apps.get() else {
+            return proxy::error_page(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        match waker.wake(site).await {
+            Ok(lease) => {
+                let result = self.inner.proxy.forward_to_app(req, lease, ctx).await;
+                self.proxied(result, site, &request_id)
+            }
+            Err(AppUnavailable::Failing { retry_after }) => {
+                let mut response = proxy::error_page(StatusCode::SERVICE_UNAVAILABLE);
+                let seconds = HeaderValue::from(retry_after.as_secs().max(1));
+                response.headers_mut().insert(header::RETRY_AFTER, seconds);
+                response
+            }
+            Err(AppUnavailable::NotDeployed) => proxy::error_page(StatusCode::SERVICE_UNAVAILABLE),
+            Err(AppUnavailable::StartFailed(reason)) => {
+                tracing::warn!(site, request_id = %request_id, error = %reason,
+                    "app did not start");
+                let label = SiteLabel {
+                    site: site.to_owned(),
+                };
+                self.inner
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&label)
+                    .inc();
+                proxy::error_page(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    /// Turns a proxy outcome into the response, logging and counting a
+    /// failure.
+    fn proxied(
+        &self,
+        result: Result<Response<EdgeBody>, proxy::ProxyError>,
+        site: &str,
+        request_id: &str,
+    ) -> Response<EdgeBody> {
+        match result {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(site, request_id, error = %e, "proxy request failed");
+                let label = SiteLabel {
+                    site: site.to_owned(),
+                };
+                self.inner
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&label)
+                    .inc();
+                proxy::error_page(e.status())
+            }
+        }
+    }
+
+    /// Plugs in what starts app processes. Set once, before serving.
+    pub fn set_app_waker(&self, waker: Arc<dyn AppWaker>) {
+        if self.inner.apps.set(waker).is_err() {
+            tracing::warn!("app waker was already set; keeping the first");
+        }
     }
 
     /// Keeps a well-formed `x-request-id` from a trusted proxy; otherwise

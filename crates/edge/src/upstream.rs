@@ -70,6 +70,20 @@ impl Upstream {
         })
     }
 
+    /// An upstream on a local address the edge itself chose (an app).
+    pub fn local(addr: SocketAddr) -> Upstream {
+        let authority = addr
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
+        Upstream {
+            authority,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            base_path: String::new(),
+        }
+    }
+
     /// The IP if the host is a literal address.
     pub fn literal_ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
