@@ -1,0 +1,960 @@
+//! The supervisor: one slot per process site, each moving through
+//! stopped → starting → running → draining → stopped, or failed.
+//!
+//! It starts an app on the first request (once, however many requests
+//! race), stops it when idle, restarts it with backoff when it crashes,
+//! and swaps releases by starting the new one beside the old one. It does
+//! not know about HTTP routing or the store: the hub tells it what each
+//! site runs, and the edge asks it for an address.
+
+use crate::logs::{AppLog, LogConfig};
+use crate::manifest::{self, Manifest};
+use crate::ports::Ports;
+use crate::spawn::{Launch, Spawner};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Loopback ports handed to apps.
+    pub ports: RangeInclusive<u16>,
+    /// Per-site log folders live under here.
+    pub logs_dir: PathBuf,
+    /// Running processes are recorded here, so a restarted `serve` can
+    /// reap what a killed one left behind.
+    pub state_file: PathBuf,
+    /// This many crashes within `crash_window` mark a site failed.
+    pub crash_limit: usize,
+    pub crash_window: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Longest wait for an old release's in-flight requests after a swap.
+    pub drain_timeout: Duration,
+    /// How often idle apps are looked for.
+    pub reap_interval: Duration,
+    pub log: LogConfig,
+}
+
+impl SupervisorConfig {
+    pub fn new(data_dir: &Path) -> SupervisorConfig {
+        let base = data_dir.join("spinlets");
+        SupervisorConfig {
+            ports: 20000..=29999,
+            logs_dir: base.join("logs"),
+            state_file: base.join("running.json"),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(120),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            reap_interval: Duration::from_millis(500),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// What a site runs: one release folder and its manifest.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    pub release: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Stopped,
+    Starting,
+    Running,
+    Draining,
+    Failed,
+}
+
+/// Why a request could not be given an app instance.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WakeError {
+    /// The site is not a process site the supervisor knows.
+    #[error("no app is deployed for this site")]
+    NotDeployed,
+    /// The app crashed too often; it stays down until a deploy, rollback
+    /// or restart.
+    #[error("the app is failing: {reason}")]
+    Failed {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// The app did not start or did not become healthy in time.
+    #[error("{0}")]
+    Start(StartError),
+}
+
+/// A start that did not end in a healthy app, with the app's last log
+/// lines so the person deploying sees why.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    pub message: String,
+    pub log_tail: Vec<String>,
+    /// True iff the app itself is at fault (bad command, crash, never
+    /// healthy); false when we could not spawn it for our own reasons.
+    pub app_fault: bool,
+}
+
+/// The live numbers of one site's app.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpinletStatus {
+    pub state: State,
+    pub release: Option<String>,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub uptime_secs: Option<u64>,
+    pub last_request_secs_ago: Option<u64>,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub restarts: u64,
+    pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub failed_reason: Option<String>,
+}
+
+/// Holds an instance busy for one request (or one WebSocket): it is not
+/// idle-stopped or drained away while a lease exists.
+pub struct Lease {
+    instance: Arc<Instance>,
+    slot: Arc<Slot>,
+    clock: Instant,
+}
+
+impl Lease {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.instance.port))
+    }
+
+    /// Counts the response status; 5xx count as app errors.
+    pub fn record_status(&self, status: u16) {
+        if status >= 500 {
+            self.slot.lock().errors += 1;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.touch(self.clock);
+        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A started, healthy instance of a new release that is not serving yet.
+pub struct Candidate {
+    slot: Arc<Slot>,
+    instance: Arc<Instance>,
+    spec: AppSpec,
+}
+
+struct Instance {
+    release: String,
+    pid: u32,
+    port: u16,
+    started: Instant,
+    /// Milliseconds since the supervisor's clock began.
+    last_active_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Set before an intentional stop, so the exit is not a crash.
+    stopping: AtomicBool,
+    exited: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    stop_grace: Duration,
+    scale_to_zero: bool,
+}
+
+impl Instance {
+    fn touch(&self, clock: Instant) {
+        let now = clock.elapsed().as_millis() as u64;
+        self.last_active_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    fn has_exited(&self) -> bool {
+        *self.exited.borrow()
+    }
+}
+
+struct Slot {
+    domain: String,
+    log: AppLog,
+    /// Single flight: one start at a time per site.
+    start_lock: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    spec: Option<AppSpec>,
+    current: Option<Arc<Instance>>,
+    draining: Vec<Arc<Instance>>,
+    starting: bool,
+    failed: Option<String>,
+    crashes: VecDeque<Instant>,
+    not_before: Option<Instant>,
+    requests: u64,
+    errors: u64,
+    restarts: u64,
+    last_request: Option<Instant>,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SupervisorConfig,
+    spawner: Arc<dyn Spawner>,
+    ports: Ports,
+    clock: Instant,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// pid → tag of every process we run, mirrored to the state file.
+    running: Mutex<HashMap<u32, String>>,
+}
+
+/// How long a failed site tells clients to wait.
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl Supervisor {
+    /// Creates the supervisor and reaps processes a previous, killed
+    /// `serve` left running. Call from within a tokio runtime.
+    pub fn new(config: SupervisorConfig, spawner: Arc<dyn Spawner>) -> std::io::Result<Supervisor> {
+        std::fs::create_dir_all(&config.logs_dir)?;
+        reap_leftovers(&config.state_file);
+        let supervisor = Supervisor {
+            inner: Arc::new(Inner {
+                ports: Ports::new(config.ports.clone()),
+                config,
+                spawner,
+                clock: Instant::now(),
+                slots: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
+            }),
+        };
+        supervisor.persist();
+        let weak = Arc::downgrade(&supervisor.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let interval = inner.config.reap_interval;
+                Supervisor { inner }.reap_idle();
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Ok(supervisor)
+    }
+
+    fn slot(&self, domain: &str) -> Option<Arc<Slot>> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
+    }
+
+    fn slot_or_create(&self, domain: &str) -> std::io::Result<Arc<Slot>> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(domain) {
+            return Ok(slot.clone());
+        }
+        let log = AppLog::open(
+            &self.inner.config.logs_dir.join(domain),
+            self.inner.config.log.clone(),
+        )?;
+        let slot = Arc::new(Slot {
+            domain: domain.to_owned(),
+            log,
+            start_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(SlotState::default()),
+        });
+        slots.insert(domain.to_owned(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Tells the supervisor what a site runs, without starting it unless
+    /// its manifest asks for a minimum instance. Used at start-up.
+    pub fn register(&self, domain: &str, spec: AppSpec) -> std::io::Result<()> {
+        let slot = self.slot_or_create(domain)?;
+        let always_on = spec.manifest.min_instances > 0;
+        slot.lock().spec = Some(spec);
+        if always_on {
+            self.wake_in_background(domain);
+        }
+        Ok(())
+    }
+
+    /// Returns a lease on a running instance of the site's app, starting
+    /// it first if needed. Concurrent callers share one start.
+    pub async fn wake(&self, domain: &str) -> Result<Lease, WakeError> {
+        let slot = self.slot(domain).ok_or(WakeError::NotDeployed)?;
+        if let Some(lease) = self.lease_if_running(&slot)? {
+            return Ok(lease);
+        }
+        let _single_flight = slot.start_lock.lock().await;
+        if let Some(lease) = self.lease_if_running(&slot)? {
+            return Ok(lease);
+        }
+        let (spec, not_before) = {
+            let state = slot.lock();
+            (
+                state.spec.clone().ok_or(WakeError::NotDeployed)?,
+                state.not_before,
+            )
+        };
+        if let Some(not_before) = not_before {
+            // A crash backoff is running; wait it out (it is never longer
+            // than the configured maximum).
+            tokio::time::sleep_until(not_before.into()).await;
+        }
+        slot.lock().starting = true;
+        let started = self.start_instance(&slot, &spec).await;
+        let mut state = slot.lock();
+        state.starting = false;
+        let instance = started.map_err(WakeError::Start)?;
+        state.current = Some(instance.clone());
+        state.not_before = None;
+        drop(state);
+        self.lease_if_running(&slot)?.ok_or(WakeError::NotDeployed)
+    }
+
+    fn lease_if_running(&self, slot: &Arc<Slot>) -> Result<Option<Lease>, WakeError> {
+        let mut state = slot.lock();
+        if let Some(reason) = &state.failed {
+            return Err(WakeError::Failed {
+                reason: reason.clone(),
+                retry_after: FAILED_RETRY_AFTER,
+            });
+        }
+        let Some(instance) = state.current.clone().filter(|i| !i.has_exited()) else {
+            return Ok(None);
+        };
+        instance.in_flight.fetch_add(1, Ordering::AcqRel);
+        instance.touch(self.inner.clock);
+        state.requests += 1;
+        state.last_request = Some(Instant::now());
+        Ok(Some(Lease {
+            instance,
+            slot: slot.clone(),
+            clock: self.inner.clock,
+        }))
+    }
+
+    fn wake_in_background(&self, domain: &str) {
+        let supervisor = self.clone();
+        let domain = domain.to_owned();
+        tokio::spawn(async move {
+            match supervisor.wake(&domain).await {
+                Ok(lease) => drop(lease),
+                Err(e) => tracing::warn!(site = %domain, error = %e, "background start failed"),
+            }
+        });
+    }
+
+    /// Starts a new release beside whatever runs now and waits until it is
+    /// healthy. Nothing is switched yet: see [`Supervisor::promote`].
+    pub async fn prepare(&self, domain: &str, spec: AppSpec) -> Result<Candidate, StartError> {
+        let slot = self.slot_or_create(domain).map_err(|e| StartError {
+            message: format!("cannot open the app log: {e}"),
+            log_tail: Vec::new(),
+            app_fault: false,
+        })?;
+        let instance = self.start_instance(&slot, &spec).await?;
+        Ok(Candidate {
+            slot,
+            instance,
+            spec,
+        })
+    }
+
+    /// Switches the site to a prepared release. The old instance keeps its
+    /// in-flight requests and stops once they are done.
+    pub fn promote(&self, candidate: Candidate) {
+        let Candidate {
+            slot,
+            instance,
+            spec,
+        } = candidate;
+        let old = {
+            let mut state = slot.lock();
+            state.spec = Some(spec);
+            state.failed = None;
+            state.crashes.clear();
+            state.not_before = None;
+            let old = state.current.replace(instance.clone());
+            if let Some(old) = &old {
+                state.draining.push(old.clone());
+            }
+            old
+        };
+        slot.log
+            .note(&format!("release {} now serves", instance.release));
+        tracing::info!(site = %slot.domain, release = %instance.release, pid = instance.pid,
+            "spinlet promoted");
+        if let Some(old) = old {
+            let supervisor = self.clone();
+            tokio::spawn(async move { supervisor.drain(slot, old).await });
+        }
+    }
+
+    /// Stops a prepared instance that will not be promoted.
+    pub async fn discard(&self, candidate: Candidate) {
+        self.stop_instance(&candidate.slot, &candidate.instance)
+            .await;
+    }
+
+    /// Stops every instance of a site and forgets it.
+    pub async fn remove(&self, domain: &str) {
+        let slot = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
+        if let Some(slot) = slot {
+            let instances: Vec<_> = {
+                let mut state = slot.lock();
+                state.spec = None;
+                state
+                    .current
+                    .take()
+                    .into_iter()
+                    .chain(state.draining.drain(..))
+                    .collect()
+            };
+            for instance in instances {
+                self.stop_instance(&slot, &instance).await;
+            }
+        }
+    }
+
+    /// Stops the site's app (it starts again on the next request) and
+    /// clears a failed state.
+    pub async fn restart(&self, domain: &str) -> Result<(), WakeError> {
+        let slot = self.slot(domain).ok_or(WakeError::NotDeployed)?;
+        let (current, always_on) = {
+            let mut state = slot.lock();
+            state.failed = None;
+            state.crashes.clear();
+            state.not_before = None;
+            let always_on = state
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.manifest.min_instances > 0);
+            (state.current.take(), always_on)
+        };
+        if let Some(instance) = current {
+            self.stop_instance(&slot, &instance).await;
+        }
+        if always_on {
+            self.wake_in_background(domain);
+        }
+        Ok(())
+    }
+
+    /// Stops every app gracefully; for `serve`'s shutdown.
+    pub async fn shutdown(&self) {
+        let slots: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut stops = Vec::new();
+        for slot in slots {
+            let instances: Vec<_> = {
+                let mut state = slot.lock();
+                state
+                    .current
+                    .take()
+                    .into_iter()
+                    .chain(state.draining.drain(..))
+                    .collect()
+            };
+            for instance in instances {
+                let supervisor = self.clone();
+                let slot = slot.clone();
+                stops.push(tokio::spawn(async move {
+                    supervisor.stop_instance(&slot, &instance).await
+                }));
+            }
+        }
+        for stop in stops {
+            let _ = stop.await;
+        }
+    }
+
+    pub fn status(&self, domain: &str) -> Option<SpinletStatus> {
+        let slot = self.slot(domain)?;
+        let state = slot.lock();
+        let live = state.current.as_ref().filter(|i| !i.has_exited());
+        let phase = if state.failed.is_some() {
+            State::Failed
+        } else if state.starting {
+            State::Starting
+        } else if live.is_some() {
+            State::Running
+        } else if !state.draining.is_empty() {
+            State::Draining
+        } else {
+            State::Stopped
+        };
+        let shown = live.or(state.draining.first());
+        let (memory_bytes, cpu_seconds) = shown.map_or((None, None), |i| proc_usage(i.pid));
+        Some(SpinletStatus {
+            state: phase,
+            release: state.spec.as_ref().map(|s| s.release.clone()),
+            pid: shown.map(|i| i.pid),
+            port: shown.map(|i| i.port),
+            uptime_secs: shown.map(|i| i.started.elapsed().as_secs()),
+            last_request_secs_ago: state.last_request.map(|t| t.elapsed().as_secs()),
+            in_flight: shown.map_or(0, |i| i.in_flight.load(Ordering::Acquire)),
+            requests: state.requests,
+            errors: state.errors,
+            restarts: state.restarts,
+            memory_bytes,
+            cpu_seconds,
+            failed_reason: state.failed.clone(),
+        })
+    }
+
+    /// The site's captured app log.
+    pub fn log(&self, domain: &str) -> Option<AppLog> {
+        self.slot(domain).map(|s| s.log.clone())
+    }
+
+    async fn start_instance(
+        &self,
+        slot: &Arc<Slot>,
+        spec: &AppSpec,
+    ) -> Result<Arc<Instance>, StartError> {
+        let ours = |message: String| StartError {
+            message,
+            log_tail: Vec::new(),
+            app_fault: false,
+        };
+        let argv = &spec.manifest.command;
+        let first = argv
+            .first()
+            .ok_or_else(|| ours("the manifest has no command".into()))?;
+        let program = manifest::resolve_program(&spec.dir, first).map_err(|e| StartError {
+            message: e.to_string(),
+            log_tail: Vec::new(),
+            app_fault: true,
+        })?;
+        let port = self
+            .inner
+            .ports
+            .allocate()
+            .ok_or_else(|| ours("no free port for the app".into()))?;
+
+        let mut env: Vec<(String, String)> = spec
+            .manifest
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("PORT".into(), port.to_string()));
+        env.push(("HOST".into(), "127.0.0.1".into()));
+        let launch = Launch {
+            site: slot.domain.clone(),
+            release: spec.release.clone(),
+            dir: spec.dir.clone(),
+            program,
+            args: argv[1..].to_vec(),
+            env,
+            port,
+            limits: spec.manifest.limits.clone(),
+            tag: random_tag(),
+        };
+        let mut child = match self.inner.spawner.spawn(&launch) {
+            Ok(child) => child,
+            Err(e) => {
+                self.inner.ports.release(port);
+                slot.log.note(&format!(
+                    "could not start {}: {e}",
+                    launch.program.display()
+                ));
+                return Err(StartError {
+                    message: format!("could not start the app: {e}"),
+                    log_tail: slot.log.tail(20).unwrap_or_default(),
+                    app_fault: matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ),
+                });
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        slot.log.capture(child.stdout.take(), child.stderr.take());
+        slot.log.note(&format!(
+            "started release {} as pid {pid} on port {port}",
+            spec.release
+        ));
+        self.track(pid, &launch.tag);
+
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let instance = Arc::new(Instance {
+            release: spec.release.clone(),
+            pid,
+            port,
+            started: Instant::now(),
+            last_active_ms: AtomicU64::new(self.inner.clock.elapsed().as_millis() as u64),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            exited: exit_rx,
+            idle_timeout: spec.manifest.idle_timeout,
+            stop_grace: spec.manifest.stop_grace,
+            scale_to_zero: spec.manifest.min_instances == 0,
+        });
+        let supervisor = self.clone();
+        let (monitor_slot, monitor_instance) = (slot.clone(), instance.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = exit_tx.send(true);
+            supervisor
+                .on_exit(&monitor_slot, &monitor_instance, status)
+                .await;
+        });
+
+        let deadline = Instant::now() + spec.manifest.start_timeout;
+        match wait_healthy(&instance, spec.manifest.health_path.as_deref(), deadline).await {
+            Ok(()) => {
+                tracing::info!(site = %slot.domain, release = %spec.release, pid, port,
+                    "spinlet healthy");
+                Ok(instance)
+            }
+            Err(reason) => {
+                slot.log.note(&reason);
+                self.stop_instance(slot, &instance).await;
+                Err(StartError {
+                    message: reason,
+                    log_tail: slot.log.tail(20).unwrap_or_default(),
+                    app_fault: true,
+                })
+            }
+        }
+    }
+
+    async fn on_exit(
+        &self,
+        slot: &Arc<Slot>,
+        instance: &Arc<Instance>,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        self.inner.ports.release(instance.port);
+        self.untrack(instance.pid);
+        // Children of the app may outlive it; the group goes with it.
+        let _ = killpg(Pid::from_raw(instance.pid as i32), Signal::SIGKILL);
+        let description = match &status {
+            Ok(s) => format!("pid {} exited: {s}", instance.pid),
+            Err(e) => format!("pid {} could not be waited for: {e}", instance.pid),
+        };
+        slot.log.note(&description);
+        if instance.stopping.load(Ordering::Acquire) {
+            return;
+        }
+
+        // An exit nobody asked for is a crash.
+        let restart_after = {
+            let mut state = slot.lock();
+            let was_current = state
+                .current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, instance));
+            state.draining.retain(|d| !Arc::ptr_eq(d, instance));
+            if !was_current {
+                return;
+            }
+            state.current = None;
+            let now = Instant::now();
+            let window = self.inner.config.crash_window;
+            state.crashes.push_back(now);
+            while state
+                .crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
+                state.crashes.pop_front();
+            }
+            state.restarts += 1;
+            if state.crashes.len() >= self.inner.config.crash_limit {
+                let reason = format!(
+                    "crashed {} times within {} s; last: {description}",
+                    state.crashes.len(),
+                    window.as_secs()
+                );
+                tracing::warn!(target: "spinforge::audit", event = "spinlet.failed",
+                    site = %slot.domain, reason = %reason, "app marked failed");
+                slot.log.note(&format!("marked failed: {reason}"));
+                state.failed = Some(reason);
+                None
+            } else {
+                let exponent = state.crashes.len().saturating_sub(1).min(16) as u32;
+                let backoff = self
+                    .inner
+                    .config
+                    .backoff_base
+                    .saturating_mul(2u32.saturating_pow(exponent))
+                    .min(self.inner.config.backoff_max);
+                state.not_before = Some(now + backoff);
+                tracing::warn!(site = %slot.domain, pid = instance.pid, backoff_ms =
+                    backoff.as_millis() as u64, "spinlet crashed; restarting after backoff");
+                Some(backoff)
+            }
+        };
+        if restart_after.is_some() {
+            self.wake_in_background(&slot.domain);
+        }
+    }
+
+    /// SIGTERM to the process group, the grace period, then SIGKILL.
+    async fn stop_instance(&self, slot: &Arc<Slot>, instance: &Arc<Instance>) {
+        instance.stopping.store(true, Ordering::Release);
+        if instance.has_exited() {
+            return;
+        }
+        let group = Pid::from_raw(instance.pid as i32);
+        slot.log.note(&format!("stopping pid {}", instance.pid));
+        let _ = killpg(group, Signal::SIGTERM);
+        let mut exited = instance.exited.clone();
+        let graceful = tokio::time::timeout(instance.stop_grace, exited.wait_for(|done| *done))
+            .await
+            .is_ok();
+        if !graceful {
+            slot.log
+                .note(&format!("pid {} ignored SIGTERM; killing it", instance.pid));
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|d| *d)).await;
+        }
+    }
+
+    async fn drain(&self, slot: Arc<Slot>, old: Arc<Instance>) {
+        let deadline = Instant::now() + self.inner.config.drain_timeout;
+        while old.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop_instance(&slot, &old).await;
+        slot.lock().draining.retain(|d| !Arc::ptr_eq(d, &old));
+    }
+
+    /// Stops apps that have been idle for their timeout, and starts
+    /// always-on apps that are down.
+    fn reap_idle(&self) {
+        let now_ms = self.inner.clock.elapsed().as_millis() as u64;
+        let slots: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let mut state = slot.lock();
+            let Some(current) = state.current.clone() else {
+                let always_on = state
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.manifest.min_instances > 0);
+                if always_on
+                    && state.failed.is_none()
+                    && !state.starting
+                    && state.not_before.is_none()
+                {
+                    drop(state);
+                    self.wake_in_background(&slot.domain);
+                }
+                continue;
+            };
+            let idle_ms = now_ms.saturating_sub(current.last_active_ms.load(Ordering::Acquire));
+            let idle = current.scale_to_zero
+                && current.in_flight.load(Ordering::Acquire) == 0
+                && Duration::from_millis(idle_ms) >= current.idle_timeout;
+            if !idle {
+                continue;
+            }
+            state.current = None;
+            drop(state);
+            tracing::info!(site = %slot.domain, pid = current.pid, "spinlet idle; stopping");
+            slot.log.note("idle; stopping");
+            let supervisor = self.clone();
+            tokio::spawn(async move { supervisor.stop_instance(&slot, &current).await });
+        }
+    }
+
+    fn track(&self, pid: u32, tag: &str) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, tag.to_owned());
+        self.persist();
+    }
+
+    fn untrack(&self, pid: u32) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+        self.persist();
+    }
+
+    /// Writes the running set to the state file (temp file, then rename).
+    fn persist(&self) {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let path = &self.inner.config.state_file;
+        let tmp = path.with_extension("json.tmp");
+        let write = serde_json::to_vec(&running)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = write {
+            tracing::warn!(error = %e, "cannot record running spinlets");
+        }
+    }
+}
+
+/// Kills the process groups a previous `serve` recorded, but only those
+/// whose environment still carries the tag we gave them: a recycled pid
+/// belonging to something else is left alone.
+fn reap_leftovers(state_file: &Path) {
+    let Ok(bytes) = std::fs::read(state_file) else {
+        return;
+    };
+    let Ok(recorded) = serde_json::from_slice::<HashMap<u32, String>>(&bytes) else {
+        return;
+    };
+    for (pid, tag) in recorded {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let marker = format!("SPINFORGE_SPINLET={tag}");
+        let ours = environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes());
+        if ours {
+            tracing::warn!(pid, "reaping an app left running by a previous serve");
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn random_tag() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes[..16].copy_from_slice(&nanos.as_nanos().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Waits until the app answers: its health path with a 2xx or 3xx, or,
+/// with no health path, its port accepting a connection.
+async fn wait_healthy(
+    instance: &Instance,
+    health_path: Option<&str>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, instance.port));
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if instance.has_exited() {
+            return Err("the app exited before it became healthy".into());
+        }
+        if probe(addr, health_path).await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(match health_path {
+                Some(path) => format!("the app did not answer {path} with success in time"),
+                None => format!("the app did not listen on port {} in time", instance.port),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let Some(path) = health_path else {
+            return Some(true);
+        };
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        // "HTTP/1.1 200"
+        let code = std::str::from_utf8(&head[9..12])
+            .ok()?
+            .parse::<u16>()
+            .ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// Resident memory and CPU time of a process, from /proc.
+fn proc_usage(pid: u32) -> (Option<u64>, Option<f64>) {
+    let memory = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime
+            // are the 14th and 15th fields of the whole line.
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+            Some(ticks as f64 / per_second as f64)
+        });
+    (memory, cpu)
+}
