@@ -6,7 +6,8 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::sites::SiteSpec;
 use crate::Hub;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -42,6 +43,9 @@ pub fn router(hub: Hub) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/sites/{domain}/rollback", post(rollback))
+        .route("/sites/{domain}/status", get(site_status))
+        .route("/sites/{domain}/logs", get(site_logs))
+        .route("/sites/{domain}/restart", post(restart_site))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
@@ -70,10 +74,20 @@ pub fn router(hub: Hub) -> Router {
         list_releases,
         upload_release,
         rollback,
+        site_status,
+        site_logs,
+        restart_site,
         healthz,
         readyz
     ),
-    components(schemas(ErrorBody, SiteView, ReleaseView, TokenPairView))
+    components(schemas(
+        ErrorBody,
+        SiteView,
+        ReleaseView,
+        TokenPairView,
+        SiteStatusView,
+        LogsView
+    ))
 )]
 struct ApiDoc;
 
@@ -216,11 +230,15 @@ fn parse_kind(kind: Option<&str>) -> Result<SiteKind, ApiError> {
     match kind.unwrap_or("static") {
         "static" => Ok(SiteKind::Static),
         "proxy" => Ok(SiteKind::Proxy),
-        "process" | "balancer" => Err(ApiError::invalid(
+        "process" => Ok(SiteKind::Process),
+        "balancer" => Err(ApiError::invalid(
             "type",
-            "process and balancer sites are not available yet",
+            "balancer sites are not available yet",
         )),
-        _ => Err(ApiError::invalid("type", "must be one of static, proxy")),
+        _ => Err(ApiError::invalid(
+            "type",
+            "must be one of static, proxy, process",
+        )),
     }
 }
 
@@ -429,6 +447,146 @@ async fn rollback(
     tracing::info!(target: "spinforge::audit", event = "site.rollback", user = %who.user_id,
         site = %site.domain);
     Ok(Json(site.into()))
+}
+
+// ---- apps ------------------------------------------------------------------
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SiteStatusView {
+    pub site: SiteView,
+    /// For process sites: state (stopped, starting, running, draining,
+    /// failed), pid, port, uptime, last request, counts, memory and CPU.
+    #[schema(value_type = Option<Object>)]
+    pub spinlet: Option<spinlet::SpinletStatus>,
+}
+
+#[utoipa::path(get, path = "/api/v1/sites/{domain}/status", tag = "apps",
+    params(("domain" = String, Path)),
+    responses((status = 200, body = SiteStatusView), (status = 404, body = ErrorBody)))]
+async fn site_status(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(domain): Path<String>,
+) -> Result<Json<SiteStatusView>, ApiError> {
+    let site = hub.site(&domain).await?;
+    let spinlet = match site.kind {
+        SiteKind::Process => hub.supervisor().status(&site.domain),
+        _ => None,
+    };
+    Ok(Json(SiteStatusView {
+        site: site.into(),
+        spinlet,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// At most this many lines, newest last (default 200, at most 5000).
+    pub lines: Option<usize>,
+    /// Only lines from this long ago (`30s`, `10m`, `2h`, `1d`) or since an
+    /// RFC 3339 time.
+    pub since: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LogsView {
+    pub lines: Vec<String>,
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d` or an RFC 3339 time.
+fn parse_since(value: &str) -> Result<time::OffsetDateTime, ApiError> {
+    let invalid = || {
+        ApiError::invalid(
+            "since",
+            "must look like 30s, 10m, 2h, 1d or an RFC 3339 time",
+        )
+    };
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    if let Ok(at) = time::OffsetDateTime::parse(value, rfc3339) {
+        return Ok(at);
+    }
+    let split = value.len().checked_sub(1).ok_or_else(invalid)?;
+    let (number, unit) = value.split_at(split);
+    let number: i64 = number.parse().map_err(|_| invalid())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(invalid()),
+    };
+    let seconds = number.checked_mul(unit_seconds).ok_or_else(invalid)?;
+    if !(0..=366 * 86400).contains(&seconds) {
+        return Err(invalid());
+    }
+    Ok(time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds))
+}
+
+#[utoipa::path(get, path = "/api/v1/sites/{domain}/logs", tag = "apps",
+    params(("domain" = String, Path), LogsQuery),
+    responses((status = 200, body = LogsView), (status = 400, body = ErrorBody)))]
+async fn site_logs(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(domain): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<LogsView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let site = hub.site(&domain).await?;
+    if site.kind != SiteKind::Process {
+        return Err(ApiError::invalid(
+            "domain",
+            "only process sites have app logs",
+        ));
+    }
+    let limit = query.lines.unwrap_or(200);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::invalid("lines", "must be between 1 and 5000"));
+    }
+    let since = query.since.as_deref().map(parse_since).transpose()?;
+    let Some(log) = hub.supervisor().log(&site.domain) else {
+        return Ok(Json(LogsView { lines: Vec::new() }));
+    };
+    log.flush().await;
+    let lines = tokio::task::spawn_blocking(move || match since {
+        Some(since) => log.since(since, usize::MAX).map(|mut lines| {
+            let skip = lines.len().saturating_sub(limit);
+            lines.drain(..skip);
+            lines
+        }),
+        None => log.tail(limit),
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(LogsView { lines }))
+}
+
+/// Stops the app; it starts again on the next request. Clears a failed
+/// state.
+#[utoipa::path(post, path = "/api/v1/sites/{domain}/restart", tag = "apps",
+    params(("domain" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn restart_site(
+    State(hub): State<Hub>,
+    Admin(who): Admin,
+    Path(domain): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let site = hub.site(&domain).await?;
+    if site.kind != SiteKind::Process {
+        return Err(ApiError::invalid(
+            "domain",
+            "only process sites can be restarted",
+        ));
+    }
+    hub.supervisor()
+        .restart(&site.domain)
+        .await
+        .map_err(|e| ApiError::invalid("domain", e.to_string()))?;
+    tracing::info!(target: "spinforge::audit", event = "site.restart", user = %who.user_id,
+        site = %site.domain);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- operations ------------------------------------------------------------

@@ -7,7 +7,7 @@
 
 use crate::bundle::{self, BundleError};
 use crate::error::ApiError;
-use crate::{layout, now, DeployLabels, Hub};
+use crate::{apps, layout, now, DeployLabels, Hub};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -54,8 +54,8 @@ impl Hub {
         body: axum::body::Body,
     ) -> Result<Release, ApiError> {
         let site = self.site(domain).await?;
-        if site.kind != SiteKind::Static {
-            return Err(ApiError::invalid("type", "only static sites take a bundle"));
+        if site.kind == SiteKind::Proxy {
+            return Err(ApiError::invalid("type", "proxy sites take no bundle"));
         }
         let id = ReleaseId(uuid::Uuid::now_v7().to_string());
         let tmp = self.inner.layout.tmp_dir();
@@ -77,6 +77,11 @@ impl Hub {
                 .map_err(ApiError::internal)?
                 .map_err(|e| bundle_error(e, compressed))?
         };
+        // An app's manifest is checked before anything else changes.
+        let app_spec = match site.kind {
+            SiteKind::Process => Some(apps::load_spec(&id, unpack_dir.clone()).await?),
+            _ => None,
+        };
 
         let _site_guard = self.site_lock(&site.domain).await;
         let release_dir = self.inner.layout.release_dir(site.id, &id);
@@ -88,7 +93,18 @@ impl Hub {
             .await
             .map_err(ApiError::internal)?;
         unpack_guard.disarm();
-        let mut release_guard = TempPath(Some(release_dir));
+        let mut release_guard = TempPath(Some(release_dir.clone()));
+
+        // A new app release starts beside the old one and must be healthy
+        // before anything is recorded; on failure the old one keeps serving.
+        let candidate = match app_spec {
+            Some(mut spec) => {
+                spec.dir = release_dir;
+                let prepared = self.inner.supervisor.prepare(&site.domain, spec).await;
+                Some(prepared.map_err(apps::start_failed)?)
+            }
+            None => None,
+        };
 
         let release = Release {
             id: id.clone(),
@@ -99,7 +115,15 @@ impl Hub {
             created_by: creator,
             created_at: now(),
         };
-        match self.inner.store.insert_release(&release).await {
+        let inserted = self.inner.store.insert_release(&release).await;
+        let candidate = match (inserted.is_err(), candidate) {
+            (true, Some(candidate)) => {
+                self.inner.supervisor.discard(candidate).await;
+                None
+            }
+            (_, candidate) => candidate,
+        };
+        match inserted {
             Ok(()) => release_guard.disarm(),
             Err(store::StoreError::Backend(sqlx_error))
                 if sqlx_error
@@ -110,6 +134,9 @@ impl Hub {
                 return Err(ApiError::NotFound("site"));
             }
             Err(e) => return Err(e.into()),
+        }
+        if let Some(candidate) = candidate {
+            self.inner.supervisor.promote(candidate);
         }
         self.sync_edge(&site.domain).await?;
         tracing::info!(

@@ -32,6 +32,13 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The client's app did not start or become healthy; the old release
+    /// keeps serving. Carries the app's last log lines.
+    #[error("the new release did not become healthy: {message}")]
+    AppFailed {
+        message: String,
+        log_tail: Vec<String>,
+    },
     /// The client used a method the route does not have.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -67,6 +74,11 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::AppFailed { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "app_failed",
+                Some("release"),
+            ),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
@@ -90,6 +102,9 @@ pub struct ErrorDetail {
     /// The request field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<&'static str>,
+    /// For `app_failed`: the app's last log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<Vec<String>>,
 }
 
 impl IntoResponse for ApiError {
@@ -98,11 +113,17 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "request failed on our side");
         }
+        let message = self.to_string();
+        let log_tail = match self {
+            ApiError::AppFailed { log_tail, .. } => Some(log_tail),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
-                message: self.to_string(),
+                message,
                 field,
+                log_tail,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

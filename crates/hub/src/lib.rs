@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apps;
 mod auth;
 pub mod bundle;
 mod deploy;
@@ -68,6 +69,7 @@ struct HubInner {
     routes: Routes,
     layout: Layout,
     config: HubConfig,
+    supervisor: spinlet::Supervisor,
     registry: Arc<Registry>,
     deploys: Family<DeployLabels, Counter>,
     /// One lock per site, held while its releases or route change, so a
@@ -79,14 +81,16 @@ struct HubInner {
 }
 
 impl Hub {
-    /// Prepares the hub: clears what an interrupted deploy left behind and
-    /// loads every route into the edge's table.
+    /// Prepares the hub: clears what an interrupted deploy left behind,
+    /// tells the supervisor what each process site runs, and loads every
+    /// route into the edge's table.
     pub async fn start(
         store: Arc<dyn Store>,
         identity: Identity,
         routes: Routes,
         layout: Layout,
         config: HubConfig,
+        supervisor: spinlet::Supervisor,
         mut registry: Registry,
     ) -> Result<Hub, error::ApiError> {
         let deploys = Family::<DeployLabels, Counter>::default();
@@ -102,12 +106,15 @@ impl Hub {
                 routes,
                 layout,
                 config,
+                supervisor,
                 registry: Arc::new(registry),
                 deploys,
                 site_locks: Mutex::new(HashMap::new()),
                 setup_token: Mutex::new(None),
             }),
         };
+        let sites = hub.inner.store.list_sites().await?;
+        hub.register_apps(&sites).await;
         hub.reload_routes().await?;
         Ok(hub)
     }
@@ -168,6 +175,10 @@ impl Hub {
             SiteKind::Proxy => Target::Proxy {
                 upstream: Upstream::parse(record.upstream.as_deref()?).ok()?,
             },
+            SiteKind::Process => {
+                record.release_id.as_ref()?;
+                Target::App
+            }
         };
         Some(Route {
             site: record.domain.as_str().into(),

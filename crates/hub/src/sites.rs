@@ -2,7 +2,7 @@
 //! writes the store first, then pushes the resulting route to the edge.
 
 use crate::error::ApiError;
-use crate::{domain, layout, now, Hub};
+use crate::{apps, domain, layout, now, Hub};
 use edge::Upstream;
 use store::{NewSite, ReleaseId, Site, SiteChange, SiteKind, UserId};
 
@@ -57,10 +57,10 @@ impl Hub {
                     "is required for a proxy site",
                 ))
             }
-            (SiteKind::Static, Some(_)) => {
+            (SiteKind::Static | SiteKind::Process, Some(_)) => {
                 return Err(ApiError::invalid("upstream", "is only for proxy sites"))
             }
-            (SiteKind::Static, None) => None,
+            (SiteKind::Static | SiteKind::Process, None) => None,
         };
 
         let _guard = self.site_lock(&domain).await;
@@ -90,7 +90,7 @@ impl Hub {
         let site = self.site(domain).await?;
         let upstream = match (site.kind, upstream) {
             (SiteKind::Proxy, Some(url)) => Some(self.check_upstream(&url).await?),
-            (SiteKind::Static, Some(_)) => {
+            (SiteKind::Static | SiteKind::Process, Some(_)) => {
                 return Err(ApiError::invalid("upstream", "is only for proxy sites"))
             }
             (_, None) => None,
@@ -121,6 +121,9 @@ impl Hub {
                 other => other.into(),
             })?;
         self.inner.routes.update(|table| table.remove(&domain));
+        if site.kind == SiteKind::Process {
+            self.inner.supervisor.remove(&domain).await;
+        }
         let dir = self.inner.layout.site_dir(site.id);
         if let Err(e) = tokio::task::spawn_blocking(move || layout::remove_any(&dir)).await {
             // The rows are gone, so the start-up sweep removes the folder.
@@ -153,7 +156,29 @@ impl Hub {
                 })?
             }
         };
-        let site = self.inner.store.activate_release(site.id, &target).await?;
+        // An app release must start and be healthy before it takes over,
+        // exactly as on deploy; a failure leaves the current one serving.
+        let candidate = match site.kind {
+            SiteKind::Process => {
+                let dir = self.inner.layout.release_dir(site.id, &target);
+                let spec = apps::load_spec(&target, dir).await?;
+                let prepared = self.inner.supervisor.prepare(&site.domain, spec).await;
+                Some(prepared.map_err(apps::start_failed)?)
+            }
+            _ => None,
+        };
+        let site = match self.inner.store.activate_release(site.id, &target).await {
+            Ok(site) => site,
+            Err(e) => {
+                if let Some(candidate) = candidate {
+                    self.inner.supervisor.discard(candidate).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(candidate) = candidate {
+            self.inner.supervisor.promote(candidate);
+        }
         self.sync_edge(&site.domain).await?;
         tracing::info!(site = %site.domain, release = %target, "rolled back");
         Ok(site)

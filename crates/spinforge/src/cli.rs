@@ -94,6 +94,28 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    /// Show an app's captured stdout and stderr.
+    Logs {
+        domain: String,
+        /// Keep printing new lines as they arrive (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines from this long ago: 30s, 10m, 2h, 1d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many lines.
+        #[arg(short = 'n', long, default_value_t = 200)]
+        lines: usize,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Stop an app so it starts fresh on the next request; clears a
+    /// failed state.
+    Restart {
+        domain: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
     /// Show whether the platform is ready, and a site's state.
     Status {
         domain: Option<String>,

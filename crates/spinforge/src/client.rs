@@ -170,6 +170,9 @@ struct ErrorBody {
 struct ErrorDetail {
     code: String,
     message: String,
+    /// The app's last log lines, for a release that did not start.
+    #[serde(default)]
+    log_tail: Vec<String>,
 }
 
 /// Passes a success through; turns an error status into a readable error.
@@ -187,6 +190,12 @@ pub async fn check(response: Response) -> anyhow::Result<Response> {
                 status.as_u16()
             )
         }
+        Ok(body) if !body.error.log_tail.is_empty() => bail!(
+            "{} (HTTP {})\nlast lines of the app's log:\n  {}",
+            body.error.message,
+            status.as_u16(),
+            body.error.log_tail.join("\n  ")
+        ),
         Ok(body) => bail!("{} (HTTP {})", body.error.message, status.as_u16()),
         Err(_) => bail!("the API answered HTTP {}", status.as_u16()),
     }

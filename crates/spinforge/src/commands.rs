@@ -35,6 +35,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             api,
         } => rollback(&api, &domain, release).await,
         Command::Status { domain, api } => status(&api, domain.as_deref()).await,
+        Command::Logs {
+            domain,
+            follow,
+            since,
+            lines,
+            api,
+        } => logs(&api, &domain, follow, since, lines).await,
+        Command::Restart { domain, api } => restart(&api, &domain).await,
         Command::Serve(_) | Command::Admin(_) => unreachable!("handled in cli::run"),
     }
 }
@@ -142,7 +150,7 @@ async fn deploy(
         }
     };
 
-    if !matches!(kind, SiteType::Static) {
+    if kind == SiteType::Proxy {
         if dir.is_some() {
             bail!("a {} site takes no folder", kind.as_str());
         }
@@ -310,24 +318,138 @@ async fn status(api: &ApiFlags, domain: Option<&str>) -> anyhow::Result<()> {
         .await
         .map(|r| r.status().is_success())
         .unwrap_or(false);
-    let sites: Vec<Value> = match domain {
-        Some(domain) => {
-            let path = format!("/sites/{}", seg(domain));
-            vec![client.json(|c| c.request(Method::GET, &path)).await?]
+    let domains: Vec<String> = match domain {
+        Some(domain) => vec![domain.to_owned()],
+        None => {
+            let sites: Vec<Value> = client.json(|c| c.request(Method::GET, "/sites")).await?;
+            sites.iter().map(|s| text(s, "domain")).collect()
         }
-        None => client.json(|c| c.request(Method::GET, "/sites")).await?,
     };
+    let mut statuses = Vec::new();
+    for domain in &domains {
+        let path = format!("/sites/{}/status", seg(domain));
+        statuses.push(
+            client
+                .json::<Value>(|c| c.request(Method::GET, &path))
+                .await?,
+        );
+    }
     if api.json {
-        return print_json(&json!({ "api": client.base, "ready": ready, "sites": sites }));
+        return print_json(&json!({ "api": client.base, "ready": ready, "sites": statuses }));
     }
     println!(
         "API {}: {}",
         client.base,
         if ready { "ready" } else { "NOT READY" }
     );
-    println!("{}", site_table(&sites));
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header([
+        "DOMAIN", "TYPE", "RELEASE", "STATE", "PID", "PORT", "UPTIME", "REQUESTS", "ERRORS",
+        "RESTARTS", "MEMORY",
+    ]);
+    for status in &statuses {
+        let site = &status["site"];
+        let app = &status["spinlet"];
+        let memory = app["memory_bytes"]
+            .as_u64()
+            .map_or("-".into(), |b| format!("{} MiB", b >> 20));
+        let uptime = app["uptime_secs"]
+            .as_u64()
+            .map_or("-".into(), |s| format!("{s}s"));
+        table.add_row([
+            text(site, "domain"),
+            text(site, "type"),
+            text(site, "active_release"),
+            if app.is_null() {
+                "-".into()
+            } else {
+                text(app, "state")
+            },
+            text(app, "pid"),
+            text(app, "port"),
+            uptime,
+            text(app, "requests"),
+            text(app, "errors"),
+            text(app, "restarts"),
+            memory,
+        ]);
+    }
+    println!("{table}");
+    for status in &statuses {
+        if let Some(reason) = status["spinlet"]["failed_reason"].as_str() {
+            println!("{} failed: {reason}", text(&status["site"], "domain"));
+        }
+    }
     if !ready {
         bail!("the platform is not ready");
     }
     Ok(())
+}
+
+async fn logs(
+    api: &ApiFlags,
+    domain: &str,
+    follow: bool,
+    since: Option<String>,
+    lines: usize,
+) -> anyhow::Result<()> {
+    let mut client = Client::new(&api.api)?;
+    let path = format!("/sites/{}/logs", seg(domain));
+    let mut query: Vec<(&str, String)> = vec![("lines", lines.to_string())];
+    if let Some(since) = since {
+        query.push(("since", since));
+    }
+    let mut last: Option<String> = None;
+    // Bounded even with --follow: a day of one-second polls.
+    for _ in 0..86_400 {
+        let view: Value = client
+            .json(|c| c.request(Method::GET, &path).query(&query))
+            .await?;
+        let fresh: Vec<String> = view["lines"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Lines at the timestamp of the last one printed may come again.
+        let start = last
+            .as_ref()
+            .and_then(|l| fresh.iter().position(|f| f == l))
+            .map_or(0, |i| i + 1);
+        for line in &fresh[start.min(fresh.len())..] {
+            if api.json {
+                println!("{}", serde_json::to_string(line)?);
+            } else {
+                println!("{line}");
+            }
+        }
+        if let Some(line) = fresh.last() {
+            last = Some(line.clone());
+            // Ask from the last line's own timestamp onwards next time.
+            if let Some(stamp) = line.split_whitespace().next() {
+                query.retain(|(k, _)| *k != "since");
+                query.push(("since", stamp.to_owned()));
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn restart(api: &ApiFlags, domain: &str) -> anyhow::Result<()> {
+    let mut client = Client::new(&api.api)?;
+    let path = format!("/sites/{}/restart", seg(domain));
+    let response = client.send(|c| c.request(Method::POST, &path)).await?;
+    client::check(response).await?;
+    finish(
+        api,
+        &json!({ "restarted": domain }),
+        &format!("{domain} will start fresh on its next request"),
+    )
 }

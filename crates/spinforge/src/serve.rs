@@ -5,9 +5,11 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::config::{self, Settings};
 use anyhow::Context;
 use edge::{Edge, EdgeMetrics, Routes};
+use hub::apps::SupervisorWaker;
 use hub::{Hub, Layout};
 use identity::{Identity, IdentityConfig};
 use prometheus_client::registry::Registry;
+use spinlet::{PlainSpawner, Supervisor, SupervisorConfig};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
@@ -53,12 +55,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         routes.clone(),
         EdgeMetrics::new(&mut registry),
     );
+    let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), Arc::new(PlainSpawner))
+        .context("cannot start the app supervisor")?;
+    edge.set_app_waker(Arc::new(SupervisorWaker(supervisor.clone())));
     let hub = Hub::start(
         store.clone(),
         identity,
         routes,
         Layout::new(&data_dir),
         settings.hub.clone(),
+        supervisor.clone(),
         registry,
     )
     .await
@@ -97,6 +103,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = edge_task.await;
+    supervisor.shutdown().await;
     if let Ok(Err(e)) = api_task.await {
         tracing::warn!(error = %e, "API server ended with an error");
     }
@@ -169,13 +176,36 @@ async fn deploy_examples(hub: &Hub, examples: &Path) {
             continue;
         };
         let domain = format!("{name}.localhost");
-        if let Err(e) = deploy_example(hub, &dir, &domain).await {
+        let Some(kind) = example_kind(&dir) else {
+            tracing::info!(site = %domain, "--demo: neither a web page nor an app; skipped");
+            continue;
+        };
+        if let Err(e) = deploy_example(hub, &dir, &domain, kind).await {
             tracing::warn!(site = %domain, error = %e, "--demo: example not deployed");
         }
     }
 }
 
-async fn deploy_example(hub: &Hub, dir: &Path, domain: &str) -> anyhow::Result<()> {
+/// An app folder (a manifest, or a detectable start command whose program
+/// this host has) is a process site; a folder with an `index.html` is a
+/// static site; anything else is skipped.
+fn example_kind(dir: &Path) -> Option<store::SiteKind> {
+    match spinlet::manifest::load(dir) {
+        Ok(_) => Some(store::SiteKind::Process),
+        Err(_) if dir.join("index.html").is_file() => Some(store::SiteKind::Static),
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), reason = %e, "--demo: not an app here");
+            None
+        }
+    }
+}
+
+async fn deploy_example(
+    hub: &Hub,
+    dir: &Path,
+    domain: &str,
+    kind: store::SiteKind,
+) -> anyhow::Result<()> {
     let existing = hub.store().site_by_domain(domain).await?;
     if existing
         .as_ref()
@@ -187,7 +217,7 @@ async fn deploy_example(hub: &Hub, dir: &Path, domain: &str) -> anyhow::Result<(
     if existing.is_none() {
         let spec = hub::sites::SiteSpec {
             domain: domain.to_owned(),
-            kind: store::SiteKind::Static,
+            kind,
             upstream: None,
             spa: false,
         };

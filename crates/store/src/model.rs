@@ -114,6 +114,8 @@ pub enum SiteKind {
     Static,
     /// Requests forwarded to an approved upstream URL.
     Proxy,
+    /// An app process (spinlet) run from the active release.
+    Process,
 }
 
 impl SiteKind {
@@ -121,14 +123,15 @@ impl SiteKind {
         match self {
             SiteKind::Static => "static",
             SiteKind::Proxy => "proxy",
+            SiteKind::Process => "process",
         }
     }
 
     pub(crate) fn parse(s: &str) -> SiteKind {
-        if s == "proxy" {
-            SiteKind::Proxy
-        } else {
-            SiteKind::Static
+        match s {
+            "proxy" => SiteKind::Proxy,
+            "process" => SiteKind::Process,
+            _ => SiteKind::Static,
         }
     }
 }

@@ -115,7 +115,7 @@ async fn sync_route(tx: &mut Transaction<'_, Sqlite>, site: &Site) -> Result<()>
         .await?;
     let routable = match site.kind {
         SiteKind::Proxy => site.upstream.is_some(),
-        SiteKind::Static => site.active_release.is_some(),
+        SiteKind::Static | SiteKind::Process => site.active_release.is_some(),
     };
     if routable {
         sqlx::query(

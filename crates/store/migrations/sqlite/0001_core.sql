@@ -26,7 +26,7 @@ CREATE INDEX tokens_user ON tokens (user_id);
 CREATE TABLE sites (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     domain         TEXT    NOT NULL UNIQUE,
-    kind           TEXT    NOT NULL CHECK (kind IN ('static', 'proxy')),
+    kind           TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process')),
     -- NULL: created by the server itself (the demo), not by a user.
     owner_id       INTEGER REFERENCES users (id) ON DELETE SET NULL,
     upstream       TEXT,
@@ -51,7 +51,7 @@ CREATE INDEX releases_site ON releases (site_id, id);
 CREATE TABLE routes (
     domain     TEXT    PRIMARY KEY,
     site_id    INTEGER NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
-    kind       TEXT    NOT NULL CHECK (kind IN ('static', 'proxy')),
+    kind       TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process')),
     release_id TEXT,
     upstream   TEXT,
     spa        INTEGER NOT NULL DEFAULT 0
