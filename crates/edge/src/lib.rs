@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod balancer;
 pub mod body;
 pub mod host;
 mod idle;

@@ -106,7 +106,26 @@ impl Proxy {
                 return Err(ProxyError::Forbidden);
             }
         }
-        self.send(req, upstream, ctx, None).await
+        self.send(req, upstream, ctx, None, false).await
+    }
+
+    /// Like [`Proxy::forward`], holding `guard` for the whole exchange and
+    /// telling it the response status (balancer members use this).
+    pub async fn forward_leased(
+        &self,
+        req: Request<Incoming>,
+        upstream: &Upstream,
+        ctx: ClientContext<'_>,
+        guard: Box<dyn LeaseGuard>,
+    ) -> Result<Response<EdgeBody>, ProxyError> {
+        if let Some(ip) = upstream.literal_ip() {
+            if !self.policy.permits(ip) {
+                guard.record_status(StatusCode::BAD_GATEWAY.as_u16());
+                return Err(ProxyError::Forbidden);
+            }
+        }
+        self.send(req, upstream, ctx, Some(Leased(guard)), false)
+            .await
     }
 
     /// Forwards to a local app instance. The policy does not apply: the
@@ -119,7 +138,7 @@ impl Proxy {
         ctx: ClientContext<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
         let upstream = Upstream::local(lease.addr);
-        self.send(req, &upstream, ctx, Some(Leased(lease.guard)))
+        self.send(req, &upstream, ctx, Some(Leased(lease.guard)), true)
             .await
     }
 
@@ -129,6 +148,7 @@ impl Proxy {
         upstream: &Upstream,
         ctx: ClientContext<'_>,
         lease: Option<Leased>,
+        trusted: bool,
     ) -> Result<Response<EdgeBody>, ProxyError> {
         let upgrade = websocket_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -146,7 +166,6 @@ impl Proxy {
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
         let outgoing = Request::from_parts(parts, incoming.map_err(Into::into).boxed());
 
-        let trusted = lease.is_some();
         let result = match client_upgrade {
             None => self.send_pooled(outgoing).await,
             Some(on_client) => {

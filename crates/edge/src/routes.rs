@@ -18,6 +18,8 @@ pub enum Target {
     Proxy { upstream: Upstream },
     /// Requests forwarded to the site's app process, woken on demand.
     App,
+    /// Requests spread over a pool of upstreams.
+    Balancer { pool: Arc<crate::balancer::Pool> },
 }
 
 #[derive(Debug, Clone)]

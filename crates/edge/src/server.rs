@@ -204,6 +204,28 @@ impl Edge {
                         let result = inner.proxy.forward(req, upstream, ctx).await;
                         self.proxied(result, &route.site, &request_id)
                     }
+                    Target::Balancer { pool } => {
+                        let ctx = ClientContext {
+                            client_ip,
+                            peer_trusted,
+                            host: requested_host.as_deref().unwrap_or(""),
+                            request_id: &request_id,
+                        };
+                        match pool.pick() {
+                            Some((upstream, lease)) => {
+                                let result = inner
+                                    .proxy
+                                    .forward_leased(req, &upstream, ctx, Box::new(lease))
+                                    .await;
+                                self.proxied(result, &route.site, &request_id)
+                            }
+                            None => {
+                                tracing::warn!(site = %route.site, request_id = %request_id,
+                                    "no healthy upstream");
+                                proxy::error_page(StatusCode::SERVICE_UNAVAILABLE)
+                            }
+                        }
+                    }
                     Target::App => {
                         let ctx = ClientContext {
                             client_ip,

@@ -4,7 +4,7 @@
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
-use crate::sites::SiteSpec;
+use crate::sites::{BalancerInput, SiteSpec};
 use crate::Hub;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
@@ -100,10 +100,13 @@ async fn openapi() -> impl IntoResponse {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SiteView {
     pub domain: String,
-    /// `static` or `proxy`.
+    /// `static`, `proxy`, `process` or `balancer`.
     #[serde(rename = "type")]
     pub kind: String,
     pub upstream: Option<String>,
+    /// For balancer sites: upstreams, strategy and health check.
+    #[schema(value_type = Option<Object>)]
+    pub balancer: Option<store::BalancerConfig>,
     pub spa: bool,
     pub active_release: Option<String>,
     /// The creating user's id; absent for sites the server made itself.
@@ -118,6 +121,7 @@ impl From<Site> for SiteView {
             domain: site.domain,
             kind: site.kind.as_str().to_owned(),
             upstream: site.upstream,
+            balancer: site.balancer,
             spa: site.spa,
             active_release: site.active_release.map(|r| r.0),
             owner: site.owner.map(|o| o.0),
@@ -194,10 +198,20 @@ pub struct RefreshRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateSiteRequest {
     pub domain: String,
-    /// `static` (default) or `proxy`.
+    /// `static` (default), `proxy`, `process` or `balancer`.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
+    /// For proxy sites.
     pub upstream: Option<String>,
+    /// For balancer sites: upstream URLs (1 to 32).
+    pub upstreams: Option<Vec<String>>,
+    /// For balancer sites: `round_robin` (default) or `least_conn`.
+    pub strategy: Option<String>,
+    /// For balancer sites: probed on each upstream; absent probes by
+    /// connecting.
+    pub health_path: Option<String>,
+    /// For balancer sites: seconds between probes (1 to 300, default 5).
+    pub health_interval_secs: Option<u64>,
     #[serde(default)]
     pub spa: bool,
 }
@@ -206,6 +220,10 @@ pub struct CreateSiteRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSiteRequest {
     pub upstream: Option<String>,
+    pub upstreams: Option<Vec<String>>,
+    pub strategy: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval_secs: Option<u64>,
     pub spa: Option<bool>,
 }
 
@@ -231,13 +249,10 @@ fn parse_kind(kind: Option<&str>) -> Result<SiteKind, ApiError> {
         "static" => Ok(SiteKind::Static),
         "proxy" => Ok(SiteKind::Proxy),
         "process" => Ok(SiteKind::Process),
-        "balancer" => Err(ApiError::invalid(
-            "type",
-            "balancer sites are not available yet",
-        )),
+        "balancer" => Ok(SiteKind::Balancer),
         _ => Err(ApiError::invalid(
             "type",
-            "must be one of static, proxy, process",
+            "must be one of static, proxy, process, balancer",
         )),
     }
 }
@@ -328,10 +343,17 @@ async fn create_site(
     ApiJson(req): ApiJson<CreateSiteRequest>,
 ) -> Result<(StatusCode, Json<SiteView>), ApiError> {
     let kind = parse_kind(req.kind.as_deref())?;
+    let balancer = BalancerInput {
+        upstreams: req.upstreams,
+        strategy: req.strategy,
+        health_path: req.health_path,
+        health_interval_secs: req.health_interval_secs,
+    };
     let spec = SiteSpec {
         domain: req.domain,
         kind,
         upstream: req.upstream,
+        balancer: Some(balancer),
         spa: req.spa,
     };
     let site = hub.create_site(Some(who.user_id), spec).await?;
@@ -359,9 +381,19 @@ async fn update_site(
     ApiJson(req): ApiJson<UpdateSiteRequest>,
 ) -> Result<Json<SiteView>, ApiError> {
     Ok(Json(
-        hub.update_site(&domain, req.upstream, req.spa)
-            .await?
-            .into(),
+        hub.update_site(
+            &domain,
+            req.upstream,
+            BalancerInput {
+                upstreams: req.upstreams,
+                strategy: req.strategy,
+                health_path: req.health_path,
+                health_interval_secs: req.health_interval_secs,
+            },
+            req.spa,
+        )
+        .await?
+        .into(),
     ))
 }
 

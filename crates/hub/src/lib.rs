@@ -179,6 +179,32 @@ impl Hub {
                 record.release_id.as_ref()?;
                 Target::App
             }
+            SiteKind::Balancer => {
+                let config = record.balancer.as_ref()?;
+                let upstreams: Option<Vec<Upstream>> = config
+                    .upstreams
+                    .iter()
+                    .map(|u| Upstream::parse(u).ok())
+                    .collect();
+                let strategy = match config.strategy {
+                    store::Strategy::RoundRobin => edge::balancer::Strategy::RoundRobin,
+                    store::Strategy::LeastConn => edge::balancer::Strategy::LeastConn,
+                };
+                let check = edge::balancer::HealthCheck {
+                    path: config.health_path.clone(),
+                    interval: std::time::Duration::from_secs(config.health_interval_secs),
+                    timeout: std::time::Duration::from_secs(2),
+                };
+                let policy = Arc::new(self.inner.config.upstream_policy.clone());
+                let pool = edge::balancer::Pool::start(
+                    &record.domain,
+                    upstreams?,
+                    strategy,
+                    check,
+                    policy,
+                );
+                Target::Balancer { pool }
+            }
         };
         Some(Route {
             site: record.domain.as_str().into(),

@@ -4,15 +4,39 @@
 use crate::error::ApiError;
 use crate::{apps, domain, layout, now, Hub};
 use edge::Upstream;
-use store::{NewSite, ReleaseId, Site, SiteChange, SiteKind, UserId};
+use store::{BalancerConfig, NewSite, ReleaseId, Site, SiteChange, SiteKind, Strategy, UserId};
 
-/// A validated request to create a site.
+/// A request to create a site, checked by [`Hub::create_site`].
 pub struct SiteSpec {
     pub domain: String,
     pub kind: SiteKind,
     pub upstream: Option<String>,
+    pub balancer: Option<BalancerInput>,
     pub spa: bool,
 }
+
+/// Balancer settings as a client sends them; on update, absent fields keep
+/// their stored value.
+#[derive(Debug, Default)]
+pub struct BalancerInput {
+    pub upstreams: Option<Vec<String>>,
+    /// `round_robin` (default) or `least_conn`.
+    pub strategy: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval_secs: Option<u64>,
+}
+
+impl BalancerInput {
+    pub fn is_empty(&self) -> bool {
+        self.upstreams.is_none()
+            && self.strategy.is_none()
+            && self.health_path.is_none()
+            && self.health_interval_secs.is_none()
+    }
+}
+
+/// Most upstreams one balancer may have.
+const MAX_UPSTREAMS: usize = 32;
 
 impl Hub {
     /// Normalises a domain from a path or body, or says which rule it broke.
@@ -32,6 +56,89 @@ impl Hub {
             .await
             .map_err(invalid)?;
         Ok(url.to_owned())
+    }
+
+    /// Merges `input` over `base` and checks the result: 1 to 32 distinct
+    /// upstreams, each allowed by the upstream policy; a known strategy; a
+    /// health path starting with `/`; an interval of 1 to 300 s.
+    async fn check_balancer(
+        &self,
+        base: Option<&BalancerConfig>,
+        input: BalancerInput,
+    ) -> Result<BalancerConfig, ApiError> {
+        let upstreams = match (input.upstreams, base) {
+            (Some(list), _) => list,
+            (None, Some(base)) => base.upstreams.clone(),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "upstreams",
+                    "is required for a balancer site",
+                ))
+            }
+        };
+        if upstreams.is_empty() || upstreams.len() > MAX_UPSTREAMS {
+            return Err(ApiError::invalid(
+                "upstreams",
+                format!("must list 1 to {MAX_UPSTREAMS} upstream URLs"),
+            ));
+        }
+        let mut checked = Vec::with_capacity(upstreams.len());
+        for url in upstreams {
+            let url = self.check_upstream(&url).await.map_err(|e| match e {
+                ApiError::Invalid { message, .. } => ApiError::invalid("upstreams", message),
+                other => other,
+            })?;
+            if checked.contains(&url) {
+                return Err(ApiError::invalid(
+                    "upstreams",
+                    format!("{url} is listed twice"),
+                ));
+            }
+            checked.push(url);
+        }
+        let strategy = match input.strategy.as_deref() {
+            None => base.map_or(Strategy::RoundRobin, |b| b.strategy),
+            Some("round_robin") => Strategy::RoundRobin,
+            Some("least_conn") => Strategy::LeastConn,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "strategy",
+                    "must be round_robin or least_conn",
+                ))
+            }
+        };
+        let health_path = match input.health_path {
+            Some(path) if path.is_empty() => None,
+            Some(path) => {
+                let ok = path.starts_with('/')
+                    && path.len() <= 1024
+                    && !path.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "health_path",
+                        "must start with / and hold no spaces or control characters",
+                    ));
+                }
+                Some(path)
+            }
+            None => base.and_then(|b| b.health_path.clone()),
+        };
+        let health_interval_secs = input
+            .health_interval_secs
+            .or(base.map(|b| b.health_interval_secs))
+            .unwrap_or(5);
+        if !(1..=300).contains(&health_interval_secs) {
+            return Err(ApiError::invalid(
+                "health_interval_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        Ok(BalancerConfig {
+            upstreams: checked,
+            strategy,
+            health_path,
+            health_interval_secs,
+        })
     }
 
     pub async fn site(&self, domain: &str) -> Result<Site, ApiError> {
@@ -57,10 +164,26 @@ impl Hub {
                     "is required for a proxy site",
                 ))
             }
-            (SiteKind::Static | SiteKind::Process, Some(_)) => {
+            (SiteKind::Static | SiteKind::Process | SiteKind::Balancer, Some(_)) => {
                 return Err(ApiError::invalid("upstream", "is only for proxy sites"))
             }
-            (SiteKind::Static | SiteKind::Process, None) => None,
+            (SiteKind::Static | SiteKind::Process | SiteKind::Balancer, None) => None,
+        };
+        let balancer = match (spec.kind, spec.balancer) {
+            (SiteKind::Balancer, Some(input)) => Some(self.check_balancer(None, input).await?),
+            (SiteKind::Balancer, None) => {
+                return Err(ApiError::invalid(
+                    "upstreams",
+                    "is required for a balancer site",
+                ))
+            }
+            (_, Some(input)) if !input.is_empty() => {
+                return Err(ApiError::invalid(
+                    "upstreams",
+                    "are only for balancer sites",
+                ))
+            }
+            _ => None,
         };
 
         let _guard = self.site_lock(&domain).await;
@@ -72,6 +195,7 @@ impl Hub {
                 kind: spec.kind,
                 owner,
                 upstream,
+                balancer,
                 spa: spec.spa,
                 created_at: now(),
             })
@@ -85,12 +209,26 @@ impl Hub {
         &self,
         domain: &str,
         upstream: Option<String>,
+        balancer: BalancerInput,
         spa: Option<bool>,
     ) -> Result<Site, ApiError> {
         let site = self.site(domain).await?;
+        let balancer = match (site.kind, balancer.is_empty()) {
+            (_, true) => None,
+            (SiteKind::Balancer, false) => Some(
+                self.check_balancer(site.balancer.as_ref(), balancer)
+                    .await?,
+            ),
+            (_, false) => {
+                return Err(ApiError::invalid(
+                    "upstreams",
+                    "are only for balancer sites",
+                ))
+            }
+        };
         let upstream = match (site.kind, upstream) {
             (SiteKind::Proxy, Some(url)) => Some(self.check_upstream(&url).await?),
-            (SiteKind::Static | SiteKind::Process, Some(_)) => {
+            (SiteKind::Static | SiteKind::Process | SiteKind::Balancer, Some(_)) => {
                 return Err(ApiError::invalid("upstream", "is only for proxy sites"))
             }
             (_, None) => None,
@@ -99,7 +237,14 @@ impl Hub {
         let site = self
             .inner
             .store
-            .update_site(&site.domain, SiteChange { upstream, spa })
+            .update_site(
+                &site.domain,
+                SiteChange {
+                    upstream,
+                    balancer,
+                    spa,
+                },
+            )
             .await?;
         self.sync_edge(&site.domain).await?;
         tracing::info!(site = %site.domain, "site updated");

@@ -65,9 +65,16 @@ pub enum Command {
         domain: String,
         #[arg(long = "type", value_enum, default_value_t = SiteType::Static)]
         kind: SiteType,
-        /// Upstream URL for a proxy site, e.g. http://10.0.0.5:8000.
+        /// Upstream URL of a proxy site, e.g. http://10.0.0.5:8000; repeat it
+        /// for each upstream of a balancer site.
         #[arg(long)]
-        upstream: Option<String>,
+        upstream: Vec<String>,
+        /// How a balancer picks an upstream: round_robin or least_conn.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Path a balancer probes on each upstream, e.g. /health.
+        #[arg(long)]
+        health_path: Option<String>,
         /// Serve index.html for unknown extension-less paths (single-page apps).
         #[arg(long)]
         spa: bool,

@@ -24,9 +24,26 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             domain,
             kind,
             upstream,
+            strategy,
+            health_path,
             spa,
             api,
-        } => deploy(&api, dir.as_deref(), &domain, kind, upstream, spa).await,
+        } => {
+            let settings = json!({
+                "spa": spa,
+                "upstream": (kind == SiteType::Proxy).then(|| upstream.first().cloned()).flatten(),
+                "upstreams": (kind == SiteType::Balancer && !upstream.is_empty()).then_some(&upstream),
+                "strategy": strategy,
+                "health_path": health_path,
+            });
+            if kind == SiteType::Proxy && upstream.len() > 1 {
+                bail!("a proxy site has one --upstream; use --type balancer for several");
+            }
+            if kind != SiteType::Proxy && kind != SiteType::Balancer && !upstream.is_empty() {
+                bail!("--upstream is only for proxy and balancer sites");
+            }
+            deploy(&api, dir.as_deref(), &domain, kind, settings).await
+        }
         Command::Sites { command, api } => sites(&api, command).await,
         Command::Releases { domain, api } => releases(&api, &domain).await,
         Command::Rollback {
@@ -117,17 +134,28 @@ async fn deploy(
     dir: Option<&Path>,
     domain: &str,
     kind: SiteType,
-    upstream: Option<String>,
-    spa: bool,
+    settings: Value,
 ) -> anyhow::Result<()> {
     let mut client = Client::new(&api.api)?;
     let path = format!("/sites/{}", seg(domain));
+    // Only the settings given on the command line are sent.
+    let given: serde_json::Map<String, Value> = settings
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
 
-    // Create the site on first deploy; a later deploy keeps its settings.
+    // Create the site on first deploy; a later deploy changes only what
+    // the command line names.
     let existing = client.send(|c| c.request(Method::GET, &path)).await?;
     let site: Value = if existing.status() == StatusCode::NOT_FOUND {
-        let body =
-            json!({ "domain": domain, "type": kind.as_str(), "upstream": upstream, "spa": spa });
+        let mut body = given.clone();
+        body.insert("domain".into(), json!(domain));
+        body.insert("type".into(), json!(kind.as_str()));
         client
             .json(|c| c.request(Method::POST, "/sites").json(&body))
             .await?
@@ -140,25 +168,37 @@ async fn deploy(
                 kind.as_str()
             );
         }
-        if kind == SiteType::Proxy && upstream.is_some() {
-            let body = json!({ "upstream": upstream });
-            client
-                .json::<Value>(|c| c.request(Method::PATCH, &path).json(&body))
-                .await?
-        } else {
+        let mut change = given.clone();
+        // `--spa` absent means "leave it", not "turn it off".
+        if change.get("spa") == Some(&json!(false)) {
+            change.remove("spa");
+        }
+        if change.is_empty() {
             site
+        } else {
+            client
+                .json::<Value>(|c| c.request(Method::PATCH, &path).json(&change))
+                .await?
         }
     };
 
-    if kind == SiteType::Proxy {
+    if matches!(kind, SiteType::Proxy | SiteType::Balancer) {
         if dir.is_some() {
             bail!("a {} site takes no folder", kind.as_str());
         }
-        return finish(
-            api,
-            &site,
-            &format!("{domain} now proxies to {}", text(&site, "upstream")),
-        );
+        let target = match kind {
+            SiteType::Proxy => text(&site, "upstream"),
+            _ => site["balancer"]["upstreams"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        };
+        return finish(api, &site, &format!("{domain} now proxies to {target}"));
     }
     let Some(dir) = dir else {
         bail!("give the folder to deploy: spinforge deploy DIR --domain {domain}")

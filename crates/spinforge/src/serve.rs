@@ -219,6 +219,7 @@ async fn deploy_example(
             domain: domain.to_owned(),
             kind,
             upstream: None,
+            balancer: None,
             spa: false,
         };
         hub.create_site(None, spec)

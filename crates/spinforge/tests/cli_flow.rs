@@ -264,7 +264,10 @@ async fn api_serves_health_metrics_and_openapi() {
     assert!(metrics.contains("spinforge_edge_request_duration_seconds_bucket"));
     // The demo deploys examples/: the static page, the Python app and the
     // Node app (the test machines have python3 and node).
-    assert!(metrics.contains(r#"spinforge_deploys_total{result="ok"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"spinforge_deploys_total{result="ok"} 3"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("spinforge_edge_open_connections"));
 
     let wrong = client

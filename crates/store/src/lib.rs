@@ -27,6 +27,9 @@ pub enum StoreError {
     /// Our side: the database itself failed.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// Our side: a stored value does not decode.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
     /// Our side: migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

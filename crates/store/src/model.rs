@@ -116,6 +116,8 @@ pub enum SiteKind {
     Proxy,
     /// An app process (spinlet) run from the active release.
     Process,
+    /// Requests spread over several approved upstreams.
+    Balancer,
 }
 
 impl SiteKind {
@@ -124,6 +126,7 @@ impl SiteKind {
             SiteKind::Static => "static",
             SiteKind::Proxy => "proxy",
             SiteKind::Process => "process",
+            SiteKind::Balancer => "balancer",
         }
     }
 
@@ -131,6 +134,7 @@ impl SiteKind {
         match s {
             "proxy" => SiteKind::Proxy,
             "process" => SiteKind::Process,
+            "balancer" => SiteKind::Balancer,
             _ => SiteKind::Static,
         }
     }
@@ -144,6 +148,7 @@ pub struct NewSite {
     /// `None` when the server itself created the site (the demo).
     pub owner: Option<UserId>,
     pub upstream: Option<String>,
+    pub balancer: Option<BalancerConfig>,
     pub spa: bool,
     pub created_at: i64,
 }
@@ -155,15 +160,35 @@ pub struct Site {
     pub kind: SiteKind,
     pub owner: Option<UserId>,
     pub upstream: Option<String>,
+    pub balancer: Option<BalancerConfig>,
     pub spa: bool,
     pub active_release: Option<ReleaseId>,
     pub created_at: i64,
+}
+
+/// How a balancer site picks an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    RoundRobin,
+    LeastConn,
+}
+
+/// A balancer site's settings. Stored as JSON; checked by the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerConfig {
+    pub upstreams: Vec<String>,
+    pub strategy: Strategy,
+    /// Path probed on each upstream; `None` probes by connecting only.
+    pub health_path: Option<String>,
+    pub health_interval_secs: u64,
 }
 
 /// A partial update of a site; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct SiteChange {
     pub upstream: Option<String>,
+    pub balancer: Option<BalancerConfig>,
     pub spa: Option<bool>,
 }
 
@@ -189,5 +214,6 @@ pub struct RouteRecord {
     pub kind: SiteKind,
     pub release_id: Option<ReleaseId>,
     pub upstream: Option<String>,
+    pub balancer: Option<BalancerConfig>,
     pub spa: bool,
 }

@@ -62,6 +62,18 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
     })
 }
 
+fn balancer_from(row: &SqliteRow) -> Result<Option<BalancerConfig>> {
+    let text: Option<String> = row.try_get("balancer")?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn balancer_json(config: Option<&BalancerConfig>) -> Result<Option<String>> {
+    config
+        .map(|c| serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
 fn site_from_row(row: &SqliteRow) -> Result<Site> {
     Ok(Site {
         id: SiteId(row.try_get("id")?),
@@ -69,6 +81,7 @@ fn site_from_row(row: &SqliteRow) -> Result<Site> {
         kind: SiteKind::parse(row.try_get::<&str, _>("kind")?),
         owner: row.try_get::<Option<i64>, _>("owner_id")?.map(UserId),
         upstream: row.try_get("upstream")?,
+        balancer: balancer_from(row)?,
         spa: row.try_get("spa")?,
         active_release: row
             .try_get::<Option<String>, _>("active_release")?
@@ -92,7 +105,7 @@ fn release_from_row(row: &SqliteRow) -> Result<Release> {
 /// The columns [`site_from_row`] reads, as a literal so queries stay static.
 macro_rules! site_columns {
     () => {
-        "id, domain, kind, owner_id, upstream, spa, active_release, created_at"
+        "id, domain, kind, owner_id, upstream, balancer, spa, active_release, created_at"
     };
 }
 
@@ -115,18 +128,20 @@ async fn sync_route(tx: &mut Transaction<'_, Sqlite>, site: &Site) -> Result<()>
         .await?;
     let routable = match site.kind {
         SiteKind::Proxy => site.upstream.is_some(),
+        SiteKind::Balancer => site.balancer.is_some(),
         SiteKind::Static | SiteKind::Process => site.active_release.is_some(),
     };
     if routable {
         sqlx::query(
-            "INSERT INTO routes (domain, site_id, kind, release_id, upstream, spa)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO routes (domain, site_id, kind, release_id, upstream, balancer, spa)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&site.domain)
         .bind(site.id.0)
         .bind(site.kind.as_str())
         .bind(site.active_release.as_ref().map(|r| r.0.as_str()))
         .bind(site.upstream.as_deref())
+        .bind(balancer_json(site.balancer.as_ref())?)
         .bind(site.spa)
         .execute(&mut **tx)
         .await?;
@@ -245,13 +260,14 @@ impl Store for SqliteStore {
     async fn create_site(&self, site: NewSite) -> Result<Site> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO sites (domain, kind, owner_id, upstream, spa, created_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO sites (domain, kind, owner_id, upstream, balancer, spa, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&site.domain)
         .bind(site.kind.as_str())
         .bind(site.owner.map(|o| o.0))
         .bind(site.upstream.as_deref())
+        .bind(balancer_json(site.balancer.as_ref())?)
         .bind(site.spa)
         .bind(site.created_at)
         .fetch_one(&mut *tx)
@@ -263,6 +279,7 @@ impl Store for SqliteStore {
             kind: site.kind,
             owner: site.owner,
             upstream: site.upstream,
+            balancer: site.balancer,
             spa: site.spa,
             active_release: None,
             created_at: site.created_at,
@@ -293,11 +310,15 @@ impl Store for SqliteStore {
         if let Some(upstream) = change.upstream {
             site.upstream = Some(upstream);
         }
+        if let Some(balancer) = change.balancer {
+            site.balancer = Some(balancer);
+        }
         if let Some(spa) = change.spa {
             site.spa = spa;
         }
-        sqlx::query("UPDATE sites SET upstream = ?, spa = ? WHERE id = ?")
+        sqlx::query("UPDATE sites SET upstream = ?, balancer = ?, spa = ? WHERE id = ?")
             .bind(site.upstream.as_deref())
+            .bind(balancer_json(site.balancer.as_ref())?)
             .bind(site.spa)
             .bind(site.id.0)
             .execute(&mut *tx)
@@ -406,6 +427,7 @@ impl Store for SqliteStore {
                     kind: SiteKind::parse(r.try_get::<&str, _>("kind")?),
                     release_id: r.try_get::<Option<String>, _>("release_id")?.map(ReleaseId),
                     upstream: r.try_get("upstream")?,
+                    balancer: balancer_from(r)?,
                     spa: r.try_get("spa")?,
                 })
             })
@@ -491,6 +513,7 @@ mod tests {
             kind: SiteKind::Static,
             owner: Some(owner),
             upstream: None,
+            balancer: None,
             spa: false,
             created_at: 1,
         }

@@ -26,10 +26,12 @@ CREATE INDEX tokens_user ON tokens (user_id);
 CREATE TABLE sites (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     domain         TEXT    NOT NULL UNIQUE,
-    kind           TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process')),
+    kind           TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process', 'balancer')),
     -- NULL: created by the server itself (the demo), not by a user.
     owner_id       INTEGER REFERENCES users (id) ON DELETE SET NULL,
     upstream       TEXT,
+    -- A balancer's upstreams, strategy and health check, as JSON.
+    balancer       TEXT,
     spa            INTEGER NOT NULL DEFAULT 0,
     active_release TEXT,
     created_at     INTEGER NOT NULL
@@ -51,8 +53,9 @@ CREATE INDEX releases_site ON releases (site_id, id);
 CREATE TABLE routes (
     domain     TEXT    PRIMARY KEY,
     site_id    INTEGER NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
-    kind       TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process')),
+    kind       TEXT    NOT NULL CHECK (kind IN ('static', 'proxy', 'process', 'balancer')),
     release_id TEXT,
     upstream   TEXT,
+    balancer   TEXT,
     spa        INTEGER NOT NULL DEFAULT 0
 );
