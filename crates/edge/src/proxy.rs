@@ -197,11 +197,18 @@ impl Proxy {
     /// connection leaves the pool once upgraded.
     async fn send_upgrade(
         &self,
-        req: Request<EdgeBody>,
+        mut req: Request<EdgeBody>,
         upstream: &Upstream,
         trusted: bool,
         on_client: hyper::upgrade::OnUpgrade,
     ) -> Result<Sent, ProxyError> {
+        // A bare connection writes the URI as given, and the absolute form
+        // is meant for proxies: upstreams expect `/path?query`, as the pool
+        // sends it. The Host header already names the upstream.
+        let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = origin_form
+            .parse()
+            .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
         let connect = self.connect(upstream, trusted);
         let stream = tokio::time::timeout(self.config.connect_timeout, connect)
             .await

@@ -1,7 +1,9 @@
 //! Loopback port allocation for spinlets: never hands out a port that is
 //! in use by another spinlet or bound by anything else on the host.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, TcpListener};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
@@ -22,7 +24,16 @@ struct PortState {
 
 impl Ports {
     pub fn new(range: RangeInclusive<u16>) -> Ports {
-        let cursor = *range.start();
+        // The search starts at a random place: every `serve` on a host
+        // starting at the bottom of the range would hand out the same
+        // ports, and the bind probe cannot see a port another `serve` has
+        // handed out but its app has not bound yet.
+        // Limitation: two `serve`s on one host can still pick the same port
+        // in that moment, and a health check cannot tell whose app answered
+        // (passing the app a socket we bound would rule it out).
+        let size = u64::from(range.end().saturating_sub(*range.start())) + 1;
+        let offset = RandomState::new().build_hasher().finish() % size;
+        let cursor = *range.start() + offset as u16;
         Ports {
             range,
             state: Mutex::new(PortState {
@@ -83,6 +94,15 @@ mod tests {
         let unique: HashSet<_> = got.iter().collect();
         assert_eq!(unique.len(), got.len());
         assert!(got.len() <= 3);
+    }
+
+    #[test]
+    fn fresh_allocators_start_their_search_at_different_ports() {
+        let cursors: HashSet<u16> = (0..8)
+            .map(|_| Ports::new(20000..=29999).state.lock().expect("lock").cursor)
+            .collect();
+        assert!(cursors.len() > 1, "{cursors:?}");
+        assert!(cursors.iter().all(|c| (20000..=29999).contains(c)));
     }
 
     #[test]

@@ -612,7 +612,7 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
-        slot.log.capture(child.stdout.take(), child.stderr.take());
+        let captures = slot.log.capture(child.stdout.take(), child.stderr.take());
         slot.log.note(&format!(
             "started release {} as pid {pid} on port {port}",
             spec.release
@@ -653,6 +653,12 @@ impl Supervisor {
             Err(reason) => {
                 slot.log.note(&reason);
                 self.stop_instance(slot, &instance).await;
+                // The app's last words may still be in its pipes: let the
+                // capture finish (the pipes close with the process group)
+                // and reach the file before the tail is read.
+                let drained = join_all(captures);
+                let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+                slot.log.flush().await;
                 Err(StartError {
                     message: reason,
                     log_tail: slot.log.tail(20).unwrap_or_default(),
@@ -909,7 +915,11 @@ async fn wait_healthy(
         // A refused loopback connect costs microseconds, so poll densely
         // while a fast app is most likely to come up: the poll interval is
         // added straight onto every cold start.
-        let delay = if started.elapsed() < Duration::from_secs(3) { 5 } else { 50 };
+        let delay = if started.elapsed() < Duration::from_secs(3) {
+            5
+        } else {
+            50
+        };
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
 }
@@ -936,6 +946,12 @@ async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Some(true))
     )
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
 }
 
 /// Resident memory and CPU time of a process, from /proc.

@@ -260,11 +260,10 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A graceful stop, so `serve` stops its apps too: a SIGKILL here would
+    /// leave them running with nobody to reap them.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
