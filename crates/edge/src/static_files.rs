@@ -22,8 +22,12 @@ use tokio_util::io::ReaderStream;
 
 use crate::body::{self, BoxError, EdgeBody};
 
-/// Read size of file streams, and the buffer in front of a compressor (bytes).
-const CHUNK: usize = 64 * 1024;
+/// Read size of file streams (bytes). Each read is a trip to the blocking
+/// pool, so large reads keep big files cheap.
+const CHUNK: usize = 256 * 1024;
+
+/// The buffer in front of a compressor (bytes).
+const COMPRESS_BUFFER: usize = 64 * 1024;
 
 /// Smaller files go out as they are: compressing them saves too little (bytes).
 const MIN_COMPRESS_SIZE: u64 = 1024;
@@ -66,11 +70,18 @@ pub async fn serve(
     let mut response = if method != Method::GET && method != Method::HEAD {
         Refusal::MethodNotAllowed.into_response()
     } else {
-        match resolve(root, spa, request_path).await {
-            Ok(Resolved::File(path)) => respond_with_file(&path, method, headers)
+        // Resolving, opening and (for a small file) reading happen in one
+        // trip to the blocking pool: each filesystem call made through
+        // tokio::fs would be a trip of its own.
+        let (root, path) = (root.to_owned(), request_path.to_owned());
+        let found = tokio::task::spawn_blocking(move || open(&root, spa, &path))
+            .await
+            .unwrap_or(Err(Refusal::Internal));
+        match found {
+            Ok(Found::File(opened)) => respond_with_file(opened, method, headers)
                 .await
                 .unwrap_or_else(Refusal::into_response),
-            Ok(Resolved::Redirect(location)) => redirect(&location),
+            Ok(Found::Redirect(location)) => redirect(&location),
             Err(refusal) => refusal.into_response(),
         }
     };
@@ -126,6 +137,41 @@ enum Resolved {
     Redirect(String),
 }
 
+/// A file ready to be served, with its contents when it is small.
+struct Opened {
+    file: std::fs::File,
+    info: FileInfo,
+    /// The whole file, read in the same blocking call, when it is at most
+    /// [`SMALL_FILE`] bytes.
+    contents: Option<bytes::Bytes>,
+}
+
+enum Found {
+    File(Opened),
+    Redirect(String),
+}
+
+/// Files up to this size are read whole while resolving (bytes).
+const SMALL_FILE: u64 = 64 * 1024;
+
+/// Resolves the path, opens the file and reads it if small. Blocking.
+fn open(root: &Path, spa: bool, request_path: &str) -> Result<Found, Refusal> {
+    let path = match resolve(root, spa, request_path)? {
+        Resolved::File(path) => path,
+        Resolved::Redirect(location) => return Ok(Found::Redirect(location)),
+    };
+    let mut file = std::fs::File::open(&path).map_err(internal)?;
+    let info = FileInfo::new(&path, &file.metadata().map_err(internal)?);
+    let contents = if info.size <= SMALL_FILE {
+        let mut buffer = Vec::with_capacity(info.size as usize);
+        std::io::Read::read_to_end(&mut file, &mut buffer).map_err(internal)?;
+        Some(bytes::Bytes::from(buffer))
+    } else {
+        None
+    };
+    Ok(Found::File(Opened { file, info, contents }))
+}
+
 /// Where a candidate path really lands once symlinks are followed.
 enum Place {
     File(PathBuf),
@@ -139,7 +185,7 @@ enum Place {
 
 /// Maps a raw request path to the file to serve, following the rules in the
 /// module doc: decode once, refuse dot segments and dotfiles, stay in root.
-async fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved, Refusal> {
+fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved, Refusal> {
     let decoded = percent_decode_str(request_path)
         .decode_utf8()
         .map_err(|_| Refusal::BadPath)?;
@@ -154,19 +200,19 @@ async fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved,
         return Err(Refusal::NotFound);
     }
 
-    let root = tokio::fs::canonicalize(root).await.map_err(|error| {
+    let root = std::fs::canonicalize(root).map_err(|error| {
         tracing::warn!(%error, "release root cannot be resolved");
         Refusal::Internal
     })?;
     let wants_directory = decoded.ends_with('/');
     let target = segments.iter().fold(root.clone(), |path, s| path.join(s));
 
-    match confine(&root, &target).await {
+    match confine(&root, &target) {
         Place::File(file) if !wants_directory => return Ok(Resolved::File(file)),
         Place::Directory(_) if !wants_directory => {
             return Ok(Resolved::Redirect(directory_location(&segments)));
         }
-        Place::Directory(dir) => match confine(&root, &dir.join("index.html")).await {
+        Place::Directory(dir) => match confine(&root, &dir.join("index.html")) {
             Place::File(index) => return Ok(Resolved::File(index)),
             Place::Forbidden => return Err(Refusal::NotFound),
             Place::Directory(_) | Place::Missing => {}
@@ -181,7 +227,7 @@ async fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved,
         .last()
         .is_some_and(|last| Path::new(last).extension().is_some());
     if spa && !has_extension {
-        if let Place::File(index) = confine(&root, &root.join("index.html")).await {
+        if let Place::File(index) = confine(&root, &root.join("index.html")) {
             return Ok(Resolved::File(index));
         }
     }
@@ -190,8 +236,8 @@ async fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved,
 
 /// Follows `candidate` to its real location and says whether it may be
 /// served. `root` must already be canonical.
-async fn confine(root: &Path, candidate: &Path) -> Place {
-    let Ok(real) = tokio::fs::canonicalize(candidate).await else {
+fn confine(root: &Path, candidate: &Path) -> Place {
+    let Ok(real) = std::fs::canonicalize(candidate) else {
         return Place::Missing;
     };
     // Checked on the real path too: a symlink in the release may point out
@@ -206,7 +252,7 @@ async fn confine(root: &Path, candidate: &Path) -> Place {
         return Place::Forbidden;
     }
 
-    match tokio::fs::metadata(&real).await {
+    match std::fs::metadata(&real) {
         Ok(meta) if meta.is_file() => Place::File(real),
         Ok(meta) if meta.is_dir() => Place::Directory(real),
         // FIFOs, sockets, devices: opening some of them would block.
@@ -231,12 +277,11 @@ fn directory_location(segments: &[&str]) -> String {
 
 /// What the client gets from a file it may read.
 async fn respond_with_file(
-    path: &Path,
+    opened: Opened,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<EdgeBody>, Refusal> {
-    let mut file = tokio::fs::File::open(path).await.map_err(internal)?;
-    let info = FileInfo::new(path, &file.metadata().await.map_err(internal)?);
+    let Opened { file, info, contents } = opened;
 
     let range = if method == Method::GET {
         requested_range(headers, &info)
@@ -285,37 +330,64 @@ async fn respond_with_file(
         }
         ByteRange::Partial { start, end } => {
             let length = end - start + 1;
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(internal)?;
             let range = format!("bytes {start}-{end}/{}", info.size);
             insert(&mut out, header::CONTENT_RANGE, &range);
             insert(&mut out, header::CONTENT_TYPE, &info.content_type());
             out.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-            assemble(StatusCode::PARTIAL_CONTENT, out, stream(file.take(length)))
+            let body = match contents {
+                // The range was checked against the size this was read at.
+                Some(all) if all.len() as u64 == info.size => {
+                    body::full(all.slice(start as usize..=end as usize))
+                }
+                _ => {
+                    let mut file = tokio::fs::File::from_std(file);
+                    file.seek(std::io::SeekFrom::Start(start))
+                        .await
+                        .map_err(internal)?;
+                    stream(file.take(length))
+                }
+            };
+            assemble(StatusCode::PARTIAL_CONTENT, out, body)
         }
         ByteRange::Full => {
             insert(&mut out, header::CONTENT_TYPE, &info.content_type());
-            let buffered = BufReader::with_capacity(CHUNK, file);
-            let body = match coding {
-                Coding::Identity => {
+            let body = match (coding, contents) {
+                (Coding::Identity, Some(all)) => {
+                    out.insert(header::CONTENT_LENGTH, HeaderValue::from(all.len()));
+                    body::full(all)
+                }
+                (Coding::Identity, None) => {
                     out.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
-                    stream(buffered)
+                    stream(tokio::fs::File::from_std(file))
                 }
-                Coding::Brotli => {
-                    let level = Level::Precise(BROTLI_QUALITY);
-                    out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
-                    stream(BrotliEncoder::with_quality(buffered, level))
-                }
-                Coding::Gzip => {
-                    out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                    stream(GzipEncoder::with_quality(buffered, Level::Fastest))
+                (coding, Some(all)) => compress(coding, std::io::Cursor::new(all), &mut out),
+                (coding, None) => {
+                    let file = tokio::fs::File::from_std(file);
+                    compress(coding, BufReader::with_capacity(COMPRESS_BUFFER, file), &mut out)
                 }
             };
             assemble(StatusCode::OK, out, body)
         }
     };
     Ok(response)
+}
+
+/// A body compressed on the fly from `source`, with its Content-Encoding.
+fn compress<R>(coding: Coding, source: R, out: &mut HeaderMap) -> EdgeBody
+where
+    R: tokio::io::AsyncBufRead + Send + Sync + 'static,
+{
+    match coding {
+        Coding::Brotli => {
+            out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+            stream(BrotliEncoder::with_quality(source, Level::Precise(BROTLI_QUALITY)))
+        }
+        Coding::Gzip => {
+            out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            stream(GzipEncoder::with_quality(source, Level::Fastest))
+        }
+        Coding::Identity => stream(source),
+    }
 }
 
 fn assemble(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
