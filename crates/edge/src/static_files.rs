@@ -169,7 +169,11 @@ fn open(root: &Path, spa: bool, request_path: &str) -> Result<Found, Refusal> {
     } else {
         None
     };
-    Ok(Found::File(Opened { file, info, contents }))
+    Ok(Found::File(Opened {
+        file,
+        info,
+        contents,
+    }))
 }
 
 /// Where a candidate path really lands once symlinks are followed.
@@ -281,7 +285,11 @@ async fn respond_with_file(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<EdgeBody>, Refusal> {
-    let Opened { file, info, contents } = opened;
+    let Opened {
+        file,
+        info,
+        contents,
+    } = opened;
 
     let range = if method == Method::GET {
         requested_range(headers, &info)
@@ -363,7 +371,11 @@ async fn respond_with_file(
                 (coding, Some(all)) => compress(coding, std::io::Cursor::new(all), &mut out),
                 (coding, None) => {
                     let file = tokio::fs::File::from_std(file);
-                    compress(coding, BufReader::with_capacity(COMPRESS_BUFFER, file), &mut out)
+                    compress(
+                        coding,
+                        BufReader::with_capacity(COMPRESS_BUFFER, file),
+                        &mut out,
+                    )
                 }
             };
             assemble(StatusCode::OK, out, body)
@@ -380,7 +392,10 @@ where
     match coding {
         Coding::Brotli => {
             out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
-            stream(BrotliEncoder::with_quality(source, Level::Precise(BROTLI_QUALITY)))
+            stream(BrotliEncoder::with_quality(
+                source,
+                Level::Precise(BROTLI_QUALITY),
+            ))
         }
         Coding::Gzip => {
             out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

@@ -266,23 +266,34 @@ async fn setup(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> Result<(StatusCode, Json<TokenPairView>), ApiError> {
-    {
-        let expected = hub.lock_setup();
-        let matches = expected
+    // The token is taken under the lock, so two requests racing with it
+    // cannot both create an admin; it is put back if creation fails.
+    let taken = {
+        let mut slot = hub.lock_setup();
+        let matches = slot
             .as_deref()
             .is_some_and(|token| bool::from(token.as_bytes().ct_eq(req.token.as_bytes())));
-        if !matches {
-            tracing::info!(target: "spinforge::audit", event = "setup.denied", "bad setup token");
-            return Err(ApiError::Forbidden);
+        if matches {
+            slot.take()
+        } else {
+            None
         }
-    }
+    };
+    let Some(token) = taken else {
+        tracing::info!(target: "spinforge::audit", event = "setup.denied", "bad setup token");
+        return Err(ApiError::Forbidden);
+    };
     if hub.store().count_users().await? > 0 {
         return Err(ApiError::Forbidden);
     }
-    hub.identity()
+    let created = hub
+        .identity()
         .create_user(&req.email, req.password.clone(), store::Role::Admin)
-        .await?;
-    *hub.lock_setup() = None;
+        .await;
+    if created.is_err() {
+        *hub.lock_setup() = Some(token);
+    }
+    created?;
     let (user, pair) = hub.identity().login(&req.email, req.password).await?;
     tracing::info!(target: "spinforge::audit", event = "user.created", user = %user.id,
         "first admin created with the setup token");
@@ -405,7 +416,10 @@ async fn delete_site(
     Admin(who): Admin,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let site = hub.delete_site(&domain).await?;
+    let worker = hub.clone();
+    let site = tokio::spawn(async move { worker.delete_site(&domain).await })
+        .await
+        .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.delete", user = %who.user_id,
         site = %site.domain);
     Ok(StatusCode::NO_CONTENT)
@@ -444,15 +458,23 @@ async fn upload_release(
     Path(domain): Path<String>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    let release = hub.deploy(&domain, Some(who.user_id), body).await;
-    let result = if release.is_ok() {
-        "success"
-    } else {
-        "failure"
-    };
-    tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
-        site = %domain, result);
-    let release = release?;
+    // The deploy runs in its own task: a client that hangs up must not
+    // cancel it between its steps (between the commit and the route push,
+    // say). The audit line is written there too, whatever the client does.
+    let worker = hub.clone();
+    let release = tokio::spawn(async move {
+        let release = worker.deploy(&domain, Some(who.user_id), body).await;
+        let result = if release.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
+            site = ?domain, result);
+        release
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let id = release.id.0.clone();
     Ok((StatusCode::CREATED, Json(release_view(release, Some(&id)))))
 }
@@ -475,7 +497,10 @@ async fn rollback(
             .map_err(|e| ApiError::invalid("body", format!("invalid JSON: {e}")))?;
         req.release
     };
-    let site = hub.rollback(&domain, to).await?;
+    let worker = hub.clone();
+    let site = tokio::spawn(async move { worker.rollback(&domain, to).await })
+        .await
+        .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.rollback", user = %who.user_id,
         site = %site.domain);
     Ok(Json(site.into()))
@@ -538,14 +563,14 @@ fn parse_since(value: &str) -> Result<time::OffsetDateTime, ApiError> {
     if let Ok(at) = time::OffsetDateTime::parse(value, rfc3339) {
         return Ok(at);
     }
-    let split = value.len().checked_sub(1).ok_or_else(invalid)?;
-    let (number, unit) = value.split_at(split);
+    let unit = value.chars().last().ok_or_else(invalid)?;
+    let number = &value[..value.len() - unit.len_utf8()];
     let number: i64 = number.parse().map_err(|_| invalid())?;
     let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
         _ => return Err(invalid()),
     };
     let seconds = number.checked_mul(unit_seconds).ok_or_else(invalid)?;
@@ -646,4 +671,21 @@ async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiError> 
         .map_err(ApiError::internal)?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(header::CONTENT_TYPE, content_type)], text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_refuses_junk_without_panicking() {
+        let now = time::OffsetDateTime::now_utc();
+        let ten_minutes_ago = parse_since("10m").expect("10m");
+        let gap = now - ten_minutes_ago;
+        assert!(gap >= time::Duration::minutes(10) && gap < time::Duration::minutes(11));
+        assert!(parse_since("2026-12-04T10:00:00Z").is_ok());
+        for junk in ["", "m", "10", "1é", "é", "10x", "-5m", "99999999999999999d", "400d"] {
+            assert!(parse_since(junk).is_err(), "{junk:?}");
+        }
+    }
 }

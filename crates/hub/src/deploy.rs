@@ -54,8 +54,11 @@ impl Hub {
         body: axum::body::Body,
     ) -> Result<Release, ApiError> {
         let site = self.site(domain).await?;
-        if site.kind == SiteKind::Proxy {
-            return Err(ApiError::invalid("type", "proxy sites take no bundle"));
+        if !matches!(site.kind, SiteKind::Static | SiteKind::Process) {
+            return Err(ApiError::invalid(
+                "type",
+                "only static and process sites take a bundle",
+            ));
         }
         let id = ReleaseId(uuid::Uuid::now_v7().to_string());
         let tmp = self.inner.layout.tmp_dir();
@@ -84,6 +87,12 @@ impl Hub {
         };
 
         let _site_guard = self.site_lock(&site.domain).await;
+        // The upload took a while: the site may have been deleted, or
+        // deleted and created again, meanwhile. Go on only with the same one.
+        let current = self.inner.store.site_by_domain(&site.domain).await?;
+        if current.as_ref().map(|c| (c.id, c.kind)) != Some((site.id, site.kind)) {
+            return Err(ApiError::NotFound("site"));
+        }
         let release_dir = self.inner.layout.release_dir(site.id, &id);
         let releases_dir = self.inner.layout.releases_dir(site.id);
         tokio::fs::create_dir_all(&releases_dir)

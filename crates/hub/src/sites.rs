@@ -270,7 +270,12 @@ impl Hub {
             self.inner.supervisor.remove(&domain).await;
         }
         let dir = self.inner.layout.site_dir(site.id);
-        if let Err(e) = tokio::task::spawn_blocking(move || layout::remove_any(&dir)).await {
+        let removed = tokio::task::spawn_blocking(move || layout::remove_any(&dir)).await;
+        if let Some(e) = match removed {
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+            Ok(Ok(())) => None,
+        } {
             // The rows are gone, so the start-up sweep removes the folder.
             tracing::warn!(site = %domain, error = %e, "site folder not removed");
         }

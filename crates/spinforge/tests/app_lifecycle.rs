@@ -250,6 +250,12 @@ impl Host {
         }
     }
 
+    /// Stops `serve` with SIGTERM and waits for it to exit, without
+    /// starting a new one: what is still running now, the old serve left.
+    fn stop_serve(&mut self) {
+        self.server.as_mut().expect("serve").stop();
+    }
+
     /// Stops `serve` with SIGTERM (if it still runs) and starts it again on
     /// the same data directory.
     async fn restart_serve(&mut self) {
@@ -596,9 +602,10 @@ async fn min_instances_keeps_the_app_running_and_starts_it_without_a_request() {
     assert_ne!(second, first);
     assert!(host.alive(second));
 
-    // So does a new `serve`.
-    host.restart_serve().await;
+    // So does a new `serve`; the old one stops its app itself.
+    host.stop_serve();
     assert!(!host.alive(second), "the old serve left pid {second}");
+    host.restart_serve().await;
     let third = pid_of(
         &host
             .wait_for_state(SITE, "running", Duration::from_secs(30))
@@ -890,10 +897,12 @@ async fn a_serve_restart_leaves_no_app_running() {
     let mut host = Host::start().await;
     let old = two_running_apps(&host).await;
 
-    host.restart_serve().await;
+    // Checked before a new serve starts: it would reap leftovers itself.
+    host.stop_serve();
     for pid in &old {
         assert!(!host.alive(*pid), "serve exited but pid {pid} runs on");
     }
+    host.restart_serve().await;
 
     for site in SITES {
         let pid = host.pid_serving(site).await;

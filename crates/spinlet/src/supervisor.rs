@@ -20,7 +20,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -102,7 +102,7 @@ pub enum WakeError {
 
 /// A start that did not end in a healthy app, with the app's last log
 /// lines so the person deploying sees why.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct StartError {
     pub message: String,
@@ -196,7 +196,6 @@ struct Slot {
     domain: String,
     log: AppLog,
     /// Single flight: one start at a time per site.
-    start_lock: tokio::sync::Mutex<()>,
     state: Mutex<SlotState>,
 }
 
@@ -206,12 +205,27 @@ impl Slot {
     }
 }
 
+impl SlotState {
+    /// Takes the current and draining instances out, for stopping.
+    fn take_instances(&mut self) -> Vec<Arc<Instance>> {
+        self.current
+            .take()
+            .into_iter()
+            .chain(self.draining.drain(..))
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct SlotState {
     spec: Option<AppSpec>,
     current: Option<Arc<Instance>>,
     draining: Vec<Arc<Instance>>,
-    starting: bool,
+    /// The start in progress, if any; every waiter watches the same one.
+    starting: Option<watch::Receiver<Option<StartOutcome>>>,
+    /// Bumped by promote, remove, restart and shutdown: a start that began
+    /// under an older generation must not install its instance.
+    generation: u64,
     failed: Option<String>,
     crashes: VecDeque<Instant>,
     not_before: Option<Instant>,
@@ -226,7 +240,12 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
+/// The shared result of one start attempt.
+type StartOutcome = Result<(), StartError>;
+
 struct Inner {
+    /// Set by `shutdown`: no new starts, and the reaper stops.
+    shutting_down: AtomicBool,
     config: SupervisorConfig,
     spawner: Arc<dyn Spawner>,
     ports: Ports,
@@ -248,6 +267,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             inner: Arc::new(Inner {
                 ports: Ports::new(config.ports.clone()),
+                shutting_down: AtomicBool::new(false),
                 config,
                 spawner,
                 clock: Instant::now(),
@@ -289,7 +309,6 @@ impl Supervisor {
         let slot = Arc::new(Slot {
             domain: domain.to_owned(),
             log,
-            start_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(SlotState::default()),
         });
         slots.insert(domain.to_owned(), slot.clone());
@@ -315,31 +334,139 @@ impl Supervisor {
         if let Some(lease) = self.lease_if_running(&slot)? {
             return Ok(lease);
         }
-        let _single_flight = slot.start_lock.lock().await;
-        if let Some(lease) = self.lease_if_running(&slot)? {
-            return Ok(lease);
-        }
-        let (spec, not_before) = {
-            let state = slot.lock();
-            (
-                state.spec.clone().ok_or(WakeError::NotDeployed)?,
-                state.not_before,
-            )
+        let mut attempt = self.join_start(&slot)?;
+        let outcome = match attempt.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
         };
-        if let Some(not_before) = not_before {
-            // A crash backoff is running; wait it out (it is never longer
-            // than the configured maximum).
-            tokio::time::sleep_until(not_before.into()).await;
+        match outcome {
+            Some(Ok(())) => self.lease_if_running(&slot)?.ok_or(WakeError::NotDeployed),
+            Some(Err(error)) => Err(WakeError::Start(error)),
+            None => Err(WakeError::NotDeployed),
         }
-        slot.lock().starting = true;
-        let started = self.start_instance(&slot, &spec).await;
+    }
+
+    /// Joins the slot's start in progress, or begins one. The start runs
+    /// in its own task, so a waiter that goes away (a client hanging up
+    /// mid cold start) cannot leave a half-started process behind.
+    fn join_start(
+        &self,
+        slot: &Arc<Slot>,
+    ) -> Result<watch::Receiver<Option<StartOutcome>>, WakeError> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(WakeError::NotDeployed);
+        }
         let mut state = slot.lock();
-        state.starting = false;
-        let instance = started.map_err(WakeError::Start)?;
-        state.current = Some(instance.clone());
-        state.not_before = None;
+        if let Some(attempt) = &state.starting {
+            return Ok(attempt.clone());
+        }
+        let spec = state.spec.clone().ok_or(WakeError::NotDeployed)?;
+        let (done_tx, done_rx) = watch::channel(None);
+        state.starting = Some(done_rx.clone());
+        let generation = state.generation;
+        let not_before = state.not_before;
         drop(state);
-        self.lease_if_running(&slot)?.ok_or(WakeError::NotDeployed)
+
+        let supervisor = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            if let Some(not_before) = not_before {
+                // A crash backoff is running; wait it out (it is never
+                // longer than the configured maximum).
+                tokio::time::sleep_until(not_before.into()).await;
+            }
+            let started = supervisor.start_instance(&slot, &spec).await;
+            let outcome = supervisor.finish_start(&slot, generation, started).await;
+            let _ = done_tx.send(Some(outcome));
+        });
+        Ok(done_rx)
+    }
+
+    /// Installs a started instance, unless the slot moved on meanwhile
+    /// (promoted, removed, restarted, shut down), in which case the instance
+    /// is stopped. A failed start counts as a crash.
+    async fn finish_start(
+        &self,
+        slot: &Arc<Slot>,
+        generation: u64,
+        started: Result<Arc<Instance>, StartError>,
+    ) -> StartOutcome {
+        let stale = {
+            let mut state = slot.lock();
+            state.starting = None;
+            let stale =
+                state.generation != generation || self.inner.shutting_down.load(Ordering::Acquire);
+            match &started {
+                Ok(instance) if !stale => {
+                    state.current = Some(instance.clone());
+                    state.not_before = None;
+                }
+                Ok(_) => {}
+                Err(error) if error.app_fault && !stale => {
+                    self.record_crash(&slot.domain, &slot.log, &mut state, &error.message);
+                }
+                Err(_) => {}
+            }
+            stale
+        };
+        match started {
+            Ok(instance) if stale => {
+                self.stop_instance(slot, &instance).await;
+                Err(StartError {
+                    message: "the site changed while its app was starting".into(),
+                    log_tail: Vec::new(),
+                    app_fault: false,
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Counts a crash: sets the backoff before the next start, or marks the
+    /// site failed once the crash limit is reached within the window.
+    /// Returns true iff a restart should follow.
+    fn record_crash(
+        &self,
+        domain: &str,
+        log: &AppLog,
+        state: &mut SlotState,
+        description: &str,
+    ) -> bool {
+        let now = Instant::now();
+        let window = self.inner.config.crash_window;
+        state.crashes.push_back(now);
+        while state
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            state.crashes.pop_front();
+        }
+        state.restarts += 1;
+        if state.crashes.len() >= self.inner.config.crash_limit {
+            let reason = format!(
+                "crashed {} times within {} s; last: {description}",
+                state.crashes.len(),
+                window.as_secs()
+            );
+            tracing::warn!(target: "spinforge::audit", event = "spinlet.failed",
+                site = %domain, reason = %reason, "app marked failed");
+            log.note(&format!("marked failed: {reason}"));
+            state.failed = Some(reason);
+            return false;
+        }
+        let exponent = state.crashes.len().saturating_sub(1).min(16) as u32;
+        let backoff = self
+            .inner
+            .config
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.inner.config.backoff_max);
+        state.not_before = Some(now + backoff);
+        tracing::warn!(site = %domain, backoff_ms = backoff.as_millis() as u64,
+            "spinlet crashed; restarting after backoff");
+        true
     }
 
     fn lease_if_running(&self, slot: &Arc<Slot>) -> Result<Option<Lease>, WakeError> {
@@ -401,6 +528,7 @@ impl Supervisor {
         } = candidate;
         let old = {
             let mut state = slot.lock();
+            state.generation += 1;
             state.spec = Some(spec);
             state.failed = None;
             state.crashes.clear();
@@ -436,18 +564,20 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .remove(domain);
         if let Some(slot) = slot {
-            let instances: Vec<_> = {
+            let instances = {
                 let mut state = slot.lock();
+                state.generation += 1;
                 state.spec = None;
-                state
-                    .current
-                    .take()
-                    .into_iter()
-                    .chain(state.draining.drain(..))
-                    .collect()
+                state.take_instances()
             };
             for instance in instances {
                 self.stop_instance(&slot, &instance).await;
+            }
+            // A later site with the same domain must not see these logs.
+            slot.log.flush().await;
+            let logs = self.inner.config.logs_dir.join(domain);
+            if let Err(e) = std::fs::remove_dir_all(&logs) {
+                tracing::warn!(site = %domain, error = %e, "app logs not removed");
             }
         }
     }
@@ -458,6 +588,7 @@ impl Supervisor {
         let slot = self.slot(domain).ok_or(WakeError::NotDeployed)?;
         let (current, always_on) = {
             let mut state = slot.lock();
+            state.generation += 1;
             state.failed = None;
             state.crashes.clear();
             state.not_before = None;
@@ -478,6 +609,7 @@ impl Supervisor {
 
     /// Stops every app gracefully; for `serve`'s shutdown.
     pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
         let slots: Vec<Arc<Slot>> = self
             .inner
             .slots
@@ -487,15 +619,13 @@ impl Supervisor {
             .cloned()
             .collect();
         let mut stops = Vec::new();
+        let mut starts = Vec::new();
         for slot in slots {
-            let instances: Vec<_> = {
+            let instances = {
                 let mut state = slot.lock();
-                state
-                    .current
-                    .take()
-                    .into_iter()
-                    .chain(state.draining.drain(..))
-                    .collect()
+                state.generation += 1;
+                starts.extend(state.starting.clone());
+                state.take_instances()
             };
             for instance in instances {
                 let supervisor = self.clone();
@@ -508,6 +638,12 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
+        // Starts still in flight see the new generation and stop what they
+        // started; wait for them so nothing outlives `serve`.
+        for mut start in starts {
+            let wait = start.wait_for(Option::is_some);
+            let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
+        }
     }
 
     pub fn status(&self, domain: &str) -> Option<SpinletStatus> {
@@ -516,7 +652,7 @@ impl Supervisor {
         let live = state.current.as_ref().filter(|i| !i.has_exited());
         let phase = if state.failed.is_some() {
             State::Failed
-        } else if state.starting {
+        } else if state.starting.is_some() {
             State::Starting
         } else if live.is_some() {
             State::Running
@@ -611,7 +747,11 @@ impl Supervisor {
                 });
             }
         };
-        let pid = child.id().unwrap_or(0);
+        let Some(pid) = child.id().filter(|pid| *pid > 0) else {
+            // Never signal group 0: that would be serve's own group.
+            self.inner.ports.release(port);
+            return Err(ours("the app exited before it could be tracked".into()));
+        };
         let captures = slot.log.capture(child.stdout.take(), child.stderr.take());
         slot.log.note(&format!(
             "started release {} as pid {pid} on port {port}",
@@ -688,7 +828,7 @@ impl Supervisor {
         }
 
         // An exit nobody asked for is a crash.
-        let restart_after = {
+        let restart = {
             let mut state = slot.lock();
             let was_current = state
                 .current
@@ -699,43 +839,9 @@ impl Supervisor {
                 return;
             }
             state.current = None;
-            let now = Instant::now();
-            let window = self.inner.config.crash_window;
-            state.crashes.push_back(now);
-            while state
-                .crashes
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > window)
-            {
-                state.crashes.pop_front();
-            }
-            state.restarts += 1;
-            if state.crashes.len() >= self.inner.config.crash_limit {
-                let reason = format!(
-                    "crashed {} times within {} s; last: {description}",
-                    state.crashes.len(),
-                    window.as_secs()
-                );
-                tracing::warn!(target: "spinforge::audit", event = "spinlet.failed",
-                    site = %slot.domain, reason = %reason, "app marked failed");
-                slot.log.note(&format!("marked failed: {reason}"));
-                state.failed = Some(reason);
-                None
-            } else {
-                let exponent = state.crashes.len().saturating_sub(1).min(16) as u32;
-                let backoff = self
-                    .inner
-                    .config
-                    .backoff_base
-                    .saturating_mul(2u32.saturating_pow(exponent))
-                    .min(self.inner.config.backoff_max);
-                state.not_before = Some(now + backoff);
-                tracing::warn!(site = %slot.domain, pid = instance.pid, backoff_ms =
-                    backoff.as_millis() as u64, "spinlet crashed; restarting after backoff");
-                Some(backoff)
-            }
+            self.record_crash(&slot.domain, &slot.log, &mut state, &description)
         };
-        if restart_after.is_some() {
+        if restart && !self.inner.shutting_down.load(Ordering::Acquire) {
             self.wake_in_background(&slot.domain);
         }
     }
@@ -773,6 +879,9 @@ impl Supervisor {
     /// Stops apps that have been idle for their timeout, and starts
     /// always-on apps that are down.
     fn reap_idle(&self) {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
         let now_ms = self.inner.clock.elapsed().as_millis() as u64;
         let slots: Vec<Arc<Slot>> = self
             .inner
@@ -791,8 +900,8 @@ impl Supervisor {
                     .is_some_and(|s| s.manifest.min_instances > 0);
                 if always_on
                     && state.failed.is_none()
-                    && !state.starting
-                    && state.not_before.is_none()
+                    && state.starting.is_none()
+                    && state.not_before.is_none_or(|t| Instant::now() >= t)
                 {
                     drop(state);
                     self.wake_in_background(&slot.domain);
@@ -835,15 +944,12 @@ impl Supervisor {
 
     /// Writes the running set to the state file (temp file, then rename).
     fn persist(&self) {
-        let running = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Held across the write and the rename, so an older snapshot can
+        // never replace a newer one.
+        let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
         let path = &self.inner.config.state_file;
         let tmp = path.with_extension("json.tmp");
-        let write = serde_json::to_vec(&running)
+        let write = serde_json::to_vec(&*running)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, path));
@@ -853,9 +959,10 @@ impl Supervisor {
     }
 }
 
-/// Kills the process groups a previous `serve` recorded, but only those
-/// whose environment still carries the tag we gave them: a recycled pid
-/// belonging to something else is left alone.
+/// Kills every process that carries a tag a previous `serve` recorded in
+/// its environment: the apps it left, and their children, even when the
+/// app itself already died. A recycled pid belonging to something else
+/// carries no such tag and is left alone.
 fn reap_leftovers(state_file: &Path) {
     let Ok(bytes) = std::fs::read(state_file) else {
         return;
@@ -863,31 +970,40 @@ fn reap_leftovers(state_file: &Path) {
     let Ok(recorded) = serde_json::from_slice::<HashMap<u32, String>>(&bytes) else {
         return;
     };
-    for (pid, tag) in recorded {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let marker = format!("SPINFORGE_SPINLET={tag}");
+    if recorded.is_empty() {
+        return;
+    }
+    let markers: Vec<String> = recorded
+        .values()
+        .map(|tag| format!("SPINFORGE_SPINLET={tag}"))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
         let ours = environ
             .split(|b| *b == 0)
-            .any(|var| var == marker.as_bytes());
+            .any(|var| markers.iter().any(|m| var == m.as_bytes()));
         if ours {
-            tracing::warn!(pid, "reaping an app left running by a previous serve");
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            tracing::warn!(
+                pid,
+                "reaping an app process left running by a previous serve"
+            );
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
 
 fn random_tag() -> String {
-    let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes[..16].copy_from_slice(&nanos.as_nanos().to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Waits until the app answers: its health path with a 2xx or 3xx, or,
