@@ -32,6 +32,12 @@ const COMPRESS_BUFFER: usize = 64 * 1024;
 /// Smaller files go out as they are: compressing them saves too little (bytes).
 const MIN_COMPRESS_SIZE: u64 = 1024;
 
+/// Larger files go out as they are: compressing them on every request
+/// would let any client spend our CPU cheaply (bytes).
+// Limitation: big text files are sent uncompressed; precompressing at
+// deploy time would lift this.
+const MAX_COMPRESS_SIZE: u64 = 4 * 1024 * 1024;
+
 /// Brotli quality for on-the-fly work. Quality 0 is fastest but packs text
 /// worse than gzip at level 1; 4 is still cheap and clearly better.
 const BROTLI_QUALITY: i32 = 4;
@@ -296,12 +302,14 @@ async fn respond_with_file(
     } else {
         ByteRange::Full
     };
-    let coding =
-        if range == ByteRange::Full && info.compressible() && info.size >= MIN_COMPRESS_SIZE {
-            negotiate(headers)
-        } else {
-            Coding::Identity
-        };
+    let coding = if range == ByteRange::Full
+        && info.compressible()
+        && (MIN_COMPRESS_SIZE..=MAX_COMPRESS_SIZE).contains(&info.size)
+    {
+        negotiate(headers)
+    } else {
+        Coding::Identity
+    };
     let etag = info.etag(coding);
 
     let mut out = HeaderMap::new();

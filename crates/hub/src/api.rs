@@ -683,7 +683,17 @@ mod tests {
         let gap = time::OffsetDateTime::now_utc() - ten_minutes_ago;
         assert!(gap >= time::Duration::minutes(10) && gap < time::Duration::minutes(11));
         assert!(parse_since("2026-12-04T10:00:00Z").is_ok());
-        for junk in ["", "m", "10", "1é", "é", "10x", "-5m", "99999999999999999d", "400d"] {
+        for junk in [
+            "",
+            "m",
+            "10",
+            "1é",
+            "é",
+            "10x",
+            "-5m",
+            "99999999999999999d",
+            "400d",
+        ] {
             assert!(parse_since(junk).is_err(), "{junk:?}");
         }
     }

@@ -69,11 +69,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the hub: {e}"))?;
-    let served = hub
-        .reload_routes()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(routes = served, "route table loaded");
+    // Hub::start has loaded the route table from the store.
+    tracing::info!(
+        routes = edge.routes().snapshot().len(),
+        "route table loaded"
+    );
 
     if args.demo {
         deploy_examples(&hub, Path::new("examples")).await;

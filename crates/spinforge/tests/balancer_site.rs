@@ -132,8 +132,9 @@ async fn round_robin_spreads_requests_and_health_checks_move_traffic() {
         "{seen:?}"
     );
 
-    // b dies: after its health check fails, every request goes to a and
-    // none fails.
+    // b dies. Until a failed request or health check takes it out, some
+    // requests may still reach it and fail; after that, ten in a row must
+    // all go to a, and then twenty more without a single failure.
     b.stop();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut consecutive_a = 0;
@@ -149,6 +150,12 @@ async fn round_robin_spreads_requests_and_health_checks_move_traffic() {
             consecutive_a = 0;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            body_of(&server, "lb.localhost").await,
+            (200, "upstream-a".into())
+        );
     }
     assert!(server.log().contains("taken out") || server.log().contains("failed its health check"));
 
