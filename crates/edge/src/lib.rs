@@ -10,6 +10,7 @@ pub mod balancer;
 pub mod body;
 pub mod host;
 mod idle;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

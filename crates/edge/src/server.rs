@@ -6,7 +6,7 @@
 
 use crate::app::{AppUnavailable, AppWaker};
 use crate::body::{self, EdgeBody};
-use crate::idle::IdleTimeout;
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
 use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
 use crate::routes::{Routes, Target};
@@ -16,9 +16,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -98,63 +95,23 @@ impl Edge {
     /// lets in-flight requests finish for up to the shutdown grace.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let config = &self.inner.config;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(128)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let limits = ConnectionLimits {
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            shutdown_grace: config.shutdown_grace,
+            // Limitation: no cap on edge connections yet; the per-client
+            // limits of the edge-protection issue belong here.
+            max_connections: None,
+        };
+        let open = Some(self.inner.metrics.open_connections.clone());
+        let make = |peer: SocketAddr| {
             let edge = self.clone();
-            let io = IdleTimeout::new(stream, config.idle_timeout)
-                .with_first_byte_timeout(config.header_read_timeout);
-            let io = TokioIo::new(io);
-            let service = service_fn(move |req| {
+            service_fn(move |req| {
                 let edge = edge.clone();
                 async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
-            });
-            let connection = builder
-                .serve_connection_with_upgrades(io, service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            let gauge = self.inner.metrics.open_connections.clone();
-            gauge.inc();
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-                gauge.dec();
-            });
-        }
-
-        drop(listener);
-        if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("edge shutdown grace ran out with connections still open");
-        }
+            })
+        };
+        listener::serve(listener, limits, open, make, shutdown).await;
     }
 
     /// Serves one request. Never fails: every problem is a response.

@@ -4,13 +4,16 @@
 use crate::cli::{LogFormat, ServeArgs};
 use crate::config::{self, Settings};
 use anyhow::Context;
+use edge::listener::ConnectionLimits;
 use edge::{Edge, EdgeMetrics, Routes};
 use hub::apps::SupervisorWaker;
 use hub::{Hub, Layout};
+use hyper_util::service::TowerToHyperService;
 use identity::{Identity, IdentityConfig};
 use prometheus_client::registry::Registry;
 use spinlet::{PlainSpawner, Supervisor, SupervisorConfig};
 use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use store::SqliteStore;
@@ -30,8 +33,27 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Open connections the API socket takes at once; more wait in the backlog.
+const API_MAX_CONNECTIONS: usize = 256;
+
+/// Raises the soft limit on open files to the hard limit: every client
+/// connection, upstream connection and app pipe is a descriptor.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    raise_open_files_limit();
     let settings = config::resolve(&args)?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
@@ -39,6 +61,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             settings.data_dir.display()
         )
     })?;
+    // The store holds password hashes and the releases hold the sites'
+    // files: no other local user needs to read any of it.
+    std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", settings.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&settings.data_dir)?;
     tracing::info!("data directory: {}", data_dir.display());
 
@@ -93,20 +119,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
     let api = hub::router(hub.clone());
-    let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(wait_for(stop_rx))
-            .await
-    });
+    // The API gets the edge's accept loop: header-read and idle timeouts,
+    // and a cap on connections, so idle clients of the API cannot use up
+    // the file descriptors the edge needs too.
+    let api_limits = ConnectionLimits {
+        header_read_timeout: settings.edge.header_read_timeout,
+        idle_timeout: settings.edge.idle_timeout,
+        shutdown_grace: settings.edge.shutdown_grace,
+        max_connections: Some(API_MAX_CONNECTIONS),
+    };
+    let api_task = tokio::spawn(edge::listener::serve(
+        api_listener,
+        api_limits,
+        None,
+        move |_peer| TowerToHyperService::new(api.clone()),
+        wait_for(stop_rx),
+    ));
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = edge_task.await;
     supervisor.shutdown().await;
-    if let Ok(Err(e)) = api_task.await {
-        tracing::warn!(error = %e, "API server ended with an error");
-    }
+    let _ = api_task.await;
     store.close().await;
     Ok(())
 }

@@ -300,3 +300,30 @@ async fn api_serves_health_metrics_and_openapi() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_silent_api_connection_is_closed_by_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start_with(&format!("[edge]\nheader_read_timeout_secs = 1\n"));
+    let mut stream = tokio::net::TcpStream::connect(server.api)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the API kept a silent client: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let mode = std::fs::metadata(&server.data_dir)
+        .expect("data dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}

@@ -1,0 +1,117 @@
+//! The accept loop shared by the edge and the API socket: HTTP/1.1 and
+//! h2c on one port, header-read and idle timeouts on every connection, an
+//! optional cap on open connections, and a graceful shutdown.
+//!
+//! It knows nothing about routing: each caller brings its own service.
+
+use crate::idle::IdleTimeout;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Per-connection limits of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Longest wait for a request's headers, including the first byte and
+    /// the time between keep-alive requests.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest wait for in-flight requests when shutting down.
+    pub shutdown_grace: Duration,
+    /// At most this many open connections; further clients wait in the
+    /// kernel's backlog. `None`: no cap.
+    pub max_connections: Option<usize>,
+}
+
+/// Serves connections from `listener` with the service `make(peer)` builds
+/// for each, until `shutdown` resolves.
+pub async fn serve<F, S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    open: Option<Gauge>,
+    make: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = match &permits {
+            Some(permits) => tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.ok(),
+                () = &mut shutdown => break,
+            },
+            None => None,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = IdleTimeout::new(stream, limits.idle_timeout)
+            .with_first_byte_timeout(limits.header_read_timeout);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), make(peer))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let open = open.clone();
+        if let Some(gauge) = &open {
+            gauge.inc();
+        }
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+            if let Some(gauge) = open {
+                gauge.dec();
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace ran out with connections still open");
+    }
+}
