@@ -304,7 +304,7 @@ async fn api_serves_health_metrics_and_openapi() {
 #[tokio::test]
 async fn a_silent_api_connection_is_closed_by_the_header_timeout() {
     use tokio::io::AsyncReadExt;
-    let server = Server::start_with(&format!("[edge]\nheader_read_timeout_secs = 1\n"));
+    let server = Server::start_with("[edge]\nheader_read_timeout_secs = 1\n");
     let mut stream = tokio::net::TcpStream::connect(server.api)
         .await
         .expect("connect");
