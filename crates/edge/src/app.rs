@@ -16,6 +16,9 @@ use std::time::Duration;
 /// period. Also hears the response status, for the app's error count.
 pub trait LeaseGuard: Send + Sync + 'static {
     fn record_status(&self, status: u16);
+
+    /// The edge could not connect to the leased address at all.
+    fn unreachable(&self) {}
 }
 
 pub struct AppLease {

@@ -48,20 +48,22 @@ pub struct Pool {
     next: AtomicUsize,
 }
 
-/// Counts one request against a member until dropped; a failed exchange
-/// takes the member out at once instead of waiting for the next check.
+/// Counts one request against a member until dropped. A member the edge
+/// cannot connect to is taken out at once instead of at the next check;
+/// the member's own error responses never take it out, so a client cannot
+/// knock members out by asking for a URL that fails.
 pub struct MemberLease {
     member: Arc<Member>,
     site: Arc<str>,
 }
 
 impl LeaseGuard for MemberLease {
-    fn record_status(&self, status: u16) {
-        // 502 and 504 here mean the upstream itself could not be reached
-        // or did not answer; an app's own 5xx does not count.
-        if matches!(status, 502 | 504) && self.member.healthy.swap(false, Ordering::AcqRel) {
+    fn record_status(&self, _status: u16) {}
+
+    fn unreachable(&self) {
+        if self.member.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(site = %self.site, upstream = %self.member.upstream.authority,
-                "upstream failed a request; taken out");
+                "upstream unreachable; taken out");
         }
     }
 }
@@ -226,10 +228,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_member_is_picked_when_all_are_down_and_a_gateway_error_takes_one_out() {
+    async fn an_unreachable_member_is_taken_out_but_its_own_errors_do_not() {
         let pool = pool(Strategy::RoundRobin, 1);
         let picked = pool.pick().expect("pick");
         picked.1.record_status(502);
+        picked.1.record_status(504);
+        drop(picked);
+        let picked = pool.pick().expect("a member's own 5xx keeps it in");
+        picked.1.unreachable();
         drop(picked);
         assert!(pool.pick().is_none());
     }

@@ -48,12 +48,18 @@ pub enum ProxyError {
     Timeout,
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// The client: a path with `.` or `..` segments (also encoded), which
+    /// an upstream that normalises paths would resolve outside the site's
+    /// base path.
+    #[error("request path has dot segments")]
+    DotSegments,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::DotSegments => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -150,6 +156,12 @@ impl Proxy {
         lease: Option<Leased>,
         trusted: bool,
     ) -> Result<Response<EdgeBody>, ProxyError> {
+        if has_dot_segments(req.uri().path()) {
+            if let Some(Leased(guard)) = &lease {
+                guard.record_status(StatusCode::BAD_REQUEST.as_u16());
+            }
+            return Err(ProxyError::DotSegments);
+        }
         let upgrade = websocket_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
@@ -288,6 +300,9 @@ fn attach(
         Ok(sent) => sent,
         Err(e) => {
             if let Some(Leased(guard)) = &lease {
+                if matches!(e, ProxyError::Connect(_)) {
+                    guard.unreachable();
+                }
                 guard.record_status(e.status().as_u16());
             }
             return Err(e);
@@ -335,6 +350,14 @@ async fn splice(on_client: hyper::upgrade::OnUpgrade, on_upstream: hyper::upgrad
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
+}
+
+/// True iff a path segment is `.` or `..`, plainly or percent-encoded.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// Returns the `Upgrade` value iff the request asks for a WebSocket.
@@ -404,6 +427,18 @@ fn prepare_request_headers(
         None => ctx.client_ip.to_string(),
     };
     set(headers, "x-forwarded-for", &forwarded_for);
+    if !ctx.peer_trusted {
+        // Other ways clients claim an address; only a trusted proxy's count.
+        for name in [
+            "true-client-ip",
+            "x-client-ip",
+            "x-forwarded-port",
+            "cf-connecting-ip",
+        ] {
+            headers.remove(name);
+        }
+    }
+    set(headers, "x-real-ip", &ctx.client_ip.to_string());
     set(headers, "x-forwarded-proto", "http");
     set(headers, "x-forwarded-host", ctx.host);
     set(headers, "x-request-id", ctx.request_id);
@@ -503,6 +538,40 @@ mod tests {
         let mut map = headers(&[("x-forwarded-for", "1.2.3.4")]);
         prepare_request_headers(&mut map, &upstream, &ctx(true), None);
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 203.0.113.9");
+    }
+
+    #[test]
+    fn dot_segments_are_found_plain_and_encoded() {
+        for bad in [
+            "/../x",
+            "/a/..",
+            "/%2e%2e/x",
+            "/%2E%2e/x",
+            "/./x",
+            "/%2e/x",
+            "/a/../../b",
+        ] {
+            assert!(has_dot_segments(bad), "{bad}");
+        }
+        for good in ["/", "/a/b", "/..a/b", "/a../b", "/.well-known/x", "/a.b/c"] {
+            assert!(!has_dot_segments(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn client_claims_of_an_address_are_dropped_and_x_real_ip_is_ours() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let mut map = headers(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+        ]);
+        prepare_request_headers(&mut map, &upstream, &ctx(false), None);
+        assert_eq!(map["x-real-ip"], "203.0.113.9");
+        for gone in ["true-client-ip", "x-client-ip", "x-forwarded-port"] {
+            assert!(!map.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]

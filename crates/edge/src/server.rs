@@ -137,6 +137,13 @@ impl Edge {
             })
             .and_then(host::normalize);
 
+        // Two Host headers: a proxy in front might route by the other one.
+        let requested_host = if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            None
+        } else {
+            requested_host
+        };
+
         let snapshot = inner.routes.snapshot();
         let route = requested_host
             .as_deref()
@@ -275,6 +282,10 @@ impl Edge {
     ) -> Response<EdgeBody> {
         match result {
             Ok(response) => response,
+            Err(e @ proxy::ProxyError::DotSegments) => {
+                tracing::debug!(site, request_id, error = %e, "request refused");
+                proxy::error_page(e.status())
+            }
             Err(e) => {
                 tracing::warn!(site, request_id, error = %e, "proxy request failed");
                 let label = SiteLabel {

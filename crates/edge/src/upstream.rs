@@ -151,6 +151,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
         ))
     };
     let compatible = s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1);
+    // IPv4-translated, ::ffff:0:a.b.c.d (RFC 2765).
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return embedded(s[6], s[7]);
+    }
     if compatible || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) {
         return embedded(s[6], s[7]);
     }
@@ -176,6 +180,7 @@ fn is_special(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking, 198.18.0.0/15
                 || a >= 240
         }
         IpAddr::V6(v6) => {
@@ -186,6 +191,8 @@ fn is_special(ip: IpAddr) -> bool {
                 || (first & 0xfe00) == 0xfc00 // unique local, includes fd00:ec2::254
                 || (first & 0xffc0) == 0xfe80 // link local
                 || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || (first == 0x2001 && v6.segments()[1] == 0) // Teredo, 2001::/32
+                || (first == 0x64 && v6.segments()[1] == 0xff9b) // NAT64, incl. local-use /48
                 || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe)
             // NAT64 metadata
         }
@@ -262,6 +269,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::1",
             "2002:a9fe:a9fe::1",
+            "::ffff:0:7f00:1",
+            "198.18.0.1",
+            "64:ff9b:1::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!policy.permits(ip(bad)), "{bad} should be refused");
         }

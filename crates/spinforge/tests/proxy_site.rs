@@ -591,3 +591,71 @@ async fn a_connection_that_never_speaks_is_cut_off() {
         started.elapsed()
     );
 }
+
+/// Sends `head` as-is over a new connection and returns the status code.
+async fn raw_status(server: &Server, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(server.edge).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply));
+    read.await.expect("reply in time").expect("read");
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line")
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_climb_out_of_an_upstream_base_path() {
+    let root = tempfile::tempdir().expect("dir");
+    write_tree(
+        root.path(),
+        &[("base/index.html", b"inside"), ("secret.txt", b"OUTSIDE")],
+    );
+    let upstream = PythonServer::start(root.path());
+    let server = Server::start();
+    let token = server.admin_token().await;
+    let created = http()
+        .post(format!("{}/api/v1/sites", server.api_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "domain": "pb.localhost", "type": "proxy",
+            "upstream": format!("http://127.0.0.1:{}/base", upstream.port)
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        server
+            .get("pb.localhost", "/index.html")
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "inside"
+    );
+
+    for path in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/x/../../secret.txt",
+        "/%2E%2E/secret.txt",
+    ] {
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: pb.localhost\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(&server, &head).await, 400, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_not_routed() {
+    let server = Server::start_in_workspace(&["--demo"]);
+    let one = "GET / HTTP/1.1\r\nHost: hello.localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&server, one).await, 200);
+    let two = "GET / HTTP/1.1\r\nHost: hello.localhost\r\nHost: other.localhost\r\n\
+               Connection: close\r\n\r\n";
+    assert_ne!(raw_status(&server, two).await, 200);
+}
