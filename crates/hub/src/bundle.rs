@@ -251,7 +251,7 @@ fn unpack_checked(
         gauge: &gauge,
     };
     let mut tar = Archive::new(stream);
-    let mut extractor = Extractor::new(dest, limits);
+    let mut extractor = Extractor::new(dest, limits, compressed_bytes);
     let entries = tar.entries().map_err(|e| gauge.classify(e, archive))?;
     for entry in entries {
         let entry = entry.map_err(|e| gauge.classify(e, archive))?;
@@ -437,13 +437,17 @@ struct Extractor<'a> {
     unpacked_bytes: u64,
     file_count: u64,
     dir_count: u64,
+    /// Size of the upload: bytes written, hard-link copies included, are
+    /// held to the ratio rule against it too.
+    compressed_bytes: u64,
 }
 
 impl<'a> Extractor<'a> {
-    fn new(dest: &'a Path, limits: &'a BundleLimits) -> Self {
+    fn new(dest: &'a Path, limits: &'a BundleLimits, compressed_bytes: u64) -> Self {
         Self {
             dest,
             limits,
+            compressed_bytes,
             seen: HashSet::new(),
             regular_files: HashSet::new(),
             unpacked_bytes: 0,
@@ -674,6 +678,14 @@ impl<'a> Extractor<'a> {
                 return Err(BundleError::TooLarge {
                     limit: self.limits.max_unpacked_bytes,
                     path: shown.to_owned(),
+                });
+            }
+            // Hard links are copied, so they write bytes the compressed
+            // stream never held: the ratio rule applies to what is written.
+            let ratio_cap = self.compressed_bytes.saturating_mul(self.limits.max_ratio);
+            if total > RATIO_GRACE_BYTES && total > ratio_cap {
+                return Err(BundleError::CompressionBomb {
+                    limit: self.limits.max_ratio,
                 });
             }
             let chunk = buf.get(..n).unwrap_or_default();
@@ -1247,6 +1259,38 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn hard_link_copies_count_toward_the_ratio_rule() {
+        // 64 KiB of noise keeps the compressed size near 64 KiB, so the
+        // stream itself (noise plus 8 MiB of zeros) stays under 200 times
+        // that; five copies of the zeros through hard links do not.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..64 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let zeros = vec![0u8; 8 * 1024 * 1024];
+        let mut specs: Vec<Spec> = vec![("noise", Kind::File, &noise), ("z", Kind::File, &zeros)];
+        let (_dest, without_links) = unpack_with(&bundle(&specs), &BundleLimits::default());
+        assert!(
+            without_links.is_ok(),
+            "the stream alone passes: {without_links:?}"
+        );
+        let names: Vec<String> = (0..5).map(|i| format!("h{i}")).collect();
+        for name in &names {
+            specs.push((name, Kind::HardLink, b"z"));
+        }
+        let error = refusal(&specs);
+        assert!(
+            matches!(error, BundleError::CompressionBomb { .. }),
+            "{error}"
+        );
     }
 
     #[test]

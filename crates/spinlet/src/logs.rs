@@ -338,6 +338,7 @@ impl AppLog {
         if text.ends_with('\r') {
             text.pop();
         }
+        let text = escape_controls(text);
         let record = Record {
             at: OffsetDateTime::now_utc(),
             stream,
@@ -711,6 +712,24 @@ fn last_lines(mut file: File, len: u64, want: usize, out: &mut Vec<String>) -> i
     Ok(())
 }
 
+/// Control characters other than tab are written as `\u{1b}` and the like:
+/// an app's output must not move the cursor of whoever reads the log, nor
+/// fake a line of SpinForge's own with a carriage return.
+fn escape_controls(text: String) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text;
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Stdio;
@@ -1038,5 +1057,20 @@ mod tests {
     fn open_outside_a_runtime_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(AppLog::open(dir.path(), LogConfig::default()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_controls;
+
+    #[test]
+    fn escape_sequences_and_carriage_returns_are_made_visible() {
+        let forged = "ok\r2026-01-01T00:00:00.000Z spinforge release FAKE\u{1b}[2J\u{1b}]0;t\u{7}";
+        let shown = escape_controls(forged.to_owned());
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert!(shown.starts_with("ok\\u{d}2026"), "{shown}");
+        assert!(shown.contains("\\u{1b}[2J"));
+        assert_eq!(escape_controls("tab\tstays".to_owned()), "tab\tstays");
     }
 }
