@@ -14,12 +14,6 @@ mod serve;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc returns freed memory to the system far more readily than
-/// glibc's per-thread arenas, which kept ~100 MiB after a burst of deploys
-/// on the blocking pool's threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
