@@ -226,11 +226,10 @@ impl Hub {
 
     /// Pushes the store's current route for one domain to the edge.
     async fn sync_edge(&self, domain: &str) -> Result<(), error::ApiError> {
-        let records = self.inner.store.list_routes().await?;
-        let route = records
-            .iter()
-            .find(|r| r.domain == domain)
-            .and_then(|r| self.edge_route(r));
+        // One row, not the whole table: a deploy must not cost more with
+        // every site there is.
+        let record = self.inner.store.route(domain).await?;
+        let route = record.as_ref().and_then(|r| self.edge_route(r));
         self.inner.routes.update(|table| match &route {
             Some(route) => table.insert(domain, route.clone()),
             None => table.remove(domain),

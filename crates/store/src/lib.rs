@@ -99,6 +99,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Everything the edge serves.
     async fn list_routes(&self) -> Result<Vec<RouteRecord>>;
+    /// What the edge serves for one domain, if anything.
+    async fn route(&self, domain: &str) -> Result<Option<RouteRecord>>;
 
     /// Runs the backend's own consistency check; `Ok(())` iff it passes.
     async fn integrity_check(&self) -> Result<(), String>;

@@ -62,6 +62,18 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
     })
 }
 
+fn route_from_row(r: &SqliteRow) -> Result<RouteRecord> {
+    Ok(RouteRecord {
+        domain: r.try_get("domain")?,
+        site_id: SiteId(r.try_get("site_id")?),
+        kind: SiteKind::parse(r.try_get::<&str, _>("kind")?),
+        release_id: r.try_get::<Option<String>, _>("release_id")?.map(ReleaseId),
+        upstream: r.try_get("upstream")?,
+        balancer: balancer_from(r)?,
+        spa: r.try_get("spa")?,
+    })
+}
+
 fn balancer_from(row: &SqliteRow) -> Result<Option<BalancerConfig>> {
     let text: Option<String> = row.try_get("balancer")?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -419,19 +431,15 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM routes ORDER BY domain")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RouteRecord {
-                    domain: r.try_get("domain")?,
-                    site_id: SiteId(r.try_get("site_id")?),
-                    kind: SiteKind::parse(r.try_get::<&str, _>("kind")?),
-                    release_id: r.try_get::<Option<String>, _>("release_id")?.map(ReleaseId),
-                    upstream: r.try_get("upstream")?,
-                    balancer: balancer_from(r)?,
-                    spa: r.try_get("spa")?,
-                })
-            })
-            .collect()
+        rows.iter().map(route_from_row).collect()
+    }
+
+    async fn route(&self, domain: &str) -> Result<Option<RouteRecord>> {
+        let row = sqlx::query("SELECT * FROM routes WHERE domain = ?")
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(route_from_row).transpose()
     }
 
     async fn integrity_check(&self) -> Result<(), String> {
@@ -578,6 +586,13 @@ mod tests {
             .expect("rollback");
         let routes = store.list_routes().await.expect("routes");
         assert_eq!(routes[0].release_id, Some(ReleaseId("r1".into())));
+        let one = store
+            .route("a.test")
+            .await
+            .expect("route")
+            .expect("present");
+        assert_eq!(one, routes[0]);
+        assert!(store.route("b.test").await.expect("route").is_none());
     }
 
     #[tokio::test]
