@@ -164,8 +164,11 @@ async fn a_promote_during_a_start_wins_and_the_stale_instance_is_stopped() {
     let dir = tempfile::tempdir().expect("dir");
     let supervisor = supervisor(dir.path());
     supervisor
-        .register("a.test", app(dir.path(), "old", 1.0, None, 0))
+        .register("a.test", app(dir.path(), "old", 5.0, None, 0))
         .expect("register");
+    // The old release needs 5 s to listen, so the new one (which needs only
+    // Python's start-up) is promoted while the old start is still running,
+    // even on a loaded machine.
     let waking = {
         let supervisor = supervisor.clone();
         tokio::spawn(async move { supervisor.wake("a.test").await.map(drop) })
