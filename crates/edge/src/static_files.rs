@@ -60,7 +60,9 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'}');
 
 /// Serves `request_path` (the raw, still percent-encoded path of the URI, without query) from
-/// `root` (an existing directory: the active release folder).
+/// `root` (an existing directory: the active release folder, given as a
+/// canonical path with no symlinks in it; every file served is checked to
+/// lie under it).
 ///
 /// Only GET and HEAD are served; HEAD gets exactly the headers GET would get
 /// (a HEAD request ignores `Range`, as RFC 9110 asks). Every response, errors
@@ -210,10 +212,9 @@ fn resolve(root: &Path, spa: bool, request_path: &str) -> Result<Resolved, Refus
         return Err(Refusal::NotFound);
     }
 
-    let root = std::fs::canonicalize(root).map_err(|error| {
-        tracing::warn!(%error, "release root cannot be resolved");
-        Refusal::Internal
-    })?;
+    // The caller hands over a canonical root (see `serve`), so it is not
+    // resolved again on every request.
+    let root = root.to_path_buf();
     let wants_directory = decoded.ends_with('/');
     let target = segments.iter().fold(root.clone(), |path, s| path.join(s));
 
@@ -748,6 +749,7 @@ mod tests {
             symlink(dir.path(), root.join("outside")).expect("dir symlink");
             symlink(root.join(".git"), root.join("gitlink")).expect("dot symlink");
         }
+        let root = root.canonicalize().expect("canonical fixture root");
         Release {
             _dir: dir,
             root,

@@ -165,13 +165,24 @@ impl Hub {
 
     fn edge_route(&self, record: &RouteRecord) -> Option<Route> {
         let target = match record.kind {
-            SiteKind::Static => Target::Static {
-                root: self
+            SiteKind::Static => {
+                let dir = self
                     .inner
                     .layout
-                    .release_dir(record.site_id, record.release_id.as_ref()?),
-                spa: record.spa,
-            },
+                    .release_dir(record.site_id, record.release_id.as_ref()?);
+                // Resolved once here, so the edge need not on every request.
+                let root = match std::fs::canonicalize(&dir) {
+                    Ok(root) => root,
+                    Err(e) => {
+                        tracing::warn!(site = %record.domain, error = %e, "release folder missing");
+                        return None;
+                    }
+                };
+                Target::Static {
+                    root,
+                    spa: record.spa,
+                }
+            }
             SiteKind::Proxy => Target::Proxy {
                 upstream: Upstream::parse(record.upstream.as_deref()?).ok()?,
             },
