@@ -169,14 +169,6 @@ fn cli_logs(server: &Server, args: &[&str]) -> Vec<String> {
 }
 
 /// Status and JSON body (the raw text as a JSON string if it is not JSON).
-async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, body)
-}
-
 async fn api_get(server: &Server, token: &str, path: &str) -> (u16, Value) {
     let response = http()
         .get(format!("{}/api/v1{path}", server.api_url()))
@@ -184,21 +176,6 @@ async fn api_get(server: &Server, token: &str, path: &str) -> (u16, Value) {
         .send()
         .await
         .expect("GET");
-    status_and_json(response).await
-}
-
-async fn upload(server: &Server, token: &str, domain: &str, bundle: Vec<u8>) -> (u16, Value) {
-    let response = http()
-        .post(format!(
-            "{}/api/v1/sites/{domain}/releases",
-            server.api_url()
-        ))
-        .bearer_auth(token)
-        .header("content-type", "application/gzip")
-        .body(bundle)
-        .send()
-        .await
-        .expect("upload");
     status_and_json(response).await
 }
 

@@ -326,3 +326,34 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The status and the body as JSON (a non-JSON body becomes a JSON string).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    (status, body)
+}
+
+/// Uploads `bundle` (a tar.gz) as a new release of `domain` through the API.
+pub async fn upload(
+    server: &Server,
+    token: &str,
+    domain: &str,
+    bundle: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let response = http()
+        .post(format!(
+            "{}/api/v1/sites/{domain}/releases",
+            server.api_url()
+        ))
+        .bearer_auth(token)
+        .header("content-type", "application/gzip")
+        .body(bundle)
+        .send()
+        .await
+        .expect("upload");
+    status_and_json(response).await
+}
