@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -321,30 +320,7 @@ async fn node_example_serves_http_and_echoes_websocket_messages_through_the_edge
         Message::binary(pseudo_random(70_000, 7)),
         Message::text("ünïcödé ✓"),
     ];
-    for message in messages {
-        ws.send(message.clone()).await.expect("send");
-        let echoed = tokio::time::timeout(STEP, ws.next())
-            .await
-            .expect("echo in time")
-            .expect("stream open")
-            .expect("message");
-        assert_eq!(echoed, message);
-    }
-
-    ws.close(None).await.expect("close");
-    let deadline = Instant::now() + STEP;
-    let mut saw_close = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Close(_)))) => saw_close = true,
-            Ok(Some(Ok(other))) => panic!("unexpected message after close: {other:?}"),
-            Ok(Some(Err(e))) => panic!("close was not clean: {e}"),
-            Ok(None) => break,
-            Err(_) => panic!("the connection did not finish closing"),
-        }
-    }
-    assert!(saw_close, "the app's close frame came back");
+    echo_then_close(&mut ws, &messages, STEP).await;
 }
 
 #[tokio::test]

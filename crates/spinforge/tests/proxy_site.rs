@@ -406,30 +406,7 @@ async fn websocket_messages_echo_through_the_edge() {
         Message::binary(binary.clone()),
         Message::text("ünïcödé ✓"),
     ];
-    for message in messages {
-        ws.send(message.clone()).await.expect("send");
-        let echoed = tokio::time::timeout(STEP, ws.next())
-            .await
-            .expect("echo in time")
-            .expect("stream open")
-            .expect("message");
-        assert_eq!(echoed, message);
-    }
-
-    ws.close(None).await.expect("close");
-    let deadline = Instant::now() + STEP;
-    let mut saw_close = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Close(_)))) => saw_close = true,
-            Ok(Some(Ok(other))) => panic!("unexpected message after close: {other:?}"),
-            Ok(Some(Err(e))) => panic!("close was not clean: {e}"),
-            Ok(None) => break,
-            Err(_) => panic!("the connection did not finish closing"),
-        }
-    }
-    assert!(saw_close, "the upstream's close frame came back");
+    echo_then_close(&mut ws, &messages, STEP).await;
 }
 
 #[tokio::test]

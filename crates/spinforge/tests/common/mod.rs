@@ -357,3 +357,41 @@ pub async fn upload(
         .expect("upload");
     status_and_json(response).await
 }
+
+/// Sends each message, asserts the same message comes back, then closes
+/// and asserts the peer's close frame arrives and the stream ends cleanly,
+/// each step within `step`.
+pub async fn echo_then_close<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    messages: &[tokio_tungstenite::tungstenite::Message],
+    step: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for message in messages {
+        ws.send(message.clone()).await.expect("send");
+        let echoed = tokio::time::timeout(step, ws.next())
+            .await
+            .expect("echo in time")
+            .expect("stream open")
+            .expect("message");
+        assert_eq!(&echoed, message);
+    }
+
+    ws.close(None).await.expect("close");
+    let deadline = Instant::now() + step;
+    let mut saw_close = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => saw_close = true,
+            Ok(Some(Ok(other))) => panic!("unexpected message after close: {other:?}"),
+            Ok(Some(Err(e))) => panic!("close was not clean: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("the connection did not finish closing"),
+        }
+    }
+    assert!(saw_close, "the peer's close frame came back");
+}
