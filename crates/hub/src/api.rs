@@ -2,7 +2,7 @@
 //! `/metrics`. Each handler parses, calls one hub operation and shapes the
 //! answer; rules live in the hub's operations, errors in [`ApiError`].
 
-use crate::auth::Admin;
+use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::sites::{BalancerInput, SiteSpec};
 use crate::Hub;
@@ -12,9 +12,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use identity::{Permission, Resource};
 use serde::{Deserialize, Serialize};
 use store::{Release, Site, SiteKind};
-use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 
 /// JSON bodies larger than this are refused before parsing.
@@ -27,10 +27,6 @@ pub struct ApiJson<T>(pub T);
 
 pub fn router(hub: Hub) -> Router {
     let api = Router::new()
-        .route("/setup", post(setup))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
         .route("/sites", get(list_sites).post(create_site))
         .route(
             "/sites/{domain}",
@@ -46,12 +42,18 @@ pub fn router(hub: Hub) -> Router {
         .route("/sites/{domain}/status", get(site_status))
         .route("/sites/{domain}/logs", get(site_logs))
         .route("/sites/{domain}/restart", post(restart_site))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .merge(crate::identity_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // After every route: each one passes the access table first.
+        .route_layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            crate::access::enforce,
+        ))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
@@ -62,10 +64,6 @@ pub fn router(hub: Hub) -> Router {
 #[openapi(
     info(title = "SpinForge API", description = "Control plane of SpinForge"),
     paths(
-        setup,
-        login,
-        refresh,
-        logout,
         list_sites,
         create_site,
         show_site,
@@ -77,23 +75,30 @@ pub fn router(hub: Hub) -> Router {
         site_status,
         site_logs,
         restart_site,
+        openapi_doc,
         healthz,
-        readyz
+        readyz,
+        metrics
     ),
-    components(schemas(
-        ErrorBody,
-        SiteView,
-        ReleaseView,
-        TokenPairView,
-        SiteStatusView,
-        LogsView
-    ))
+    components(schemas(ErrorBody, SiteView, ReleaseView, SiteStatusView, LogsView))
 )]
 struct ApiDoc;
 
 async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+    Json(document())
 }
+
+/// The whole API description, as served at `/api/v1/openapi.json`.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::identity_api::IdentityDoc::openapi());
+    doc
+}
+
+/// Documents the document route itself, so the access walk sees it.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops", responses((status = 200)))]
+#[allow(dead_code)]
+fn openapi_doc() {}
 
 // ---- shapes ----------------------------------------------------------------
 
@@ -111,6 +116,8 @@ pub struct SiteView {
     pub active_release: Option<String>,
     /// The creating user's id; absent for sites the server made itself.
     pub owner: Option<i64>,
+    /// The owning customer's id; absent for platform sites.
+    pub customer: Option<i64>,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -125,6 +132,7 @@ impl From<Site> for SiteView {
             spa: site.spa,
             active_release: site.active_release.map(|r| r.0),
             owner: site.owner.map(|o| o.0),
+            customer: site.customer.map(|c| c.0),
             created_at: rfc3339(site.created_at),
         }
     }
@@ -153,47 +161,6 @@ fn release_view(release: Release, active: Option<&str>) -> ReleaseView {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TokenPairView {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub token_type: String,
-    pub expires_in: u64,
-}
-
-impl From<identity::TokenPair> for TokenPairView {
-    fn from(pair: identity::TokenPair) -> TokenPairView {
-        TokenPairView {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: pair.token_type.to_owned(),
-            expires_in: pair.expires_in,
-        }
-    }
-}
-
-/// No `Debug`: the password must never reach a log line.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SetupRequest {
-    pub token: String,
-    pub email: String,
-    pub password: String,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
-    pub refresh_token: String,
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSiteRequest {
@@ -214,6 +181,9 @@ pub struct CreateSiteRequest {
     pub health_interval_secs: Option<u64>,
     #[serde(default)]
     pub spa: bool,
+    /// The owning customer's name (admins only; others create sites for
+    /// their own customer).
+    pub customer: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -234,7 +204,7 @@ pub struct RollbackRequest {
     pub release: Option<String>,
 }
 
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -257,92 +227,29 @@ fn parse_kind(kind: Option<&str>) -> Result<SiteKind, ApiError> {
     }
 }
 
-// ---- auth ------------------------------------------------------------------
-
-/// Creates the first admin with the one-time token printed in the log.
-#[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest, tag = "auth",
-    responses((status = 201, body = TokenPairView), (status = 403, body = ErrorBody)))]
-async fn setup(
-    State(hub): State<Hub>,
-    ApiJson(req): ApiJson<SetupRequest>,
-) -> Result<(StatusCode, Json<TokenPairView>), ApiError> {
-    // The token is taken under the lock, so two requests racing with it
-    // cannot both create an admin; it is put back if creation fails.
-    let taken = {
-        let mut slot = hub.lock_setup();
-        let matches = slot
-            .as_deref()
-            .is_some_and(|token| bool::from(token.as_bytes().ct_eq(req.token.as_bytes())));
-        if matches {
-            slot.take()
-        } else {
-            None
-        }
-    };
-    let Some(token) = taken else {
-        tracing::info!(target: "spinforge::audit", event = "setup.denied", "bad setup token");
-        return Err(ApiError::Forbidden);
-    };
-    if hub.store().count_users().await? > 0 {
-        return Err(ApiError::Forbidden);
-    }
-    let created = hub
-        .identity()
-        .create_user(&req.email, req.password.clone(), store::Role::Admin)
-        .await;
-    if created.is_err() {
-        *hub.lock_setup() = Some(token);
-    }
-    created?;
-    let (user, pair) = hub.identity().login(&req.email, req.password).await?;
-    tracing::info!(target: "spinforge::audit", event = "user.created", user = %user.id,
-        "first admin created with the setup token");
-    Ok((StatusCode::CREATED, Json(pair.into())))
-}
-
-#[utoipa::path(post, path = "/api/v1/auth/login", request_body = LoginRequest, tag = "auth",
-    responses((status = 200, body = TokenPairView), (status = 401, body = ErrorBody)))]
-async fn login(
-    State(hub): State<Hub>,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Json<TokenPairView>, ApiError> {
-    match hub.identity().login(&req.email, req.password).await {
-        Ok((user, pair)) => {
-            tracing::info!(target: "spinforge::audit", event = "auth.login", user = %user.id);
-            Ok(Json(pair.into()))
-        }
-        Err(e) => {
-            tracing::info!(target: "spinforge::audit", event = "auth.failed", "login failed");
-            Err(e.into())
-        }
-    }
-}
-
-#[utoipa::path(post, path = "/api/v1/auth/refresh", request_body = RefreshRequest, tag = "auth",
-    responses((status = 200, body = TokenPairView), (status = 401, body = ErrorBody)))]
-async fn refresh(
-    State(hub): State<Hub>,
-    ApiJson(req): ApiJson<RefreshRequest>,
-) -> Result<Json<TokenPairView>, ApiError> {
-    Ok(Json(
-        hub.identity().refresh(&req.refresh_token).await?.into(),
-    ))
-}
-
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204), (status = 401, body = ErrorBody)))]
-async fn logout(State(hub): State<Hub>, Admin(who): Admin) -> Result<StatusCode, ApiError> {
-    hub.identity().logout(&who).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 // ---- sites -----------------------------------------------------------------
 
 #[utoipa::path(get, path = "/api/v1/sites", tag = "sites",
     responses((status = 200, body = [SiteView]), (status = 401, body = ErrorBody)))]
-async fn list_sites(State(hub): State<Hub>, _: Admin) -> Result<Json<Vec<SiteView>>, ApiError> {
+async fn list_sites(
+    State(hub): State<Hub>,
+    caller: Caller,
+) -> Result<Json<Vec<SiteView>>, ApiError> {
+    // Only the sites the caller may read: the same decision as every
+    // other site route, made per site.
     let sites = hub.store().list_sites().await?;
-    Ok(Json(sites.into_iter().map(SiteView::from).collect()))
+    let visible = sites.into_iter().filter(|site| {
+        identity::authorize(
+            &caller.0,
+            Permission::SitesRead,
+            Some(Resource::Site {
+                domain: &site.domain,
+                customer: site.customer,
+            }),
+        )
+        .is_ok()
+    });
+    Ok(Json(visible.map(SiteView::from).collect()))
 }
 
 #[utoipa::path(post, path = "/api/v1/sites", request_body = CreateSiteRequest, tag = "sites",
@@ -350,10 +257,32 @@ async fn list_sites(State(hub): State<Hub>, _: Admin) -> Result<Json<Vec<SiteVie
               (status = 409, body = ErrorBody)))]
 async fn create_site(
     State(hub): State<Hub>,
-    Admin(who): Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateSiteRequest>,
 ) -> Result<(StatusCode, Json<SiteView>), ApiError> {
     let kind = parse_kind(req.kind.as_deref())?;
+    // The owner comes from the caller, never from the body, unless an
+    // admin names a customer.
+    let customer = match req.customer.as_deref() {
+        None => caller.0.customer,
+        Some(name) if caller.0.role == store::Role::Admin => {
+            Some(hub.identity().customer_named(name).await?)
+        }
+        Some(_) => {
+            return Err(ApiError::Escalation(
+                "customer: only admins create sites for a named customer".into(),
+            ))
+        }
+    };
+    let domain = hub.check_domain(&req.domain)?;
+    hub.authorize(
+        &caller,
+        Permission::SitesCreate,
+        Resource::Site {
+            domain: &domain,
+            customer,
+        },
+    )?;
     let balancer = BalancerInput {
         upstreams: req.upstreams,
         strategy: req.strategy,
@@ -367,7 +296,9 @@ async fn create_site(
         balancer: Some(balancer),
         spa: req.spa,
     };
-    let site = hub.create_site(Some(who.user_id), spec).await?;
+    let site = hub
+        .create_site(Some(caller.0.user_id), customer, spec)
+        .await?;
     Ok((StatusCode::CREATED, Json(site.into())))
 }
 
@@ -376,10 +307,13 @@ async fn create_site(
     responses((status = 200, body = SiteView), (status = 404, body = ErrorBody)))]
 async fn show_site(
     State(hub): State<Hub>,
-    _: Admin,
+    caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<Json<SiteView>, ApiError> {
-    Ok(Json(hub.site(&domain).await?.into()))
+    let site = hub
+        .site_for(&caller, Permission::SitesRead, &domain)
+        .await?;
+    Ok(Json(site.into()))
 }
 
 #[utoipa::path(patch, path = "/api/v1/sites/{domain}", request_body = UpdateSiteRequest,
@@ -387,10 +321,12 @@ async fn show_site(
     responses((status = 200, body = SiteView), (status = 400, body = ErrorBody)))]
 async fn update_site(
     State(hub): State<Hub>,
-    _: Admin,
+    caller: Caller,
     Path(domain): Path<String>,
     ApiJson(req): ApiJson<UpdateSiteRequest>,
 ) -> Result<Json<SiteView>, ApiError> {
+    hub.site_for(&caller, Permission::SitesUpdate, &domain)
+        .await?;
     Ok(Json(
         hub.update_site(
             &domain,
@@ -413,9 +349,12 @@ async fn update_site(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_site(
     State(hub): State<Hub>,
-    Admin(who): Admin,
+    caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    hub.site_for(&caller, Permission::SitesDelete, &domain)
+        .await?;
+    let who = &caller.0;
     let worker = hub.clone();
     let site = tokio::spawn(async move { worker.delete_site(&domain).await })
         .await
@@ -432,10 +371,12 @@ async fn delete_site(
     responses((status = 200, body = [ReleaseView]), (status = 404, body = ErrorBody)))]
 async fn list_releases(
     State(hub): State<Hub>,
-    _: Admin,
+    caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<Json<Vec<ReleaseView>>, ApiError> {
-    let site = hub.site(&domain).await?;
+    let site = hub
+        .site_for(&caller, Permission::ReleasesRead, &domain)
+        .await?;
     let active = site.active_release.as_ref().map(|r| r.0.as_str());
     let releases = hub.store().list_releases(site.id).await?;
     Ok(Json(
@@ -454,10 +395,13 @@ async fn list_releases(
               (status = 413, body = ErrorBody)))]
 async fn upload_release(
     State(hub): State<Hub>,
-    Admin(who): Admin,
+    caller: Caller,
     Path(domain): Path<String>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
+    hub.site_for(&caller, Permission::ReleasesDeploy, &domain)
+        .await?;
+    let who = caller.0;
     // The deploy runs in its own task: a client that hangs up must not
     // cancel it between its steps (between the commit and the route push,
     // say). The audit line is written there too, whatever the client does.
@@ -484,10 +428,13 @@ async fn upload_release(
     responses((status = 200, body = SiteView), (status = 400, body = ErrorBody)))]
 async fn rollback(
     State(hub): State<Hub>,
-    Admin(who): Admin,
+    caller: Caller,
     Path(domain): Path<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<SiteView>, ApiError> {
+    hub.site_for(&caller, Permission::ReleasesDeploy, &domain)
+        .await?;
+    let who = &caller.0;
     let body = body?;
     // The body is optional: empty means "the release before the active one".
     let to = if body.iter().all(u8::is_ascii_whitespace) {
@@ -522,10 +469,12 @@ pub struct SiteStatusView {
     responses((status = 200, body = SiteStatusView), (status = 404, body = ErrorBody)))]
 async fn site_status(
     State(hub): State<Hub>,
-    _: Admin,
+    caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<Json<SiteStatusView>, ApiError> {
-    let site = hub.site(&domain).await?;
+    let site = hub
+        .site_for(&caller, Permission::MetricsRead, &domain)
+        .await?;
     let spinlet = match site.kind {
         SiteKind::Process => hub.supervisor().status(&site.domain),
         _ => None,
@@ -585,12 +534,12 @@ fn parse_since(value: &str) -> Result<time::OffsetDateTime, ApiError> {
     responses((status = 200, body = LogsView), (status = 400, body = ErrorBody)))]
 async fn site_logs(
     State(hub): State<Hub>,
-    _: Admin,
+    caller: Caller,
     Path(domain): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<LogsView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let site = hub.site(&domain).await?;
+    let site = hub.site_for(&caller, Permission::LogsRead, &domain).await?;
     if site.kind != SiteKind::Process {
         return Err(ApiError::invalid(
             "domain",
@@ -627,10 +576,13 @@ async fn site_logs(
     responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn restart_site(
     State(hub): State<Hub>,
-    Admin(who): Admin,
+    caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let site = hub.site(&domain).await?;
+    let site = hub
+        .site_for(&caller, Permission::AppsRestart, &domain)
+        .await?;
+    let who = &caller.0;
     if site.kind != SiteKind::Process {
         return Err(ApiError::invalid(
             "domain",
@@ -665,6 +617,8 @@ async fn readyz(State(hub): State<Hub>) -> (StatusCode, &'static str) {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiError> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, hub.registry())

@@ -30,6 +30,17 @@ pub enum ApiError {
     /// The client is logged in but may not do this.
     #[error("permission denied")]
     Forbidden,
+    /// The client asked for more than it holds (a wider API key, its own
+    /// role); the message says what.
+    #[error("{0}")]
+    Escalation(String),
+    /// The client made a cookie-authenticated change without a valid CSRF
+    /// token or from a foreign origin.
+    #[error("{0}")]
+    Csrf(&'static str),
+    /// The client failed to log in too often; it may retry after the delay.
+    #[error("too many failed logins; try again later")]
+    Locked { retry_after: u64 },
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The client's app did not start or become healthy; the old release
@@ -72,7 +83,11 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("bundle")),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("body")),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::Forbidden | ApiError::Escalation(_) => {
+                (StatusCode::FORBIDDEN, "forbidden", None)
+            }
+            ApiError::Csrf(_) => (StatusCode::FORBIDDEN, "csrf_failed", None),
+            ApiError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "locked", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::AppFailed { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,7 +111,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid`, `bad_bundle`, `too_large`,
-    /// `unauthorized`, `forbidden`, `not_found`, `conflict`, `internal`.
+    /// `unauthorized`, `forbidden`, `csrf_failed`, `locked`, `not_found`,
+    /// `conflict`, `app_failed`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The request field at fault, when there is one.
@@ -114,6 +130,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "request failed on our side");
         }
         let message = self.to_string();
+        let retry_after = match &self {
+            ApiError::Locked { retry_after } => Some(*retry_after),
+            _ => None,
+        };
         let log_tail = match self {
             ApiError::AppFailed { log_tail, .. } => Some(log_tail),
             _ => None,
@@ -127,6 +147,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -149,6 +174,9 @@ impl From<identity::IdentityError> for ApiError {
                 field: "email",
                 message: "email is already registered".into(),
             },
+            E::Locked { retry_after } => ApiError::Locked { retry_after },
+            E::Escalation(message) => ApiError::Escalation(message),
+            E::NotFound(what) => ApiError::NotFound(what),
             other => ApiError::internal(other),
         }
     }

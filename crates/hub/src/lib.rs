@@ -3,13 +3,14 @@
 //! edge. It never serves site traffic itself.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod apps;
-mod auth;
 pub mod bundle;
 mod deploy;
 pub mod domain;
 pub mod error;
+pub mod identity_api;
 mod layout;
 pub mod sites;
 
@@ -156,7 +157,7 @@ impl Hub {
         Ok(Some(token))
     }
 
-    fn lock_setup(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+    pub(crate) fn lock_setup(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.inner
             .setup_token
             .lock()

@@ -4,7 +4,9 @@
 use crate::error::ApiError;
 use crate::{apps, domain, layout, now, Hub};
 use edge::Upstream;
-use store::{BalancerConfig, NewSite, ReleaseId, Site, SiteChange, SiteKind, Strategy, UserId};
+use store::{
+    BalancerConfig, CustomerId, NewSite, ReleaseId, Site, SiteChange, SiteKind, Strategy, UserId,
+};
 
 /// A request to create a site, checked by [`Hub::create_site`].
 pub struct SiteSpec {
@@ -150,9 +152,12 @@ impl Hub {
             .ok_or(ApiError::NotFound("site"))
     }
 
+    /// Creates a site owned by `customer` (`None`: a platform site that only
+    /// admins reach), created by `owner`.
     pub async fn create_site(
         &self,
         owner: Option<UserId>,
+        customer: Option<CustomerId>,
         spec: SiteSpec,
     ) -> Result<Site, ApiError> {
         let domain = self.check_domain(&spec.domain)?;
@@ -194,6 +199,7 @@ impl Hub {
                 domain: domain.clone(),
                 kind: spec.kind,
                 owner,
+                customer,
                 upstream,
                 balancer,
                 spa: spec.spa,

@@ -1,21 +1,36 @@
-//! Who is calling: password hashing, login, and bearer tokens.
+//! Who is calling, and what they may do: passwords, logins with lockout,
+//! sessions (bearer tokens and browser cookies), EdDSA access tokens,
+//! refresh tokens, API keys, and the permission model in [`permission`].
 //!
-//! This is the platform core's minimal identity: admins log in with email
-//! and password and get an opaque access token and a rotating refresh
-//! token. The hub only sees the [`Identity`] interface, so the full design
-//! (roles with ownership, API keys, OIDC) replaces the inside, not callers.
+//! The hub sees only [`Identity`] and [`Principal`]; it never reads tokens
+//! or hashes itself. Audit events for authentication decisions are written
+//! here, where the decision is made.
 #![forbid(unsafe_code)]
 
+mod apikey;
+pub mod jwt;
 mod password;
+pub mod permission;
+mod throttle;
 
+pub use apikey::{ApiKeyGrant, NewApiKey, API_KEY_PREFIX};
 pub use password::{hash_password, verify_password, PasswordPolicy};
+pub use permission::{
+    authorize, role_permissions, AuthMethod, Denied, Permission, PermissionSet, Principal, Resource,
+};
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use store::{NewUser, Role, Store, StoreError, TokenKind, TokenRecord, User, UserId};
+use store::{
+    CustomerId, NewUser, Role, Session, SessionKind, Store, StoreError, TokenKind, TokenRecord,
+    User, UserChange, UserId,
+};
+use subtle::ConstantTimeEq;
 
 /// Why an identity operation failed, and whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +40,9 @@ pub enum IdentityError {
     /// two it was in neither message nor timing.
     #[error("invalid email or password")]
     BadCredentials,
+    /// The client: too many failed logins for this account or address.
+    #[error("too many failed logins; try again in {retry_after} seconds")]
+    Locked { retry_after: u64 },
     /// The client: a missing, unknown, expired or revoked token.
     #[error("invalid or expired token")]
     BadToken,
@@ -34,6 +52,12 @@ pub enum IdentityError {
     /// The client: the email already belongs to a user.
     #[error("a user with this email already exists")]
     EmailTaken,
+    /// The client asked for rights it does not hold itself.
+    #[error("{0}")]
+    Escalation(String),
+    /// The client named a user, key or session that does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// Our side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,23 +67,14 @@ impl From<StoreError> for IdentityError {
     fn from(e: StoreError) -> IdentityError {
         match e {
             StoreError::Conflict("email") => IdentityError::EmailTaken,
+            StoreError::NotFound => IdentityError::NotFound("user"),
             other => IdentityError::Internal(other.to_string()),
         }
     }
 }
 
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub user_id: UserId,
-    pub email: String,
-    pub role: Role,
-    /// The login session the token belongs to.
-    pub session: String,
-}
-
 /// A freshly issued pair. The token strings exist only here, on their way
-/// to the client; the store keeps their hashes.
+/// to the client; the store keeps the refresh token's hash.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenPair {
     pub access_token: String,
@@ -69,33 +84,117 @@ pub struct TokenPair {
     pub expires_in: u64,
 }
 
+/// A new browser session: the cookie value (secret) and its CSRF token.
+pub struct BrowserLogin {
+    pub cookie: String,
+    pub csrf_token: String,
+    pub session: Session,
+}
+
+/// Where a request came from, for throttling and the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    /// Already cut to a sane length by [`ClientInfo::new`].
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    pub fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> ClientInfo {
+        let user_agent = user_agent.map(|ua| {
+            ua.chars()
+                .filter(|c| !c.is_control())
+                .take(256)
+                .collect::<String>()
+        });
+        ClientInfo { ip, user_agent }
+    }
+
+    fn ip_text(&self) -> String {
+        self.ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+}
+
+/// Failed logins allowed per window before the account locks, and for how
+/// long it then stays locked.
+#[derive(Debug, Clone)]
+pub struct LockoutPolicy {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub lock_for: Duration,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> LockoutPolicy {
+        LockoutPolicy {
+            max_failures: 5,
+            window: Duration::from_secs(5 * 60),
+            lock_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// A browser session ends after this long without a request.
+    pub browser_idle: Duration,
+    /// A browser session ends this long after login, active or not.
+    pub browser_absolute: Duration,
+    /// Longest life an API key may be given.
+    pub api_key_max_ttl: Duration,
+    pub issuer: String,
+    pub audience: String,
     pub password: PasswordPolicy,
+    pub lockout: LockoutPolicy,
 }
 
 impl Default for IdentityConfig {
     fn default() -> IdentityConfig {
         IdentityConfig {
             access_ttl: Duration::from_secs(15 * 60),
-            refresh_ttl: Duration::from_secs(14 * 24 * 3600),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            browser_idle: Duration::from_secs(30 * 60),
+            browser_absolute: Duration::from_secs(12 * 3600),
+            api_key_max_ttl: Duration::from_secs(365 * 24 * 3600),
+            issuer: "spinforge".into(),
+            audience: "spinforge-api".into(),
             password: PasswordPolicy::default(),
+            lockout: LockoutPolicy::default(),
         }
     }
 }
 
+/// A request to create a user. No `Debug`: it holds a password.
+pub struct UserSpec {
+    pub email: String,
+    pub password: String,
+    pub role: Role,
+    /// The customer's name; created on first use. Required unless the
+    /// role is admin.
+    pub customer: Option<String>,
+    pub display_name: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Identity {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: Arc<dyn Store>,
     config: IdentityConfig,
     /// Hashed once at start; verified against for unknown emails so that a
     /// miss costs the same as a wrong password.
-    decoy_hash: Arc<String>,
+    decoy_hash: String,
+    keys: ArcSwap<jwt::KeyRing>,
+    ip_failures: throttle::IpThrottle,
 }
 
 impl Identity {
+    /// Loads the signing keys (creating the first one on a new data
+    /// directory) and prepares the login decoy.
     pub async fn new(
         store: Arc<dyn Store>,
         config: IdentityConfig,
@@ -103,150 +202,504 @@ impl Identity {
         let mut decoy = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut decoy);
         let decoy_hash = hash_password(hex::encode(decoy)).await?;
-        Ok(Identity {
-            store,
-            config,
-            decoy_hash: Arc::new(decoy_hash),
-        })
+        let ring = jwt::KeyRing::new(&[], &config.issuer, &config.audience);
+        let identity = Identity {
+            inner: Arc::new(Inner {
+                ip_failures: throttle::IpThrottle::new(config.lockout.window),
+                store,
+                config,
+                decoy_hash,
+                keys: ArcSwap::from_pointee(ring),
+            }),
+        };
+        identity.reload_keys().await?;
+        if !identity.inner.keys.load().has_active_key() {
+            identity.rotate_signing_key().await?;
+        }
+        Ok(identity)
     }
 
-    /// Creates a user after checking the email and password rules.
-    pub async fn create_user(
-        &self,
-        email: &str,
-        password: String,
-        role: Role,
-    ) -> Result<User, IdentityError> {
-        let email = normalize_email(email)?;
-        self.config.password.check(&password, &email)?;
-        let password_hash = hash_password(password).await?;
+    pub fn config(&self) -> &IdentityConfig {
+        &self.inner.config
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    // ---- users ------------------------------------------------------------
+
+    /// Creates a user after checking the email, password and customer
+    /// rules. The customer is created on first use.
+    pub async fn create_user(&self, spec: UserSpec) -> Result<User, IdentityError> {
+        let email = normalize_email(&spec.email)?;
+        let customer = match (spec.role, spec.customer.as_deref()) {
+            (_, Some(name)) => Some(self.customer_named(name).await?),
+            (Role::Admin, None) => None,
+            (_, None) => {
+                return Err(IdentityError::Invalid {
+                    field: "customer",
+                    rule: "is required for developers and viewers".into(),
+                })
+            }
+        };
+        let display_name = spec
+            .display_name
+            .as_deref()
+            .map(check_display_name)
+            .transpose()?;
+        self.inner.config.password.check(&spec.password, &email)?;
+        let password_hash = hash_password(spec.password).await?;
         let user = self
-            .store
+            .store()
             .create_user(NewUser {
                 email,
                 password_hash,
-                role,
+                role: spec.role,
+                customer,
+                display_name,
                 created_at: now(),
             })
             .await?;
         Ok(user)
     }
 
-    /// Checks an email and password and issues a new token pair.
+    /// Resolves a customer name to its id, creating it on first use.
+    pub async fn customer_named(&self, name: &str) -> Result<CustomerId, IdentityError> {
+        let name = check_customer_name(name)?;
+        Ok(self
+            .store()
+            .customer_by_name_or_create(&name, now())
+            .await?
+            .id)
+    }
+
+    /// Changes a user. Passwords are checked and hashed here; every other
+    /// rule (who may change what) is the caller's.
+    pub async fn update_user(
+        &self,
+        id: UserId,
+        email: Option<&str>,
+        password: Option<String>,
+        change: UserChange,
+    ) -> Result<User, IdentityError> {
+        let mut change = change;
+        if let Some(email) = email {
+            change.email = Some(normalize_email(email)?);
+        }
+        if let Some(Some(name)) = &change.display_name {
+            change.display_name = Some(Some(check_display_name(name)?));
+        }
+        if let Some(password) = password {
+            let user = self
+                .store()
+                .user_by_id(id)
+                .await?
+                .ok_or(IdentityError::NotFound("user"))?;
+            let email = change.email.as_deref().unwrap_or(&user.email);
+            self.inner.config.password.check(&password, email)?;
+            change.password_hash = Some(hash_password(password).await?);
+        }
+        Ok(self.store().update_user(id, change).await?)
+    }
+
+    /// Checks a user's current password, for changes that need it.
+    pub async fn check_password(&self, user: &User, password: String) -> bool {
+        verify_password(password, user.password_hash.clone())
+            .await
+            .unwrap_or(false)
+    }
+
+    // ---- login ------------------------------------------------------------
+
+    /// Checks an email and password under the brute-force rules and, on
+    /// success, starts a session. Unknown emails and wrong passwords fail
+    /// the same way, take the same time and lock the same way.
+    async fn check_login(
+        &self,
+        email: &str,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<User, IdentityError> {
+        let lockout = &self.inner.config.lockout;
+        let window = lockout.window.as_secs() as i64;
+        // A malformed address is counted like any unknown one.
+        let subject = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+        let subject: String = subject.chars().take(254).collect();
+
+        let account = self.store().login_failures(&subject, now(), window).await?;
+        if let Some(until) = account.locked_until {
+            audit_auth("auth.locked", &subject, client, "account is locked");
+            return Err(IdentityError::Locked {
+                retry_after: (until - now()).max(1) as u64,
+            });
+        }
+        let ip_failures = client
+            .ip
+            .map_or(0, |ip| self.inner.ip_failures.failures(ip));
+        let account_failures = u32::try_from(account.failures).unwrap_or(u32::MAX);
+        let delay = throttle::delay_after(ip_failures.max(account_failures));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+
+        let user = self.store().user_by_email(&subject).await?;
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => self.inner.decoy_hash.clone(),
+        };
+        let matches = verify_password(password, hash).await?;
+        match user {
+            Some(user) if matches && !user.disabled => {
+                self.store().clear_login_failures(&subject).await?;
+                if let Some(ip) = client.ip {
+                    self.inner.ip_failures.clear(ip);
+                }
+                Ok(user)
+            }
+            _ => {
+                if let Some(ip) = client.ip {
+                    self.inner.ip_failures.record_failure(ip);
+                }
+                let failures = self
+                    .store()
+                    .record_login_failure(
+                        &subject,
+                        now(),
+                        window,
+                        i64::from(lockout.max_failures),
+                        lockout.lock_for.as_secs() as i64,
+                    )
+                    .await?;
+                audit_auth("auth.failed", &subject, client, "login failed");
+                if failures.locked_until.is_some() {
+                    audit_auth(
+                        "auth.locked",
+                        &subject,
+                        client,
+                        "account locked after failures",
+                    );
+                }
+                Err(IdentityError::BadCredentials)
+            }
+        }
+    }
+
+    /// Logs in for bearer tokens: a new token session with an access JWT
+    /// and a refresh token.
     pub async fn login(
         &self,
         email: &str,
         password: String,
+        client: &ClientInfo,
     ) -> Result<(User, TokenPair), IdentityError> {
-        let user = match normalize_email(email) {
-            Ok(email) => self.store.user_by_email(&email).await?,
-            Err(_) => None,
-        };
-        let hash = match &user {
-            Some(u) => u.password_hash.clone(),
-            None => self.decoy_hash.as_ref().clone(),
-        };
-        let matches = verify_password(password, hash).await?;
-        let user = match user {
-            Some(user) if matches => user,
-            _ => return Err(IdentityError::BadCredentials),
-        };
-        let family = random_token();
-        let (pair, access, refresh) = self.new_pair(user.id, &family);
-        self.store.insert_token(access).await?;
-        self.store.insert_token(refresh).await?;
+        let user = self.check_login(email, password, client).await?;
+        let pair = self.start_token_session(&user, client).await?;
+        audit_auth("auth.succeeded", &user.email, client, "token login");
         Ok((user, pair))
     }
 
+    /// Starts a token session for a user whose identity was already proven
+    /// (password, or single sign-on).
+    pub async fn start_token_session(
+        &self,
+        user: &User,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, IdentityError> {
+        let at = now();
+        let session = Session {
+            id: random_token(),
+            user_id: user.id,
+            kind: SessionKind::Token,
+            secret_hash: None,
+            created_at: at,
+            last_seen_at: at,
+            expires_at: at + self.inner.config.refresh_ttl.as_secs() as i64,
+            client_ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.clone(),
+        };
+        let (pair, refresh) = self.new_pair(user.id, &session.id)?;
+        self.store().create_session(session, Some(refresh)).await?;
+        Ok(pair)
+    }
+
+    /// Logs in for a browser: a cookie session with idle and absolute
+    /// timeouts, and its CSRF token.
+    pub async fn login_browser(
+        &self,
+        email: &str,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<(User, BrowserLogin), IdentityError> {
+        let user = self.check_login(email, password, client).await?;
+        let cookie = format!("sfc_{}", random_token());
+        let at = now();
+        let session = Session {
+            id: random_token(),
+            user_id: user.id,
+            kind: SessionKind::Browser,
+            secret_hash: Some(token_hash(&cookie)),
+            created_at: at,
+            last_seen_at: at,
+            expires_at: at + self.inner.config.browser_absolute.as_secs() as i64,
+            client_ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.clone(),
+        };
+        self.store().create_session(session.clone(), None).await?;
+        audit_auth("auth.succeeded", &user.email, client, "browser login");
+        let csrf_token = csrf_token_for(&cookie);
+        Ok((
+            user,
+            BrowserLogin {
+                cookie,
+                csrf_token,
+                session,
+            },
+        ))
+    }
+
     /// Exchanges a refresh token for a new pair. A refresh token works
-    /// once; presenting a used one revokes its whole session.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, IdentityError> {
+    /// once; presenting a spent one ends its whole session.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, IdentityError> {
+        if refresh_token.len() > 256 {
+            return Err(IdentityError::BadToken);
+        }
         let hash = token_hash(refresh_token);
         let record = self
-            .store
+            .store()
             .find_token(&hash, TokenKind::Refresh, now())
             .await?
             .ok_or(IdentityError::BadToken)?;
         if record.used {
-            // A used token came back: someone holds a copy. End the session.
-            self.store.revoke_family(&record.family).await?;
+            // A spent token came back: someone holds a copy. End the session.
+            self.store().revoke_family(&record.family).await?;
+            audit_reuse(&record, client);
             return Err(IdentityError::BadToken);
         }
-        let (pair, access, refresh) = self.new_pair(record.user_id, &record.family);
-        match self
-            .store
-            .rotate_tokens(&hash, now(), access, refresh)
-            .await
-        {
+        let Some((_, user)) = self
+            .store()
+            .session(&record.family, record.user_id, now())
+            .await?
+        else {
+            return Err(IdentityError::BadToken);
+        };
+        if user.disabled {
+            return Err(IdentityError::BadToken);
+        }
+        let (pair, refresh) = self.new_pair(record.user_id, &record.family)?;
+        match self.store().rotate_refresh(&hash, now(), refresh).await {
             Ok(()) => Ok(pair),
             Err(StoreError::NotFound) => {
                 // A concurrent use of the same refresh token won the race:
-                // treat it as reuse and end the session.
-                self.store.revoke_family(&record.family).await?;
+                // that is reuse too.
+                self.store().revoke_family(&record.family).await?;
+                audit_reuse(&record, client);
                 Err(IdentityError::BadToken)
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Ends the caller's session: every token of its family.
+    /// Ends the caller's session. API keys have none: revoke the key.
     pub async fn logout(&self, principal: &Principal) -> Result<(), IdentityError> {
-        self.store.revoke_family(&principal.session).await?;
+        if let Some(session) = &principal.session {
+            self.store().revoke_family(session).await?;
+        }
         Ok(())
     }
 
-    /// Resolves a bearer access token to its user.
+    // ---- authentication ---------------------------------------------------
+
+    /// Resolves a bearer credential: an API key (`sf_…`) or an access JWT.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, IdentityError> {
-        if bearer.is_empty() || bearer.len() > 256 {
+        if bearer.starts_with(API_KEY_PREFIX) {
+            return self.authenticate_api_key(bearer).await;
+        }
+        let claims = self
+            .inner
+            .keys
+            .load()
+            .verify(bearer)
+            .map_err(|_| IdentityError::BadToken)?;
+        let user_id = claims
+            .sub
+            .parse::<i64>()
+            .map(UserId)
+            .map_err(|_| IdentityError::BadToken)?;
+        // The token is only as good as its session: logout, revocation,
+        // deletion and disabling take effect at once.
+        let (session, user) = self
+            .store()
+            .session(&claims.sid, user_id, now())
+            .await?
+            .ok_or(IdentityError::BadToken)?;
+        if user.disabled || session.kind != SessionKind::Token {
             return Err(IdentityError::BadToken);
         }
-        // The lookup is by hash, so comparing never touches the secret.
-        let record = self
-            .store
-            .find_token(&token_hash(bearer), TokenKind::Access, now())
-            .await?
-            .ok_or(IdentityError::BadToken)?;
-        let user = self
-            .store
-            .user_by_id(record.user_id)
-            .await?
-            .ok_or(IdentityError::BadToken)?;
-        Ok(Principal {
-            user_id: user.id,
-            email: user.email,
-            role: user.role,
-            session: record.family,
-        })
+        Ok(principal_of(&user, Some(session.id), AuthMethod::Bearer))
     }
 
-    fn new_pair(&self, user: UserId, family: &str) -> (TokenPair, TokenRecord, TokenRecord) {
-        let access_token = format!("sfa_{}", random_token());
-        let refresh_token = format!("sfr_{}", random_token());
+    /// Resolves a browser session cookie, enforcing its idle timeout.
+    pub async fn authenticate_cookie(&self, cookie: &str) -> Result<Principal, IdentityError> {
+        if cookie.is_empty() || cookie.len() > 256 {
+            return Err(IdentityError::BadToken);
+        }
         let at = now();
-        let access = TokenRecord {
-            hash: token_hash(&access_token),
-            user_id: user,
-            kind: TokenKind::Access,
-            family: family.to_owned(),
-            expires_at: at + self.config.access_ttl.as_secs() as i64,
-            used: false,
-        };
+        let (session, user) = self
+            .store()
+            .browser_session(&token_hash(cookie), at)
+            .await?
+            .ok_or(IdentityError::BadToken)?;
+        let idle = self.inner.config.browser_idle.as_secs() as i64;
+        if user.disabled || session.last_seen_at + idle <= at {
+            return Err(IdentityError::BadToken);
+        }
+        // One write a minute at most, not one per request.
+        if at - session.last_seen_at >= 60 {
+            self.store().touch_session(&session.id, at).await?;
+        }
+        Ok(principal_of(&user, Some(session.id), AuthMethod::Cookie))
+    }
+
+    /// True iff `token` is the CSRF token of the browser session `cookie`.
+    pub fn csrf_matches(&self, cookie: &str, token: &str) -> bool {
+        let expected = csrf_token_for(cookie);
+        bool::from(expected.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    /// The CSRF token of a browser session.
+    pub fn csrf_token(&self, cookie: &str) -> String {
+        csrf_token_for(cookie)
+    }
+
+    // ---- sessions ---------------------------------------------------------
+
+    pub async fn sessions(&self, user: UserId) -> Result<Vec<Session>, IdentityError> {
+        Ok(self.store().list_sessions(user, now()).await?)
+    }
+
+    /// Ends one of `owner`'s sessions. A session of someone else is "not
+    /// found", like one that does not exist.
+    pub async fn revoke_session(&self, owner: UserId, id: &str) -> Result<(), IdentityError> {
+        let owned = self
+            .store()
+            .list_sessions(owner, now())
+            .await?
+            .iter()
+            .any(|s| s.id == id);
+        if !owned || !self.store().revoke_session(id).await? {
+            return Err(IdentityError::NotFound("session"));
+        }
+        Ok(())
+    }
+
+    /// Ends every session of a user; their API keys stay.
+    pub async fn revoke_all_sessions(&self, user: UserId) -> Result<u64, IdentityError> {
+        Ok(self.store().revoke_user_sessions(user).await?)
+    }
+
+    // ---- signing keys -----------------------------------------------------
+
+    /// The public keys that verify access tokens, as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.inner.keys.load().jwks().clone()
+    }
+
+    /// Adds a new active signing key. The previous keys keep verifying
+    /// until every token they signed has expired, then retire.
+    pub async fn rotate_signing_key(&self) -> Result<String, IdentityError> {
+        let at = now();
+        let key = jwt::generate_key(at).map_err(IdentityError::Internal)?;
+        let kid = key.kid.clone();
+        let retire_at = at + self.inner.config.access_ttl.as_secs() as i64 + 60;
+        self.store().rotate_signing_key(key, retire_at).await?;
+        self.reload_keys().await?;
+        tracing::info!(kid = %kid, "token signing key rotated");
+        Ok(kid)
+    }
+
+    /// Re-reads the signing keys, dropping retired ones.
+    pub async fn reload_keys(&self) -> Result<(), IdentityError> {
+        let keys = self.store().signing_keys(now()).await?;
+        let config = &self.inner.config;
+        let ring = jwt::KeyRing::new(&keys, &config.issuer, &config.audience);
+        self.inner.keys.store(Arc::new(ring));
+        Ok(())
+    }
+
+    fn new_pair(
+        &self,
+        user: UserId,
+        session: &str,
+    ) -> Result<(TokenPair, TokenRecord), IdentityError> {
+        let config = &self.inner.config;
+        let at = now();
+        let claims = jwt::claims_for(
+            user,
+            session,
+            &config.issuer,
+            &config.audience,
+            at,
+            config.access_ttl,
+        );
+        let access_token = self
+            .inner
+            .keys
+            .load()
+            .sign(&claims)
+            .ok_or_else(|| IdentityError::Internal("no active signing key".into()))?;
+        let refresh_token = format!("sfr_{}", random_token());
         let refresh = TokenRecord {
             hash: token_hash(&refresh_token),
             user_id: user,
             kind: TokenKind::Refresh,
-            family: family.to_owned(),
-            expires_at: at + self.config.refresh_ttl.as_secs() as i64,
+            family: session.to_owned(),
+            expires_at: at + config.refresh_ttl.as_secs() as i64,
             used: false,
         };
         let pair = TokenPair {
             access_token,
             refresh_token,
             token_type: "Bearer",
-            expires_in: self.config.access_ttl.as_secs(),
+            expires_in: config.access_ttl.as_secs(),
         };
-        (pair, access, refresh)
+        Ok((pair, refresh))
     }
+}
+
+/// The principal of a user with its role's full permissions.
+fn principal_of(user: &User, session: Option<String>, method: AuthMethod) -> Principal {
+    Principal {
+        user_id: user.id,
+        email: user.email.clone(),
+        role: user.role,
+        customer: user.customer,
+        permissions: role_permissions(user.role),
+        session,
+        api_key: None,
+        sites: None,
+        method,
+    }
+}
+
+fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo, message: &str) {
+    tracing::info!(
+        target: "spinforge::audit", event, subject = %subject, client_ip = %client.ip_text(),
+        user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
+    );
+}
+
+fn audit_reuse(record: &TokenRecord, client: &ClientInfo) {
+    tracing::info!(
+        target: "spinforge::audit", event = "auth.refresh_reuse", user = %record.user_id,
+        client_ip = %client.ip_text(),
+        user_agent = client.user_agent.as_deref().unwrap_or(""),
+        "a spent refresh token was presented; its session is revoked"
+    );
 }
 
 /// Lower-cases and checks an email address: one `@`, a dot in the domain,
@@ -277,6 +730,42 @@ pub fn normalize_email(email: &str) -> Result<String, IdentityError> {
     }
 }
 
+/// A customer name: 1 to 64 letters, digits, spaces, `-`, `_` or `.`.
+fn check_customer_name(name: &str) -> Result<String, IdentityError> {
+    let name = name.trim();
+    let ok = (1..=64).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'));
+    if !ok {
+        return Err(IdentityError::Invalid {
+            field: "customer",
+            rule: "must be 1 to 64 letters, digits, spaces, '-', '_' or '.'".into(),
+        });
+    }
+    Ok(name.to_owned())
+}
+
+fn check_display_name(name: &str) -> Result<String, IdentityError> {
+    let name = name.trim();
+    if name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(IdentityError::Invalid {
+            field: "name",
+            rule: "must be at most 100 characters without control characters".into(),
+        });
+    }
+    Ok(name.to_owned())
+}
+
+fn csrf_token_for(cookie: &str) -> String {
+    // Derived from the cookie, which a foreign page cannot read: nothing to
+    // store, and it dies with the session.
+    let mut hasher = Sha256::new();
+    hasher.update(b"spinforge-csrf\0");
+    hasher.update(cookie.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -287,101 +776,11 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use store::SqliteStore;
-
-    async fn fixture() -> (tempfile::TempDir, Identity) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).await.expect("store");
-        let identity = Identity::new(Arc::new(store), IdentityConfig::default())
-            .await
-            .expect("id");
-        (dir, identity)
-    }
-
-    #[tokio::test]
-    async fn login_fails_the_same_way_for_unknown_user_and_wrong_password() {
-        let (_d, id) = fixture().await;
-        id.create_user(
-            "Admin@Example.com",
-            "correct horse battery".into(),
-            Role::Admin,
-        )
-        .await
-        .expect("create");
-        let wrong = id
-            .login("admin@example.com", "wrong password!!".into())
-            .await;
-        let unknown = id
-            .login("nobody@example.com", "correct horse battery".into())
-            .await;
-        assert_eq!(
-            wrong.err().map(|e| e.to_string()),
-            unknown.err().map(|e| e.to_string())
-        );
-        let (user, pair) = id
-            .login("ADMIN@example.com", "correct horse battery".into())
-            .await
-            .expect("login");
-        assert_eq!(user.email, "admin@example.com");
-        let who = id
-            .authenticate(&pair.access_token)
-            .await
-            .expect("authenticate");
-        assert_eq!(who.user_id, user.id);
-    }
-
-    #[tokio::test]
-    async fn reusing_a_refresh_token_ends_the_session() {
-        let (_d, id) = fixture().await;
-        id.create_user("a@example.com", "correct horse battery".into(), Role::Admin)
-            .await
-            .expect("create");
-        let (_, first) = id
-            .login("a@example.com", "correct horse battery".into())
-            .await
-            .expect("login");
-        let second = id.refresh(&first.refresh_token).await.expect("refresh");
-        assert!(matches!(
-            id.refresh(&first.refresh_token).await,
-            Err(IdentityError::BadToken)
-        ));
-        // The second pair was issued before the reuse but is in the same
-        // family: it is now dead too.
-        assert!(id.authenticate(&second.access_token).await.is_err());
-        assert!(id.refresh(&second.refresh_token).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn logout_revokes_the_access_token() {
-        let (_d, id) = fixture().await;
-        id.create_user("a@example.com", "correct horse battery".into(), Role::Admin)
-            .await
-            .expect("create");
-        let (_, pair) = id
-            .login("a@example.com", "correct horse battery".into())
-            .await
-            .expect("login");
-        let who = id.authenticate(&pair.access_token).await.expect("auth");
-        id.logout(&who).await.expect("logout");
-        assert!(id.authenticate(&pair.access_token).await.is_err());
-    }
-
-    #[test]
-    fn emails_are_checked_and_lower_cased() {
-        assert_eq!(normalize_email(" A@B.io ").expect("ok"), "a@b.io");
-        for bad in [
-            "", "a", "a@b", "@b.io", "a@@b.io", "a b@c.io", "a@.io", "a@b.io.",
-        ] {
-            assert!(normalize_email(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;

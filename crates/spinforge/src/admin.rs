@@ -3,7 +3,7 @@
 
 use crate::cli::AdminCommand;
 use anyhow::{bail, Context};
-use identity::{Identity, IdentityConfig};
+use identity::{Identity, IdentityConfig, UserSpec};
 use std::sync::Arc;
 use store::{Role, SqliteStore, Store};
 
@@ -19,7 +19,14 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", data_dir.display()))?;
             let store = Arc::new(SqliteStore::open(&data_dir).await?);
             let identity = Identity::new(store.clone(), IdentityConfig::default()).await?;
-            let user = identity.create_user(&email, password, Role::Admin).await?;
+            let spec = UserSpec {
+                email,
+                password,
+                role: Role::Admin,
+                customer: None,
+                display_name: None,
+            };
+            let user = identity.create_user(spec).await?;
             store.close().await;
             println!("created admin {} (id {})", user.email, user.id);
             Ok(())

@@ -129,6 +129,117 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    /// Show who you are logged in as, and what you may do.
+    Whoami {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Manage users (admins).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Create, list and revoke API keys for CI and automation.
+    Apikeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// List your login sessions, or end one.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Manage the platform's keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    List,
+    Show {
+        id: i64,
+    },
+    /// Create a user; the password is read from a prompt or stdin.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// admin, developer or viewer.
+        #[arg(long)]
+        role: String,
+        /// The customer (tenant) the user belongs to; created on first use.
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's role, customer, name or state.
+    Update {
+        id: i64,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+    },
+    Delete {
+        id: i64,
+    },
+    /// End every session of a user.
+    RevokeSessions {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create a key; it is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A permission such as sites:read; repeat for more.
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        /// Limit the key to a site; repeat for more.
+        #[arg(long = "site")]
+        sites: Vec<String>,
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: u64,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    List,
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Add a new token signing key; older keys verify until their tokens
+    /// expire.
+    RotateSigning,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

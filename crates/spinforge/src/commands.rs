@@ -60,12 +60,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             api,
         } => logs(&api, &domain, follow, since, lines).await,
         Command::Restart { domain, api } => restart(&api, &domain).await,
+        Command::Whoami { api } => crate::identity_commands::whoami(&api).await,
+        Command::Users { command, api } => crate::identity_commands::users(&api, command).await,
+        Command::Apikeys { command, api } => {
+            crate::identity_commands::api_keys(&api, command).await
+        }
+        Command::Sessions { command, api } => {
+            crate::identity_commands::sessions(&api, command).await
+        }
+        Command::Keys { command, api } => crate::identity_commands::keys(&api, command).await,
         Command::Serve(_) | Command::Admin(_) => unreachable!("handled in cli::run"),
     }
 }
 
 /// Percent-encodes a domain for use as one path segment.
-fn seg(domain: &str) -> String {
+pub(crate) fn seg(domain: &str) -> String {
     domain.bytes().fold(String::new(), |mut out, b| {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
             out.push(b as char);
@@ -76,12 +85,12 @@ fn seg(domain: &str) -> String {
     })
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-fn text(value: &Value, key: &str) -> String {
+pub(crate) fn text(value: &Value, key: &str) -> String {
     match &value[key] {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -242,7 +251,7 @@ async fn deploy(
     )
 }
 
-fn finish(api: &ApiFlags, value: &Value, message: &str) -> anyhow::Result<()> {
+pub(crate) fn finish(api: &ApiFlags, value: &Value, message: &str) -> anyhow::Result<()> {
     if api.json {
         print_json(value)
     } else {

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod commands;
 mod config;
+mod identity_commands;
 mod pack;
 mod serve;
 

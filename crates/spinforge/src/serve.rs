@@ -19,6 +19,7 @@ use std::sync::Arc;
 use store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::Layer;
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPINFORGE_LOG")
@@ -132,7 +133,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_listener,
         api_limits,
         None,
-        move |_peer| TowerToHyperService::new(api.clone()),
+        move |peer| {
+            // Each request learns its TCP peer, for throttling and audit.
+            let api = axum::Extension(hub::access::PeerAddr(peer)).layer(api.clone());
+            TowerToHyperService::new(api)
+        },
         wait_for(stop_rx),
     ));
 
@@ -257,7 +262,7 @@ async fn deploy_example(
             balancer: None,
             spa: false,
         };
-        hub.create_site(None, spec)
+        hub.create_site(None, None, spec)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -250,7 +250,13 @@ async fn api_serves_health_metrics_and_openapi() {
 
     server.get("hello.localhost", "/").await;
     server.get("nobody.localhost", "/").await;
-    let metrics = get("/metrics")
+    // Metrics name every site: they need a login with system:metrics.
+    assert_eq!(get("/metrics").await.expect("metrics").status(), 401);
+    let token = server.admin_token().await;
+    let metrics = client
+        .get(format!("{}/metrics", server.api_url()))
+        .bearer_auth(&token)
+        .send()
         .await
         .expect("metrics")
         .text()

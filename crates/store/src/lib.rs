@@ -6,9 +6,12 @@
 //! not know about HTTP, files on disk or the edge.
 #![forbid(unsafe_code)]
 
+mod identity;
 mod model;
 mod sqlite;
+mod sqlite_identity;
 
+pub use identity::IdentityStore;
 pub use model::*;
 pub use sqlite::{SqliteStore, DB_FILE};
 
@@ -42,7 +45,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every method that changes more than one row does so in one transaction,
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: IdentityStore + Send + Sync + 'static {
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.
@@ -60,18 +63,12 @@ pub trait Store: Send + Sync + 'static {
         kind: TokenKind,
         now: i64,
     ) -> Result<Option<TokenRecord>>;
-    /// Replaces a refresh token with a new access and refresh pair, in one
-    /// transaction, marking the old one used. Returns
-    /// [`StoreError::NotFound`] if `old_refresh` is no longer valid (already
-    /// used, expired or revoked).
-    async fn rotate_tokens(
-        &self,
-        old_refresh: &str,
-        now: i64,
-        access: TokenRecord,
-        refresh: TokenRecord,
-    ) -> Result<()>;
-    /// Deletes every token of a family (one login session).
+    /// Replaces a refresh token with a new one, in one transaction, marking
+    /// the old one used. Returns [`StoreError::NotFound`] if `old_refresh`
+    /// is no longer valid (already used, expired or revoked).
+    async fn rotate_refresh(&self, old_refresh: &str, now: i64, refresh: TokenRecord)
+        -> Result<()>;
+    /// Ends a login session: its row and every token of its family.
     async fn revoke_family(&self, family: &str) -> Result<()>;
 
     /// Creates a site; [`StoreError::Conflict`] if the domain is taken. A

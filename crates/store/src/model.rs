@@ -19,6 +19,7 @@ macro_rules! int_id {
 
 int_id!(UserId);
 int_id!(SiteId);
+int_id!(CustomerId);
 
 /// A release id: a UUIDv7 in text form, so ids sort by creation time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,6 +49,16 @@ impl Role {
         }
     }
 
+    /// Reads a role name from a request: `None` for anything else.
+    pub fn from_name(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
     pub(crate) fn parse(s: &str) -> Role {
         match s {
             "admin" => Role::Admin,
@@ -65,6 +76,9 @@ pub struct NewUser {
     /// An Argon2id PHC string, never a password.
     pub password_hash: String,
     pub role: Role,
+    /// `None` only for platform admins.
+    pub customer: Option<CustomerId>,
+    pub display_name: Option<String>,
     pub created_at: i64,
 }
 
@@ -74,20 +88,131 @@ pub struct User {
     pub email: String,
     pub password_hash: String,
     pub role: Role,
+    /// The tenant the user belongs to; `None` for platform admins.
+    pub customer: Option<CustomerId>,
+    pub display_name: Option<String>,
+    /// A disabled user cannot log in, and its tokens stop working.
+    pub disabled: bool,
+    /// Base32 TOTP secret once the second factor is confirmed.
+    pub totp_secret: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
 
+/// A tenant: the owner of sites and the home of users.
+#[derive(Debug, Clone, Serialize)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A partial update of a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub role: Option<Role>,
+    pub customer: Option<Option<CustomerId>>,
+    pub display_name: Option<Option<String>>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// A bearer-token login (CLI, scripts): access JWT plus refresh token.
+    Token,
+    /// A browser login held in an HttpOnly cookie.
+    Browser,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Token => "token",
+            SessionKind::Browser => "browser",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> SessionKind {
+        match s {
+            "browser" => SessionKind::Browser,
+            _ => SessionKind::Token,
+        }
+    }
+}
+
+/// One login of a user.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// Random and not secret: it names the session in tokens and lists.
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: SessionKind,
+    /// Hex SHA-256 of a browser session's cookie; never the cookie.
+    #[serde(skip)]
+    pub secret_hash: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    /// Absolute end, Unix seconds.
+    pub expires_at: i64,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A stored API key. The key itself exists only once, in the answer to
+/// its creation; this holds its hash.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    /// Public id, shown in lists and used to revoke.
+    pub id: String,
+    pub key_hash: String,
+    pub user_id: UserId,
+    pub name: String,
+    /// Permission names.
+    pub permissions: Vec<String>,
+    /// Site domains the key is limited to; `None` for all of the owner's.
+    pub sites: Option<Vec<String>>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// An Ed25519 key that signs access tokens.
+#[derive(Debug, Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// PKCS#8 document.
+    pub private_key: Vec<u8>,
+    /// The raw 32-byte public key.
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+    pub active: bool,
+    /// When the key stops verifying; `None` while active.
+    pub retired_at: Option<i64>,
+}
+
+/// What one more failed login did to its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailures {
+    /// Failures inside the current window, this one included.
+    pub failures: i64,
+    /// Set when the subject is locked, Unix seconds.
+    pub locked_until: Option<i64>,
+}
+
+/// Stored tokens are refresh tokens only: access tokens are signed JWTs
+/// and are checked without the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    Access,
     Refresh,
 }
 
 impl TokenKind {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            TokenKind::Access => "access",
             TokenKind::Refresh => "refresh",
         }
     }
@@ -147,6 +272,8 @@ pub struct NewSite {
     pub kind: SiteKind,
     /// `None` when the server itself created the site (the demo).
     pub owner: Option<UserId>,
+    /// The tenant that owns the site; `None` for platform sites.
+    pub customer: Option<CustomerId>,
     pub upstream: Option<String>,
     pub balancer: Option<BalancerConfig>,
     pub spa: bool,
@@ -159,6 +286,7 @@ pub struct Site {
     pub domain: String,
     pub kind: SiteKind,
     pub owner: Option<UserId>,
+    pub customer: Option<CustomerId>,
     pub upstream: Option<String>,
     pub balancer: Option<BalancerConfig>,
     pub spa: bool,

@@ -16,7 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub const DB_FILE: &str = "spinforge.db";
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -45,19 +45,25 @@ impl SqliteStore {
     }
 }
 
-fn conflict_on_unique(err: sqlx::Error, field: &'static str) -> StoreError {
+pub(crate) fn conflict_on_unique(err: sqlx::Error, field: &'static str) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(field),
         _ => StoreError::Backend(err),
     }
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User> {
+pub(crate) fn user_from_row(row: &SqliteRow) -> Result<User> {
     Ok(User {
         id: UserId(row.try_get("id")?),
         email: row.try_get("email")?,
         password_hash: row.try_get("password_hash")?,
         role: Role::parse(row.try_get::<&str, _>("role")?),
+        customer: row
+            .try_get::<Option<i64>, _>("customer_id")?
+            .map(CustomerId),
+        display_name: row.try_get("display_name")?,
+        disabled: row.try_get("disabled")?,
+        totp_secret: row.try_get("totp_secret")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -92,6 +98,9 @@ fn site_from_row(row: &SqliteRow) -> Result<Site> {
         domain: row.try_get("domain")?,
         kind: SiteKind::parse(row.try_get::<&str, _>("kind")?),
         owner: row.try_get::<Option<i64>, _>("owner_id")?.map(UserId),
+        customer: row
+            .try_get::<Option<i64>, _>("customer_id")?
+            .map(CustomerId),
         upstream: row.try_get("upstream")?,
         balancer: balancer_from(row)?,
         spa: row.try_get("spa")?,
@@ -117,7 +126,10 @@ fn release_from_row(row: &SqliteRow) -> Result<Release> {
 /// The columns [`site_from_row`] reads, as a literal so queries stay static.
 macro_rules! site_columns {
     () => {
-        "id, domain, kind, owner_id, upstream, balancer, spa, active_release, created_at"
+        concat!(
+            "id, domain, kind, owner_id, customer_id, upstream, balancer, spa, ",
+            "active_release, created_at"
+        )
     };
 }
 
@@ -171,12 +183,15 @@ impl Store for SqliteStore {
 
     async fn create_user(&self, user: NewUser) -> Result<User> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (email, password_hash, role, created_at)
-             VALUES (?, ?, ?, ?) RETURNING id",
+            "INSERT INTO users (email, password_hash, role, customer_id, display_name,
+                                created_at)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&user.email)
         .bind(&user.password_hash)
         .bind(user.role.as_str())
+        .bind(user.customer.map(|c| c.0))
+        .bind(user.display_name.as_deref())
         .bind(user.created_at)
         .fetch_one(&self.pool)
         .await
@@ -186,6 +201,10 @@ impl Store for SqliteStore {
             email: user.email,
             password_hash: user.password_hash,
             role: user.role,
+            customer: user.customer,
+            display_name: user.display_name,
+            disabled: false,
+            totp_secret: None,
             created_at: user.created_at,
         })
     }
@@ -236,11 +255,10 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn rotate_tokens(
+    async fn rotate_refresh(
         &self,
         old_refresh: &str,
         now: i64,
-        access: TokenRecord,
         refresh: TokenRecord,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -255,29 +273,36 @@ impl Store for SqliteStore {
         if deleted.rows_affected() != 1 {
             return Err(StoreError::NotFound);
         }
-        insert_token(&mut *tx, &access).await?;
         insert_token(&mut *tx, &refresh).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn revoke_family(&self, family: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM tokens WHERE family = ?")
             .bind(family)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn create_site(&self, site: NewSite) -> Result<Site> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO sites (domain, kind, owner_id, upstream, balancer, spa, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO sites (domain, kind, owner_id, customer_id, upstream, balancer, spa,
+                                created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&site.domain)
         .bind(site.kind.as_str())
         .bind(site.owner.map(|o| o.0))
+        .bind(site.customer.map(|c| c.0))
         .bind(site.upstream.as_deref())
         .bind(balancer_json(site.balancer.as_ref())?)
         .bind(site.spa)
@@ -290,6 +315,7 @@ impl Store for SqliteStore {
             domain: site.domain,
             kind: site.kind,
             owner: site.owner,
+            customer: site.customer,
             upstream: site.upstream,
             balancer: site.balancer,
             spa: site.spa,
@@ -478,7 +504,7 @@ async fn set_active(
     site_from_row(&row.ok_or(StoreError::NotFound)?)
 }
 
-async fn insert_token<'e, E>(executor: E, token: &TokenRecord) -> Result<()>
+pub(crate) async fn insert_token<'e, E>(executor: E, token: &TokenRecord) -> Result<()>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
@@ -508,6 +534,8 @@ mod tests {
                 email: "a@example.com".into(),
                 password_hash: "x".into(),
                 role: Role::Admin,
+                customer: None,
+                display_name: None,
                 created_at: 1,
             })
             .await
@@ -520,6 +548,7 @@ mod tests {
             domain: domain.into(),
             kind: SiteKind::Static,
             owner: Some(owner),
+            customer: None,
             upstream: None,
             balancer: None,
             spa: false,
@@ -547,6 +576,8 @@ mod tests {
                 email: "A@example.com".into(),
                 password_hash: "y".into(),
                 role: Role::Viewer,
+                customer: None,
+                display_name: None,
                 created_at: 2,
             })
             .await;
@@ -641,43 +672,29 @@ mod tests {
     #[tokio::test]
     async fn a_refresh_token_rotates_once() {
         let (_d, store, user) = fixture().await;
-        let token = |hash: &str, kind| TokenRecord {
+        let token = |hash: &str| TokenRecord {
             hash: hash.into(),
             user_id: user.id,
-            kind,
+            kind: TokenKind::Refresh,
             family: "f".into(),
             expires_at: 100,
             used: false,
         };
+        store.insert_token(token("r0")).await.expect("insert");
         store
-            .insert_token(token("r0", TokenKind::Refresh))
-            .await
-            .expect("insert");
-        store
-            .rotate_tokens(
-                "r0",
-                10,
-                token("a1", TokenKind::Access),
-                token("r1", TokenKind::Refresh),
-            )
+            .rotate_refresh("r0", 10, token("r1"))
             .await
             .expect("first rotation");
-        let again = store
-            .rotate_tokens(
-                "r0",
-                10,
-                token("a2", TokenKind::Access),
-                token("r2", TokenKind::Refresh),
-            )
-            .await;
+        let again = store.rotate_refresh("r0", 10, token("r2")).await;
         assert!(matches!(again, Err(StoreError::NotFound)));
-        assert!(store
-            .find_token("a1", TokenKind::Access, 10)
+        let spent = store
+            .find_token("r0", TokenKind::Refresh, 10)
             .await
             .expect("find")
-            .is_some());
+            .expect("kept, marked used");
+        assert!(spent.used);
         assert!(store
-            .find_token("a1", TokenKind::Access, 100)
+            .find_token("r1", TokenKind::Refresh, 100)
             .await
             .expect("find")
             .is_none());

@@ -1,0 +1,416 @@
+//! Who may call which route: the one table of declared permissions, and
+//! the middleware that enforces it before any handler runs.
+//!
+//! Every route of the API is listed in [`ROUTES`] with the access it needs.
+//! A route that is missing from the table is refused (fail closed), and a
+//! test walks the OpenAPI document to catch it before that. Ownership of
+//! the resource a route touches is checked in the handler, once the stored
+//! resource is loaded, through [`Hub::authorize`] — which calls the same
+//! [`identity::authorize`] function.
+
+use crate::error::ApiError;
+use crate::Hub;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use identity::{authorize, ClientInfo, Denied, Permission, Principal, Resource};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+/// The name of the browser session cookie.
+pub const SESSION_COOKIE: &str = "sf_session";
+/// The header a cookie-authenticated change must carry its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What a route needs from its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No login: health, login itself, the public keys.
+    Public,
+    /// Any logged-in caller, acting on itself (profile, own sessions).
+    SignedIn,
+    /// A logged-in caller holding the permission.
+    Needs(Permission),
+}
+
+use Access::{Needs, Public, SignedIn};
+use Permission as P;
+
+/// Every route of the API with the access it needs: the one place a
+/// reader checks who may do what.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("POST", "/api/v1/setup", Public),
+    ("POST", "/api/v1/auth/login", Public),
+    ("POST", "/api/v1/auth/refresh", Public),
+    ("POST", "/api/v1/auth/logout", SignedIn),
+    ("POST", "/api/v1/auth/session", Public),
+    ("DELETE", "/api/v1/auth/session", SignedIn),
+    ("GET", "/api/v1/csrf-token", SignedIn),
+    ("GET", "/api/v1/.well-known/jwks.json", Public),
+    ("GET", "/api/v1/whoami", SignedIn),
+    ("GET", "/api/v1/users", Needs(P::UsersManage)),
+    ("POST", "/api/v1/users", Needs(P::UsersManage)),
+    ("GET", "/api/v1/users/me", SignedIn),
+    ("PATCH", "/api/v1/users/me", SignedIn),
+    ("GET", "/api/v1/users/{id}", Needs(P::UsersManage)),
+    ("PATCH", "/api/v1/users/{id}", Needs(P::UsersManage)),
+    ("DELETE", "/api/v1/users/{id}", Needs(P::UsersManage)),
+    (
+        "DELETE",
+        "/api/v1/users/{id}/sessions",
+        Needs(P::UsersManage),
+    ),
+    ("GET", "/api/v1/sessions", SignedIn),
+    ("DELETE", "/api/v1/sessions/{id}", SignedIn),
+    ("GET", "/api/v1/apikeys", Needs(P::ApiKeysManage)),
+    ("POST", "/api/v1/apikeys", Needs(P::ApiKeysManage)),
+    ("DELETE", "/api/v1/apikeys/{id}", Needs(P::ApiKeysManage)),
+    ("POST", "/api/v1/keys/signing/rotate", Needs(P::KeysManage)),
+    ("GET", "/api/v1/sites", Needs(P::SitesRead)),
+    ("POST", "/api/v1/sites", Needs(P::SitesCreate)),
+    ("GET", "/api/v1/sites/{domain}", Needs(P::SitesRead)),
+    ("PATCH", "/api/v1/sites/{domain}", Needs(P::SitesUpdate)),
+    ("DELETE", "/api/v1/sites/{domain}", Needs(P::SitesDelete)),
+    (
+        "GET",
+        "/api/v1/sites/{domain}/releases",
+        Needs(P::ReleasesRead),
+    ),
+    (
+        "POST",
+        "/api/v1/sites/{domain}/releases",
+        Needs(P::ReleasesDeploy),
+    ),
+    (
+        "POST",
+        "/api/v1/sites/{domain}/rollback",
+        Needs(P::ReleasesDeploy),
+    ),
+    (
+        "GET",
+        "/api/v1/sites/{domain}/status",
+        Needs(P::MetricsRead),
+    ),
+    ("GET", "/api/v1/sites/{domain}/logs", Needs(P::LogsRead)),
+    (
+        "POST",
+        "/api/v1/sites/{domain}/restart",
+        Needs(P::AppsRestart),
+    ),
+    ("GET", "/api/v1/openapi.json", Public),
+    ("GET", "/healthz", Public),
+    ("GET", "/readyz", Public),
+    ("GET", "/metrics", Needs(P::SystemMetrics)),
+];
+
+static TABLE: LazyLock<HashMap<(&'static str, &'static str), Access>> = LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .map(|(method, path, access)| ((*method, *path), *access))
+        .collect()
+});
+
+/// The access a route declares, if it declares one. HEAD is GET.
+pub fn declared(method: &Method, path: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    TABLE.get(&(method, path)).copied()
+}
+
+/// The TCP peer of an API connection, put on each request by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The authenticated caller, placed on the request by [`enforce`].
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Hub> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Hub) -> Result<Caller, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Where the request came from, for throttling and audit events.
+#[derive(Debug, Clone)]
+pub struct Client(pub ClientInfo);
+
+impl FromRequestParts<Hub> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Hub) -> Result<Client, ApiError> {
+        Ok(Client(client_info(parts)))
+    }
+}
+
+fn client_info(parts: &Parts) -> ClientInfo {
+    // Limitation: the API's client address is its TCP peer; behind a proxy
+    // it would need the shield's trusted-proxy resolver.
+    let ip = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    ClientInfo::new(ip, user_agent)
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The middleware: looks the route up in [`ROUTES`], authenticates the
+/// caller, checks CSRF for cookie changes and the declared permission,
+/// and hands the [`Caller`] to the handler.
+pub async fn enforce(
+    State(hub): State<Hub>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match check(&hub, matched.as_ref().map(MatchedPath::as_str), &mut parts).await {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), ApiError> {
+    let Some(route) = route else {
+        return Err(ApiError::NotFound("route"));
+    };
+    let Some(access) = declared(&parts.method, route) else {
+        // Fail closed: a handler nobody declared never runs.
+        tracing::error!(method = %parts.method, route, "route has no declared access; refused");
+        return Err(ApiError::MethodNotAllowed);
+    };
+    if access == Public {
+        return Ok(());
+    }
+
+    let principal = authenticate(hub, parts).await?;
+    if let Needs(permission) = access {
+        if let Err(denied) = authorize(&principal, permission, None) {
+            audit_denied(&principal, permission, &denied, parts.uri.path());
+            return Err(ApiError::Forbidden);
+        }
+    }
+    parts.extensions.insert(Caller(principal));
+    Ok(())
+}
+
+/// Finds the caller from a bearer credential, or else a session cookie.
+/// A cookie may only change state with its CSRF token, from our origin.
+async fn authenticate(hub: &Hub, parts: &Parts) -> Result<Principal, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(bearer) = bearer {
+        return hub
+            .identity()
+            .authenticate(bearer.trim())
+            .await
+            .map_err(|e| rejected_credential(e, parts));
+    }
+    let Some(cookie) = session_cookie(&parts.headers) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let principal = hub
+        .identity()
+        .authenticate_cookie(cookie)
+        .await
+        .map_err(|e| rejected_credential(e, parts))?;
+    if !parts.method.is_safe() {
+        check_csrf(hub, parts, cookie, &principal)?;
+    }
+    Ok(principal)
+}
+
+fn rejected_credential(e: identity::IdentityError, parts: &Parts) -> ApiError {
+    if matches!(e, identity::IdentityError::BadToken) {
+        let client = client_info(parts);
+        tracing::info!(
+            target: "spinforge::audit", event = "auth.token_rejected",
+            path = %parts.uri.path(), client_ip = ?client.ip,
+            "request with an invalid credential refused"
+        );
+    }
+    e.into()
+}
+
+fn check_csrf(
+    hub: &Hub,
+    parts: &Parts,
+    cookie: &str,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    let refuse = |why: &'static str| {
+        tracing::info!(
+            target: "spinforge::audit", event = "csrf.refused", user = %principal.user_id,
+            path = %parts.uri.path(), reason = why, "cookie request refused"
+        );
+        Err(ApiError::Csrf(why))
+    };
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let same_origin = match (origin, host) {
+        (Some(origin), Some(host)) => {
+            origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                == Some(host)
+        }
+        _ => false,
+    };
+    if !same_origin {
+        return refuse("a cookie request that changes state must come from this origin");
+    }
+    let token = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !hub.identity().csrf_matches(cookie, token) {
+        return refuse("missing or wrong X-CSRF-Token header (GET /api/v1/csrf-token)");
+    }
+    Ok(())
+}
+
+fn audit_denied(principal: &Principal, permission: Permission, denied: &Denied, path: &str) {
+    tracing::info!(
+        target: "spinforge::audit", event = "permission.denied", user = %principal.user_id,
+        role = principal.role.as_str(), api_key = principal.api_key.as_deref().unwrap_or(""),
+        permission = permission.name(), reason = %denied, path, "permission denied"
+    );
+}
+
+impl Hub {
+    /// Checks `permission` on a loaded resource through
+    /// [`identity::authorize`]; a refusal is audited and becomes 403.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        resource: Resource<'_>,
+    ) -> Result<(), ApiError> {
+        authorize(&caller.0, permission, Some(resource)).map_err(|denied| {
+            let path = match resource {
+                Resource::Site { domain, .. } => domain.to_owned(),
+                other => format!("{other:?}"),
+            };
+            audit_denied(&caller.0, permission, &denied, &path);
+            ApiError::Forbidden
+        })
+    }
+
+    /// Loads a site and checks `permission` on it for the caller.
+    pub async fn site_for(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        domain: &str,
+    ) -> Result<store::Site, ApiError> {
+        let site = self.site(domain).await?;
+        self.authorize(
+            caller,
+            permission,
+            Resource::Site {
+                domain: &site.domain,
+                customer: site.customer,
+            },
+        )?;
+        Ok(site)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation of the OpenAPI document has declared access, and
+    /// every declared route is documented: a new route cannot slip in
+    /// without a permission.
+    #[test]
+    fn every_documented_route_declares_its_access_and_back() {
+        let doc = crate::api::document();
+        let mut documented = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            let operations = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            for (method, present) in operations {
+                if !present {
+                    continue;
+                }
+                let method: Method = method.parse().expect("method");
+                assert!(
+                    declared(&method, path).is_some(),
+                    "{method} {path} is documented but declares no access in ROUTES"
+                );
+                documented.push((method.to_string(), path.clone()));
+            }
+        }
+        for (method, path, _) in ROUTES {
+            assert!(
+                documented.contains(&(method.to_string(), path.to_string())),
+                "{method} {path} is in ROUTES but not in the OpenAPI document"
+            );
+        }
+        assert_eq!(documented.len(), ROUTES.len());
+    }
+
+    #[test]
+    fn head_is_checked_as_get_and_unknown_pairs_are_undeclared() {
+        assert_eq!(declared(&Method::HEAD, "/healthz"), Some(Public));
+        assert_eq!(declared(&Method::PUT, "/api/v1/sites"), None);
+        assert_eq!(
+            declared(&Method::DELETE, "/api/v1/sites/{domain}"),
+            Some(Needs(P::SitesDelete))
+        );
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "theme=dark; sf_session=sfc_abc; other=1"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(session_cookie(&headers), Some("sfc_abc"));
+        headers.insert(header::COOKIE, "sf_sessionx=1".parse().expect("header"));
+        assert_eq!(session_cookie(&headers), None);
+    }
+}
