@@ -154,6 +154,18 @@ impl Server {
         self.log.lock().expect("log lock").clone()
     }
 
+    /// Waits up to five seconds for `needle` to appear in the server's log
+    /// (lines reach it through a pipe, a moment after the response).
+    pub async fn log_shows(&self, needle: &str) -> bool {
+        for _ in 0..50 {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     pub fn api_url(&self) -> String {
         format!("http://{}", self.api)
     }
