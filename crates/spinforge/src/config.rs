@@ -27,6 +27,27 @@ pub struct FileConfig {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub edge: EdgeFileConfig,
+    #[serde(default)]
+    pub identity: IdentityFileConfig,
+}
+
+/// `[identity]`: token lifetimes, lockout and browser sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFileConfig {
+    /// Lifetime of an access token (60 to 3600 s; default 900).
+    pub access_token_ttl_secs: Option<u64>,
+    /// Lifetime of a token session's refresh token (default 7 days).
+    pub refresh_token_ttl_secs: Option<u64>,
+    /// Failed logins within the window that lock an account (default 5).
+    pub lockout_max_failures: Option<u32>,
+    pub lockout_window_secs: Option<u64>,
+    /// How long a lock lasts (default 900). Locks always end.
+    pub lockout_secs: Option<u64>,
+    pub browser_idle_timeout_secs: Option<u64>,
+    pub browser_absolute_timeout_secs: Option<u64>,
+    /// The `iss` of access tokens (default "spinforge").
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +88,7 @@ pub struct Settings {
     pub tls_listen: SocketAddr,
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
+    pub identity: identity::IdentityConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -149,7 +171,10 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
     }
 
+    let identity = identity_config(&file.identity)?;
+
     Ok(Settings {
+        identity,
         data_dir,
         listen: addr(&listen, "listen")?,
         api_listen: addr(&api_listen, "api_listen")?,
@@ -157,4 +182,63 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         hub,
         edge,
     })
+}
+
+/// Applies `[identity]` to the defaults, refusing values outside sane
+/// ranges with the key's name.
+fn identity_config(file: &IdentityFileConfig) -> anyhow::Result<identity::IdentityConfig> {
+    let mut config = identity::IdentityConfig::default();
+    let secs = |value: Option<u64>, key: &str, range: std::ops::RangeInclusive<u64>| match value {
+        Some(v) if !range.contains(&v) => bail!(
+            "identity.{key} must be between {} and {} seconds",
+            range.start(),
+            range.end()
+        ),
+        other => Ok(other.map(Duration::from_secs)),
+    };
+    const DAY: u64 = 86_400;
+    if let Some(d) = secs(
+        file.access_token_ttl_secs,
+        "access_token_ttl_secs",
+        60..=3600,
+    )? {
+        config.access_ttl = d;
+    }
+    if let Some(d) = secs(
+        file.refresh_token_ttl_secs,
+        "refresh_token_ttl_secs",
+        300..=90 * DAY,
+    )? {
+        config.refresh_ttl = d;
+    }
+    if let Some(d) = secs(file.lockout_window_secs, "lockout_window_secs", 10..=DAY)? {
+        config.lockout.window = d;
+    }
+    if let Some(d) = secs(file.lockout_secs, "lockout_secs", 10..=DAY)? {
+        config.lockout.lock_for = d;
+    }
+    if let Some(d) = secs(
+        file.browser_idle_timeout_secs,
+        "browser_idle_timeout_secs",
+        60..=DAY,
+    )? {
+        config.browser_idle = d;
+    }
+    let absolute = file.browser_absolute_timeout_secs;
+    if let Some(d) = secs(absolute, "browser_absolute_timeout_secs", 300..=30 * DAY)? {
+        config.browser_absolute = d;
+    }
+    if let Some(max) = file.lockout_max_failures {
+        if !(1..=100).contains(&max) {
+            bail!("identity.lockout_max_failures must be between 1 and 100");
+        }
+        config.lockout.max_failures = max;
+    }
+    if let Some(issuer) = &file.issuer {
+        if issuer.is_empty() || issuer.len() > 200 {
+            bail!("identity.issuer must be 1 to 200 characters");
+        }
+        config.issuer = issuer.clone();
+    }
+    Ok(config)
 }

@@ -9,7 +9,7 @@ use edge::{Edge, EdgeMetrics, Routes};
 use hub::apps::SupervisorWaker;
 use hub::{Hub, Layout};
 use hyper_util::service::TowerToHyperService;
-use identity::{Identity, IdentityConfig};
+use identity::Identity;
 use prometheus_client::registry::Registry;
 use spinlet::{PlainSpawner, Supervisor, SupervisorConfig};
 use std::io::IsTerminal;
@@ -74,7 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot open the store")?,
     );
-    let identity = Identity::new(store.clone(), IdentityConfig::default()).await?;
+    let identity = Identity::new(store.clone(), settings.identity.clone()).await?;
     let mut registry = Registry::default();
     let routes = Routes::default();
     let edge = Edge::new(
