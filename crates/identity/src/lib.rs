@@ -6,7 +6,9 @@
 //! (roles with ownership, API keys, OIDC) replaces the inside, not callers.
 #![forbid(unsafe_code)]
 
+pub mod oidc;
 mod password;
+pub mod totp;
 
 pub use password::{hash_password, verify_password, PasswordPolicy};
 
