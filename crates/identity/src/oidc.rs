@@ -14,9 +14,9 @@
 //!   [`OidcProviderConfig::google`] is the preset for
 //!   `https://accounts.google.com`. The ID token's signature (asymmetric
 //!   algorithms only, keys from the provider's JWKS), `iss`, `aud`, `exp`,
-//!   `nonce` and, when present, `at_hash` are checked. A token signed with a
-//!   key we do not know triggers one fresh discovery (key rotation), at most
-//!   once a minute.
+//!   `nonce` and, when present, `at_hash` are checked. A signature our keys
+//!   do not verify triggers one fresh discovery and a second check (key
+//!   rotation), at most once a minute.
 //! - [`ProviderKind::GitHub`]: OAuth2 only. After the code exchange the
 //!   user id comes from `GET {api_base}/user` and the email from
 //!   `GET {api_base}/user/emails` (the primary address, which must be

@@ -1,10 +1,11 @@
 //! OpenID Connect providers found by discovery (Google, Keycloak, ...).
 //!
 //! Discovery fetches the provider's metadata and keys once; the ID token of
-//! each login is checked against them. A token signed with an unknown key
-//! triggers one new discovery, at most every [`KEY_REFRESH_INTERVAL`], so
-//! provider key rotation works without letting attackers force a fetch per
-//! request.
+//! each login is checked against them. A token whose signature our keys do
+//! not verify (unknown `kid`, or no `kid` and a failed check) triggers one
+//! new discovery and a second check, at most every [`KEY_REFRESH_INTERVAL`],
+//! so provider key rotation works without letting forged tokens force a
+//! fetch per request.
 
 use super::http::{error_chain, HttpError, ProviderHttp};
 use super::pending::LoginSecrets;
@@ -143,8 +144,11 @@ impl GenericProvider {
         let id_token = tokens.id_token().ok_or(OidcError::IdTokenMissing)?;
 
         let (client, claims) = match verify(&client, id_token, &nonce) {
+            // An unknown `kid`, or (for tokens without `kid`) a signature our
+            // keys do not verify: maybe the provider rotated its keys.
             Err(ClaimsVerificationError::SignatureVerification(
-                SignatureVerificationError::NoMatchingKey,
+                SignatureVerificationError::NoMatchingKey
+                | SignatureVerificationError::CryptoError(_),
             )) if self.may_refresh() => {
                 let client = self.refresh(http).await?;
                 let claims = verify(&client, id_token, &nonce).map_err(id_token_error)?;
