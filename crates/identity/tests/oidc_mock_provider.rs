@@ -11,11 +11,10 @@
 //! with a token response captured from another login (an ID token for
 //! another client, or a replayed one).
 //!
-//! The provider runs as `PYTHON -m oidc_provider_mock`, with PYTHON from
-//! `SPINFORGE_OIDC_MOCK_PYTHON` (what `.ci/run` sets), else from a venv this
-//! test makes under the target dir with pip. The test
-//! is skipped, loudly, only when there is no python3 with venv support, and
-//! never when `CI` is set.
+//! The provider runs as `PYTHON -m oidc_provider_mock` with the python of
+//! [`oidc_python`] (which says when the tests skip).
+
+mod oidc_python;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -28,89 +27,16 @@ use identity::oidc::{
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Url;
 
-const MOCK_VERSION: &str = "0.3.4";
 const CLIENT_SECRET: &str = "test-client-secret-7f3a9c";
 const REDIRECT: &str = "http://127.0.0.1:9/api/v1/auth/oidc/corp/callback";
 
 // ---------------------------------------------------------------- provider
-
-/// Finds or installs a python that has `oidc_provider_mock`; `None` means
-/// "skip": no python3 with venv here (and not in CI).
-fn mock_python() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(find_or_install_mock).clone()
-}
-
-fn find_or_install_mock() -> Option<PathBuf> {
-    if let Ok(python) = std::env::var("SPINFORGE_OIDC_MOCK_PYTHON") {
-        let python = PathBuf::from(python);
-        assert!(
-            python.is_file(),
-            "SPINFORGE_OIDC_MOCK_PYTHON={python:?} is no file"
-        );
-        return Some(python);
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("oidc-mock-{MOCK_VERSION}"));
-    let python = venv.join("bin").join("python");
-    if python.is_file() {
-        return Some(python);
-    }
-
-    let has_venv = std::process::Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_venv {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide oidc-provider-mock (see .ci/run)"
-        );
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !! SKIPPED: the OIDC end-to-end tests need python3 with venv and\n\
-             !! pip to install oidc-provider-mock=={MOCK_VERSION}; none here.\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
-        return None;
-    }
-
-    // Build it beside, then rename: a crashed install leaves no half venv.
-    // (The venv's python works from its new place; its scripts would not.)
-    let partial = venv.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&partial);
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().expect("run python3");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&partial));
-    run(
-        std::process::Command::new(partial.join("bin").join("pip")).args([
-            "install",
-            "-q",
-            &format!("oidc-provider-mock=={MOCK_VERSION}"),
-        ]),
-    );
-    if std::fs::rename(&partial, &venv).is_err() {
-        // Another test process won the race; use theirs.
-        let _ = std::fs::remove_dir_all(&partial);
-    }
-    assert!(python.is_file(), "{python:?} missing after install");
-    Some(python)
-}
 
 /// A running provider on 127.0.0.1; killed when dropped.
 struct Provider {
@@ -286,7 +212,7 @@ fn assert_secret_free(err: &OidcError, code: &str) {
 
 macro_rules! provider_or_skip {
     () => {
-        match mock_python() {
+        match oidc_python::python() {
             Some(python) => (Provider::start(&python).await, python),
             None => return,
         }
@@ -812,6 +738,9 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
     assert!(err.to_string().contains("issuer"), "{err}");
 }
 
+/// Turns the three parts of a JWS into a forged token.
+type Forgery = dyn Fn(&[&str]) -> String;
+
 /// Rewrites the ID token in a captured token response.
 fn with_id_token(response: &Bytes, rewrite: impl Fn(&[&str]) -> String) -> Bytes {
     let mut json: serde_json::Value = serde_json::from_slice(response).expect("token JSON");
@@ -858,7 +787,7 @@ async fn a_forged_or_unsigned_id_token_is_refused() {
     client.complete(pending, &back.code).await.expect("login");
     let genuine = net.last_token_response();
 
-    let forgeries: [(&str, Box<dyn Fn(&[&str]) -> String>); 2] = [
+    let forgeries: [(&str, Box<Forgery>); 2] = [
         (
             "payload changed, signature kept",
             Box::new(|p: &[&str]| {
