@@ -230,11 +230,16 @@ pub enum OidcError {
     /// Our side: too many logins are waiting; try again shortly.
     #[error("too many logins in progress")]
     TooManyPendingLogins,
-    /// The client or the provider: the code was refused at the token
-    /// endpoint (wrong, expired, used, for another client, or a bad PKCE
-    /// verifier). Carries the OAuth2 error code the provider sent.
-    #[error("the provider refused the authorization code: {0}")]
+    /// The client or the provider: the code is empty or oversized, or the
+    /// token endpoint refused it (wrong, expired, used, for another client,
+    /// or a bad PKCE verifier). Carries the OAuth2 error code.
+    #[error("authorization code refused: {0}")]
     CodeRejected(String),
+    /// The user or the provider: the callback carried `error=...` instead
+    /// of a code (the user said no, or the provider failed). See
+    /// [`OidcError::from_callback_error`].
+    #[error("the provider ended the login: {0}")]
+    ProviderDenied(String),
     /// The provider sent no ID token although `openid` was requested.
     #[error("the provider sent no ID token")]
     IdTokenMissing,
@@ -255,6 +260,17 @@ pub enum OidcError {
 }
 
 impl OidcError {
+    /// The error for a callback with `error=...` (RFC 6749 §4.1.2.1). Keeps
+    /// only a short OAuth2 error code (`[a-z_]`, at most 64 characters): the
+    /// rest of the callback is the attacker's to choose. The pending login
+    /// should still be taken (and so spent) by its `state`.
+    pub fn from_callback_error(error: &str) -> OidcError {
+        let safe = !error.is_empty()
+            && error.len() <= 64
+            && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        OidcError::ProviderDenied(if safe { error } else { "unknown_error" }.to_owned())
+    }
+
     /// A short, stable code for the API's error JSON and audit events.
     pub fn code(&self) -> &'static str {
         match self {
@@ -265,6 +281,7 @@ impl OidcError {
             OidcError::ProviderMismatch { .. } => "oidc_provider_mismatch",
             OidcError::TooManyPendingLogins => "oidc_busy",
             OidcError::CodeRejected(_) => "oidc_code_rejected",
+            OidcError::ProviderDenied(_) => "oidc_provider_denied",
             OidcError::IdTokenMissing => "oidc_id_token_missing",
             OidcError::IdTokenRejected(_) => "oidc_id_token_rejected",
             OidcError::EmailMissing => "oidc_email_missing",
@@ -306,6 +323,16 @@ impl OidcClient {
             return Err(config_error("client_id", "must not be empty"));
         }
         let redirect = parse_url("redirect_url", &config.redirect_url)?;
+        let needed = match config.kind {
+            ProviderKind::Oidc { .. } => ["email"].as_slice(),
+            ProviderKind::GitHub { .. } => ["user:email", "user"].as_slice(),
+        };
+        if !config.scopes.iter().any(|s| needed.contains(&s.as_str())) {
+            return Err(config_error(
+                "scopes",
+                &format!("must contain {} to learn the email", needed.join(" or ")),
+            ));
+        }
         let allowed_email_domains = normalise_domains(&config.allowed_email_domains)?;
         let http = http::ProviderHttp::new()
             .map_err(|e| OidcError::Upstream(format!("cannot build the HTTP client: {e}")))?;
@@ -410,7 +437,9 @@ impl OidcClient {
             return Err(OidcError::UnknownState);
         }
         if code.is_empty() || code.len() > MAX_CODE_LEN {
-            return Err(OidcError::CodeRejected("invalid_request".to_owned()));
+            return Err(OidcError::CodeRejected(
+                "empty or oversized code".to_owned(),
+            ));
         }
 
         let secrets = pending.into_secrets();
@@ -465,18 +494,22 @@ fn parse_url(field: &'static str, raw: &str) -> Result<Url, OidcError> {
     Ok(url)
 }
 
-/// Fails closed on URLs that would leak codes or tokens: only `https`, or
-/// plain `http` to a loopback host; no credentials and no fragment.
-fn check_endpoint(field: &'static str, url: &Url) -> Result<(), OidcError> {
-    let loopback = match url.host() {
+/// True if and only if the URL's host is a loopback address or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
         None => false,
-    };
+    }
+}
+
+/// Fails closed on URLs that would leak codes or tokens: only `https`, or
+/// plain `http` to a loopback host; no credentials and no fragment.
+fn check_endpoint(field: &'static str, url: &Url) -> Result<(), OidcError> {
     match url.scheme() {
         "https" if url.host().is_some() => {}
-        "http" if loopback => {}
+        "http" if is_loopback(url) => {}
         _ => {
             return Err(config_error(
                 field,
@@ -596,6 +629,57 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn callback_errors_keep_only_a_safe_oauth2_code() {
+        for (raw, kept) in [
+            ("access_denied", "access_denied"),
+            ("server_error", "server_error"),
+            ("<script>alert(1)</script>", "unknown_error"),
+            ("Access Denied", "unknown_error"),
+            ("", "unknown_error"),
+        ] {
+            match OidcError::from_callback_error(raw) {
+                OidcError::ProviderDenied(code) => assert_eq!(code, kept, "{raw}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let long = "a".repeat(65);
+        assert!(
+            matches!(OidcError::from_callback_error(&long), OidcError::ProviderDenied(c) if c == "unknown_error")
+        );
+    }
+
+    #[tokio::test]
+    async fn scopes_without_email_are_a_config_error() {
+        let mut config =
+            OidcProviderConfig::github("c", SecretString::from("s"), "https://a.example/cb");
+        config.scopes = vec!["read:user".to_owned()];
+        assert!(matches!(
+            OidcClient::discover(config).await,
+            Err(OidcError::Config {
+                field: "scopes",
+                ..
+            })
+        ));
+
+        // Checked before any network: this issuer does not exist.
+        let mut config = OidcProviderConfig::oidc(
+            "corp",
+            "https://idp.invalid",
+            "c",
+            SecretString::from("s"),
+            "https://a.example/cb",
+        );
+        config.scopes = vec!["openid".to_owned(), "profile".to_owned()];
+        assert!(matches!(
+            OidcClient::discover(config).await,
+            Err(OidcError::Config {
+                field: "scopes",
+                ..
+            })
+        ));
     }
 
     #[tokio::test]

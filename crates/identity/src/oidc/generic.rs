@@ -10,7 +10,8 @@
 use super::http::{error_chain, HttpError, ProviderHttp};
 use super::pending::LoginSecrets;
 use super::{
-    check_endpoint, ClaimedIdentity, IdTokenProblem, LoginStart, OidcError, OidcProviderConfig,
+    check_endpoint, is_loopback, ClaimedIdentity, IdTokenProblem, LoginStart, OidcError,
+    OidcProviderConfig,
 };
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreClientAuthMethod, CoreIdToken, CoreIdTokenClaims,
@@ -224,26 +225,19 @@ async fn discover_client(
         .await
         .map_err(|e| OidcError::Discovery(error_chain(&e)))?;
 
-    let discovered = |field| {
-        move |e: OidcError| match e {
-            OidcError::Config { rule, .. } => {
-                OidcError::Discovery(format!("the provider's {field} {rule}"))
-            }
-            other => other,
-        }
-    };
-    check_endpoint("issuer_url", metadata.authorization_endpoint().url())
-        .map_err(discovered("authorization_endpoint"))?;
-    check_endpoint("issuer_url", metadata.jwks_uri().url()).map_err(discovered("jwks_uri"))?;
-    match metadata.token_endpoint() {
-        Some(token) => {
-            check_endpoint("issuer_url", token.url()).map_err(discovered("token_endpoint"))?
-        }
-        None => {
-            return Err(OidcError::Discovery(
-                "the provider has no token endpoint".to_owned(),
-            ))
-        }
+    let token_endpoint = metadata
+        .token_endpoint()
+        .ok_or_else(|| OidcError::Discovery("the provider has no token endpoint".to_owned()))?;
+    let issuer_on_loopback = is_loopback(settings.issuer.url());
+    for (field, url) in [
+        (
+            "authorization_endpoint",
+            metadata.authorization_endpoint().url(),
+        ),
+        ("token_endpoint", token_endpoint.url()),
+        ("jwks_uri", metadata.jwks_uri().url()),
+    ] {
+        check_discovered(field, url, issuer_on_loopback)?;
     }
 
     // Send the secret the way the provider says it takes it; the spec's
@@ -265,6 +259,25 @@ async fn discover_client(
     )
     .set_redirect_uri(settings.redirect.clone())
     .set_auth_type(auth_type))
+}
+
+/// A discovered endpoint must pass [`check_endpoint`], and a provider that
+/// is not itself on loopback may not point us at loopback (SSRF into our
+/// own services).
+fn check_discovered(
+    field: &'static str,
+    url: &Url,
+    issuer_on_loopback: bool,
+) -> Result<(), OidcError> {
+    let refused = |rule: &str| OidcError::Discovery(format!("the provider's {field} {rule}"));
+    match check_endpoint(field, url) {
+        Err(OidcError::Config { rule, .. }) => Err(refused(&rule)),
+        Err(other) => Err(other),
+        Ok(()) if is_loopback(url) && !issuer_on_loopback => {
+            Err(refused("points at loopback while the issuer is not"))
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 fn verifier(client: &DiscoveredClient) -> CoreIdTokenVerifier<'_> {
@@ -311,5 +324,32 @@ where
             }
         }
         RequestTokenError::Other(e) => OidcError::Upstream(format!("token endpoint: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("URL")
+    }
+
+    #[test]
+    fn a_remote_issuer_may_not_point_us_at_loopback_or_plain_http() {
+        let ok = check_discovered("jwks_uri", &url("https://idp.example/jwks"), false);
+        assert!(ok.is_ok());
+        for bad in [
+            "http://127.0.0.1:9080/api/v1/users",
+            "https://localhost/jwks",
+            "http://idp.example/jwks",
+        ] {
+            match check_discovered("jwks_uri", &url(bad), false) {
+                Err(OidcError::Discovery(msg)) => assert!(msg.contains("jwks_uri"), "{msg}"),
+                other => panic!("{bad} allowed: {other:?}"),
+            }
+        }
+        // A provider on loopback (tests, a local IdP) may use loopback.
+        assert!(check_discovered("jwks_uri", &url("http://127.0.0.1:9400/jwks"), true).is_ok());
     }
 }
