@@ -45,115 +45,24 @@
 //! (`oidc.login.refused`, `oidc.login.verified`); the HTTP layer adds the
 //! client IP to its own `auth.*` events.
 
+mod config;
+mod error;
 mod generic;
 mod github;
 mod http;
 mod pending;
 
+pub use config::{
+    OidcProviderConfig, ProviderKind, GITHUB_API_BASE, GITHUB_AUTH_URL, GITHUB_TOKEN_URL,
+    GOOGLE_ISSUER,
+};
+pub use error::{IdTokenProblem, OidcError};
 pub use pending::{PendingLogin, PendingLogins, DEFAULT_MAX_PENDING_LOGINS, PENDING_LOGIN_TTL};
 
-use secrecy::SecretString;
-use url::{Host, Url};
-
-/// The issuer of Google's OpenID Connect provider.
-pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
-/// Where GitHub sends the browser to approve a login.
-pub const GITHUB_AUTH_URL: &str = "https://github.com/login/oauth/authorize";
-/// Where GitHub exchanges a code for an access token.
-pub const GITHUB_TOKEN_URL: &str = "https://github.com/login/oauth/access_token";
-/// GitHub's REST API, for `/user` and `/user/emails`.
-pub const GITHUB_API_BASE: &str = "https://api.github.com";
-
-/// How to talk to one login provider.
-#[derive(Debug, Clone)]
-pub struct OidcProviderConfig {
-    /// Our name for the provider (`google`, `github`, `corp`): it is in the
-    /// [`PendingLogin`] and in the [`VerifiedIdentity`].
-    pub name: String,
-    pub kind: ProviderKind,
-    pub client_id: String,
-    pub client_secret: SecretString,
-    /// Our callback URL, exactly as registered at the provider.
-    pub redirect_url: String,
-    /// When not empty, only emails whose domain (after the last `@`) is one
-    /// of these, compared without case, may log in. Subdomains do not match.
-    pub allowed_email_domains: Vec<String>,
-    /// Scopes to request. For OpenID Connect, `openid` is always sent as
-    /// well; without `email` the provider will not say who the user is.
-    pub scopes: Vec<String>,
-}
-
-/// The protocol a provider speaks, and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenID Connect with discovery under `issuer_url`.
-    Oidc { issuer_url: String },
-    /// GitHub's OAuth2 apps: no ID token; the email comes from its API.
-    GitHub {
-        api_base: String,
-        auth_url: String,
-        token_url: String,
-    },
-}
-
-impl OidcProviderConfig {
-    /// A generic OpenID Connect provider, requesting `openid email`.
-    pub fn oidc(
-        name: &str,
-        issuer_url: &str,
-        client_id: &str,
-        client_secret: SecretString,
-        redirect_url: &str,
-    ) -> OidcProviderConfig {
-        OidcProviderConfig {
-            name: name.to_owned(),
-            kind: ProviderKind::Oidc {
-                issuer_url: issuer_url.to_owned(),
-            },
-            client_id: client_id.to_owned(),
-            client_secret,
-            redirect_url: redirect_url.to_owned(),
-            allowed_email_domains: Vec::new(),
-            scopes: vec!["openid".to_owned(), "email".to_owned()],
-        }
-    }
-
-    /// Google, named `google`.
-    pub fn google(
-        client_id: &str,
-        client_secret: SecretString,
-        redirect_url: &str,
-    ) -> OidcProviderConfig {
-        OidcProviderConfig::oidc(
-            "google",
-            GOOGLE_ISSUER,
-            client_id,
-            client_secret,
-            redirect_url,
-        )
-    }
-
-    /// GitHub, named `github`, requesting `read:user user:email`.
-    pub fn github(
-        client_id: &str,
-        client_secret: SecretString,
-        redirect_url: &str,
-    ) -> OidcProviderConfig {
-        OidcProviderConfig {
-            name: "github".to_owned(),
-            kind: ProviderKind::GitHub {
-                api_base: GITHUB_API_BASE.to_owned(),
-                auth_url: GITHUB_AUTH_URL.to_owned(),
-                token_url: GITHUB_TOKEN_URL.to_owned(),
-            },
-            client_id: client_id.to_owned(),
-            client_secret,
-            redirect_url: redirect_url.to_owned(),
-            allowed_email_domains: Vec::new(),
-            scopes: vec!["read:user".to_owned(), "user:email".to_owned()],
-        }
-    }
-}
+use config::{
+    check_email_domain, check_endpoint, config_error, is_loopback, normalise_domains, parse_url,
+};
+use url::Url;
 
 /// Who logged in, as the provider vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,128 +76,6 @@ pub struct VerifiedIdentity {
     pub email: String,
     /// Always `true`: an unverified email is [`OidcError::EmailNotVerified`].
     pub email_verified: bool,
-}
-
-/// Why an ID token was refused. Says what failed, never the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdTokenProblem {
-    /// Bad signature, a disallowed algorithm, or no key to check it with.
-    Signature,
-    /// `iss` is not the configured issuer.
-    Issuer,
-    /// `aud` is not our client id (a token minted for another client).
-    Audience,
-    /// `nonce` is missing or not the one of this login (a replayed token).
-    Nonce,
-    /// `exp` is in the past.
-    Expired,
-    /// `at_hash` does not match the access token it came with.
-    AccessTokenHash,
-    /// Anything else that makes it unusable (malformed, bad subject).
-    Malformed,
-}
-
-impl std::fmt::Display for IdTokenProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IdTokenProblem::Signature => "signature does not verify",
-            IdTokenProblem::Issuer => "wrong issuer",
-            IdTokenProblem::Audience => "issued for another client",
-            IdTokenProblem::Nonce => "nonce does not match this login",
-            IdTokenProblem::Expired => "expired",
-            IdTokenProblem::AccessTokenHash => "at_hash does not match the access token",
-            IdTokenProblem::Malformed => "malformed",
-        })
-    }
-}
-
-/// Why a login failed, and whose fault it is. Messages never contain the
-/// client secret, the code, tokens, the PKCE verifier or the nonce.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OidcError {
-    /// The operator: the provider configuration breaks a rule.
-    #[error("provider configuration: {field}: {rule}")]
-    Config { field: &'static str, rule: String },
-    /// The provider (or the network to it): discovery or its keys failed.
-    #[error("provider discovery failed: {0}")]
-    Discovery(String),
-    /// The provider could not be reached or answered outside the protocol.
-    #[error("provider unreachable or broken: {0}")]
-    Upstream(String),
-    /// The client: no login is waiting for this `state` (never started,
-    /// tampered with, expired after 10 minutes, or already used).
-    #[error("unknown, expired or already used login state")]
-    UnknownState,
-    /// The caller: the pending login belongs to another provider.
-    #[error("the login was started with provider {started_with}, not {completed_with}")]
-    ProviderMismatch {
-        started_with: String,
-        completed_with: String,
-    },
-    /// Our side: too many logins are waiting; try again shortly.
-    #[error("too many logins in progress")]
-    TooManyPendingLogins,
-    /// The client or the provider: the code is empty or oversized, or the
-    /// token endpoint refused it (wrong, expired, used, for another client,
-    /// or a bad PKCE verifier). Carries the OAuth2 error code.
-    #[error("authorization code refused: {0}")]
-    CodeRejected(String),
-    /// The user or the provider: the callback carried `error=...` instead
-    /// of a code (the user said no, or the provider failed). See
-    /// [`OidcError::from_callback_error`].
-    #[error("the provider ended the login: {0}")]
-    ProviderDenied(String),
-    /// The provider sent no ID token although `openid` was requested.
-    #[error("the provider sent no ID token")]
-    IdTokenMissing,
-    /// The provider, or an attacker in between: the ID token is not valid
-    /// for this login.
-    #[error("ID token refused: {0}")]
-    IdTokenRejected(IdTokenProblem),
-    /// The user: the provider did not tell us any email.
-    #[error("the provider gave no email address")]
-    EmailMissing,
-    /// The user: the provider does not vouch for the email, so it cannot be
-    /// linked to an account.
-    #[error("the email address is not verified at the provider")]
-    EmailNotVerified,
-    /// The user: the email's domain is not one the operator allows.
-    #[error("email domain {domain} is not allowed")]
-    EmailDomainNotAllowed { domain: String },
-}
-
-impl OidcError {
-    /// The error for a callback with `error=...` (RFC 6749 §4.1.2.1). Keeps
-    /// only a short OAuth2 error code (`[a-z_]`, at most 64 characters): the
-    /// rest of the callback is the attacker's to choose. The pending login
-    /// should still be taken (and so spent) by its `state`.
-    pub fn from_callback_error(error: &str) -> OidcError {
-        let safe = !error.is_empty()
-            && error.len() <= 64
-            && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-        OidcError::ProviderDenied(if safe { error } else { "unknown_error" }.to_owned())
-    }
-
-    /// A short, stable code for the API's error JSON and audit events.
-    pub fn code(&self) -> &'static str {
-        match self {
-            OidcError::Config { .. } => "oidc_config",
-            OidcError::Discovery(_) => "oidc_discovery",
-            OidcError::Upstream(_) => "oidc_upstream",
-            OidcError::UnknownState => "oidc_unknown_state",
-            OidcError::ProviderMismatch { .. } => "oidc_provider_mismatch",
-            OidcError::TooManyPendingLogins => "oidc_busy",
-            OidcError::CodeRejected(_) => "oidc_code_rejected",
-            OidcError::ProviderDenied(_) => "oidc_provider_denied",
-            OidcError::IdTokenMissing => "oidc_id_token_missing",
-            OidcError::IdTokenRejected(_) => "oidc_id_token_rejected",
-            OidcError::EmailMissing => "oidc_email_missing",
-            OidcError::EmailNotVerified => "oidc_email_not_verified",
-            OidcError::EmailDomainNotAllowed { .. } => "oidc_email_domain_not_allowed",
-        }
-    }
 }
 
 /// A configured login provider, ready to start and finish logins.
@@ -480,176 +267,11 @@ struct LoginStart {
     pkce_verifier: openidconnect::PkceCodeVerifier,
 }
 
-fn config_error(field: &'static str, rule: &str) -> OidcError {
-    OidcError::Config {
-        field,
-        rule: rule.to_owned(),
-    }
-}
-
-/// Parses a provider URL and applies [`check_endpoint`].
-fn parse_url(field: &'static str, raw: &str) -> Result<Url, OidcError> {
-    let url = Url::parse(raw).map_err(|e| config_error(field, &format!("not a URL ({e})")))?;
-    check_endpoint(field, &url)?;
-    Ok(url)
-}
-
-/// True if and only if the URL's host is a loopback address or `localhost`.
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-/// Fails closed on URLs that would leak codes or tokens: only `https`, or
-/// plain `http` to a loopback host; no credentials and no fragment.
-fn check_endpoint(field: &'static str, url: &Url) -> Result<(), OidcError> {
-    match url.scheme() {
-        "https" if url.host().is_some() => {}
-        "http" if is_loopback(url) => {}
-        _ => {
-            return Err(config_error(
-                field,
-                "must be an https URL (plain http only on loopback)",
-            ))
-        }
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(config_error(field, "must not contain credentials"));
-    }
-    if url.fragment().is_some() {
-        return Err(config_error(field, "must not contain a fragment"));
-    }
-    Ok(())
-}
-
-fn normalise_domains(domains: &[String]) -> Result<Vec<String>, OidcError> {
-    domains
-        .iter()
-        .map(|d| {
-            let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
-            let valid = !d.is_empty()
-                && d.contains('.')
-                && d.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-            if valid {
-                Ok(d)
-            } else {
-                Err(config_error(
-                    "allowed_email_domains",
-                    "each entry must be a domain name like example.com",
-                ))
-            }
-        })
-        .collect()
-}
-
-/// `email` is already lower-cased; `allowed` is normalised.
-fn check_email_domain(email: &str, allowed: &[String]) -> Result<(), OidcError> {
-    let domain = match email.rsplit_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => domain,
-        _ => return Err(OidcError::EmailMissing),
-    };
-    if allowed.is_empty() || allowed.iter().any(|a| a == domain) {
-        Ok(())
-    } else {
-        Err(OidcError::EmailDomainNotAllowed {
-            domain: domain.to_owned(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn url(s: &str) -> Result<(), OidcError> {
-        parse_url("issuer_url", s).map(|_| ())
-    }
-
-    #[test]
-    fn endpoints_must_be_https_unless_loopback() {
-        assert!(url("https://accounts.google.com").is_ok());
-        assert!(url("http://127.0.0.1:9400").is_ok());
-        assert!(url("http://[::1]:9400/x").is_ok());
-        assert!(url("http://localhost:9400").is_ok());
-        for bad in [
-            "http://accounts.google.com",
-            "http://10.0.0.1",
-            "ftp://example.com",
-            "https://user:pw@example.com",
-            "https://example.com/#frag",
-            "not a url",
-        ] {
-            match url(bad) {
-                Err(OidcError::Config { field, .. }) => assert_eq!(field, "issuer_url", "{bad}"),
-                other => panic!("{bad} was not refused: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn email_domain_rule_matches_whole_domain_without_case() {
-        let allowed = normalise_domains(&["Example.COM".to_owned(), "@corp.io".to_owned()])
-            .expect("valid domains");
-        assert_eq!(allowed, ["example.com", "corp.io"]);
-        assert!(check_email_domain("a@example.com", &allowed).is_ok());
-        assert!(check_email_domain("b@corp.io", &allowed).is_ok());
-        for (email, domain) in [
-            ("a@sub.example.com", "sub.example.com"),
-            ("a@example.com.evil.io", "example.com.evil.io"),
-            ("a@evil-example.com", "evil-example.com"),
-        ] {
-            match check_email_domain(email, &allowed) {
-                Err(OidcError::EmailDomainNotAllowed { domain: d }) => assert_eq!(d, domain),
-                other => panic!("{email} was let in: {other:?}"),
-            }
-        }
-        assert!(check_email_domain("anyone@anywhere.org", &[]).is_ok());
-        assert!(matches!(
-            check_email_domain("no-at-sign", &[]),
-            Err(OidcError::EmailMissing)
-        ));
-    }
-
-    #[test]
-    fn bad_allowed_domains_are_a_config_error() {
-        for bad in ["", "localhost", "exa mple.com", "*.example.com"] {
-            assert!(
-                matches!(
-                    normalise_domains(&[bad.to_owned()]),
-                    Err(OidcError::Config {
-                        field: "allowed_email_domains",
-                        ..
-                    })
-                ),
-                "{bad:?} accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn callback_errors_keep_only_a_safe_oauth2_code() {
-        for (raw, kept) in [
-            ("access_denied", "access_denied"),
-            ("server_error", "server_error"),
-            ("<script>alert(1)</script>", "unknown_error"),
-            ("Access Denied", "unknown_error"),
-            ("", "unknown_error"),
-        ] {
-            match OidcError::from_callback_error(raw) {
-                OidcError::ProviderDenied(code) => assert_eq!(code, kept, "{raw}"),
-                other => panic!("{other:?}"),
-            }
-        }
-        let long = "a".repeat(65);
-        assert!(
-            matches!(OidcError::from_callback_error(&long), OidcError::ProviderDenied(c) if c == "unknown_error")
-        );
-    }
+    use secrecy::SecretString;
 
     #[tokio::test]
     async fn scopes_without_email_are_a_config_error() {
