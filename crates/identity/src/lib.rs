@@ -9,9 +9,11 @@
 
 mod apikey;
 pub mod jwt;
+pub mod oidc;
 mod password;
 pub mod permission;
 mod throttle;
+pub mod totp;
 
 pub use apikey::{ApiKeyGrant, NewApiKey, API_KEY_PREFIX};
 pub use password::{hash_password, verify_password, PasswordPolicy};
