@@ -30,13 +30,16 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub enum Access {
     /// No login: health, login itself, the public keys.
     Public,
-    /// Any logged-in caller, acting on itself (profile, own sessions).
+    /// A person logged in with a password or single sign-on (not an API
+    /// key), acting on itself: profile, own sessions, logout.
     SignedIn,
+    /// Any valid credential, API keys included (who am I).
+    AnyCredential,
     /// A logged-in caller holding the permission.
     Needs(Permission),
 }
 
-use Access::{Needs, Public, SignedIn};
+use Access::{AnyCredential, Needs, Public, SignedIn};
 use Permission as P;
 
 /// Every route of the API with the access it needs: the one place a
@@ -50,7 +53,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/auth/session", SignedIn),
     ("GET", "/api/v1/csrf-token", SignedIn),
     ("GET", "/api/v1/.well-known/jwks.json", Public),
-    ("GET", "/api/v1/whoami", SignedIn),
+    ("GET", "/api/v1/whoami", AnyCredential),
     ("GET", "/api/v1/users", Needs(P::UsersManage)),
     ("POST", "/api/v1/users", Needs(P::UsersManage)),
     ("GET", "/api/v1/users/me", SignedIn),
@@ -63,6 +66,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/users/{id}/sessions",
         Needs(P::UsersManage),
     ),
+    ("DELETE", "/api/v1/users/{id}/lock", Needs(P::UsersManage)),
     ("GET", "/api/v1/sessions", SignedIn),
     ("DELETE", "/api/v1/sessions/{id}", SignedIn),
     ("GET", "/api/v1/apikeys", Needs(P::ApiKeysManage)),
@@ -208,6 +212,11 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
     }
 
     let principal = authenticate(hub, parts).await?;
+    if access == SignedIn && principal.method == identity::AuthMethod::ApiKey {
+        // Keys are for automation: sessions and profiles belong to people.
+        audit_refused_key(&principal, parts.uri.path());
+        return Err(ApiError::Forbidden);
+    }
     if let Needs(permission) = access {
         if let Err(denied) = authorize(&principal, permission, None) {
             audit_denied(&principal, permission, &denied, parts.uri.path());
@@ -301,6 +310,29 @@ fn check_csrf(
         return refuse("missing or wrong X-CSRF-Token header (GET /api/v1/csrf-token)");
     }
     Ok(())
+}
+
+fn audit_refused_key(principal: &Principal, path: &str) {
+    tracing::info!(
+        target: "spinforge::audit", event = "permission.denied", user = %principal.user_id,
+        api_key = principal.api_key.as_deref().unwrap_or(""), path,
+        reason = "API keys cannot use session and profile routes", "permission denied"
+    );
+}
+
+/// True iff the request's `Origin` names the host it was sent to.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) => {
+            origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                == Some(host)
+        }
+        _ => false,
+    }
 }
 
 fn audit_denied(principal: &Principal, permission: Permission, denied: &Denied, path: &str) {

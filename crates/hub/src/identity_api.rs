@@ -3,7 +3,7 @@
 //! the JWKS. Access for each is declared in [`crate::access::ROUTES`];
 //! ownership is checked here through [`Hub::authorize`].
 
-use crate::access::{session_cookie, Caller, Client, SESSION_COOKIE};
+use crate::access::{same_origin, session_cookie, Caller, Client, SESSION_COOKIE};
 use crate::api::ApiJson;
 use crate::error::{ApiError, ErrorBody};
 use crate::Hub;
@@ -35,6 +35,7 @@ pub fn routes() -> Router<Hub> {
             get(show_user).patch(update_user).delete(delete_user),
         )
         .route("/users/{id}/sessions", delete(revoke_user_sessions))
+        .route("/users/{id}/lock", delete(unlock_user))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}", delete(revoke_session))
         .route("/apikeys", get(list_api_keys).post(create_api_key))
@@ -62,6 +63,7 @@ pub fn routes() -> Router<Hub> {
         update_user,
         delete_user,
         revoke_user_sessions,
+        unlock_user,
         list_sessions,
         revoke_session,
         list_api_keys,
@@ -435,8 +437,14 @@ fn session_cookie_header(value: &str, max_age: u64) -> Result<HeaderValue, ApiEr
 async fn browser_login(
     State(hub): State<Hub>,
     Client(client): Client,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    // Login CSRF: a foreign page must not log the browser into an
+    // account of the attacker's choosing.
+    if headers.contains_key(header::ORIGIN) && !same_origin(&headers) {
+        return Err(ApiError::Csrf("a browser login must come from this origin"));
+    }
     let (_, login) = hub
         .identity()
         .login_browser(&req.email, req.password, &client)
@@ -560,6 +568,7 @@ async fn show_me(State(hub): State<Hub>, caller: Caller) -> Result<Json<UserView
 async fn update_me(
     State(hub): State<Hub>,
     caller: Caller,
+    Client(client): Client,
     ApiJson(req): ApiJson<UpdateMeRequest>,
 ) -> Result<Json<UserView>, ApiError> {
     if req.role.is_some() || req.customer.is_some() {
@@ -574,12 +583,22 @@ async fn update_me(
     }
     let user = user_or_404(&hub, caller.0.user_id).await?;
     if req.email.is_some() || req.password.is_some() {
+        // The same throttle, lockout and audit as a login: a stolen token
+        // must not become a password oracle.
         let current = req.current_password.unwrap_or_default();
-        if !hub.identity().check_password(&user, current).await {
-            return Err(ApiError::invalid(
-                "current_password",
-                "is required and must match to change the email or password",
-            ));
+        match hub
+            .identity()
+            .confirm_password(&user, current, &client)
+            .await
+        {
+            Ok(()) => {}
+            Err(identity::IdentityError::BadCredentials) => {
+                return Err(ApiError::invalid(
+                    "current_password",
+                    "is required and must match to change the email or password",
+                ))
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     let change = UserChange {
@@ -615,6 +634,9 @@ async fn update_user(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> Result<Json<UserView>, ApiError> {
+    // One change of users at a time, so two admins cannot demote each
+    // other past the last-admin check.
+    let _serial = hub.lock_user_changes().await;
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     let role = req.role.as_deref().map(parse_role).transpose()?;
     let customer = match req.customer.as_deref() {
@@ -654,6 +676,7 @@ async fn delete_user(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let _serial = hub.lock_user_changes().await;
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     keep_an_admin(&hub, &target, false).await?;
     hub.store().delete_user(target.id).await?;
@@ -673,6 +696,20 @@ async fn revoke_user_sessions(
     let revoked = hub.identity().revoke_all_sessions(target.id).await?;
     audit_change("session.revoked_all", &caller, target.id);
     Ok(Json(serde_json::json!({ "revoked": revoked })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/{id}/lock", tag = "users",
+    params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn unlock_user(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let target = user_or_404(&hub, parse_user_id(&id)?).await?;
+    hub.identity().unlock(&target.email).await?;
+    audit_change("auth.unlocked", &caller, target.id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- sessions --------------------------------------------------------------
@@ -728,7 +765,7 @@ async fn list_api_keys(
 async fn create_api_key(
     State(hub): State<Hub>,
     caller: Caller,
-    ApiJson(req): ApiJson<CreateApiKeyRequest>,
+    ApiJson(mut req): ApiJson<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyCreatedView>), ApiError> {
     let days = req.expires_in_days.unwrap_or(90);
     // Each named site must exist and be the caller's to use.
@@ -741,9 +778,11 @@ async fn create_api_key(
             .iter()
             .find_map(|p| Permission::from_name(p))
             .unwrap_or(Permission::SitesRead);
+        let mut checked = Vec::with_capacity(sites.len());
         for domain in sites {
-            hub.site_for(&caller, permission, domain).await?;
+            checked.push(hub.site_for(&caller, permission, domain).await?.domain);
         }
+        req.sites = Some(checked);
     }
     let grant = hub
         .identity()

@@ -79,6 +79,8 @@ struct HubInner {
     /// The one-time token that may create the first admin, while no user
     /// exists.
     setup_token: Mutex<Option<String>>,
+    /// Held while a user's role, state or existence changes.
+    user_changes: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -112,6 +114,7 @@ impl Hub {
                 deploys,
                 site_locks: Mutex::new(HashMap::new()),
                 setup_token: Mutex::new(None),
+                user_changes: tokio::sync::Mutex::new(()),
             }),
         };
         let sites = hub.inner.store.list_sites().await?;
@@ -155,6 +158,10 @@ impl Hub {
         let token = format!("sfs_{}", uuid::Uuid::new_v4().simple());
         *self.lock_setup() = Some(token.clone());
         Ok(Some(token))
+    }
+
+    pub(crate) async fn lock_user_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.user_changes.lock().await
     }
 
     pub(crate) fn lock_setup(&self) -> std::sync::MutexGuard<'_, Option<String>> {

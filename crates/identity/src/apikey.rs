@@ -46,6 +46,12 @@ impl Identity {
                 rule: "must be 1 to 64 characters without control characters".into(),
             });
         }
+        if creator.method == AuthMethod::ApiKey {
+            // A leaked key must not be able to outlive its own revocation.
+            return Err(IdentityError::Escalation(
+                "API keys cannot create API keys; log in to create one".into(),
+            ));
+        }
         if request.permissions.is_empty() {
             return Err(IdentityError::Invalid {
                 field: "permissions",
@@ -58,6 +64,14 @@ impl Identity {
                 field: "permissions",
                 rule: format!("unknown permission {name:?}"),
             })?;
+            if request.sites.is_some() && !permission.is_site_scoped() {
+                return Err(IdentityError::Invalid {
+                    field: "permissions",
+                    rule: format!(
+                        "{name} is platform-wide and cannot go on a key limited to sites"
+                    ),
+                });
+            }
             wanted = wanted.with(permission);
         }
         if !creator.permissions.covers(wanted) {

@@ -54,7 +54,8 @@ pub enum TokenRejected {
 /// The signing keys that are valid now: the active one signs, all verify.
 pub struct KeyRing {
     active: Option<(String, EncodingKey)>,
-    verify: HashMap<String, DecodingKey>,
+    /// Each key with the time it stops verifying (`None` while active).
+    verify: HashMap<String, (DecodingKey, Option<i64>)>,
     /// The JWKS document (RFC 7517) of every verifying key.
     jwks: serde_json::Value,
     validation: Validation,
@@ -68,7 +69,11 @@ impl KeyRing {
         let mut jwks = Vec::new();
         let mut active = None;
         for key in keys {
-            verify.insert(key.kid.clone(), DecodingKey::from_ed_der(&key.public_key));
+            let retires = if key.active { None } else { key.retired_at };
+            verify.insert(
+                key.kid.clone(),
+                (DecodingKey::from_ed_der(&key.public_key), retires),
+            );
             jwks.push(serde_json::json!({
                 "kty": "OKP",
                 "crv": "Ed25519",
@@ -123,14 +128,17 @@ impl KeyRing {
         if header.typ.as_deref() != Some(ACCESS_TYP) {
             return Err(TokenRejected::WrongType);
         }
+        let now = crate::now();
         let key = header
             .kid
             .as_deref()
             .and_then(|kid| self.verify.get(kid))
+            .filter(|(_, retires)| retires.is_none_or(|at| at > now))
+            .map(|(key, _)| key)
             .ok_or(TokenRejected::UnknownKey)?;
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map_err(|e| TokenRejected::Invalid(e.to_string()))?;
-        if data.claims.iat > crate::now() {
+        if data.claims.iat > now {
             return Err(TokenRejected::IssuedInFuture);
         }
         Ok(data.claims)

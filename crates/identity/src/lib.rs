@@ -305,13 +305,6 @@ impl Identity {
         Ok(self.store().update_user(id, change).await?)
     }
 
-    /// Checks a user's current password, for changes that need it.
-    pub async fn check_password(&self, user: &User, password: String) -> bool {
-        verify_password(password, user.password_hash.clone())
-            .await
-            .unwrap_or(false)
-    }
-
     // ---- login ------------------------------------------------------------
 
     /// Checks an email and password under the brute-force rules and, on
@@ -329,9 +322,39 @@ impl Identity {
         let subject = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
         let subject: String = subject.chars().take(254).collect();
 
-        let account = self.store().login_failures(&subject, now(), window).await?;
-        if let Some(until) = account.locked_until {
-            audit_auth("auth.locked", &subject, client, "account is locked");
+        // The attempt is counted before the password is checked: a burst
+        // of parallel guesses gets at most `max_failures` checks. The lock
+        // is set by the first attempt past the limit.
+        let max = i64::from(lockout.max_failures);
+        let attempt = self
+            .store()
+            .record_login_failure(
+                &subject,
+                now(),
+                window,
+                max + 1,
+                lockout.lock_for.as_secs() as i64,
+            )
+            .await?;
+        if attempt.failures > max || attempt.locked_until.is_some() {
+            if attempt.failures == max + 1 {
+                audit_auth(
+                    "auth.locked",
+                    &subject,
+                    client,
+                    "account locked after failures",
+                );
+            } else {
+                audit_auth(
+                    "auth.failed",
+                    &subject,
+                    client,
+                    "login refused: account is locked",
+                );
+            }
+            let until = attempt
+                .locked_until
+                .unwrap_or(now() + lockout.lock_for.as_secs() as i64);
             return Err(IdentityError::Locked {
                 retry_after: (until - now()).max(1) as u64,
             });
@@ -339,7 +362,7 @@ impl Identity {
         let ip_failures = client
             .ip
             .map_or(0, |ip| self.inner.ip_failures.failures(ip));
-        let account_failures = u32::try_from(account.failures).unwrap_or(u32::MAX);
+        let account_failures = u32::try_from(attempt.failures - 1).unwrap_or(0);
         let delay = throttle::delay_after(ip_failures.max(account_failures));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -353,7 +376,7 @@ impl Identity {
         let matches = verify_password(password, hash).await?;
         match user {
             Some(user) if matches && !user.disabled => {
-                self.store().clear_login_failures(&subject).await?;
+                self.store().clear_login_failures(&subject, now()).await?;
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.clear(ip);
                 }
@@ -363,28 +386,30 @@ impl Identity {
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.record_failure(ip);
                 }
-                let failures = self
-                    .store()
-                    .record_login_failure(
-                        &subject,
-                        now(),
-                        window,
-                        i64::from(lockout.max_failures),
-                        lockout.lock_for.as_secs() as i64,
-                    )
-                    .await?;
                 audit_auth("auth.failed", &subject, client, "login failed");
-                if failures.locked_until.is_some() {
-                    audit_auth(
-                        "auth.locked",
-                        &subject,
-                        client,
-                        "account locked after failures",
-                    );
-                }
                 Err(IdentityError::BadCredentials)
             }
         }
+    }
+
+    /// Checks the password of a signed-in user (before a change that needs
+    /// it) under the same throttling, lockout and audit as a login.
+    pub async fn confirm_password(
+        &self,
+        user: &User,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        self.check_login(&user.email, password, client)
+            .await
+            .map(|_| ())
+    }
+
+    /// Lifts the login lock of an email address at once.
+    pub async fn unlock(&self, email: &str) -> Result<(), IdentityError> {
+        let subject = normalize_email(email)?;
+        self.store().unlock_login(&subject).await?;
+        Ok(())
     }
 
     /// Logs in for bearer tokens: a new token session with an access JWT
@@ -689,8 +714,14 @@ fn principal_of(user: &User, session: Option<String>, method: AuthMethod) -> Pri
 }
 
 fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo, message: &str) {
+    // Only a well-formed address is logged, and escaped: the field is
+    // attacker input, and people paste passwords into it.
+    let subject = match normalize_email(subject) {
+        Ok(email) => email,
+        Err(_) => "(malformed email)".to_owned(),
+    };
     tracing::info!(
-        target: "spinforge::audit", event, subject = %subject, client_ip = %client.ip_text(),
+        target: "spinforge::audit", event, subject = ?subject, client_ip = %client.ip_text(),
         user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
     );
 }

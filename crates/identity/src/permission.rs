@@ -60,6 +60,27 @@ permissions! {
     SystemConfig = "system:config", "Change platform-wide settings.";
 }
 
+impl Permission {
+    /// True iff the permission acts on one site (and so makes sense on an
+    /// API key limited to sites).
+    pub fn is_site_scoped(self) -> bool {
+        use Permission::*;
+        matches!(
+            self,
+            SitesRead
+                | SitesUpdate
+                | SitesDelete
+                | ReleasesRead
+                | ReleasesDeploy
+                | LogsRead
+                | AppsRestart
+                | MetricsRead
+                | SecretsRead
+                | SecretsWrite
+        )
+    }
+}
+
 /// A set of permissions, one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PermissionSet(u64);

@@ -206,6 +206,10 @@ pub enum UsersCommand {
     RevokeSessions {
         id: i64,
     },
+    /// Lift a login lock (after too many failed logins) at once.
+    Unlock {
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]

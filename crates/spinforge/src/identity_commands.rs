@@ -142,6 +142,20 @@ pub async fn users(api: &ApiFlags, command: UsersCommand) -> anyhow::Result<()> 
                 &format!("deleted user {id}"),
             );
         }
+        UsersCommand::Unlock { id } => {
+            call(
+                &mut client,
+                Method::DELETE,
+                &format!("/users/{id}/lock"),
+                None,
+            )
+            .await?;
+            return finish(
+                api,
+                &json!({ "unlocked": id }),
+                &format!("unlocked user {id}"),
+            );
+        }
         UsersCommand::RevokeSessions { id } => {
             let path = format!("/users/{id}/sessions");
             let done = call(&mut client, Method::DELETE, &path, None).await?;

@@ -769,3 +769,165 @@ async fn login_answers_the_same_in_body_and_time_for_unknown_emails() {
         "known {k:?} vs unknown {u:?}"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_parallel_guesses_gets_no_more_checks_than_the_limit() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (id, _) = user(&server, &admin, "target@acme.test", "viewer", "acme").await;
+    // 29 wrong guesses and the right one, all at once.
+    let mut attempts = Vec::new();
+    for i in 0..30 {
+        let password = if i == 17 {
+            PASSWORD.to_owned()
+        } else {
+            format!("wrong guess {i:02}!!")
+        };
+        let server = &server;
+        attempts.push(async move { login(server, "target@acme.test", &password).await.0 });
+    }
+    let statuses = futures_util::future::join_all(attempts).await;
+    let checked = statuses.iter().filter(|s| **s != 429).count();
+    assert!(
+        checked <= 5,
+        "{checked} attempts were checked: {statuses:?}"
+    );
+    // Locked now, whatever the burst held; an admin can lift it.
+    assert_eq!(login(&server, "target@acme.test", PASSWORD).await.0, 429);
+    let path = format!("/api/v1/users/{id}/lock");
+    assert_eq!(
+        call(&server, Method::DELETE, &path, Some(&admin), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(login(&server, "target@acme.test", PASSWORD).await.0, 200);
+}
+
+#[tokio::test]
+async fn api_keys_stay_inside_their_lane() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (_, dev) = user(&server, &admin, "dev@acme.test", "developer", "acme").await;
+    let dev = access(&dev).to_owned();
+    let body = json!({ "domain": "a.example.com" });
+    assert_eq!(
+        call(
+            &server,
+            Method::POST,
+            "/api/v1/sites",
+            Some(&dev),
+            Some(body)
+        )
+        .await
+        .0,
+        201
+    );
+    let create = |body: Value| {
+        let server = &server;
+        let dev = dev.clone();
+        async move {
+            call(
+                server,
+                Method::POST,
+                "/api/v1/apikeys",
+                Some(&dev),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, key) = create(json!({
+        "name": "ci", "permissions": ["sites:read", "apikeys:manage"], "expires_in_days": 1,
+    }))
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().expect("key").to_owned();
+
+    // A key mints no keys, and touches no session or profile route.
+    let child = json!({ "name": "child", "permissions": ["sites:read"], "expires_in_days": 365 });
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        "/api/v1/apikeys",
+        Some(&key),
+        Some(child),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/sessions", None),
+        (
+            Method::PATCH,
+            "/api/v1/users/me",
+            Some(json!({ "name": "renamed" })),
+        ),
+        (Method::POST, "/api/v1/auth/logout", None),
+    ] {
+        let label = format!("{method} {path}");
+        assert_eq!(
+            call(&server, method, path, Some(&key), body).await.0,
+            403,
+            "{label}"
+        );
+    }
+    assert_eq!(whoami(&server, &key).await, 200);
+
+    // Site-limited keys hold only per-site permissions, under the site's
+    // normalised name.
+    let (status, _) = create(json!({
+        "name": "x", "permissions": ["sites:read", "apikeys:manage"], "sites": ["a.example.com"],
+    }))
+    .await;
+    assert_eq!(status, 400);
+    let (status, limited) =
+        create(json!({ "name": "y", "permissions": ["sites:read"], "sites": ["A.Example.com"] }))
+            .await;
+    assert_eq!(status, 201);
+    assert_eq!(limited["sites"], json!(["a.example.com"]));
+    let limited = limited["key"].as_str().expect("key");
+    let (status, _) = call(
+        &server,
+        Method::GET,
+        "/api/v1/sites/a.example.com",
+        Some(limited),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_last_enabled_admin_cannot_be_removed_even_by_two_admins_at_once() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (second_id, second) = user(&server, &admin, "second@ops.test", "admin", "ops").await;
+    let second = access(&second).to_owned();
+    let first_id = claims_of(&admin)["sub"]
+        .as_str()
+        .expect("sub")
+        .parse::<i64>()
+        .expect("id");
+    let (second_path, first_path) = (
+        format!("/api/v1/users/{second_id}"),
+        format!("/api/v1/users/{first_id}"),
+    );
+    let demote_second = call(
+        &server,
+        Method::PATCH,
+        &second_path,
+        Some(&admin),
+        Some(json!({ "role": "developer" })),
+    );
+    let disable_first = call(
+        &server,
+        Method::PATCH,
+        &first_path,
+        Some(&second),
+        Some(json!({ "disabled": true })),
+    );
+    let (a, b) = tokio::join!(demote_second, disable_first);
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+}

@@ -67,9 +67,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// `retire_at`. One transaction.
     async fn rotate_signing_key(&self, key: SigningKeyRecord, retire_at: i64) -> Result<()>;
 
-    /// Counts one failed login of `subject`. Failures older than `window`
-    /// seconds start a new count; reaching `max` locks the subject until
-    /// `now + lock`.
+    /// Counts one login attempt of `subject`, before its password is
+    /// checked, so that parallel guesses cannot outrun the count. Attempts
+    /// older than `window` seconds start a new count; reaching `max` locks
+    /// the subject until `now + lock`. A success clears the count again.
     async fn record_login_failure(
         &self,
         subject: &str,
@@ -80,6 +81,9 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> Result<LoginFailures>;
     /// The current failures of a subject (zero when its window has passed).
     async fn login_failures(&self, subject: &str, now: i64, window: i64) -> Result<LoginFailures>;
-    /// Forgets the failures of a subject after a successful login.
-    async fn clear_login_failures(&self, subject: &str) -> Result<()>;
+    /// Forgets the attempts of a subject after a successful login, unless
+    /// a lock is in force at `now` (set by attempts running alongside).
+    async fn clear_login_failures(&self, subject: &str, now: i64) -> Result<()>;
+    /// Lifts a lock at once (an admin's unlock).
+    async fn unlock_login(&self, subject: &str) -> Result<()>;
 }

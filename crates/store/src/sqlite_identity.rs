@@ -142,7 +142,9 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn update_user(&self, id: UserId, change: UserChange) -> Result<User> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the read below must not be upgraded to a write later,
+        // which SQLite refuses at once when another writer is active.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT * FROM users WHERE id = ?")
             .bind(id.0)
             .fetch_optional(&mut *tx)
@@ -547,7 +549,19 @@ impl IdentityStore for SqliteStore {
         })
     }
 
-    async fn clear_login_failures(&self, subject: &str) -> Result<()> {
+    async fn clear_login_failures(&self, subject: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM login_failures
+             WHERE subject = ? AND (locked_until IS NULL OR locked_until <= ?)",
+        )
+        .bind(subject)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn unlock_login(&self, subject: &str) -> Result<()> {
         sqlx::query("DELETE FROM login_failures WHERE subject = ?")
             .bind(subject)
             .execute(&self.pool)
