@@ -46,7 +46,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/sites/{domain}/status", get(site_status))
         .route("/sites/{domain}/logs", get(site_logs))
         .route("/sites/{domain}/restart", post(restart_site))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .merge(crate::shield_api::router());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))

@@ -11,6 +11,7 @@ mod deploy;
 pub mod domain;
 pub mod error;
 mod layout;
+pub mod shield_api;
 pub mod sites;
 
 pub use api::router;

@@ -104,7 +104,32 @@ impl Default for ShieldConfig {
     }
 }
 
+/// HTTP/2 limits the edge's listener applies to each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    /// Rapid reset: streams opened and reset before being accepted.
+    pub max_pending_reset_streams: usize,
+    /// CONTINUATION floods: the largest header block, in bytes.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Http2Limits {
+        let c = ShieldConfig::default();
+        c.http2()
+    }
+}
+
 impl ShieldConfig {
+    pub fn http2(&self) -> Http2Limits {
+        Http2Limits {
+            max_concurrent_streams: self.h2_max_concurrent_streams,
+            max_pending_reset_streams: self.h2_max_pending_reset_streams,
+            max_header_list_bytes: self.h2_max_header_list_bytes,
+        }
+    }
+
     /// Checks values serde cannot; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [

@@ -60,6 +60,14 @@ impl ConnectionGate {
     }
 }
 
+impl std::fmt::Debug for ConnectionGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionGate")
+            .field("max_per_client", &self.max_per_client)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         if let Some((gate, key)) = self.gate.take() {

@@ -8,7 +8,7 @@
 use crate::bans::{self, Ban, BanTable};
 use crate::client_ip::{ClientIp, ClientIpResolver, IpKey};
 use crate::clock::ShieldClock;
-use crate::config::ShieldConfig;
+use crate::config::{Http2Limits, ShieldConfig};
 use crate::conn::ConnectionGate;
 use crate::detect::{Detector, Finding, Thresholds};
 use crate::firewall::Nftables;
@@ -114,6 +114,7 @@ struct Inner {
     ban_on_request_flood: bool,
     ban_on_error_flood: bool,
     gate: Option<Arc<ConnectionGate>>,
+    http2: Http2Limits,
     firewall: Option<Nftables>,
     clock: ShieldClock,
     state_file: Option<PathBuf>,
@@ -196,6 +197,7 @@ impl Shield {
                 allowlist: config.allowlist.clone(),
                 resolver,
                 gate,
+                http2: config.http2(),
                 firewall,
                 clock,
                 state_file: config.state_file.clone(),
@@ -261,6 +263,10 @@ impl Shield {
     /// The per-client connection cap, when one is configured.
     pub fn connection_gate(&self) -> Option<Arc<ConnectionGate>> {
         self.inner.gate.clone()
+    }
+
+    pub fn http2_limits(&self) -> Http2Limits {
+        self.inner.http2
     }
 
     /// True iff `addr` is on the shared allowlist (the WAF reads it too).

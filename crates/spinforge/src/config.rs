@@ -27,6 +27,11 @@ pub struct FileConfig {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub edge: EdgeFileConfig,
+    // ---- shield (edge protection) ----
+    /// Request limits, rate limits, headers, bans, emergency mode; every
+    /// key and default is in `shield::config`.
+    #[serde(default)]
+    pub shield: shield::ShieldConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +72,7 @@ pub struct Settings {
     pub tls_listen: SocketAddr,
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
+    pub shield: shield::ShieldConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -149,6 +155,9 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
     }
 
+    // ---- shield ----
+    file.shield.validate().map_err(anyhow::Error::msg)?;
+
     Ok(Settings {
         data_dir,
         listen: addr(&listen, "listen")?,
@@ -156,5 +165,6 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         tls_listen: addr(&tls_listen, "tls_listen")?,
         hub,
         edge,
+        shield: file.shield,
     })
 }
