@@ -69,8 +69,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Percent-encodes a domain for use as one path segment.
-fn seg(domain: &str) -> String {
+/// Percent-encodes a domain (or an IPv6 group, with its `/`) for use as
+/// one path segment.
+pub(crate) fn seg(domain: &str) -> String {
     domain.bytes().fold(String::new(), |mut out, b| {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
             out.push(b as char);

@@ -53,7 +53,7 @@ pub async fn bans(api: &ApiFlags, command: BansCommand) -> anyhow::Result<()> {
             );
         }
         BansCommand::Rm { ip } => {
-            let path = format!("/bans/{}", segment(&ip));
+            let path = format!("/bans/{}", crate::commands::seg(&ip));
             let response = client.send(|c| c.request(Method::DELETE, &path)).await?;
             client::check(response).await?;
             if api.json {
@@ -100,18 +100,6 @@ pub async fn emergency(api: &ApiFlags, command: EmergencyCommand) -> anyhow::Res
 fn print(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// Percent-encodes one path segment (an IPv6 group holds `/` and `:`).
-fn segment(text: &str) -> String {
-    text.bytes().fold(String::new(), |mut out, b| {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-        out
-    })
 }
 
 fn unix_now() -> u64 {

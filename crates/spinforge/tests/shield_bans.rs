@@ -41,14 +41,7 @@ async fn a_ban_applies_at_once_ends_at_its_ttl_and_can_be_lifted() {
         None,
     );
     assert_ok(&out);
-    let banned = get(
-        &server,
-        &client_from("127.0.0.1"),
-        "site.localhost",
-        "/",
-        &[],
-    )
-    .await;
+    let banned = plain_get(&server, "site.localhost").await;
     assert_eq!(banned.status(), 403);
     assert_eq!(banned.headers()["x-content-type-options"], "nosniff");
     assert_eq!(banned.text().await.expect("text"), "403 Forbidden\n");

@@ -45,14 +45,7 @@ async fn the_edge_limit_allows_n_refuses_n_plus_one_and_earns_one_back() {
     static_site(&server, "site.localhost");
 
     assert_eq!(statuses(&server, "127.0.0.1", None, 5).await, allowed(5));
-    let refused = get(
-        &server,
-        &client_from("127.0.0.1"),
-        "site.localhost",
-        "/",
-        &[],
-    )
-    .await;
+    let refused = plain_get(&server, "site.localhost").await;
     assert_eq!(refused.status(), 429);
     let h = refused.headers();
     // One request is earned back every 60 s / 5 = 12 s.
@@ -228,27 +221,13 @@ async fn emergency_mode_tightens_every_limit_and_switching_off_restores_them() {
     wait_for_log(&server, "shield.emergency").await;
 
     // 50 per minute times 0.1.
-    let refused = get(
-        &server,
-        &client_from("127.0.0.1"),
-        "site.localhost",
-        "/",
-        &[],
-    )
-    .await;
-    assert_eq!(refused.status(), 200);
+    let first = plain_get(&server, "site.localhost").await;
+    assert_eq!(first.status(), 200);
     assert_eq!(
         statuses(&server, "127.0.0.1", None, 5).await,
         [allowed(4), vec![429]].concat()
     );
-    let r = get(
-        &server,
-        &client_from("127.0.0.1"),
-        "site.localhost",
-        "/",
-        &[],
-    )
-    .await;
+    let r = plain_get(&server, "site.localhost").await;
     assert_eq!(r.headers()["ratelimit-policy"], "\"default\";q=5;w=60");
 
     let out = server.cli(&["emergency", "status", "--json"], None);

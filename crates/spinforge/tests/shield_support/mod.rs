@@ -168,6 +168,11 @@ pub async fn get(
     request.send().await.expect("edge request")
 }
 
+/// GET `/` at `host` from 127.0.0.1 with no extra headers.
+pub async fn plain_get(server: &Server, host: &str) -> reqwest::Response {
+    get(server, &client_from("127.0.0.1"), host, "/", &[]).await
+}
+
 /// Moves the shield's clock forward (the debug build's test-only route).
 pub async fn advance_clock(server: &Server, token: &str, secs: u64) {
     let response = http()
