@@ -321,6 +321,9 @@ impl Shield {
                         .unwrap_or(inner.limits.max_body_bytes);
                     inner.limits.check(req, cap)?;
                 }
+                // Limitation: edge limits are keyed by client IP only;
+                // keying a request with a valid API key by that key needs
+                // the identity issue's keys at the edge.
                 Stage::RateLimit if !allowlisted => {
                     let limiters = [
                         inner.edge_rate.as_ref(),
@@ -337,6 +340,9 @@ impl Shield {
                         }
                     }
                 }
+                // Limitation: health checks stay out of the counters only
+                // when their source is allowlisted (an exempt-path list
+                // would lift this).
                 Stage::Behaviour if !allowlisted => {
                     if let Some(finding) = inner.detector.request(client.key) {
                         self.report(client.key, finding, inner.ban_on_request_flood);
