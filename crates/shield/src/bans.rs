@@ -54,6 +54,9 @@ impl BanTable {
 
     /// Bans `key` for `ttl` (replacing an earlier ban of it), and returns
     /// the ban as stored.
+    // Limitation: each ban copies the table (O(bans)), cheap for bans by
+    // hand and by detection, slow for tens of thousands in a burst (a
+    // concurrent map on the write side would lift this).
     pub fn ban(&self, key: IpKey, ttl: Duration, reason: &str) -> Ban {
         let now = self.clock.unix_now();
         let ban = Arc::new(Ban {
