@@ -570,6 +570,9 @@ impl Shield {
     }
 
     /// Sets (or with `None`, removes) a site's policy, audited.
+    // Limitation: deleting a site does not remove its policy here; a new
+    // site of the same domain inherits it (the hub calling this with
+    // `None` on delete would lift this).
     pub fn set_site_policy(
         &self,
         site: &str,
