@@ -1,6 +1,7 @@
 //! The accept loop shared by the edge and the API socket: HTTP/1.1 and
 //! h2c on one port, header-read and idle timeouts on every connection, an
-//! optional cap on open connections, and a graceful shutdown.
+//! optional cap on open connections (in all and per client address),
+//! HTTP/2 abuse limits, and a graceful shutdown.
 //!
 //! It knows nothing about routing: each caller brings its own service.
 
@@ -11,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
+pub use shield::config::Http2Limits;
+use shield::conn::ConnectionGate;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +34,10 @@ pub struct ConnectionLimits {
     /// At most this many open connections; further clients wait in the
     /// kernel's backlog. `None`: no cap.
     pub max_connections: Option<usize>,
+    /// Open connections per client address; a client over it has its new
+    /// connection closed at once. `None`: no cap.
+    pub per_client: Option<Arc<ConnectionGate>>,
+    pub http2: Http2Limits,
 }
 
 /// Serves connections from `listener` with the service `make(peer)` builds
@@ -56,10 +63,13 @@ pub async fn serve<F, S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(64 * 1024);
+    let h2 = limits.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+        .max_header_list_size(h2.max_header_list_bytes)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
@@ -85,6 +95,17 @@ pub async fn serve<F, S, B>(
             },
             () = &mut shutdown => break,
         };
+        let client_permit = match &limits.per_client {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(peer = %peer, "connection refused: too many from this client");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let io = IdleTimeout::new(stream, limits.idle_timeout)
             .with_first_byte_timeout(limits.header_read_timeout);
@@ -104,6 +125,7 @@ pub async fn serve<F, S, B>(
                 gauge.dec();
             }
             drop(permit);
+            drop(client_permit);
         });
     }
 

@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// base path.
     #[error("request path has dot segments")]
     DotSegments,
+    /// The client: the body streamed past the shield's size cap.
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -60,6 +63,7 @@ impl ProxyError {
         match self {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::DotSegments => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -73,6 +77,8 @@ pub struct ClientContext<'a> {
     /// The normalised host the client asked for.
     pub host: &'a str,
     pub request_id: &'a str,
+    /// The body is cut off after this many bytes (`u64::MAX`: no cap).
+    pub body_limit: u64,
 }
 
 pub struct Proxy {
@@ -176,7 +182,15 @@ impl Proxy {
             .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
         parts.version = Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
-        let outgoing = Request::from_parts(parts, incoming.map_err(Into::into).boxed());
+        // The declared length was checked by the shield; this stops a
+        // chunked body that grows past the cap while it streams.
+        let body = if ctx.body_limit == u64::MAX {
+            incoming.map_err(Into::into).boxed()
+        } else {
+            let limit = usize::try_from(ctx.body_limit).unwrap_or(usize::MAX);
+            http_body_util::Limited::new(incoming, limit).boxed()
+        };
+        let outgoing = Request::from_parts(parts, body);
 
         let result = match client_upgrade {
             None => self.send_pooled(outgoing).await,
@@ -193,6 +207,7 @@ impl Proxy {
         let response = match sent.await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
+            Ok(Err(e)) if body_too_large(&e) => return Err(ProxyError::BodyTooLarge),
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
@@ -455,6 +470,18 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// True iff the error chain holds the body cap's error.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -503,6 +530,7 @@ mod tests {
             peer_trusted: trusted,
             host: "app.example.com",
             request_id: "abc",
+            body_limit: u64::MAX,
         }
     }
 

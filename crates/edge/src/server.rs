@@ -1,7 +1,8 @@
 //! The edge's request path: accept connections, find the route for the
 //! Host, serve static files or proxy, and write one access-log line.
 //!
-//! This module holds the order of the request phases in one place. It
+//! This module holds the order of the request phases in one place; the
+//! shield's own stages, in their order, are in `shield::pipeline`. It
 //! never touches the database: routes arrive through [`Routes`].
 
 use crate::app::{AppUnavailable, AppWaker};
@@ -17,8 +18,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use ipnet::IpNet;
+use shield::{Origin, Refusal, Shield};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,7 +28,8 @@ use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    /// Peers whose `X-Forwarded-For` and `x-request-id` are believed.
+    /// Peers whose `X-Forwarded-For` (or `Forwarded`) and `x-request-id`
+    /// are believed. The shield's client-IP resolver is built from these.
     pub trusted_proxies: Vec<IpNet>,
     /// Longest wait for a request's headers, including between keep-alive
     /// requests.
@@ -63,6 +66,7 @@ struct Inner {
     proxy: Proxy,
     metrics: EdgeMetrics,
     config: EdgeConfig,
+    shield: Shield,
     /// Random per process, so request ids from two runs never collide.
     id_prefix: u64,
     id_counter: AtomicU64,
@@ -71,7 +75,8 @@ struct Inner {
 }
 
 impl Edge {
-    pub fn new(config: EdgeConfig, routes: Routes, metrics: EdgeMetrics) -> Edge {
+    /// The shield must have been built with `config.trusted_proxies`.
+    pub fn new(config: EdgeConfig, routes: Routes, metrics: EdgeMetrics, shield: Shield) -> Edge {
         let policy = Arc::new(config.upstream_policy.clone());
         let proxy = Proxy::new(config.proxy.clone(), policy);
         Edge {
@@ -80,6 +85,7 @@ impl Edge {
                 proxy,
                 metrics,
                 config,
+                shield,
                 id_prefix: rand::random(),
                 id_counter: AtomicU64::new(0),
                 apps: OnceLock::new(),
@@ -91,17 +97,22 @@ impl Edge {
         &self.inner.routes
     }
 
+    pub fn shield(&self) -> &Shield {
+        &self.inner.shield
+    }
+
     /// Accepts connections on `listener` until `shutdown` resolves, then
     /// lets in-flight requests finish for up to the shutdown grace.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let config = &self.inner.config;
+        let shield = &self.inner.shield;
         let limits = ConnectionLimits {
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
             shutdown_grace: config.shutdown_grace,
-            // Limitation: no cap on edge connections yet; the per-client
-            // limits of the edge-protection issue belong here.
             max_connections: None,
+            per_client: shield.connection_gate(),
+            http2: shield.http2_limits(),
         };
         let open = Some(self.inner.metrics.open_connections.clone());
         let make = |peer: SocketAddr| {
@@ -115,16 +126,16 @@ impl Edge {
     }
 
     /// Serves one request. Never fails: every problem is a response.
+    ///
+    /// The phases, in order: resolve the client, keep or make the request
+    /// id, find the route, screen with the shield (bans first), serve,
+    /// finish the response (shield headers and counters), log.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
         let started = Instant::now();
         let inner = &self.inner;
-        let peer_trusted = inner
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer.ip()));
-        let client_ip = client_ip(&req, peer.ip(), peer_trusted);
-        let request_id = self.request_id(&req, peer_trusted);
+        let shield = &inner.shield;
+        let client = shield.resolve(peer.ip(), req.headers());
+        let request_id = self.request_id(&req, client.peer_trusted);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let requested_host = req
@@ -150,64 +161,74 @@ impl Edge {
             .and_then(|h| snapshot.lookup(h))
             .cloned();
         drop(snapshot);
+        let site = route.as_ref().map(|r| r.site.clone());
 
-        let (site, mut response) = match route {
-            None => (None, not_found()),
-            Some(route) => {
-                let response = match &route.target {
+        let admitted = shield.screen(&client, &req, site.as_deref());
+        let (mut response, origin) = match (&admitted, route) {
+            (Err(refusal), _) => {
+                tracing::debug!(request_id = %request_id, client_ip = %client.addr,
+                    refusal = %refusal, "request refused by the shield");
+                (refusal_page(refusal), Origin::Edge)
+            }
+            (Ok(_), None) => (not_found(), Origin::Edge),
+            (Ok(admitted), Some(route)) => {
+                let ctx = ClientContext {
+                    client_ip: client.addr,
+                    peer_trusted: client.peer_trusted,
+                    host: requested_host.as_deref().unwrap_or(""),
+                    request_id: &request_id,
+                    body_limit: admitted.body_limit,
+                };
+                match &route.target {
                     Target::Static { root, spa } => {
-                        static_files::serve(root, *spa, &method, &path, req.headers()).await
+                        let response =
+                            static_files::serve(root, *spa, &method, &path, req.headers()).await;
+                        (response, Origin::Static)
                     }
                     Target::Proxy { upstream } => {
-                        let ctx = ClientContext {
-                            client_ip,
-                            peer_trusted,
-                            host: requested_host.as_deref().unwrap_or(""),
-                            request_id: &request_id,
-                        };
                         let result = inner.proxy.forward(req, upstream, ctx).await;
-                        self.proxied(result, &route.site, &request_id)
+                        (
+                            self.proxied(result, &route.site, &request_id),
+                            Origin::Proxied,
+                        )
                     }
-                    Target::Balancer { pool } => {
-                        let ctx = ClientContext {
-                            client_ip,
-                            peer_trusted,
-                            host: requested_host.as_deref().unwrap_or(""),
-                            request_id: &request_id,
-                        };
-                        match pool.pick() {
-                            Some((upstream, lease)) => {
-                                let result = inner
-                                    .proxy
-                                    .forward_leased(req, &upstream, ctx, Box::new(lease))
-                                    .await;
-                                self.proxied(result, &route.site, &request_id)
-                            }
-                            None => {
-                                tracing::warn!(site = %route.site, request_id = %request_id,
-                                    "no healthy upstream");
-                                proxy::error_page(StatusCode::SERVICE_UNAVAILABLE)
-                            }
+                    Target::Balancer { pool } => match pool.pick() {
+                        Some((upstream, lease)) => {
+                            let result = inner
+                                .proxy
+                                .forward_leased(req, &upstream, ctx, Box::new(lease))
+                                .await;
+                            (
+                                self.proxied(result, &route.site, &request_id),
+                                Origin::Proxied,
+                            )
                         }
-                    }
-                    Target::App => {
-                        let ctx = ClientContext {
-                            client_ip,
-                            peer_trusted,
-                            host: requested_host.as_deref().unwrap_or(""),
-                            request_id: &request_id,
-                        };
-                        self.to_app(req, &route.site, ctx).await
-                    }
-                };
-                (Some(route.site.clone()), response)
+                        None => {
+                            tracing::warn!(site = %route.site, request_id = %request_id,
+                                "no healthy upstream");
+                            let page = proxy::error_page(StatusCode::SERVICE_UNAVAILABLE);
+                            (page, Origin::Edge)
+                        }
+                    },
+                    Target::App => (self.to_app(req, &route.site, ctx).await, Origin::Proxied),
+                }
             }
         };
 
+        let status = response.status().as_u16();
+        // Limitation: HSTS waits for the TLS listener, which will pass true.
+        let https = false;
+        shield.finish(
+            &client,
+            admitted.as_ref().ok(),
+            origin,
+            https,
+            status,
+            response.headers_mut(),
+        );
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
-        let status = response.status().as_u16();
         let elapsed = started.elapsed();
         let site_label = site.as_deref().unwrap_or("-");
         inner
@@ -222,7 +243,7 @@ impl Edge {
         tracing::info!(
             target: "spinforge::access",
             request_id = %request_id,
-            client_ip = %client_ip,
+            client_ip = %client.addr,
             method = %method,
             host = requested_host.as_deref().unwrap_or("-"),
             path = %path,
@@ -282,7 +303,7 @@ impl Edge {
     ) -> Response<EdgeBody> {
         match result {
             Ok(response) => response,
-            Err(e @ proxy::ProxyError::DotSegments) => {
+            Err(e @ (proxy::ProxyError::DotSegments | proxy::ProxyError::BodyTooLarge)) => {
                 tracing::debug!(site, request_id, error = %e, "request refused");
                 proxy::error_page(e.status())
             }
@@ -334,22 +355,20 @@ fn is_valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The client's address: the peer, or, when the peer is a trusted proxy,
-/// the rightmost untrusted-looking entry it forwarded.
-// Limitation: only the last hop is read; a chain of several trusted
-// proxies needs the full right-to-left walk of the edge-protection issue.
-fn client_ip(req: &Request<Incoming>, peer: IpAddr, peer_trusted: bool) -> IpAddr {
-    if !peer_trusted {
-        return peer;
+/// The page for a request the shield refused: the status, its reason,
+/// and the back-off headers of a rate limit. It names nothing internal.
+fn refusal_page(refusal: &Refusal) -> Response<EdgeBody> {
+    let mut response = proxy::error_page(refusal.status());
+    let headers = response.headers_mut();
+    if let Refusal::RateLimited(limit) = refusal {
+        for (name, value) in limit.headers() {
+            headers.insert(name, value);
+        }
     }
-    req.headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-        .next_back()
-        .unwrap_or(peer)
+    if refusal.closes_connection() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn not_found() -> Response<EdgeBody> {

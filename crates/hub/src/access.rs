@@ -104,15 +104,40 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/sites/{domain}/restart",
         Needs(P::AppsRestart),
     ),
+    ("GET", "/api/v1/bans", Needs(P::ShieldManage)),
+    ("POST", "/api/v1/bans", Needs(P::ShieldManage)),
+    ("DELETE", "/api/v1/bans/{ip}", Needs(P::ShieldManage)),
+    ("GET", "/api/v1/shield/emergency", Needs(P::ShieldManage)),
+    ("PUT", "/api/v1/shield/emergency", Needs(P::ShieldManage)),
+    ("GET", "/api/v1/sites/{domain}/shield", Needs(P::SitesRead)),
+    (
+        "PUT",
+        "/api/v1/sites/{domain}/shield",
+        Needs(P::SitesUpdate),
+    ),
+    (
+        "DELETE",
+        "/api/v1/sites/{domain}/shield",
+        Needs(P::SitesUpdate),
+    ),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
     ("GET", "/metrics", Needs(P::SystemMetrics)),
 ];
 
+/// Routes that exist only in debug builds (what `cargo test` runs), kept
+/// out of the OpenAPI document.
+#[cfg(debug_assertions)]
+const TEST_ROUTES: &[(&str, &str, Access)] =
+    &[("POST", "/api/v1/shield/test-clock", Needs(P::ShieldManage))];
+#[cfg(not(debug_assertions))]
+const TEST_ROUTES: &[(&str, &str, Access)] = &[];
+
 static TABLE: LazyLock<HashMap<(&'static str, &'static str), Access>> = LazyLock::new(|| {
     ROUTES
         .iter()
+        .chain(TEST_ROUTES)
         .map(|(method, path, access)| ((*method, *path), *access))
         .collect()
 });

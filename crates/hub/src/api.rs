@@ -43,7 +43,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/sites/{domain}/logs", get(site_logs))
         .route("/sites/{domain}/restart", post(restart_site))
         .route("/openapi.json", get(openapi))
-        .merge(crate::identity_api::routes());
+        .merge(crate::identity_api::routes())
+        .merge(crate::shield_api::router());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -92,6 +93,7 @@ async fn openapi() -> impl IntoResponse {
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::identity_api::IdentityDoc::openapi());
+    doc.merge(crate::shield_api::ShieldDoc::openapi());
     doc
 }
 

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod identity_api;
 mod layout;
+pub mod shield_api;
 pub mod sites;
 
 pub use api::router;

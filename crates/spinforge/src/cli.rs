@@ -162,6 +162,21 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    // ---- shield ----
+    /// List, add or lift bans of client addresses at the edge.
+    Bans {
+        #[command(subcommand)]
+        command: BansCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Switch emergency mode: every rate limit tightened, WAF paranoia up.
+    Emergency {
+        #[command(subcommand)]
+        command: EmergencyCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +261,31 @@ pub enum KeysCommand {
     RotateSigning,
 }
 
+#[derive(Subcommand)]
+pub enum BansCommand {
+    List,
+    /// Ban an address (or an IPv6 group like 2001:db8::/64).
+    Add {
+        ip: String,
+        /// How long, in seconds [default: the configured ban TTL].
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a ban.
+    Rm {
+        ip: String,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum EmergencyCommand {
+    On,
+    Off,
+    Status,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SiteType {
     Static,
@@ -326,6 +366,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
         Command::Admin(command) => crate::admin::run(command).await,
+        Command::Bans { command, api } => crate::shield_cmd::bans(&api, command).await,
+        Command::Emergency { command, api } => crate::shield_cmd::emergency(&api, command).await,
         other => crate::commands::run(other).await,
     }
 }

@@ -69,11 +69,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::identity_commands::sessions(&api, command).await
         }
         Command::Keys { command, api } => crate::identity_commands::keys(&api, command).await,
-        Command::Serve(_) | Command::Admin(_) => unreachable!("handled in cli::run"),
+        Command::Serve(_)
+        | Command::Admin(_)
+        | Command::Bans { .. }
+        | Command::Emergency { .. } => {
+            unreachable!("handled in cli::run")
+        }
     }
 }
 
-/// Percent-encodes a domain for use as one path segment.
+/// Percent-encodes a domain (or an IPv6 group, with its `/`) for use as
+/// one path segment.
 pub(crate) fn seg(domain: &str) -> String {
     domain.bytes().fold(String::new(), |mut out, b| {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {

@@ -29,6 +29,11 @@ pub struct FileConfig {
     pub edge: EdgeFileConfig,
     #[serde(default)]
     pub identity: IdentityFileConfig,
+    // ---- shield (edge protection) ----
+    /// Request limits, rate limits, headers, bans, emergency mode; every
+    /// key and default is in `shield::config`.
+    #[serde(default)]
+    pub shield: shield::ShieldConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -89,6 +94,7 @@ pub struct Settings {
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
     pub identity: identity::IdentityConfig,
+    pub shield: shield::ShieldConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -172,6 +178,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     }
 
     let identity = identity_config(&file.identity)?;
+    // ---- shield ----
+    file.shield.validate().map_err(anyhow::Error::msg)?;
 
     Ok(Settings {
         identity,
@@ -181,6 +189,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         tls_listen: addr(&tls_listen, "tls_listen")?,
         hub,
         edge,
+        shield: file.shield,
     })
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod identity_commands;
 mod pack;
 mod serve;
+mod shield_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -77,10 +77,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let identity = Identity::new(store.clone(), settings.identity.clone()).await?;
     let mut registry = Registry::default();
     let routes = Routes::default();
+    let shield = start_shield(&settings, &data_dir)?;
     let edge = Edge::new(
         settings.edge.clone(),
         routes.clone(),
         EdgeMetrics::new(&mut registry),
+        shield.clone(),
     );
     let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), Arc::new(PlainSpawner))
         .context("cannot start the app supervisor")?;
@@ -119,7 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     announce_setup(&hub, &data_dir).await;
 
     let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
-    let api = hub::router(hub.clone());
+    let api = hub::router(hub.clone()).layer(axum::Extension(shield.clone()));
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up
     // the file descriptors the edge needs too.
@@ -128,6 +130,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: settings.edge.idle_timeout,
         shutdown_grace: settings.edge.shutdown_grace,
         max_connections: Some(API_MAX_CONNECTIONS),
+        per_client: None,
+        http2: shield.http2_limits(),
     };
     let api_task = tokio::spawn(edge::listener::serve(
         api_listener,
@@ -149,6 +153,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = api_task.await;
     store.close().await;
     Ok(())
+}
+
+// ---- shield ----
+
+/// Builds the shield with its state file in the data directory, and
+/// starts its housekeeping (expired bans, idle limiter keys, saving
+/// automatic bans) every few seconds.
+fn start_shield(settings: &Settings, data_dir: &Path) -> anyhow::Result<shield::Shield> {
+    let mut config = settings.shield.clone();
+    config.state_file = Some(data_dir.join("shield").join("state.json"));
+    let shield = shield::Shield::new(
+        &config,
+        settings.edge.trusted_proxies.clone(),
+        shield::ShieldClock::system(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the shield: {e}"))?;
+    if !shield.enabled() {
+        tracing::warn!("shield is disabled: no limits, bans or security headers at the edge");
+    }
+    let housekeeping = shield.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let shield = housekeeping.clone();
+            let _ = tokio::task::spawn_blocking(move || shield.maintain()).await;
+        }
+    });
+    Ok(shield)
 }
 
 async fn bind(

@@ -1,0 +1,254 @@
+//! Security headers on every edge response, and the removal of headers
+//! that tell an attacker which software and version sit behind the edge.
+//!
+//! Values are parsed once from config; applying them clones a few
+//! reference-counted header values and allocates nothing.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Where a response came from, which decides the defaults it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Files the edge served itself.
+    Static,
+    /// An upstream or app answered; its own security headers are kept.
+    Proxied,
+    /// The edge's own pages: refusals, 404 for unknown hosts, 502/503.
+    Edge,
+}
+
+/// The parsed security-header policy. Build with [`SecurityHeaders::new`].
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    hsts: Option<HeaderValue>,
+    csp_static: Option<HeaderValue>,
+    csp_proxied: Option<HeaderValue>,
+    frame_options: Option<HeaderValue>,
+    referrer_policy: Option<HeaderValue>,
+    permissions_policy: Option<HeaderValue>,
+    nosniff: bool,
+}
+
+/// Settings as written in config; an empty string turns a header off.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderSettings {
+    /// Sent on HTTPS responses only.
+    pub hsts: String,
+    /// Content-Security-Policy of static sites.
+    pub csp_static: String,
+    /// Content-Security-Policy of proxied sites and apps (off by default:
+    /// the app knows what it loads).
+    pub csp_proxied: String,
+    pub frame_options: String,
+    pub referrer_policy: String,
+    pub permissions_policy: String,
+    pub nosniff: bool,
+}
+
+impl Default for HeaderSettings {
+    fn default() -> HeaderSettings {
+        HeaderSettings {
+            hsts: "max-age=31536000; includeSubDomains".into(),
+            csp_static: "default-src 'self'; img-src 'self' data:; style-src 'self' \
+                         'unsafe-inline'; object-src 'none'; base-uri 'self'; \
+                         frame-ancestors 'self'"
+                .into(),
+            csp_proxied: String::new(),
+            frame_options: "SAMEORIGIN".into(),
+            referrer_policy: "strict-origin-when-cross-origin".into(),
+            permissions_policy: "camera=(), microphone=(), geolocation=(), payment=()".into(),
+            nosniff: true,
+        }
+    }
+}
+
+/// Response headers that only name software and versions.
+static FINGERPRINTS: [HeaderName; 7] = [
+    header::SERVER,
+    HeaderName::from_static("x-powered-by"),
+    HeaderName::from_static("x-aspnet-version"),
+    HeaderName::from_static("x-aspnetmvc-version"),
+    HeaderName::from_static("x-generator"),
+    HeaderName::from_static("x-runtime"),
+    HeaderName::from_static("x-version"),
+];
+
+static PERMISSIONS_POLICY: HeaderName = HeaderName::from_static("permissions-policy");
+
+impl SecurityHeaders {
+    /// Parses `settings`; the error names the field whose value is not a
+    /// valid header value.
+    pub fn new(settings: &HeaderSettings) -> Result<SecurityHeaders, String> {
+        let value = |field: &str, text: &str| -> Result<Option<HeaderValue>, String> {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            HeaderValue::from_str(text.trim())
+                .map(Some)
+                .map_err(|_| format!("shield.headers.{field}: not a valid header value"))
+        };
+        Ok(SecurityHeaders {
+            hsts: value("hsts", &settings.hsts)?,
+            csp_static: value("csp_static", &settings.csp_static)?,
+            csp_proxied: value("csp_proxied", &settings.csp_proxied)?,
+            frame_options: value("frame_options", &settings.frame_options)?,
+            referrer_policy: value("referrer_policy", &settings.referrer_policy)?,
+            permissions_policy: value("permissions_policy", &settings.permissions_policy)?,
+            nosniff: settings.nosniff,
+        })
+    }
+
+    /// Strips fingerprints and sets the security headers. A proxied
+    /// response keeps the security headers its app set; `site_csp`
+    /// (a site's own policy; `Some(None)`: none) overrides the default.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        origin: Origin,
+        https: bool,
+        site_csp: Option<Option<&HeaderValue>>,
+    ) {
+        for name in &FINGERPRINTS {
+            headers.remove(name);
+        }
+        let keep_app_values = origin == Origin::Proxied;
+        let set = |headers: &mut HeaderMap, name: &HeaderName, value: Option<&HeaderValue>| {
+            if let Some(value) = value {
+                if !(keep_app_values && headers.contains_key(name)) {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+        };
+
+        if https {
+            set(
+                headers,
+                &header::STRICT_TRANSPORT_SECURITY,
+                self.hsts.as_ref(),
+            );
+        }
+        if self.nosniff {
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+        }
+        set(
+            headers,
+            &header::X_FRAME_OPTIONS,
+            self.frame_options.as_ref(),
+        );
+        set(
+            headers,
+            &header::REFERRER_POLICY,
+            self.referrer_policy.as_ref(),
+        );
+        set(
+            headers,
+            &PERMISSIONS_POLICY,
+            self.permissions_policy.as_ref(),
+        );
+        let csp = match (site_csp, origin) {
+            (Some(site), _) => {
+                headers.remove(header::CONTENT_SECURITY_POLICY);
+                site
+            }
+            (None, Origin::Static | Origin::Edge) => self.csp_static.as_ref(),
+            (None, Origin::Proxied) => self.csp_proxied.as_ref(),
+        };
+        set(headers, &header::CONTENT_SECURITY_POLICY, csp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SecurityHeaders {
+        SecurityHeaders::new(&HeaderSettings::default()).expect("defaults parse")
+    }
+
+    fn upstream_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SERVER,
+            HeaderValue::from_static("Apache/2.4.1 (Debian)"),
+        );
+        h.insert("x-powered-by", HeaderValue::from_static("PHP/8.1"));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h
+    }
+
+    #[test]
+    fn proxied_responses_lose_fingerprints_and_keep_their_own_policies() {
+        let mut h = upstream_headers();
+        policy().apply(&mut h, Origin::Proxied, false, None);
+        assert!(h.get(header::SERVER).is_none());
+        assert!(h.get("x-powered-by").is_none());
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(
+            h[header::REFERRER_POLICY],
+            "strict-origin-when-cross-origin"
+        );
+        assert!(
+            h.get(header::CONTENT_SECURITY_POLICY).is_none(),
+            "off for apps"
+        );
+        assert!(
+            h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
+            "plain HTTP"
+        );
+    }
+
+    #[test]
+    fn static_responses_get_the_default_csp_and_hsts_only_over_https() {
+        let mut h = HeaderMap::new();
+        policy().apply(&mut h, Origin::Static, true, None);
+        assert!(h[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii")
+            .contains("frame-ancestors 'self'"));
+        assert_eq!(h[header::X_FRAME_OPTIONS], "SAMEORIGIN");
+        assert!(h[header::STRICT_TRANSPORT_SECURITY]
+            .to_str()
+            .expect("ascii")
+            .starts_with("max-age="));
+        assert!(h.contains_key("permissions-policy"));
+    }
+
+    #[test]
+    fn a_site_csp_overrides_the_default_and_can_turn_it_off() {
+        let custom = HeaderValue::from_static("default-src 'none'");
+        let mut h = HeaderMap::new();
+        policy().apply(&mut h, Origin::Static, false, Some(Some(&custom)));
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "default-src 'none'");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("x"),
+        );
+        policy().apply(&mut h, Origin::Proxied, false, Some(None));
+        assert!(h.get(header::CONTENT_SECURITY_POLICY).is_none());
+    }
+
+    #[test]
+    fn an_empty_setting_turns_a_header_off_and_a_bad_one_is_named() {
+        let settings = HeaderSettings {
+            referrer_policy: String::new(),
+            ..HeaderSettings::default()
+        };
+        let mut h = HeaderMap::new();
+        SecurityHeaders::new(&settings)
+            .expect("parse")
+            .apply(&mut h, Origin::Static, false, None);
+        assert!(h.get(header::REFERRER_POLICY).is_none());
+        let bad = HeaderSettings {
+            frame_options: "a\nb".into(),
+            ..HeaderSettings::default()
+        };
+        let err = SecurityHeaders::new(&bad).expect_err("newline refused");
+        assert!(err.contains("shield.headers.frame_options"), "{err}");
+    }
+}

@@ -1,0 +1,906 @@
+//! The shield as the edge sees it: one handle that screens each request
+//! through an ordered list of stages, finishes each response, and owns
+//! the state operators change (bans, emergency mode, site policies).
+//!
+//! [`REQUEST_STAGES`] is the one place the order lives. Each stage has a
+//! safe default from [`ShieldConfig`]; the WAF plugs in as one more stage.
+
+use crate::bans::{self, Ban, BanTable};
+use crate::client_ip::{ClientIp, ClientIpResolver, IpKey};
+use crate::clock::ShieldClock;
+use crate::config::{Http2Limits, ShieldConfig};
+use crate::conn::ConnectionGate;
+use crate::detect::{Detector, Finding, Thresholds};
+use crate::firewall::Nftables;
+use crate::headers::{Origin, SecurityHeaders};
+use crate::limits::RequestLimits;
+use crate::rate::{Decision, KeyedLimiter, Policy};
+use crate::{Refusal, ShieldError};
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue, Request};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One step of screening a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Banned clients get 403 before anything else is looked at.
+    BanTable,
+    /// URI, header and declared body sizes; framing (smuggling) rules.
+    RequestLimits,
+    /// The edge-wide and the site's GCRA limits, per client.
+    RateLimit,
+    /// Counts the request toward the flood window.
+    Behaviour,
+}
+
+/// The order requests are screened in. Allowlisted clients skip every
+/// stage but [`Stage::RequestLimits`], which protects the parser and the
+/// upstream rather than judging the client.
+pub const REQUEST_STAGES: [Stage; 4] = [
+    Stage::BanTable,
+    Stage::RequestLimits,
+    Stage::RateLimit,
+    Stage::Behaviour,
+];
+
+/// The largest body cap a site may set for itself, in bytes.
+pub const SITE_MAX_BODY_CEILING: u64 = 1024 * 1024 * 1024;
+
+/// What a site owner may set for their site. Unset fields use the
+/// edge-wide defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePolicy {
+    /// Requests per minute per client, at most the admin's ceiling.
+    pub rate_per_minute: Option<u32>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: Option<u64>,
+    /// The site's Content-Security-Policy; an empty string sends none.
+    pub csp: Option<String>,
+}
+
+/// A site policy, ready for the request path.
+pub struct SiteShield {
+    pub policy: SitePolicy,
+    limiter: Option<KeyedLimiter<IpKey>>,
+    /// `Some(None)`: the site turned CSP off.
+    csp: Option<Option<HeaderValue>>,
+}
+
+/// The outcome of screening an admitted request.
+pub struct Admitted {
+    /// Stop the body after this many bytes (`u64::MAX`: no cap).
+    pub body_limit: u64,
+    /// True iff the client is on the allowlist.
+    pub allowlisted: bool,
+    site: Option<Arc<SiteShield>>,
+}
+
+/// What the shield keeps across restarts.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct State {
+    bans: Vec<Ban>,
+    emergency: bool,
+    sites: BTreeMap<String, SitePolicy>,
+}
+
+/// A cheap-to-clone handle to the shield.
+#[derive(Clone)]
+pub struct Shield {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    enabled: bool,
+    resolver: ClientIpResolver,
+    allowlist: Vec<IpNet>,
+    limits: RequestLimits,
+    edge_rate: Option<KeyedLimiter<IpKey>>,
+    sites: ArcSwap<HashMap<Arc<str>, Arc<SiteShield>>>,
+    bans: BanTable,
+    detector: Detector,
+    headers: SecurityHeaders,
+    emergency: AtomicBool,
+    emergency_factor: f64,
+    site_rate_ceiling: u32,
+    ban_ttl: Duration,
+    ban_on_request_flood: bool,
+    ban_on_error_flood: bool,
+    gate: Option<Arc<ConnectionGate>>,
+    http2: Http2Limits,
+    firewall: Option<Nftables>,
+    clock: ShieldClock,
+    state_file: Option<PathBuf>,
+    /// Serialises writes of the state file.
+    save_lock: Mutex<()>,
+    /// Set when an automatic ban awaits saving by [`Shield::maintain`].
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Shield {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shield")
+            .field("enabled", &self.inner.enabled)
+            .field("bans", &self.inner.bans.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shield {
+    /// Builds the shield from validated config and loads its state file.
+    /// A state file that exists but does not parse is an error: starting
+    /// without the bans it holds would fail open.
+    pub fn new(
+        config: &ShieldConfig,
+        trusted_proxies: Vec<IpNet>,
+        clock: ShieldClock,
+    ) -> Result<Shield, String> {
+        config.validate()?;
+        let headers = SecurityHeaders::new(&config.headers)?;
+        let resolver =
+            ClientIpResolver::new(trusted_proxies, config.client_ip_header, config.ipv6_prefix);
+        let factor = config.emergency_factor;
+        let edge_rate = (config.rate_per_minute > 0).then(|| {
+            KeyedLimiter::new(
+                Policy::per_minute(config.rate_per_minute),
+                factor,
+                clock.clone(),
+            )
+        });
+        let thresholds = Thresholds {
+            failed_logins: Policy {
+                limit: config.failed_logins,
+                window: Duration::from_secs(config.failed_login_window_secs),
+            },
+            requests: Policy::per_minute(config.requests_per_minute),
+            errors: Policy::per_minute(config.errors_per_minute),
+        };
+        let gate = (config.enabled && config.max_connections_per_ip > 0).then(|| {
+            Arc::new(ConnectionGate::new(
+                config.max_connections_per_ip,
+                resolver.clone(),
+                config.allowlist.clone(),
+            ))
+        });
+        let firewall = config.nftables.then(|| Nftables {
+            table: config.nftables_table.clone(),
+            set_v4: config.nftables_set_v4.clone(),
+            set_v6: config.nftables_set_v6.clone(),
+        });
+        let shield = Shield {
+            inner: Arc::new(Inner {
+                enabled: config.enabled,
+                limits: RequestLimits {
+                    max_body_bytes: config.max_body_bytes,
+                    max_headers: config.max_headers,
+                    max_header_bytes: config.max_header_bytes,
+                    max_uri_bytes: config.max_uri_bytes,
+                },
+                edge_rate,
+                sites: ArcSwap::from_pointee(HashMap::new()),
+                bans: BanTable::new(clock.clone()),
+                detector: Detector::new(thresholds, clock.clone()),
+                headers,
+                emergency: AtomicBool::new(false),
+                emergency_factor: factor,
+                site_rate_ceiling: config.site_rate_ceiling_per_minute,
+                ban_ttl: Duration::from_secs(config.ban_ttl_secs),
+                ban_on_request_flood: config.ban_on_request_flood,
+                ban_on_error_flood: config.ban_on_error_flood,
+                allowlist: config.allowlist.clone(),
+                resolver,
+                gate,
+                http2: config.http2(),
+                firewall,
+                clock,
+                state_file: config.state_file.clone(),
+                save_lock: Mutex::new(()),
+                dirty: AtomicBool::new(false),
+            }),
+        };
+        shield.load()?;
+        Ok(shield)
+    }
+
+    fn load(&self) -> Result<(), String> {
+        let Some(path) = &self.inner.state_file else {
+            return Ok(());
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a valid shield state file: {e}", path.display()))?;
+        self.inner.bans.load(state.bans, &self.inner.resolver);
+        self.inner
+            .emergency
+            .store(state.emergency, Ordering::Relaxed);
+        let mut sites = HashMap::new();
+        for (domain, policy) in state.sites {
+            match self.build_site(policy) {
+                Ok(site) => {
+                    sites.insert(Arc::from(domain), Arc::new(site));
+                }
+                Err(e) => tracing::warn!(site = %domain, error = %e, "stored site policy skipped"),
+            }
+        }
+        self.inner.sites.store(Arc::new(sites));
+        tracing::info!(
+            bans = self.inner.bans.len(),
+            emergency = state.emergency,
+            "shield state loaded"
+        );
+        Ok(())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    pub fn clock(&self) -> &ShieldClock {
+        &self.inner.clock
+    }
+
+    pub fn resolver(&self) -> &ClientIpResolver {
+        &self.inner.resolver
+    }
+
+    /// The client of a request that arrived from `peer`.
+    #[inline]
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> ClientIp {
+        self.inner.resolver.resolve(peer, headers)
+    }
+
+    /// The per-client connection cap, when one is configured.
+    pub fn connection_gate(&self) -> Option<Arc<ConnectionGate>> {
+        self.inner.gate.clone()
+    }
+
+    pub fn http2_limits(&self) -> Http2Limits {
+        self.inner.http2
+    }
+
+    /// True iff `addr` is on the shared allowlist (the WAF reads it too).
+    #[inline]
+    pub fn is_allowlisted(&self, addr: IpAddr) -> bool {
+        let list = &self.inner.allowlist;
+        !list.is_empty() && list.iter().any(|net| net.contains(&addr))
+    }
+
+    // ---- the request path ---------------------------------------------
+
+    /// Runs [`REQUEST_STAGES`] in order for a request to `site`.
+    pub fn screen<B>(
+        &self,
+        client: &ClientIp,
+        req: &Request<B>,
+        site: Option<&str>,
+    ) -> Result<Admitted, Refusal> {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return Ok(Admitted {
+                body_limit: u64::MAX,
+                allowlisted: false,
+                site: None,
+            });
+        }
+        let allowlisted = self.is_allowlisted(client.addr);
+        let site = match site {
+            Some(site) => {
+                let sites = inner.sites.load();
+                if sites.is_empty() {
+                    None
+                } else {
+                    sites.get(site).cloned()
+                }
+            }
+            None => None,
+        };
+        let emergency = inner.emergency.load(Ordering::Relaxed);
+
+        for stage in REQUEST_STAGES {
+            match stage {
+                Stage::BanTable => {
+                    if !allowlisted && inner.bans.is_banned(&client.key) {
+                        return Err(Refusal::Banned);
+                    }
+                }
+                Stage::RequestLimits => {
+                    let cap = site
+                        .as_ref()
+                        .and_then(|s| s.policy.max_body_bytes)
+                        .unwrap_or(inner.limits.max_body_bytes);
+                    inner.limits.check(req, cap)?;
+                }
+                // Limitation: edge limits are keyed by client IP only;
+                // keying a request with a valid API key by that key needs
+                // the identity issue's keys at the edge.
+                Stage::RateLimit if !allowlisted => {
+                    let limiters = [
+                        inner.edge_rate.as_ref(),
+                        site.as_ref().and_then(|s| s.limiter.as_ref()),
+                    ];
+                    for limiter in limiters.into_iter().flatten() {
+                        if let Decision::Refused(r) = limiter.check(&client.key, emergency) {
+                            // Refused requests still count toward the flood
+                            // window: that is what makes abuse "sustained".
+                            if let Some(finding) = inner.detector.request(client.key) {
+                                self.report(client.key, finding, inner.ban_on_request_flood);
+                            }
+                            return Err(Refusal::RateLimited(r));
+                        }
+                    }
+                }
+                // Limitation: health checks stay out of the counters only
+                // when their source is allowlisted (an exempt-path list
+                // would lift this).
+                Stage::Behaviour if !allowlisted => {
+                    if let Some(finding) = inner.detector.request(client.key) {
+                        self.report(client.key, finding, inner.ban_on_request_flood);
+                    }
+                }
+                Stage::RateLimit | Stage::Behaviour => {}
+            }
+        }
+
+        let body_limit = site
+            .as_ref()
+            .and_then(|s| s.policy.max_body_bytes)
+            .unwrap_or(inner.limits.max_body_bytes);
+        Ok(Admitted {
+            body_limit,
+            allowlisted,
+            site,
+        })
+    }
+
+    /// Finishes a response: security headers, fingerprints removed, and
+    /// the status counted toward the client's error window. `admitted` is
+    /// `None` for the shield's own refusals, which are not counted again.
+    /// `https` turns on HSTS (the TLS listener passes true).
+    pub fn finish(
+        &self,
+        client: &ClientIp,
+        admitted: Option<&Admitted>,
+        origin: Origin,
+        https: bool,
+        status: u16,
+        headers: &mut HeaderMap,
+    ) {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return;
+        }
+        let site_csp = admitted
+            .and_then(|a| a.site.as_ref())
+            .and_then(|s| s.csp.as_ref())
+            .map(Option::as_ref);
+        inner.headers.apply(headers, origin, https, site_csp);
+
+        let Some(admitted) = admitted else {
+            return;
+        };
+        if admitted.allowlisted {
+            return;
+        }
+        // Limitation: a 401 from a site counts as a failed login; a site
+        // whose login answers 200 with an error page is not seen (a hook
+        // for the site to report failures would lift this).
+        if status == 401 {
+            if let Some(finding) = inner.detector.failed_login(client.key) {
+                self.report(client.key, finding, true);
+            }
+        }
+        if let Some(finding) = inner.detector.response(client.key, status) {
+            self.report(client.key, finding, inner.ban_on_error_flood);
+        }
+    }
+
+    /// Counts a failed login from `addr` (the hub calls this for its own
+    /// login endpoint); past the threshold the client is banned.
+    pub fn record_failed_login(&self, addr: IpAddr) {
+        if !self.inner.enabled || self.is_allowlisted(addr) {
+            return;
+        }
+        let key = self.inner.resolver.key(addr);
+        if let Some(finding) = self.inner.detector.failed_login(key) {
+            self.report(key, finding, true);
+        }
+    }
+
+    /// Raises the audit event of a finding (once per client and finding
+    /// in a while) and bans when `ban` says so.
+    fn report(&self, key: IpKey, finding: Finding, ban: bool) {
+        let inner = &*self.inner;
+        if ban {
+            if inner.bans.is_banned(&key) {
+                return;
+            }
+            let entry = inner.bans.ban(key, inner.ban_ttl, finding.as_str());
+            if let Some(nft) = &inner.firewall {
+                nft.run(nft.add_args(&key, inner.ban_ttl));
+            }
+            inner.dirty.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                target: "spinforge::audit", event = "shield.ban",
+                client_ip = %key, reason = finding.as_str(), actor = "shield",
+                expires_at = entry.expires_at, "client banned automatically"
+            );
+        } else if inner.detector.first_report(key, finding) {
+            tracing::warn!(
+                target: "spinforge::audit", event = "shield.abuse",
+                client_ip = %key, finding = finding.as_str(),
+                "sustained abuse from a client"
+            );
+        }
+    }
+
+    /// Housekeeping, called every few seconds: drops expired bans and idle
+    /// limiter state, and saves automatic bans.
+    pub fn maintain(&self) {
+        let inner = &*self.inner;
+        inner.bans.purge_expired();
+        inner.detector.forget_idle();
+        if let Some(limiter) = &inner.edge_rate {
+            limiter.forget_idle();
+        }
+        for site in inner.sites.load().values() {
+            if let Some(limiter) = &site.limiter {
+                limiter.forget_idle();
+            }
+        }
+        if inner.dirty.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.save() {
+                inner.dirty.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "automatic bans not saved");
+            }
+        }
+    }
+
+    // ---- operator state ------------------------------------------------
+
+    pub fn bans(&self) -> Vec<Ban> {
+        self.inner.bans.list()
+    }
+
+    /// Bans `target` (an address, or an IPv6 group) for `ttl` (default:
+    /// the configured ban TTL), audited as done by `actor`.
+    pub fn ban(
+        &self,
+        target: &str,
+        ttl: Option<Duration>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Ban, ShieldError> {
+        let key = bans::parse_target(target, &self.inner.resolver).map_err(|message| {
+            ShieldError::Invalid {
+                field: "ip",
+                message,
+            }
+        })?;
+        let ttl = ttl.unwrap_or(self.inner.ban_ttl);
+        if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ShieldError::Invalid {
+                field: "ttl_secs",
+                message: "must be between 1 second and 366 days".into(),
+            });
+        }
+        let reason = reason.trim();
+        if reason.len() > 200 || reason.chars().any(char::is_control) {
+            return Err(ShieldError::Invalid {
+                field: "reason",
+                message: "must be at most 200 characters, without control characters".into(),
+            });
+        }
+        let reason = if reason.is_empty() { "manual" } else { reason };
+        let ban = self.inner.bans.ban(key, ttl, reason);
+        if let Some(nft) = &self.inner.firewall {
+            nft.run(nft.add_args(&key, ttl));
+        }
+        self.save()?;
+        tracing::warn!(
+            target: "spinforge::audit", event = "shield.ban",
+            client_ip = %key, reason, actor, expires_at = ban.expires_at, "client banned"
+        );
+        Ok(ban)
+    }
+
+    /// Lifts the ban of `target`, audited as done by `actor`.
+    pub fn lift(&self, target: &str, actor: &str) -> Result<(), ShieldError> {
+        let key = bans::parse_target(target, &self.inner.resolver).map_err(|message| {
+            ShieldError::Invalid {
+                field: "ip",
+                message,
+            }
+        })?;
+        if !self.inner.bans.lift(&key) {
+            return Err(ShieldError::NotFound("ban"));
+        }
+        if let Some(nft) = &self.inner.firewall {
+            nft.run(nft.delete_args(&key));
+        }
+        self.save()?;
+        tracing::warn!(
+            target: "spinforge::audit", event = "shield.unban",
+            client_ip = %key, actor, "ban lifted"
+        );
+        Ok(())
+    }
+
+    pub fn emergency(&self) -> bool {
+        self.inner.emergency.load(Ordering::Relaxed)
+    }
+
+    /// The WAF reads this: true while emergency mode is on, meaning one
+    /// paranoia level higher than configured.
+    #[inline]
+    pub fn paranoia_boost(&self) -> bool {
+        self.emergency()
+    }
+
+    pub fn emergency_factor(&self) -> f64 {
+        self.inner.emergency_factor
+    }
+
+    /// Switches emergency mode, audited as done by `actor`.
+    pub fn set_emergency(&self, on: bool, actor: &str) -> Result<(), ShieldError> {
+        let was = self.inner.emergency.swap(on, Ordering::Relaxed);
+        self.save()?;
+        if was != on {
+            tracing::warn!(
+                target: "spinforge::audit", event = "shield.emergency",
+                on, factor = self.inner.emergency_factor, actor,
+                "emergency mode switched {}", if on { "on" } else { "off" }
+            );
+        }
+        Ok(())
+    }
+
+    pub fn site_policy(&self, site: &str) -> Option<SitePolicy> {
+        self.inner.sites.load().get(site).map(|s| s.policy.clone())
+    }
+
+    /// Sets (or with `None`, removes) a site's policy, audited.
+    // Limitation: deleting a site does not remove its policy here; a new
+    // site of the same domain inherits it (the hub calling this with
+    // `None` on delete would lift this).
+    pub fn set_site_policy(
+        &self,
+        site: &str,
+        policy: Option<SitePolicy>,
+        actor: &str,
+    ) -> Result<(), ShieldError> {
+        let built = policy.clone().map(|p| self.build_site(p)).transpose()?;
+        let built = built.map(Arc::new);
+        self.inner.sites.rcu(|old| {
+            let mut next = HashMap::clone(old);
+            match &built {
+                Some(site_shield) => next.insert(Arc::from(site), site_shield.clone()),
+                None => next.remove(site),
+            };
+            next
+        });
+        self.save()?;
+        tracing::info!(
+            target: "spinforge::audit", event = "shield.site_policy",
+            site, actor, policy = ?policy, "site shield policy changed"
+        );
+        Ok(())
+    }
+
+    fn build_site(&self, policy: SitePolicy) -> Result<SiteShield, ShieldError> {
+        let ceiling = self.inner.site_rate_ceiling;
+        if let Some(rate) = policy.rate_per_minute {
+            if rate == 0 || rate > ceiling {
+                return Err(ShieldError::Invalid {
+                    field: "rate_per_minute",
+                    message: format!("must be between 1 and the ceiling of {ceiling}"),
+                });
+            }
+        }
+        if let Some(max) = policy.max_body_bytes {
+            if max == 0 || max > SITE_MAX_BODY_CEILING {
+                return Err(ShieldError::Invalid {
+                    field: "max_body_bytes",
+                    message: format!("must be between 1 and {SITE_MAX_BODY_CEILING}"),
+                });
+            }
+        }
+        let csp = match policy.csp.as_deref().map(str::trim) {
+            None => None,
+            Some("") => Some(None),
+            Some(text) => Some(Some(HeaderValue::from_str(text).map_err(|_| {
+                ShieldError::Invalid {
+                    field: "csp",
+                    message: "is not a valid header value".into(),
+                }
+            })?)),
+        };
+        let limiter = policy.rate_per_minute.map(|rate| {
+            KeyedLimiter::new(
+                Policy::per_minute(rate),
+                self.inner.emergency_factor,
+                self.inner.clock.clone(),
+            )
+        });
+        Ok(SiteShield {
+            policy,
+            limiter,
+            csp,
+        })
+    }
+
+    /// Writes the state file: a temporary file, synced, then renamed, so
+    /// a crash leaves the old or the new state, never half of one.
+    pub fn save(&self) -> Result<(), ShieldError> {
+        let Some(path) = &self.inner.state_file else {
+            return Ok(());
+        };
+        let _guard = self
+            .inner
+            .save_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let state = State {
+            bans: self.inner.bans.list(),
+            emergency: self.emergency(),
+            sites: self
+                .inner
+                .sites
+                .load()
+                .iter()
+                .map(|(domain, site)| (domain.to_string(), site.policy.clone()))
+                .collect(),
+        };
+        let text =
+            serde_json::to_vec_pretty(&state).map_err(|e| ShieldError::Persist(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &text)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| ShieldError::Persist(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderName;
+
+    fn config() -> ShieldConfig {
+        ShieldConfig {
+            rate_per_minute: 10,
+            max_connections_per_ip: 0,
+            ..ShieldConfig::default()
+        }
+    }
+
+    fn shield(config: &ShieldConfig) -> Shield {
+        Shield::new(
+            config,
+            vec!["10.0.0.0/8".parse().expect("cidr")],
+            ShieldClock::manual(1_000),
+        )
+        .expect("shield")
+    }
+
+    fn get(xff: Option<&str>) -> Request<()> {
+        let mut req = Request::builder().uri("/").body(()).expect("request");
+        if let Some(xff) = xff {
+            req.headers_mut().insert(
+                HeaderName::from_static("x-forwarded-for"),
+                HeaderValue::from_str(xff).expect("value"),
+            );
+        }
+        req
+    }
+
+    fn screen(
+        s: &Shield,
+        peer: &str,
+        req: &Request<()>,
+        site: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let client = s.resolve(peer.parse().expect("ip"), req.headers());
+        s.screen(&client, req, site).map(|_| ())
+    }
+
+    #[test]
+    fn the_ban_table_comes_first_and_spoofed_headers_do_not_escape_it() {
+        let s = shield(&config());
+        s.ban("192.0.2.1", None, "", "test").expect("ban");
+        // Even a request that would break a limit gets the ban's 403.
+        let mut huge = get(Some("198.51.100.1"));
+        huge.headers_mut()
+            .insert("content-length", HeaderValue::from_static("999999999999"));
+        assert_eq!(screen(&s, "192.0.2.1", &huge, None), Err(Refusal::Banned));
+        // Through a trusted proxy the forwarded address is the client.
+        assert_eq!(
+            screen(&s, "10.0.0.1", &get(Some("192.0.2.1")), None),
+            Err(Refusal::Banned)
+        );
+        assert_eq!(
+            screen(&s, "10.0.0.1", &get(Some("192.0.2.9")), None),
+            Ok(())
+        );
+        s.lift("192.0.2.1", "test").expect("lift");
+        assert_eq!(screen(&s, "192.0.2.1", &get(None), None), Ok(()));
+        assert!(matches!(
+            s.lift("192.0.2.1", "test"),
+            Err(ShieldError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn the_edge_rate_limit_refuses_the_eleventh_and_emergency_tightens_it() {
+        let s = shield(&config());
+        for _ in 0..10 {
+            assert_eq!(screen(&s, "192.0.2.1", &get(None), None), Ok(()));
+        }
+        let Err(Refusal::RateLimited(r)) = screen(&s, "192.0.2.1", &get(None), None) else {
+            panic!("the eleventh request must be rate limited");
+        };
+        assert_eq!(r.policy.limit, 10);
+
+        s.set_emergency(true, "test").expect("emergency on");
+        assert!(s.paranoia_boost());
+        assert_eq!(screen(&s, "192.0.2.2", &get(None), None), Ok(()));
+        assert!(matches!(
+            screen(&s, "192.0.2.2", &get(None), None),
+            Err(Refusal::RateLimited(_))
+        ));
+        s.set_emergency(false, "test").expect("emergency off");
+        for _ in 0..9 {
+            assert_eq!(screen(&s, "192.0.2.2", &get(None), None), Ok(()));
+        }
+    }
+
+    #[test]
+    fn allowlisted_clients_skip_bans_and_limits_but_not_framing_rules() {
+        let c = ShieldConfig {
+            allowlist: vec!["192.0.2.0/24".parse().expect("cidr")],
+            ..config()
+        };
+        let s = shield(&c);
+        s.ban("192.0.2.1", None, "", "test").expect("ban");
+        for _ in 0..50 {
+            assert_eq!(screen(&s, "192.0.2.1", &get(None), None), Ok(()));
+        }
+        let mut bad = get(None);
+        bad.headers_mut()
+            .insert("content-length", HeaderValue::from_static("+3"));
+        assert!(matches!(
+            screen(&s, "192.0.2.1", &bad, None),
+            Err(Refusal::BadFraming(_))
+        ));
+    }
+
+    #[test]
+    fn a_site_policy_adds_its_own_limit_within_the_ceiling() {
+        let c = ShieldConfig {
+            rate_per_minute: 0,
+            site_rate_ceiling_per_minute: 100,
+            ..config()
+        };
+        let s = shield(&c);
+        let over = SitePolicy {
+            rate_per_minute: Some(101),
+            ..SitePolicy::default()
+        };
+        let err = s
+            .set_site_policy("a.test", Some(over), "t")
+            .expect_err("over ceiling");
+        assert!(matches!(
+            err,
+            ShieldError::Invalid {
+                field: "rate_per_minute",
+                ..
+            }
+        ));
+        let policy = SitePolicy {
+            rate_per_minute: Some(3),
+            max_body_bytes: Some(5),
+            csp: None,
+        };
+        s.set_site_policy("a.test", Some(policy), "t").expect("set");
+        for _ in 0..3 {
+            assert_eq!(screen(&s, "192.0.2.1", &get(None), Some("a.test")), Ok(()));
+        }
+        assert!(screen(&s, "192.0.2.1", &get(None), Some("a.test")).is_err());
+        assert_eq!(screen(&s, "192.0.2.1", &get(None), Some("b.test")), Ok(()));
+        let mut body = get(None);
+        body.headers_mut()
+            .insert("content-length", HeaderValue::from_static("6"));
+        assert_eq!(
+            screen(&s, "192.0.2.9", &body, Some("a.test")),
+            Err(Refusal::BodyTooLarge)
+        );
+        assert_eq!(screen(&s, "192.0.2.9", &body, Some("b.test")), Ok(()));
+    }
+
+    #[test]
+    fn brute_force_bans_at_the_sixth_failed_login() {
+        let s = shield(&config());
+        let ip: IpAddr = "192.0.2.77".parse().expect("ip");
+        for _ in 0..5 {
+            s.record_failed_login(ip);
+        }
+        assert!(s.bans().is_empty());
+        s.record_failed_login(ip);
+        let bans = s.bans();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].ip, "192.0.2.77");
+        assert_eq!(bans[0].reason, "failed logins");
+        assert_eq!(bans[0].expires_at, 1_000 + 3600);
+    }
+
+    #[test]
+    fn state_survives_a_new_shield_on_the_same_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ShieldConfig {
+            state_file: Some(dir.path().join("shield.json")),
+            ..config()
+        };
+        let s = shield(&c);
+        s.ban("2001:db8::1", Some(Duration::from_secs(60)), "spam", "t")
+            .expect("ban");
+        s.set_emergency(true, "t").expect("emergency");
+        s.set_site_policy("a.test", Some(SitePolicy::default()), "t")
+            .expect("policy");
+        drop(s);
+        let again = shield(&c);
+        assert!(again.emergency());
+        assert_eq!(again.bans()[0].ip, "2001:db8::/64");
+        assert_eq!(again.site_policy("a.test"), Some(SitePolicy::default()));
+
+        std::fs::write(dir.path().join("shield.json"), "{nope").expect("write");
+        let err = Shield::new(&c, Vec::new(), ShieldClock::manual(0)).expect_err("corrupt");
+        assert!(err.contains("not a valid shield state file"), "{err}");
+    }
+
+    #[test]
+    fn bad_operator_input_names_the_field_and_changes_nothing() {
+        let s = shield(&config());
+        for (target, ttl, reason, field) in [
+            ("nope", None, "", "ip"),
+            ("192.0.2.1", Some(Duration::ZERO), "", "ttl_secs"),
+            ("192.0.2.1", None, "a\nb", "reason"),
+        ] {
+            match s.ban(target, ttl, reason, "t") {
+                Err(ShieldError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected a refusal naming {field}, got {other:?}"),
+            }
+        }
+        assert!(s.bans().is_empty());
+    }
+
+    #[test]
+    fn a_disabled_shield_admits_everything_and_adds_no_headers() {
+        let c = ShieldConfig {
+            enabled: false,
+            ..config()
+        };
+        let s = shield(&c);
+        s.ban("192.0.2.1", None, "", "t").expect("ban");
+        assert_eq!(screen(&s, "192.0.2.1", &get(None), None), Ok(()));
+        let client = s.resolve("192.0.2.1".parse().expect("ip"), &HeaderMap::new());
+        let mut h = HeaderMap::new();
+        s.finish(&client, None, Origin::Static, false, 200, &mut h);
+        assert!(h.is_empty());
+    }
+}
