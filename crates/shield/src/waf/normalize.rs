@@ -494,23 +494,30 @@ pub fn sql_fold(lower: &str) -> Cow<'_, str> {
 /// slashes collapse and `./` segments go. `..` segments are kept, since
 /// they are what traversal rules look for.
 pub fn path_fold(text: &str) -> Cow<'_, str> {
-    if !text.contains('\\') && !text.contains("//") && !text.contains("./") {
+    if !text.contains([
+        '\\', '\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2215}', '\u{2216}', '\u{2044}',
+    ]) && !text.contains("//")
+        && !text.contains("./")
+    {
         return Cow::Borrowed(text);
     }
-    let replaced = text.replace('\\', "/");
-    let mut out = String::with_capacity(replaced.len());
-    for (i, seg) in replaced.split('/').enumerate() {
-        if i > 0 && (seg.is_empty() || seg == ".") {
-            continue;
-        }
-        if i > 0 || !out.is_empty() {
-            out.push('/');
-        }
-        out.push_str(seg);
-    }
-    if replaced.starts_with('/') && !out.starts_with('/') {
-        out.insert(0, '/');
-    }
+    // Best-fit mappings (Windows, some decoders) turn these look-alikes
+    // into real dots and slashes.
+    let replaced: String = text
+        .chars()
+        .map(|c| match c {
+            '\\' | '\u{ff0f}' | '\u{ff3c}' | '\u{2215}' | '\u{2216}' | '\u{2044}' => '/',
+            '\u{ff0e}' => '.',
+            c => c,
+        })
+        .collect();
+    let kept: Vec<&str> = replaced
+        .split('/')
+        .enumerate()
+        .filter(|&(i, seg)| seg != "." && (i == 0 || !seg.is_empty()))
+        .map(|(_, seg)| seg)
+        .collect();
+    let out = kept.join("/");
     Cow::Owned(out)
 }
 
@@ -628,6 +635,8 @@ mod tests {
             "../../windows/win.ini"
         );
         assert_eq!(path_fold("/a/../b"), "/a/../b");
+        assert_eq!(path_fold("././.htaccess"), ".htaccess");
+        assert_eq!(path_fold("\u{ff0e}\u{ff0e}\u{2215}etc"), "../etc");
     }
 
     #[test]

@@ -264,6 +264,15 @@ pub fn rule(id: u32) -> &'static Rule {
     }
 }
 
+/// Compiles a rule pattern for matching lower-cased bytes: ASCII
+/// classes and word boundaries only, so the lazy DFA never has to fall
+/// back to the slower engines on non-ASCII input.
+pub fn compile(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .unicode(false)
+        .build()
+}
+
 /// One rule match inside one target, before scoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {

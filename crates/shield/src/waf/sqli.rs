@@ -5,10 +5,11 @@
 //! Rules run on the value lower-cased with SQL comments and whitespace
 //! folded, so `UnIoN/**/SeLeCt` reads as `union select`.
 
-use regex::Regex;
+use libinjectionrs::{SqliFlags, SqliState};
+use regex::bytes::Regex;
 
 use super::normalize::sql_fold;
-use super::rules::Hit;
+use super::rules::{compile, Hit};
 use super::targets::Target;
 
 pub struct Sqli {
@@ -51,12 +52,16 @@ impl Sqli {
             (
                 2003,
                 1,
-                r"\b(?:sleep|benchmark|pg_sleep|randomblob|dbms_lock\.sleep|dbms_pipe\.receive_message) ?\(|\bwaitfor (?:delay|time) ?'",
+                // Not after a `.`: `time.sleep(5)` is a method call in code.
+                r"(?:^|[^.\w$])(?:sleep|benchmark|pg_sleep|randomblob|dbms_lock\.sleep|dbms_pipe\.receive_message) ?\(|\bwaitfor (?:delay|time) ?'",
             ),
             (
                 2004,
                 1,
-                r#"(?:['"`]|\b\d+)\s?\)* ?(?:or|and|xor|&&|\|\|) ?\(* ?(?:['"`]?\w*['"`]? ?(?:=|<>|!=|<=?|>=?|\blike\b|\bis\b|\brlike\b|\bregexp\b) ?\(* ?['"`]?\w*|not ?\(|true\b|false\b|\d+\b ?(?:--|#|$))"#,
+                // A closed string or a number, a boolean operator, then a
+                // comparison of two operands (or NOT(, TRUE, a number and a
+                // comment). The operands must be there: prose "18" and is".
+                r#"(?:['"`]|\b\d+)\s?\)* ?(?:(?:or|and|xor)\b|&&|\|\|) ?\(* ?(?:(?:['"`][\w.-]*['"`]?|-?[\w.]+) ?(?:=|<>|!=|<=?|>=?|\blike\b|\brlike\b|\bregexp\b|\bsounds like\b) ?\(* ?(?:['"`][\w.-]*|-?[\w.]+)|not ?\(|(?:true|false)\b|\d+ ?(?:--|#))"#,
             ),
             (
                 2005,
@@ -77,7 +82,7 @@ impl Sqli {
         ];
         let rules = rules
             .into_iter()
-            .map(|(id, pl, re)| Ok((id, pl, Regex::new(re)?)))
+            .map(|(id, pl, re)| Ok((id, pl, compile(re)?)))
             .collect::<Result<_, regex::Error>>()?;
         let trigger = aho_corasick::AhoCorasick::new(TRIGGERS)
             .map_err(|e| regex::Error::Syntax(e.to_string()))?;
@@ -89,12 +94,10 @@ impl Sqli {
         let text = &t.value.text;
         let full = 0..text.len();
 
-        let lib = libinjectionrs::detect_sqli(text.as_bytes());
-        if lib.is_injection() {
+        let mut lib = SqliState::new(text.as_bytes(), SqliFlags::FLAG_NONE);
+        if lib.detect() {
             let mut hit = Hit::new(2001, full.clone());
-            hit.detail = lib
-                .fingerprint
-                .map(|f| format!("fingerprint {}", f.as_str()));
+            hit.detail = Some(format!("fingerprint {}", lib.fingerprint_string()));
             hits.push(hit);
         }
 
@@ -107,7 +110,7 @@ impl Sqli {
             if *level > pl {
                 continue;
             }
-            if let Some(m) = re.find(&folded) {
+            if let Some(m) = re.find(folded.as_bytes()) {
                 let at = if same_offsets {
                     m.range()
                 } else {
@@ -172,6 +175,9 @@ mod tests {
             "Select the option you want; then update your profile.",
             "Rock 'n' roll or jazz? I'd say both",
             "The union of the two sets",
+            "44 O'Connell Street, Val-d'Or 49941",
+            "The chain measures 18\" and is made of brass",
+            "time.sleep(5)  # wait for the server",
             "O'Reilly & Sons, 12 Baker St.",
         ] {
             assert!(ids(text, 1).is_empty(), "{text}: {:?}", ids(text, 1));

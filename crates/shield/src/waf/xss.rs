@@ -7,9 +7,9 @@
 //! with tabs and newlines removed for the URI-scheme rule, since browsers
 //! ignore them inside `java\tscript:`.
 
-use regex::Regex;
+use regex::bytes::Regex;
 
-use super::rules::Hit;
+use super::rules::{compile, Hit};
 use super::targets::Target;
 
 pub struct Xss {
@@ -45,11 +45,11 @@ impl Xss {
         ];
         let rules = rules
             .into_iter()
-            .map(|(id, pl, re)| Ok((id, pl, Regex::new(re)?)))
+            .map(|(id, pl, re)| Ok((id, pl, compile(re)?)))
             .collect::<Result<_, regex::Error>>()?;
         // A scheme followed by code, not by prose ("javascript: the good
         // parts"), or in an attribute that loads a URL.
-        let scheme = Regex::new(
+        let scheme = compile(
             r#"(?:javascript|vbscript|livescript|mocha)\s*:\s*(?:[\w$]+\s*[(.=`\[]|['"`/]|$)|(?:href|src|action|formaction|data|xlink:href)\s*=\s*['"`]?\s*(?:javascript|vbscript|data)\s*:|\bdata\s*:\s*(?:text/html|image/svg\+xml|application/(?:x-)?javascript)"#,
         )?;
         Ok(Xss { rules, scheme })
@@ -62,7 +62,10 @@ impl Xss {
             return;
         }
 
-        if libinjectionrs::detect_xss(t.value.text.as_bytes()).is_injection() {
+        // libinjection's contexts all need markup, an attribute or a scheme.
+        if lower.contains(['<', '=', ':', '`'])
+            && libinjectionrs::detect_xss(t.value.text.as_bytes()).is_injection()
+        {
             hits.push(Hit::new(3001, 0..t.value.text.len()));
         }
         let same_offsets = lower.len() == t.value.text.len();
@@ -77,7 +80,7 @@ impl Xss {
             if *level > pl {
                 continue;
             }
-            if let Some(m) = re.find(lower) {
+            if let Some(m) = re.find(lower.as_bytes()) {
                 hits.push(Hit::new(*id, at(m.range())));
             }
         }
@@ -86,7 +89,7 @@ impl Xss {
                 .chars()
                 .filter(|c| !matches!(c, '\t' | '\n' | '\r' | '\0'))
                 .collect();
-            if self.scheme.is_match(&squeezed) {
+            if self.scheme.is_match(squeezed.as_bytes()) {
                 hits.push(Hit::new(3004, 0..t.value.text.len()));
             }
         }
