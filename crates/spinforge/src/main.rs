@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod pack;
 mod serve;
+mod waf_cli;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -136,6 +136,12 @@ fn decode_round(text: &str, url_is_anomaly: bool, flags: &mut Flags) -> Option<S
         let mut round_flags = Flags::default();
         let bytes = url_decode(current.as_bytes(), false, &mut round_flags);
         if let Cow::Owned(bytes) = bytes {
+            // A value that is itself URL-encoded was most likely
+            // form-encoded, where `+` is a space: decode it that way.
+            let bytes = match url_decode(current.as_bytes(), true, &mut Flags::default()) {
+                Cow::Owned(with_plus) if with_plus != bytes => with_plus,
+                _ => bytes,
+            };
             let repaired = utf8_repair(&bytes, &mut round_flags).into_owned();
             if repaired != *current {
                 changed = true;
@@ -451,7 +457,9 @@ fn neutralise(text: &str) -> String {
 /// of whitespace become one space. Input is expected lower-cased.
 pub fn sql_fold(lower: &str) -> Cow<'_, str> {
     if !lower.contains("/*")
-        && !lower.contains(|c: char| c.is_whitespace() && c != ' ')
+        && !lower.contains(|c: char| {
+            (c.is_whitespace() && c != ' ') || matches!(c, '+' | '\u{a0}' | '\u{fffd}')
+        })
         && !lower.contains("  ")
     {
         return Cow::Borrowed(lower);
@@ -477,7 +485,9 @@ pub fn sql_fold(lower: &str) -> Cow<'_, str> {
     let mut folded = String::with_capacity(out.len());
     let mut space = false;
     for c in out.chars() {
-        if c.is_whitespace() {
+        // `+` is a space once more URL decoding happens downstream; MySQL
+        // reads 0xA0 (here U+00A0 or, undecodable, U+FFFD) as a space.
+        if c.is_whitespace() || matches!(c, '+' | '\u{a0}' | '\u{fffd}') {
             if !space {
                 folded.push(' ');
             }
@@ -556,6 +566,13 @@ mod tests {
     }
 
     #[test]
+    fn plus_is_a_space_in_values_that_are_themselves_url_encoded() {
+        assert_eq!(normalize(b"1+AND+8%3D3", Source::Decoded).text, "1 AND 8=3");
+        assert_eq!(normalize(b"c++ is fun", Source::Decoded).text, "c++ is fun");
+        assert_eq!(form("1%2B1").text, "1+1");
+    }
+
+    #[test]
     fn percent_u_escapes_are_decoded_and_flagged() {
         let n = form("%u003cscript%u003e");
         assert_eq!(n.text, "<script>");
@@ -624,6 +641,7 @@ mod tests {
         assert_eq!(sql_fold("union/**/select"), "union select");
         assert_eq!(sql_fold("1/*!50000union*/ \t select"), "1 union select");
         assert_eq!(sql_fold("a\n\nb"), "a b");
+        assert_eq!(sql_fold("1\u{a0}union+select"), "1 union select");
         assert_eq!(sql_fold("plain text"), "plain text");
     }
 

@@ -180,6 +180,13 @@ pub static RULES: &[Rule] = &[
     r(2007, Sqli, Warning, 2, "SQL comment after a quote"),
     r(2008, Sqli, Error, 2, "SQL keyword with operator characters"),
     r(
+        2009,
+        Sqli,
+        Critical,
+        1,
+        "SQL subquery or ORDER BY column probe",
+    ),
+    r(
         3001,
         Xss,
         Critical,

@@ -73,6 +73,13 @@ impl Sqli {
                 1,
                 r"information_schema|\bpg_catalog\b|\bmysql\.user\b|\bsys\.(?:objects|tables|columns|databases)\b|\bsysobjects\b|\bsyscolumns\b|\bmsysobjects\b|\ball_tables\b|\bsqlite_master\b|\bload_file ?\(|\binto (?:out|dump)file\b|\bxp_cmdshell\b|@@(?:version|datadir|hostname|servername)\b|\butl_(?:http|inaddr)\b|\b(?:extractvalue|updatexml|group_concat|concat_ws|sys_context|version) ?\(|\b(?:char|chr) ?\( ?\d+ ?(?:, ?\d+ ?)+\)|\bcast ?\(.{1,64}\bas (?:int|char|varchar|numeric)\b|\bconvert ?\( ?int ?,",
             ),
+            (
+                2009,
+                1,
+                // A subquery with SQL syntax, or ORDER BY n probing columns;
+                // "(select one)" in prose has neither.
+                r"\( ?select ?(?:\(|case\b|count ?\(|\d+ ?(?:,|from\b)|\* ?from\b|@@|[\w.]+ ?\()|(?:^|['\x22`)\d] ?)order by \d+ ?(?:--|#|/\*|$)",
+            ),
             (2007, 2, r#"['"`] ?\)* ?(?:--(?: |$)|#|/\*|;\x00)"#),
             (
                 2008,
@@ -175,6 +182,7 @@ mod tests {
             "Select the option you want; then update your profile.",
             "Rock 'n' roll or jazz? I'd say both",
             "The union of the two sets",
+            "Choose a plan (select one) and order by 5pm",
             "44 O'Connell Street, Val-d'Or 49941",
             "The chain measures 18\" and is made of brass",
             "time.sleep(5)  # wait for the server",
