@@ -195,6 +195,44 @@ impl Verdict {
             .map(|m| m.rule.class)
     }
 
+    /// Writes the audit event for this verdict, if the score reached the
+    /// threshold: `waf.block` when blocked, `waf.detect` in detect-only
+    /// mode. It names the site, the request id, the rule ids, the score,
+    /// the class and the matched fragments (already redacted and capped).
+    pub fn audit(&self, site: &str, request_id: &str) {
+        if !self.threshold_reached {
+            return;
+        }
+        let event = match self.decision {
+            Decision::Block => "waf.block",
+            Decision::Pass => "waf.detect",
+        };
+        let rules: Vec<String> = self.rule_ids().iter().map(u32::to_string).collect();
+        let mut fragment = String::new();
+        for m in self
+            .matches
+            .iter()
+            .filter(|m| !m.fragment.is_empty())
+            .take(3)
+        {
+            if !fragment.is_empty() {
+                fragment.push_str(" | ");
+            }
+            fragment.push_str(&format!("{}:{}={}", m.location, m.name, m.fragment));
+        }
+        tracing::info!(
+            target: "spinforge::audit",
+            event,
+            site,
+            request_id,
+            rules = %rules.join(","),
+            score = self.score,
+            class = self.class().map(Class::as_str).unwrap_or("-"),
+            fragment = %fragment,
+            "web-application firewall matched"
+        );
+    }
+
     /// The matched rule ids in catalogue order.
     pub fn rule_ids(&self) -> Vec<u32> {
         self.matches.iter().map(|m| m.rule.id).collect()
