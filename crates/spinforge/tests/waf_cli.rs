@@ -14,7 +14,8 @@ fn waf_test(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .spawn()
         .expect("spinforge starts");
     let mut pipe = child.stdin.take().expect("stdin is piped");
-    pipe.write_all(stdin.unwrap_or_default()).expect("stdin accepts input");
+    pipe.write_all(stdin.unwrap_or_default())
+        .expect("stdin accepts input");
     drop(pipe);
     child.wait_with_output().expect("spinforge exits")
 }
@@ -35,7 +36,10 @@ fn an_injection_string_is_reported_with_rule_fingerprint_and_exit_1() {
 
 #[test]
 fn ordinary_text_passes_with_exit_0() {
-    let out = waf_test(&["Rock 'n' roll & blues; it's O'Brien's band", "--json"], None);
+    let out = waf_test(
+        &["Rock 'n' roll & blues; it's O'Brien's band", "--json"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0));
     let v = json(&out);
     assert_eq!(v["blocked"], false);
@@ -44,14 +48,18 @@ fn ordinary_text_passes_with_exit_0() {
 
 #[test]
 fn a_raw_json_request_from_stdin_is_parsed_and_its_escapes_decoded() {
-    let request = b"POST /api/items HTTP/1.1\r\nHost: shop.test\r\nContent-Type: application/json\r\n\r\n\
+    let request =
+        b"POST /api/items HTTP/1.1\r\nHost: shop.test\r\nContent-Type: application/json\r\n\r\n\
 {\"title\":\"ok\",\"note\":\"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\"}";
     let out = waf_test(&["-", "--json"], Some(request));
     assert_eq!(out.status.code(), Some(1));
     let v = json(&out);
     assert_eq!(v["class"], "xss");
     let m = &v["matches"][0];
-    assert_eq!((m["location"].as_str(), m["name"].as_str()), (Some("JSON"), Some("note")));
+    assert_eq!(
+        (m["location"].as_str(), m["name"].as_str()),
+        (Some("JSON"), Some("note"))
+    );
 }
 
 #[test]
@@ -65,7 +73,17 @@ fn exclusions_and_paranoia_change_the_outcome() {
         .collect();
     assert!(ids.contains(&3008), "{ids:?}");
 
-    let excluded = waf_test(&["<b>hi</b>", "--paranoia", "2", "--exclude", "3008:q", "--json"], None);
+    let excluded = waf_test(
+        &[
+            "<b>hi</b>",
+            "--paranoia",
+            "2",
+            "--exclude",
+            "3008:q",
+            "--json",
+        ],
+        None,
+    );
     assert_eq!(json(&excluded)["matches"].as_array().map(Vec::len), Some(0));
 }
 

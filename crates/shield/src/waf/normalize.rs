@@ -191,7 +191,7 @@ fn hex4(bytes: &[u8]) -> Option<u32> {
 /// Decodes `%XX` and `%uXXXX`; a `%` that starts neither stays literal.
 /// Returns `Borrowed` if and only if nothing was decoded.
 pub fn url_decode<'a>(raw: &'a [u8], plus_is_space: bool, flags: &mut Flags) -> Cow<'a, [u8]> {
-    if !raw.contains(&b'%') && !(plus_is_space && raw.contains(&b'+')) {
+    if !(raw.contains(&b'%') || (plus_is_space && raw.contains(&b'+'))) {
         return Cow::Borrowed(raw);
     }
     let mut out = Vec::with_capacity(raw.len());

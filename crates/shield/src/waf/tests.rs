@@ -167,7 +167,7 @@ fn config_validation_names_the_field() {
         ..Default::default()
     };
     assert_eq!(
-        bad.validate().unwrap_err().to_string(),
+        bad.validate().expect_err("invalid config").to_string(),
         "waf.paranoia must be 1 to 4, got 7"
     );
     let bad = SiteWafConfig {
@@ -178,7 +178,11 @@ fn config_validation_names_the_field() {
         }],
         ..Default::default()
     };
-    assert!(bad.validate().unwrap_err().to_string().contains("9999"));
+    assert!(bad
+        .validate()
+        .expect_err("invalid config")
+        .to_string()
+        .contains("9999"));
     assert!(SiteWafConfig::default().validate().is_ok());
 }
 
