@@ -253,33 +253,39 @@ fn push_form(out: &mut Extracted, raw: &[u8], source: Source, names: Location) {
 
 /// Adds one `Joined` target per argument name that appears more than once.
 fn join_repeated(out: &mut Extracted) {
-    let mut joined: Vec<(Location, String, String)> = Vec::new();
+    // name -> (copies, joined values); a map keeps this linear in the
+    // number of arguments, however many distinct names a form has.
+    let mut by_name: std::collections::HashMap<&str, (usize, String)> =
+        std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
     for t in &out.targets {
         if !matches!(t.location, Location::Query | Location::Body) {
             continue;
         }
-        match joined.iter_mut().find(|(_, n, _)| *n == t.name) {
-            Some((_, _, v)) => {
-                v.push(',');
-                v.push_str(&t.value.text);
-            }
-            None => joined.push((t.location, t.name.clone(), t.value.text.clone())),
+        let entry = by_name.entry(t.name.as_str()).or_insert_with(|| {
+            order.push(t.name.as_str());
+            (0, String::new())
+        });
+        if entry.0 > 0 {
+            entry.1.push(',');
         }
+        entry.1.push_str(&t.value.text);
+        entry.0 += 1;
     }
-    for (_, name, value) in joined {
-        let copies = out
-            .targets
-            .iter()
-            .filter(|t| matches!(t.location, Location::Query | Location::Body) && t.name == name)
-            .count();
-        if copies > 1 {
-            push(
-                out,
-                Location::Joined,
-                name,
-                normalize(value.as_bytes(), Source::Decoded),
-            );
-        }
+    let joined: Vec<(String, String)> = order
+        .into_iter()
+        .filter_map(|name| {
+            let (copies, value) = by_name.remove(name)?;
+            (copies > 1).then(|| (name.to_owned(), value))
+        })
+        .collect();
+    for (name, value) in joined {
+        push(
+            out,
+            Location::Joined,
+            name,
+            normalize(value.as_bytes(), Source::Decoded),
+        );
     }
 }
 
