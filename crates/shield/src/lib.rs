@@ -2,7 +2,8 @@
 //! hub reuses for its own endpoints. It owns the client-IP model, request
 //! limits, rate limits, security headers, behaviour detection, the ban
 //! table and emergency mode. The ordered list of request stages lives in
-//! [`pipeline`]. It knows nothing about routes, files or upstreams.
+//! [`pipeline`]; the web-application firewall is [`waf`]. It knows nothing
+//! about routes, files or upstreams.
 #![forbid(unsafe_code)]
 
 pub mod bans;
@@ -17,6 +18,7 @@ pub mod headers;
 pub mod limits;
 pub mod pipeline;
 pub mod rate;
+pub mod waf;
 
 pub use client_ip::{ClientIp, ClientIpResolver, IpKey};
 pub use clock::ShieldClock;

@@ -177,6 +177,10 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    // --- WAF (issue #7) ---
+    /// Try the web-application firewall locally, for tuning exclusions.
+    #[command(subcommand)]
+    Waf(WafCommand),
 }
 
 #[derive(Subcommand)]
@@ -286,6 +290,33 @@ pub enum EmergencyCommand {
     Status,
 }
 
+// --- WAF (issue #7) ---
+#[derive(Subcommand)]
+pub enum WafCommand {
+    /// Show which WAF rules match a request or a string, and why. Exits 1
+    /// if the request would be blocked.
+    ///
+    /// INPUT is a raw HTTP request ("POST /login HTTP/1.1", headers, a
+    /// blank line, the body) or any other string, which is tested as the
+    /// query argument `q`. `-` reads it from standard input.
+    Test {
+        input: String,
+        /// Paranoia level, 1 (fewest false positives) to 4.
+        #[arg(long, default_value_t = 1)]
+        paranoia: u8,
+        /// Anomaly score that blocks.
+        #[arg(long, default_value_t = 5)]
+        threshold: u32,
+        /// Exclude a rule: RULE, RULE@/path-prefix, RULE:arg or RULE@/path:arg
+        /// (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SiteType {
     Static,
@@ -368,6 +399,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(command) => crate::admin::run(command).await,
         Command::Bans { command, api } => crate::shield_cmd::bans(&api, command).await,
         Command::Emergency { command, api } => crate::shield_cmd::emergency(&api, command).await,
+        // --- WAF (issue #7) ---
+        Command::Waf(command) => match crate::waf_cli::run(command)? {
+            Ok(()) => Ok(()),
+            Err(crate::waf_cli::WouldBlock) => std::process::exit(1),
+        },
         other => crate::commands::run(other).await,
     }
 }

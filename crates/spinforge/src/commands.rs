@@ -72,7 +72,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(_)
         | Command::Admin(_)
         | Command::Bans { .. }
-        | Command::Emergency { .. } => {
+        | Command::Emergency { .. }
+        | Command::Waf(_) => {
             unreachable!("handled in cli::run")
         }
     }

@@ -12,6 +12,7 @@ mod identity_commands;
 mod pack;
 mod serve;
 mod shield_cmd;
+mod waf_cli;
 
 use clap::Parser;
 use std::process::ExitCode;
