@@ -67,6 +67,10 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(P::UsersManage),
     ),
     ("DELETE", "/api/v1/users/{id}/lock", Needs(P::UsersManage)),
+    ("DELETE", "/api/v1/users/{id}/totp", Needs(P::UsersManage)),
+    ("POST", "/api/v1/users/me/totp", SignedIn),
+    ("DELETE", "/api/v1/users/me/totp", SignedIn),
+    ("POST", "/api/v1/users/me/totp/confirm", SignedIn),
     ("GET", "/api/v1/sessions", SignedIn),
     ("DELETE", "/api/v1/sessions/{id}", SignedIn),
     ("GET", "/api/v1/apikeys", Needs(P::ApiKeysManage)),
@@ -124,6 +128,15 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
     ("GET", "/metrics", Needs(P::SystemMetrics)),
+];
+
+/// What an admin without a second factor may still reach when one is
+/// required: enough to enrol it, see who it is, and leave.
+const ENROLMENT_ROUTES: &[&str] = &[
+    "/api/v1/users/me/totp",
+    "/api/v1/users/me/totp/confirm",
+    "/api/v1/whoami",
+    "/api/v1/auth/logout",
 ];
 
 /// Routes that exist only in debug builds (what `cargo test` runs), kept
@@ -237,6 +250,17 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
     }
 
     let principal = authenticate(hub, parts).await?;
+    if principal.role == store::Role::Admin
+        && !principal.second_factor
+        && principal.method != identity::AuthMethod::ApiKey
+        && hub.identity().config().require_totp_for_admins
+        && !ENROLMENT_ROUTES.contains(&route)
+    {
+        return Err(ApiError::SecondFactor {
+            code: "totp_enrolment_required",
+            message: "admins need a second factor: POST /api/v1/users/me/totp first",
+        });
+    }
     if access == SignedIn && principal.method == identity::AuthMethod::ApiKey {
         // Keys are for automation: sessions and profiles belong to people.
         audit_refused_key(&principal, parts.uri.path());

@@ -38,6 +38,13 @@ pub enum ApiError {
     /// token or from a foreign origin.
     #[error("{0}")]
     Csrf(&'static str),
+    /// The client's password was right but the second factor is missing
+    /// (`second_factor_required`) or wrong (`second_factor_failed`).
+    #[error("{message}")]
+    SecondFactor {
+        code: &'static str,
+        message: &'static str,
+    },
     /// The client failed to log in too often; it may retry after the delay.
     #[error("too many failed logins; try again later")]
     Locked { retry_after: u64 },
@@ -87,6 +94,7 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "forbidden", None)
             }
             ApiError::Csrf(_) => (StatusCode::FORBIDDEN, "csrf_failed", None),
+            ApiError::SecondFactor { code, .. } => (StatusCode::UNAUTHORIZED, code, Some("totp")),
             ApiError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "locked", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::AppFailed { .. } => (
@@ -111,7 +119,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid`, `bad_bundle`, `too_large`,
-    /// `unauthorized`, `forbidden`, `csrf_failed`, `locked`, `not_found`,
+    /// `unauthorized`, `second_factor_required`, `second_factor_failed`,
+    /// `forbidden`, `csrf_failed`, `totp_enrolment_required`, `locked`, `not_found`,
     /// `conflict`, `app_failed`, `internal`.
     pub code: &'static str,
     pub message: String,
@@ -177,6 +186,14 @@ impl From<identity::IdentityError> for ApiError {
             E::Locked { retry_after } => ApiError::Locked { retry_after },
             E::Escalation(message) => ApiError::Escalation(message),
             E::NotFound(what) => ApiError::NotFound(what),
+            E::SecondFactorRequired => ApiError::SecondFactor {
+                code: "second_factor_required",
+                message: "this account needs a TOTP code (totp) or a recovery code (recovery_code)",
+            },
+            E::SecondFactorFailed => ApiError::SecondFactor {
+                code: "second_factor_failed",
+                message: "invalid or already used second-factor code",
+            },
             other => ApiError::internal(other),
         }
     }

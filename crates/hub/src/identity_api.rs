@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use identity::{AuthMethod, NewApiKey, Permission, Resource, UserSpec};
+use identity::{AuthMethod, NewApiKey, Permission, Resource, SecondFactor, UserSpec};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use store::{ApiKeyRecord, Role, Session, User, UserChange, UserId};
@@ -36,6 +36,9 @@ pub fn routes() -> Router<Hub> {
         )
         .route("/users/{id}/sessions", delete(revoke_user_sessions))
         .route("/users/{id}/lock", delete(unlock_user))
+        .route("/users/{id}/totp", delete(remove_user_totp))
+        .route("/users/me/totp", post(totp_begin).delete(totp_remove))
+        .route("/users/me/totp/confirm", post(totp_confirm))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}", delete(revoke_session))
         .route("/apikeys", get(list_api_keys).post(create_api_key))
@@ -64,6 +67,10 @@ pub fn routes() -> Router<Hub> {
         delete_user,
         revoke_user_sessions,
         unlock_user,
+        remove_user_totp,
+        totp_begin,
+        totp_confirm,
+        totp_remove,
         list_sessions,
         revoke_session,
         list_api_keys,
@@ -175,6 +182,27 @@ pub struct BrowserSessionView {
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// The current TOTP code, for accounts with a second factor.
+    pub totp: Option<String>,
+    /// A recovery code instead of a TOTP code; each works once.
+    pub recovery_code: Option<String>,
+}
+
+impl LoginRequest {
+    fn second_factor(&self) -> Option<SecondFactor> {
+        match (&self.totp, &self.recovery_code) {
+            (Some(code), _) => Some(SecondFactor::Totp(code.clone())),
+            (None, Some(code)) => Some(SecondFactor::RecoveryCode(code.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCodeRequest {
+    /// A current 6-digit code from the authenticator app.
+    pub code: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -395,9 +423,10 @@ async fn login(
     Client(client): Client,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenPairView>, ApiError> {
+    let factor = req.second_factor();
     let (_, pair) = hub
         .identity()
-        .login(&req.email, req.password, &client)
+        .login(&req.email, req.password, factor.as_ref(), &client)
         .await?;
     Ok(Json(pair.into()))
 }
@@ -445,9 +474,10 @@ async fn browser_login(
     if headers.contains_key(header::ORIGIN) && !same_origin(&headers) {
         return Err(ApiError::Csrf("a browser login must come from this origin"));
     }
+    let factor = req.second_factor();
     let (_, login) = hub
         .identity()
-        .login_browser(&req.email, req.password, &client)
+        .login_browser(&req.email, req.password, factor.as_ref(), &client)
         .await?;
     let max_age = hub.identity().config().browser_absolute.as_secs();
     let cookie = session_cookie_header(&login.cookie, max_age)?;
@@ -709,6 +739,67 @@ async fn unlock_user(
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     hub.identity().unlock(&target.email).await?;
     audit_change("auth.unlocked", &caller, target.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/{id}/totp", tag = "users",
+    params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_user_totp(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let target = user_or_404(&hub, parse_user_id(&id)?).await?;
+    hub.identity().totp_remove(&target).await?;
+    audit_change("auth.totp_reset", &caller, target.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- second factor ---------------------------------------------------------
+
+#[utoipa::path(post, path = "/api/v1/users/me/totp", tag = "users",
+    responses((status = 200), (status = 401, body = ErrorBody)))]
+async fn totp_begin(
+    State(hub): State<Hub>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user_or_404(&hub, caller.0.user_id).await?;
+    let enrolment = hub.identity().totp_begin(&user).await?;
+    Ok(Json(serde_json::json!({
+        "secret": enrolment.secret_base32,
+        "otpauth_url": enrolment.otpauth_url,
+    })))
+}
+
+#[utoipa::path(post, path = "/api/v1/users/me/totp/confirm", request_body = TotpCodeRequest,
+    tag = "users", responses((status = 200), (status = 400, body = ErrorBody)))]
+async fn totp_confirm(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiJson(req): ApiJson<TotpCodeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user_or_404(&hub, caller.0.user_id).await?;
+    let codes = hub.identity().totp_confirm(&user, &req.code).await?;
+    Ok(Json(serde_json::json!({ "recovery_codes": codes })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/me/totp", request_body = TotpCodeRequest,
+    tag = "users", responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn totp_remove(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Client(client): Client,
+    ApiJson(req): ApiJson<TotpCodeRequest>,
+) -> Result<StatusCode, ApiError> {
+    // Removing the factor needs a current code, so a stolen session alone
+    // cannot strip it.
+    let user = user_or_404(&hub, caller.0.user_id).await?;
+    let factor = SecondFactor::Totp(req.code);
+    hub.identity()
+        .check_second_factor(&user, Some(&factor), &client)
+        .await?;
+    hub.identity().totp_remove(&user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

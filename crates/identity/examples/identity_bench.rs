@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. What a request pays: token plus the session and user lookup.
     let (_, pair) = id
-        .login("bench@example.com", PASSWORD.into(), &client)
+        .login("bench@example.com", PASSWORD.into(), None, &client)
         .await?;
     let mut authenticate = Vec::with_capacity(5_000);
     for _ in 0..5_000 {
@@ -102,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let id = id.clone();
                 let client = client.clone();
                 tasks.push(tokio::spawn(async move {
-                    id.login("bench@example.com", PASSWORD.into(), &client)
+                    id.login("bench@example.com", PASSWORD.into(), None, &client)
                         .await
                 }));
             }

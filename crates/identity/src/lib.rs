@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod oidc;
 mod password;
 pub mod permission;
+mod second_factor;
 mod throttle;
 pub mod totp;
 
@@ -20,6 +21,7 @@ pub use password::{hash_password, verify_password, PasswordPolicy};
 pub use permission::{
     authorize, role_permissions, AuthMethod, Denied, Permission, PermissionSet, Principal, Resource,
 };
+pub use second_factor::{SecondFactor, TotpEnrolment};
 
 use arc_swap::ArcSwap;
 use base64::Engine;
@@ -54,6 +56,13 @@ pub enum IdentityError {
     /// The client: the email already belongs to a user.
     #[error("a user with this email already exists")]
     EmailTaken,
+    /// The client: the password was right, but the account has a second
+    /// factor and none was given.
+    #[error("this account needs a TOTP code or a recovery code")]
+    SecondFactorRequired,
+    /// The client: the TOTP or recovery code was wrong or already used.
+    #[error("invalid or already used second-factor code")]
+    SecondFactorFailed,
     /// The client asked for rights it does not hold itself.
     #[error("{0}")]
     Escalation(String),
@@ -150,6 +159,8 @@ pub struct IdentityConfig {
     pub audience: String,
     pub password: PasswordPolicy,
     pub lockout: LockoutPolicy,
+    /// Admins without a second factor may do nothing but enrol one.
+    pub require_totp_for_admins: bool,
 }
 
 impl Default for IdentityConfig {
@@ -164,6 +175,7 @@ impl Default for IdentityConfig {
             audience: "spinforge-api".into(),
             password: PasswordPolicy::default(),
             lockout: LockoutPolicy::default(),
+            require_totp_for_admins: false,
         }
     }
 }
@@ -418,9 +430,11 @@ impl Identity {
         &self,
         email: &str,
         password: String,
+        factor: Option<&SecondFactor>,
         client: &ClientInfo,
     ) -> Result<(User, TokenPair), IdentityError> {
         let user = self.check_login(email, password, client).await?;
+        self.check_second_factor(&user, factor, client).await?;
         let pair = self.start_token_session(&user, client).await?;
         audit_auth("auth.succeeded", &user.email, client, "token login");
         Ok((user, pair))
@@ -456,9 +470,11 @@ impl Identity {
         &self,
         email: &str,
         password: String,
+        factor: Option<&SecondFactor>,
         client: &ClientInfo,
     ) -> Result<(User, BrowserLogin), IdentityError> {
         let user = self.check_login(email, password, client).await?;
+        self.check_second_factor(&user, factor, client).await?;
         let cookie = format!("sfc_{}", random_token());
         let at = now();
         let session = Session {
@@ -710,10 +726,11 @@ fn principal_of(user: &User, session: Option<String>, method: AuthMethod) -> Pri
         api_key: None,
         sites: None,
         method,
+        second_factor: user.totp_secret.is_some(),
     }
 }
 
-fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo, message: &str) {
+pub(crate) fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo, message: &str) {
     // Only a well-formed address is logged, and escaped: the field is
     // attacker input, and people paste passwords into it.
     let subject = match normalize_email(subject) {

@@ -175,6 +175,8 @@ pub struct Principal {
     /// Sites an API key is limited to; `None` for no limit.
     pub sites: Option<Vec<String>>,
     pub method: AuthMethod,
+    /// True iff the user has a confirmed TOTP second factor.
+    pub second_factor: bool,
 }
 
 /// A resource a permission is checked against, described by its stored
@@ -258,6 +260,7 @@ mod tests {
             api_key: None,
             sites: None,
             method: AuthMethod::Bearer,
+            second_factor: false,
         }
     }
 

@@ -33,17 +33,22 @@ async fn login_fails_the_same_way_for_unknown_user_and_wrong_password() {
     let (_d, id) = fixture().await;
     user(&id, "Admin@Example.com", Role::Admin, None).await;
     let wrong = id
-        .login("admin@example.com", "wrong password!!".into(), &client())
+        .login(
+            "admin@example.com",
+            "wrong password!!".into(),
+            None,
+            &client(),
+        )
         .await;
     let unknown = id
-        .login("nobody@example.com", PASSWORD.into(), &client())
+        .login("nobody@example.com", PASSWORD.into(), None, &client())
         .await;
     assert_eq!(
         wrong.err().map(|e| e.to_string()),
         unknown.err().map(|e| e.to_string())
     );
     let (user, pair) = id
-        .login("ADMIN@example.com", PASSWORD.into(), &client())
+        .login("ADMIN@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login");
     assert_eq!(user.email, "admin@example.com");
@@ -58,10 +63,12 @@ async fn five_failures_lock_known_and_unknown_accounts_alike() {
     user(&id, "a@example.com", Role::Admin, None).await;
     for email in ["a@example.com", "ghost@example.com"] {
         for _ in 0..5 {
-            let e = id.login(email, "not the password".into(), &client()).await;
+            let e = id
+                .login(email, "not the password".into(), None, &client())
+                .await;
             assert!(matches!(e, Err(IdentityError::BadCredentials)), "{email}");
         }
-        let locked = id.login(email, PASSWORD.into(), &client()).await;
+        let locked = id.login(email, PASSWORD.into(), None, &client()).await;
         match locked {
             Err(IdentityError::Locked { retry_after }) => {
                 assert!(retry_after > 14 * 60 && retry_after <= 15 * 60)
@@ -76,7 +83,7 @@ async fn reusing_a_refresh_token_ends_the_session() {
     let (_d, id) = fixture().await;
     user(&id, "a@example.com", Role::Admin, None).await;
     let (_, first) = id
-        .login("a@example.com", PASSWORD.into(), &client())
+        .login("a@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login");
     let second = id
@@ -99,7 +106,7 @@ async fn logout_and_disabling_end_access_at_once() {
     let (_d, id) = fixture().await;
     let u = user(&id, "a@example.com", Role::Developer, Some("acme")).await;
     let (_, pair) = id
-        .login("a@example.com", PASSWORD.into(), &client())
+        .login("a@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login");
     let who = id.authenticate(&pair.access_token).await.expect("auth");
@@ -107,7 +114,7 @@ async fn logout_and_disabling_end_access_at_once() {
     assert!(id.authenticate(&pair.access_token).await.is_err());
 
     let (_, pair) = id
-        .login("a@example.com", PASSWORD.into(), &client())
+        .login("a@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login again");
     id.update_user(
@@ -123,7 +130,8 @@ async fn logout_and_disabling_end_access_at_once() {
     .expect("disable");
     assert!(id.authenticate(&pair.access_token).await.is_err());
     assert!(matches!(
-        id.login("a@example.com", PASSWORD.into(), &client()).await,
+        id.login("a@example.com", PASSWORD.into(), None, &client())
+            .await,
         Err(IdentityError::BadCredentials)
     ));
 }
@@ -133,7 +141,7 @@ async fn an_api_key_never_exceeds_its_creator() {
     let (_d, id) = fixture().await;
     user(&id, "dev@example.com", Role::Developer, Some("acme")).await;
     let (_, pair) = id
-        .login("dev@example.com", PASSWORD.into(), &client())
+        .login("dev@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login");
     let dev = id.authenticate(&pair.access_token).await.expect("auth");
@@ -190,7 +198,7 @@ async fn rotating_the_signing_key_keeps_old_tokens_valid() {
     let (_d, id) = fixture().await;
     user(&id, "a@example.com", Role::Admin, None).await;
     let (_, before) = id
-        .login("a@example.com", PASSWORD.into(), &client())
+        .login("a@example.com", PASSWORD.into(), None, &client())
         .await
         .expect("login");
     id.rotate_signing_key().await.expect("rotate");

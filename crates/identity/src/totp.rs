@@ -216,6 +216,12 @@ impl std::fmt::Debug for RecoveryCodeHash {
 }
 
 impl RecoveryCodeHash {
+    /// The hash of a code as the user typed it (case, spaces, dashes and
+    /// look-alikes forgiven), to find it among stored hashes.
+    pub fn of_input(input: &str) -> Result<RecoveryCodeHash, TotpError> {
+        Ok(RecoveryCodeHash::of(&normalise_recovery_code(input)?))
+    }
+
     fn of(normalised: &str) -> RecoveryCodeHash {
         let mut hasher = Sha256::new();
         hasher.update(RECOVERY_HASH_DOMAIN);

@@ -53,6 +53,9 @@ pub struct IdentityFileConfig {
     pub browser_absolute_timeout_secs: Option<u64>,
     /// The `iss` of access tokens (default "spinforge").
     pub issuer: Option<String>,
+    /// Admins without a TOTP second factor may only enrol one (default
+    /// false).
+    pub require_totp_for_admins: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +245,9 @@ fn identity_config(file: &IdentityFileConfig) -> anyhow::Result<identity::Identi
             bail!("identity.lockout_max_failures must be between 1 and 100");
         }
         config.lockout.max_failures = max;
+    }
+    if let Some(required) = file.require_totp_for_admins {
+        config.require_totp_for_admins = required;
     }
     if let Some(issuer) = &file.issuer {
         if issuer.is_empty() || issuer.len() > 200 {

@@ -931,3 +931,107 @@ async fn the_last_enabled_admin_cannot_be_removed_even_by_two_admins_at_once() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
 }
+
+/// The current code for a base32 secret, as an authenticator app shows it.
+fn totp_code(secret: &str, offset_steps: i64) -> String {
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .expect("base32");
+    let totp = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        bytes,
+        None,
+        String::new(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    totp.generate((now + offset_steps * 30) as u64)
+}
+
+#[tokio::test]
+async fn a_second_factor_is_required_once_enrolled_and_each_code_works_once() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (_, pair) = user(&server, &admin, "dev@acme.test", "developer", "acme").await;
+    let token = access(&pair).to_owned();
+    let (status, enrol) = call(
+        &server,
+        Method::POST,
+        "/api/v1/users/me/totp",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let secret = enrol["secret"].as_str().expect("secret").to_owned();
+    assert!(enrol["otpauth_url"]
+        .as_str()
+        .expect("url")
+        .starts_with("otpauth://totp/"));
+    let confirm = |code: String| {
+        let server = &server;
+        let token = token.clone();
+        async move {
+            let body = json!({ "code": code });
+            call(
+                server,
+                Method::POST,
+                "/api/v1/users/me/totp/confirm",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        confirm("000000".into()).await.0,
+        401,
+        "a wrong first code confirms nothing"
+    );
+    let (status, confirmed) = confirm(totp_code(&secret, 0)).await;
+    assert_eq!(status, 200, "{confirmed}");
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("code").to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    let with = |extra: Value| {
+        let mut body = json!({ "email": "dev@acme.test", "password": PASSWORD });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let server = &server;
+        async move { call(server, Method::POST, "/api/v1/auth/login", None, Some(body)).await }
+    };
+    let (status, body) = with(json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("second_factor_required"))
+    );
+    let (status, body) = with(json!({ "totp": "123456" })).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("second_factor_failed"))
+    );
+    // The code that confirmed enrolment is spent; the next step's works once.
+    let next = totp_code(&secret, 1);
+    assert_eq!(with(json!({ "totp": next })).await.0, 200);
+    assert_eq!(
+        with(json!({ "totp": next })).await.0,
+        401,
+        "a replayed code"
+    );
+    // A recovery code works once, typed loosely.
+    let loose = recovery[0].to_uppercase().replace('-', " ");
+    assert_eq!(with(json!({ "recovery_code": loose })).await.0, 200);
+    assert_eq!(with(json!({ "recovery_code": recovery[0] })).await.0, 401);
+    assert!(server.log_shows("auth.totp_enrolled").await);
+}
