@@ -477,11 +477,13 @@ impl Writer {
                 }
             }
             Err(e) => {
+                // Unwritable first: a caller told of the failure must
+                // find the log marked as failed.
                 let problem = e.to_string();
+                self.failed(state, &problem);
                 for ack in acks.into_iter().flatten() {
                     let _ = ack.send(Err(problem.clone()));
                 }
-                self.failed(state, &problem);
                 *failed = events;
             }
         }
