@@ -215,7 +215,10 @@ mod tests {
         moved.actor_role = Some("3".into());
         assert_ne!(base, key.mac(&GENESIS, &moved));
         assert_ne!(base, key.mac(&[1; 32], &row("auth.failed")));
-        assert_ne!(base, ChainKey::new(b"other").mac(&GENESIS, &row("auth.failed")));
+        assert_ne!(
+            base,
+            ChainKey::new(b"other").mac(&GENESIS, &row("auth.failed"))
+        );
     }
 
     #[test]

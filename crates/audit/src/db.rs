@@ -66,7 +66,8 @@ pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, 
 pub(crate) async fn append(pool: &SqlitePool, rows: &[Row]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+        let mut insert =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
         insert.push_values(chunk, |mut b, row| {
             b.push_bind(row.seq)
                 .push_bind(row.time_us)
@@ -166,11 +167,10 @@ pub(crate) async fn insert_checkpoint(
 
 /// Every checkpoint in the table, oldest first.
 pub(crate) async fn checkpoints(pool: &SqlitePool) -> Result<Vec<Checkpoint>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT seq, mac, time, key_id, signature FROM audit_checkpoints ORDER BY seq",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows =
+        sqlx::query("SELECT seq, mac, time, key_id, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(pool)
+            .await?;
     rows.iter()
         .map(|r| {
             Ok(Checkpoint {

@@ -31,7 +31,9 @@ pub struct RequestScope {
 impl RequestScope {
     /// Fills what the event left empty.
     pub(crate) fn fill(&self, event: &mut AuditEvent) {
-        event.request_id.get_or_insert_with(|| self.request_id.clone());
+        event
+            .request_id
+            .get_or_insert_with(|| self.request_id.clone());
         event.client_ip.get_or_insert(self.client_ip);
         if event.user_agent.is_none() {
             event.user_agent.clone_from(&self.user_agent);

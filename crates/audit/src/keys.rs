@@ -48,8 +48,8 @@ pub fn load_or_create(dir: &Path, create: bool) -> Result<(Keys, bool), AuditErr
     let signing_path = dir.join(SIGNING_KEY_FILE);
     let existed = signing_path.exists();
     let signing = read_or_make(&signing_path, create, SigningKey::generate_pkcs8)?;
-    let signing = SigningKey::from_pkcs8(&signing.0)
-        .map_err(|e| AuditError::key(&signing_path, e))?;
+    let signing =
+        SigningKey::from_pkcs8(&signing.0).map_err(|e| AuditError::key(&signing_path, e))?;
     if chain.0.len() < 32 {
         return Err(AuditError::key(
             &dir.join(CHAIN_KEY_FILE),

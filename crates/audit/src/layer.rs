@@ -92,7 +92,10 @@ impl Fields {
 
     fn into_event(mut self) -> AuditEvent {
         let kind = self.kind.take();
-        let mut event = self.event.take().unwrap_or_else(|| AuditEvent::new("audit.untyped"));
+        let mut event = self
+            .event
+            .take()
+            .unwrap_or_else(|| AuditEvent::new("audit.untyped"));
         if let Some(kind) = kind {
             let explicit = event.metadata.remove("__result");
             event.result = explicit
@@ -178,7 +181,9 @@ impl Visit for Fields {
         if field.name() == "event" {
             return;
         }
-        self.event().metadata.insert(field.name().into(), value.into());
+        self.event()
+            .metadata
+            .insert(field.name().into(), value.into());
     }
 }
 

@@ -144,8 +144,7 @@ fn format_time(time_us: i64) -> String {
 /// `7d` counted back from `now_us`. Returns microseconds since the epoch.
 pub fn parse_time(text: &str, field: &'static str, now_us: i64) -> Result<i64, AuditError> {
     let rule = "must be RFC 3339 (2026-01-31T12:00:00Z) or an age like 30s, 15m, 24h, 7d";
-    if let Ok(t) =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
     {
         return Ok((t.unix_timestamp_nanos() / 1000) as i64);
     }
@@ -179,7 +178,9 @@ impl AuditReader {
 
     /// Opens the log of a (possibly stopped) data directory read-only.
     pub async fn open_read_only(data_dir: &Path) -> Result<AuditReader, AuditError> {
-        Ok(AuditReader::new(db::open(data_dir, OpenMode::ReadOnly).await?))
+        Ok(AuditReader::new(
+            db::open(data_dir, OpenMode::ReadOnly).await?,
+        ))
     }
 
     /// One page of events matching `query`.

@@ -61,8 +61,11 @@ impl Sinks {
                 if output.tx.try_send(view.clone()).is_err() {
                     let n = output.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
-                        tracing::warn!(sink = output.name, dropped = n,
-                            "audit sink is behind; copies dropped (the log itself keeps them)");
+                        tracing::warn!(
+                            sink = output.name,
+                            dropped = n,
+                            "audit sink is behind; copies dropped (the log itself keeps them)"
+                        );
                     }
                 }
             }

@@ -68,7 +68,13 @@ impl FaultKind {
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seq {}: {}: {}", self.seq, self.kind.as_str(), self.detail)
+        write!(
+            f,
+            "seq {}: {}: {}",
+            self.seq,
+            self.kind.as_str(),
+            self.detail
+        )
     }
 }
 
@@ -128,8 +134,7 @@ async fn walk(pool: &SqlitePool, key: &ChainKey, key_dir: &Path) -> Result<Repor
                     anchors.push((row.seq, public));
                 }
             }
-            while next_checkpoint < checkpoints.len()
-                && checkpoints[next_checkpoint].seq <= row.seq
+            while next_checkpoint < checkpoints.len() && checkpoints[next_checkpoint].seq <= row.seq
             {
                 let checkpoint = &checkpoints[next_checkpoint];
                 next_checkpoint += 1;

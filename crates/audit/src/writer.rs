@@ -72,9 +72,7 @@ impl Auditor {
             .clone()
             .unwrap_or_else(|| keys::default_key_dir(data_dir));
         let (keys, _) = keys::load_or_create(&key_dir, true)?;
-        let (head_seq, head_mac) = db::head(&pool)
-            .await?
-            .unwrap_or((0, GENESIS.to_vec()));
+        let (head_seq, head_mac) = db::head(&pool).await?.unwrap_or((0, GENESIS.to_vec()));
         let sinks = Sinks::start(&config);
         let mut writer = Writer {
             pool: pool.clone(),

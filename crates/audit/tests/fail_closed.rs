@@ -92,5 +92,8 @@ async fn a_log_that_cannot_write_its_first_rows_does_not_start() {
     let dir = common::data_dir().await;
     refuse_writes(dir.path(), true).await;
     let err = Auditor::start(dir.path(), config()).await.err();
-    assert!(err.is_some(), "start must fail when the anchor cannot be written");
+    assert!(
+        err.is_some(),
+        "start must fail when the anchor cannot be written"
+    );
 }

@@ -73,7 +73,10 @@ async fn walk(reader: &AuditReader, mut query: AuditQuery) -> Vec<i64> {
     loop {
         let page = reader.query(&query).await.unwrap();
         pages += 1;
-        assert!(pages <= EVENTS / query.limit as usize + 2, "pagination loops");
+        assert!(
+            pages <= EVENTS / query.limit as usize + 2,
+            "pagination loops"
+        );
         seqs.extend(page.events.iter().map(|e| e.seq));
         match page.next_cursor {
             Some(cursor) => query.before = Some(cursor.parse().unwrap()),

@@ -34,7 +34,11 @@ async fn an_untouched_log_verifies() {
 async fn an_edited_row_is_reported_at_its_sequence() {
     let dir = written_log(EVENTS).await;
     let db = attacker(dir.path()).await;
-    exec(&db, "UPDATE audit_events SET result = 'denied' WHERE seq = 50").await;
+    exec(
+        &db,
+        "UPDATE audit_events SET result = 'denied' WHERE seq = 50",
+    )
+    .await;
     db.close().await;
     assert_eq!(fault_of(dir.path()).await, (50, FaultKind::Edited));
 }
@@ -67,7 +71,11 @@ async fn a_deleted_row_hidden_by_renumbering_is_still_missing() {
     let db = attacker(dir.path()).await;
     exec(&db, "DELETE FROM audit_events WHERE seq = 50").await;
     // Close the gap: every later row moves down by one.
-    exec(&db, "UPDATE audit_events SET seq = -(seq - 1) WHERE seq > 50").await;
+    exec(
+        &db,
+        "UPDATE audit_events SET seq = -(seq - 1) WHERE seq > 50",
+    )
+    .await;
     exec(&db, "UPDATE audit_events SET seq = -seq WHERE seq < 0").await;
     db.close().await;
     assert_eq!(fault_of(dir.path()).await, (50, FaultKind::Missing));

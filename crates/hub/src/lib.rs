@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod audit_api;
 mod auth;
 pub mod bundle;
 mod deploy;

@@ -129,6 +129,9 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    /// Read the audit log, or verify a data directory's audit chain.
+    #[command(subcommand)]
+    Audit(crate::audit_cli::AuditCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,6 +214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
         Command::Admin(command) => crate::admin::run(command).await,
+        Command::Audit(command) => crate::audit_cli::run(command).await,
         other => crate::commands::run(other).await,
     }
 }
