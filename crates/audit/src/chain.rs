@@ -180,6 +180,7 @@ pub fn key_id(public_key: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

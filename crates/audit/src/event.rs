@@ -356,6 +356,7 @@ fn floor_char_boundary(text: &str, max: usize) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

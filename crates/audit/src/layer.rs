@@ -188,6 +188,7 @@ impl Visit for Fields {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;

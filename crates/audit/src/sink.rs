@@ -255,6 +255,7 @@ async fn webhook(hook: WebhookSink, mut rx: mpsc::Receiver<Arc<EventView>>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! When the audit store refuses writes, `record` fails, the log reports
 //! itself unwritable, an alarm is raised, and once writes work again the
 //! refused events are stored after all, with the chain intact.
+// A panic is how a test reports a failed step.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
