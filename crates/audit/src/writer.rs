@@ -520,12 +520,25 @@ impl Writer {
                         let _ = ack.send(Err("the audit log is not writable".into()));
                     }
                     Some(Command::Shutdown(ack)) => {
-                        let _ = self.write(failed).await;
+                        if self.write(failed).await.is_ok() {
+                            self.checkpoint_or_alarm().await;
+                        }
                         let _ = ack.send(());
                         return true;
                     }
                     None => return true,
                 },
+            }
+        }
+        // The head is read again: if another process appended meanwhile
+        // (it should not), chaining onto its rows beats failing forever
+        // on a taken sequence number.
+        if let Ok(Some((seq, mac))) = db::head(&self.pool).await {
+            if seq != self.head_seq {
+                tracing::warn!(target: "spinforge::alarm", alarm = "audit", seq,
+                    expected = self.head_seq, "the audit log was appended to by someone else");
+                self.head_seq = seq;
+                self.head_mac = mac;
             }
         }
         let mut events = self.notices(state);

@@ -277,3 +277,51 @@ async fn bad_audit_queries_get_a_400_naming_the_field() {
         .expect("audit");
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test]
+async fn audit_tail_prints_new_events_as_they_are_stored() {
+    let server = Server::start();
+    let _token = server.admin_token().await;
+    let mut tail = std::process::Command::new(BIN)
+        .args([
+            "audit",
+            "tail",
+            "--type",
+            "auth.failed",
+            "--max",
+            "2",
+            "--json",
+        ])
+        .env("SPINFORGE_API", server.api_url())
+        .env("XDG_CONFIG_HOME", server.root.path().join("config-home"))
+        .env("HOME", server.root.path())
+        .env_remove("SPINFORGE_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start audit tail");
+
+    // Fail logins until tail has printed two and exits; it may start
+    // following after the first ones.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = tail.try_wait().expect("tail state") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = tail.kill();
+            panic!("audit tail did not print two events in time");
+        }
+        assert_eq!(failed_login(&server).await.status(), 401);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let out = tail.wait_with_output().expect("tail output");
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|e| e["type"] == "auth.failed"));
+    assert!(lines[0]["seq"].as_i64() < lines[1]["seq"].as_i64());
+}
