@@ -22,8 +22,9 @@ const TYPES: [&str; 10] = [
     "user.update",
     "permission.denied",
 ];
-/// 2026-01-01T00:00:00Z in microseconds.
-const BASE_US: i64 = 1_767_225_600_000_000;
+/// 2030-01-01: after any real event, since the log keeps time from
+/// going back along the chain.
+const BASE_US: i64 = 1_893_456_000_000_000;
 
 fn event(i: u64) -> AuditEvent {
     let mut event = AuditEvent::new(TYPES[(i % 10) as usize])

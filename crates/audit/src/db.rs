@@ -123,6 +123,14 @@ pub(crate) async fn head(pool: &SqlitePool) -> Result<Option<(i64, Vec<u8>)>, sq
         .transpose()
 }
 
+/// The time of row `seq`, if it exists.
+pub(crate) async fn time_at(pool: &SqlitePool, seq: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT time FROM audit_events WHERE seq = ?")
+        .bind(seq)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The MAC of row `seq`, if it exists.
 pub(crate) async fn mac_at(pool: &SqlitePool, seq: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
     sqlx::query_scalar("SELECT mac FROM audit_events WHERE seq = ?")

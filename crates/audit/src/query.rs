@@ -165,6 +165,13 @@ pub fn parse_time(text: &str, field: &'static str, now_us: i64) -> Result<i64, A
     Ok(now_us - count * seconds * 1_000_000)
 }
 
+fn empty() -> Page {
+    Page {
+        events: Vec::new(),
+        next_cursor: None,
+    }
+}
+
 /// Read access to the log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditReader {
@@ -206,9 +213,17 @@ impl AuditReader {
             Some(TypeFilter::Exact(kind)) => {
                 sql.push(" AND kind = ").push_bind(kind.clone());
             }
+            Some(TypeFilter::Prefix(prefix)) if prefix.matches('.').count() == 1 => {
+                // A whole category: the expression index of the schema.
+                sql.push(" AND substr(kind, 1, instr(kind, '.')) = ")
+                    .push_bind(prefix.clone());
+            }
             Some(TypeFilter::Prefix(prefix)) => {
-                // Types are [a-z0-9_.]: every type under `auth.` sorts
-                // before `auth/`, so the range uses the (kind, seq) index.
+                // Types are [a-z0-9_.]: every type under `auth.token.`
+                // sorts before `auth.token/`.
+                // Limitation: this range is sorted, not walked in seq
+                // order; deep prefixes are rare (an index per depth would
+                // lift it).
                 let mut upper = prefix.clone();
                 upper.pop();
                 upper.push('/');
@@ -231,14 +246,20 @@ impl AuditReader {
         if let Some(customer) = &query.customer {
             sql.push(" AND customer = ").push_bind(customer.clone());
         }
-        // Time bounds become sequence bounds through the time index:
-        // rows are written in time order, near enough, and the planner
-        // can then walk the primary key instead of sorting.
+        // Time bounds become sequence bounds with one seek each: the
+        // writer keeps time non-decreasing along seq, so the rows in
+        // [since, until) are exactly those in [first seq at or after
+        // since, first seq at or after until).
         if let Some(since) = query.since_us {
-            sql.push(" AND time >= ").push_bind(since);
+            match self.first_seq_at(since).await? {
+                Some(seq) => sql.push(" AND seq >= ").push_bind(seq),
+                None => return Ok(empty()),
+            };
         }
         if let Some(until) = query.until_us {
-            sql.push(" AND time < ").push_bind(until);
+            if let Some(seq) = self.first_seq_at(until).await? {
+                sql.push(" AND seq < ").push_bind(seq);
+            }
         }
         if let Some(before) = query.before {
             sql.push(" AND seq < ").push_bind(before);
@@ -265,6 +286,16 @@ impl AuditReader {
             events,
             next_cursor,
         })
+    }
+
+    /// The first row at or after `time_us`.
+    async fn first_seq_at(&self, time_us: i64) -> Result<Option<i64>, AuditError> {
+        Ok(sqlx::query_scalar(
+            "SELECT seq FROM audit_events WHERE time >= ? ORDER BY time, seq LIMIT 1",
+        )
+        .bind(time_us)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// The newest sequence number, 0 for an empty log.

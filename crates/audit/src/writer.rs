@@ -76,6 +76,7 @@ impl Auditor {
             .unwrap_or_else(|| keys::default_key_dir(data_dir));
         let (keys, _) = keys::load_or_create(&key_dir, true)?;
         let (head_seq, head_mac) = db::head(&pool).await?.unwrap_or((0, GENESIS.to_vec()));
+        let head_time = db::time_at(&pool, head_seq).await?.unwrap_or(0);
         let sinks = Sinks::start(&config);
         let mut writer = Writer {
             pool: pool.clone(),
@@ -83,6 +84,7 @@ impl Auditor {
             key_dir,
             head_seq,
             head_mac,
+            head_time,
             checkpointed: head_seq,
             last_checkpoint: Instant::now(),
             config: config.clone(),
@@ -266,6 +268,8 @@ struct Writer {
     key_dir: PathBuf,
     head_seq: i64,
     head_mac: Vec<u8>,
+    /// Microseconds since the epoch of the newest row.
+    head_time: i64,
     /// Sequence number of the newest checkpoint.
     checkpointed: i64,
     last_checkpoint: Instant,
@@ -340,9 +344,21 @@ impl Writer {
         let mut rows = Vec::with_capacity(events.len());
         let mut prev = self.head_mac.clone();
         let mut seq = self.head_seq;
+        let mut time = self.head_time;
         for event in events {
             seq += 1;
-            let mut row = to_row(seq, event.clone().sanitise(ip_mode), prev);
+            let mut event = event.clone().sanitise(ip_mode);
+            // Time never goes back along the chain, so time ranges are
+            // seq ranges; an event stamped earlier keeps its own time in
+            // the metadata.
+            if event.time_us < time {
+                event
+                    .metadata
+                    .insert("original_time_us".into(), event.time_us.into());
+                event.time_us = time;
+            }
+            time = event.time_us;
+            let mut row = to_row(seq, event, prev);
             row.mac = self.keys.chain.mac(&row.prev_mac, &row).to_vec();
             prev = row.mac.clone();
             rows.push(row);
@@ -350,6 +366,7 @@ impl Writer {
         db::append(&self.pool, &rows).await?;
         self.head_seq = seq;
         self.head_mac = prev;
+        self.head_time = time;
         if let Some(sinks) = &self.sinks {
             sinks.forward(rows);
         }
@@ -539,6 +556,9 @@ impl Writer {
                     expected = self.head_seq, "the audit log was appended to by someone else");
                 self.head_seq = seq;
                 self.head_mac = mac;
+                if let Ok(Some(time)) = db::time_at(&self.pool, seq).await {
+                    self.head_time = self.head_time.max(time);
+                }
             }
         }
         let mut events = self.notices(state);

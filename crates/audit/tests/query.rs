@@ -17,8 +17,10 @@ const TYPES: [&str; 6] = [
     "site.delete",
     "apikey.create",
 ];
-/// Base time of the generated events: 2026-01-01, one millisecond apart.
-const BASE_US: i64 = 1_767_225_600_000_000;
+/// Base time of the generated events, one millisecond apart:
+/// 2030-01-01: after any real event, since the log keeps time from
+/// going back along the chain.
+const BASE_US: i64 = 1_893_456_000_000_000;
 
 /// What the generator made for event `i` (stored at seq `i + 2`: row 1
 /// is the key anchor).
