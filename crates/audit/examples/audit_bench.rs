@@ -35,7 +35,8 @@ fn event(i: u64) -> AuditEvent {
             _ => Outcome::Success,
         })
         .resource(format!("site:s{}.example.com", i % 2000))
-        .customer(format!("c{}", i % 50))
+        // Not a multiple of the type cycle: every customer has every type.
+        .customer(format!("c{}", (i / 10) % 50))
         .client_ip(std::net::IpAddr::from([10, 0, (i % 256) as u8, 7]))
         .user_agent("Mozilla/5.0 (X11; Linux x86_64) bench")
         .request_id(format!("{i:032x}"))

@@ -123,6 +123,18 @@ pub(crate) async fn head(pool: &SqlitePool) -> Result<Option<(i64, Vec<u8>)>, sq
         .transpose()
 }
 
+/// Lets SQLite refresh the planner's statistics where they are missing or
+/// stale, on a sample (cheap even on millions of rows). Without them the
+/// planner cannot tell a selective filter index from a broad one.
+pub(crate) async fn refresh_statistics(pool: &SqlitePool) {
+    for sql in ["PRAGMA analysis_limit = 1000", "PRAGMA optimize = 0x10002"] {
+        if let Err(e) = sqlx::query(sql).execute(pool).await {
+            tracing::debug!(error = %e, "audit statistics not refreshed");
+            return;
+        }
+    }
+}
+
 /// The time of row `seq`, if it exists.
 pub(crate) async fn time_at(pool: &SqlitePool, seq: i64) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT time FROM audit_events WHERE seq = ?")

@@ -90,6 +90,7 @@ impl Auditor {
             config: config.clone(),
             sinks,
         };
+        db::refresh_statistics(&pool).await;
         let startup = writer.startup_events().await?;
         if !startup.is_empty() {
             writer.write(&startup).await?;
@@ -388,6 +389,7 @@ impl Writer {
             .map_err(|e| AuditError::key(&self.key_dir, e))?;
         self.checkpointed = checkpoint.seq;
         tracing::debug!(seq = checkpoint.seq, "audit checkpoint signed");
+        db::refresh_statistics(&self.pool).await;
         Ok(checkpoint.seq)
     }
 
