@@ -124,6 +124,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/sites/{domain}/shield",
         Needs(P::SitesUpdate),
     ),
+    ("GET", "/api/v1/audit", Needs(P::AuditRead)),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

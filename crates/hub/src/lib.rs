@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod apps;
+pub mod audit_api;
 pub mod bundle;
 mod deploy;
 pub mod domain;

@@ -181,6 +181,9 @@ pub enum Command {
     /// Try the web-application firewall locally, for tuning exclusions.
     #[command(subcommand)]
     Waf(WafCommand),
+    /// Read the audit log, or verify a data directory's audit chain.
+    #[command(subcommand)]
+    Audit(crate::audit_cli::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -404,6 +407,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(()) => Ok(()),
             Err(crate::waf_cli::WouldBlock) => std::process::exit(1),
         },
+        Command::Audit(command) => crate::audit_cli::run(command).await,
         other => crate::commands::run(other).await,
     }
 }

@@ -73,7 +73,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Admin(_)
         | Command::Bans { .. }
         | Command::Emergency { .. }
-        | Command::Waf(_) => {
+        | Command::Waf(_)
+        | Command::Audit(_) => {
             unreachable!("handled in cli::run")
         }
     }

@@ -34,6 +34,8 @@ pub struct FileConfig {
     /// key and default is in `shield::config`.
     #[serde(default)]
     pub shield: shield::ShieldConfig,
+    #[serde(default)]
+    pub audit: AuditFileConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -98,6 +100,7 @@ pub struct Settings {
     pub edge: edge::EdgeConfig,
     pub identity: identity::IdentityConfig,
     pub shield: shield::ShieldConfig,
+    pub audit: audit::AuditConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -184,8 +187,11 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     // ---- shield ----
     file.shield.validate().map_err(anyhow::Error::msg)?;
 
+    let audit = resolve_audit(file.audit)?;
+
     Ok(Settings {
         identity,
+        audit,
         data_dir,
         listen: addr(&listen, "listen")?,
         api_listen: addr(&api_listen, "api_listen")?,
@@ -256,4 +262,136 @@ fn identity_config(file: &IdentityFileConfig) -> anyhow::Result<identity::Identi
         config.issuer = issuer.clone();
     }
     Ok(config)
+}
+// ---- [audit] ---------------------------------------------------------------
+
+/// The `[audit]` section. Every key is optional; see docs/CONFIGURATION.md.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileConfig {
+    /// Folder of the chain key, signing key and last checkpoint
+    /// (default DATA/audit).
+    pub key_dir: Option<PathBuf>,
+    /// Fsync each committed batch (default true).
+    pub fsync: Option<bool>,
+    pub batch_max: Option<usize>,
+    pub batch_delay_ms: Option<u64>,
+    pub queue_capacity: Option<usize>,
+    pub checkpoint_every: Option<u64>,
+    pub checkpoint_interval_secs: Option<u64>,
+    pub record_timeout_ms: Option<u64>,
+    /// `truncated` (IPv4 /24, IPv6 /48; the default) or `full`.
+    pub client_ip: Option<String>,
+    /// Under flood keep one in N edge-only events; 0 never samples.
+    pub edge_sample_one_in: Option<u64>,
+    pub edge_types: Option<Vec<String>>,
+    pub critical_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub sink: AuditSinkFile,
+    #[serde(default)]
+    pub critical_sink: AuditSinkFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSinkFile {
+    pub stdout: Option<bool>,
+    /// `udp://HOST:PORT`, `tcp://HOST:PORT` or `unix:///PATH`.
+    pub syslog: Option<String>,
+    pub webhook_url: Option<String>,
+    /// A file holding the webhook's signing secret (never the secret
+    /// itself in the config).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+fn resolve_audit(file: AuditFileConfig) -> anyhow::Result<audit::AuditConfig> {
+    let mut config = audit::AuditConfig {
+        key_dir: file.key_dir,
+        ..audit::AuditConfig::default()
+    };
+    if let Some(fsync) = file.fsync {
+        config.fsync = fsync;
+    }
+    if let Some(n) = file.batch_max {
+        if n == 0 {
+            bail!("audit.batch_max must be at least 1");
+        }
+        config.batch_max = n;
+    }
+    if let Some(ms) = file.batch_delay_ms {
+        config.batch_delay = Duration::from_millis(ms.min(1000));
+    }
+    if let Some(n) = file.queue_capacity {
+        if n < 16 {
+            bail!("audit.queue_capacity must be at least 16");
+        }
+        config.queue_capacity = n;
+    }
+    if let Some(n) = file.checkpoint_every {
+        config.checkpoint_every = n.max(1);
+    }
+    if let Some(secs) = file.checkpoint_interval_secs {
+        config.checkpoint_interval = Duration::from_secs(secs.max(1));
+    }
+    if let Some(ms) = file.record_timeout_ms {
+        config.record_timeout = Duration::from_millis(ms.max(10));
+    }
+    config.ip_mode = match file.client_ip.as_deref() {
+        None | Some("truncated") => audit::IpMode::Truncated,
+        Some("full") => audit::IpMode::Full,
+        Some(other) => bail!("audit.client_ip: `{other}` is not `truncated` or `full`"),
+    };
+    if let Some(n) = file.edge_sample_one_in {
+        config.edge.sample_one_in = (n > 0).then_some(n);
+    }
+    for (types, name) in [
+        (&file.edge_types, "audit.edge_types"),
+        (&file.critical_types, "audit.critical_types"),
+    ] {
+        for t in types.iter().flatten() {
+            let stem = t.strip_suffix('.').map(|s| format!("{s}.x"));
+            if !audit::valid_type(stem.as_deref().unwrap_or(t)) {
+                bail!("{name}: `{t}` is not an event type (auth.failed) or prefix (auth.)");
+            }
+        }
+    }
+    if let Some(types) = file.edge_types {
+        config.edge.types = types;
+    }
+    if let Some(types) = file.critical_types {
+        config.critical_types = types;
+    }
+    config.sink = resolve_sink(file.sink, "audit.sink")?;
+    config.critical_sink = resolve_sink(file.critical_sink, "audit.critical_sink")?;
+    Ok(config)
+}
+
+fn resolve_sink(file: AuditSinkFile, name: &str) -> anyhow::Result<audit::SinkConfig> {
+    let syslog = file
+        .syslog
+        .map(|s| audit::SyslogTarget::parse(&s))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{name}.syslog: {e}"))?;
+    let webhook = match (file.webhook_url, file.webhook_secret_file) {
+        (None, None) => None,
+        (Some(url), Some(path)) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                bail!("{name}.webhook_url: `{url}` is not an http(s) URL");
+            }
+            let secret = std::fs::read(&path).with_context(|| {
+                format!("{name}.webhook_secret_file: cannot read {}", path.display())
+            })?;
+            let secret = secret.trim_ascii().to_vec();
+            if secret.len() < 16 {
+                bail!("{name}.webhook_secret_file: the secret must be at least 16 bytes");
+            }
+            Some(audit::WebhookSink { url, secret })
+        }
+        _ => bail!("{name}: webhook_url and webhook_secret_file go together"),
+    };
+    Ok(audit::SinkConfig {
+        stdout: file.stdout.unwrap_or(false),
+        syslog,
+        webhook,
+    })
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit_cli;
 mod cli;
 mod client;
 mod commands;

@@ -22,16 +22,24 @@ use tokio::sync::watch;
 use tower::Layer;
 
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPINFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    // The audit layer has its own filter: SPINFORGE_LOG=warn must not
+    // keep audit events out of the audit log.
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(audit::AuditLayer.with_filter(audit::AuditLayer::filter()))
+        .init();
 }
 
 /// Open connections the API socket takes at once; more wait in the backlog.
@@ -74,6 +82,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot open the store")?,
     );
+    // ---- audit log: durable before anything can cause an event ----------
+    let auditor = audit::Auditor::start(&data_dir, settings.audit.clone())
+        .await
+        .context("cannot start the audit log")?;
+    audit::install(auditor.clone());
+    audit::record(
+        audit::AuditEvent::new("system.start")
+            .resource("spinforge")
+            .meta("version", env!("CARGO_PKG_VERSION")),
+    )
+    .await
+    .context("cannot write to the audit log")?;
+    // ---- end audit log ---------------------------------------------------
+
     let identity = Identity::new(store.clone(), settings.identity.clone()).await?;
     let mut registry = Registry::default();
     let routes = Routes::default();
@@ -121,7 +143,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     announce_setup(&hub, &data_dir).await;
 
     let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
-    let api = hub::router(hub.clone()).layer(axum::Extension(shield.clone()));
+    let api = hub::router(hub.clone())
+        .layer(axum::Extension(shield.clone()))
+        .layer(axum::Extension(auditor.reader()));
+    let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up
     // the file descriptors the edge needs too.
@@ -137,10 +162,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_listener,
         api_limits,
         None,
+        // Each request learns its TCP peer (throttling, audit), is refused
+        // while the audit log cannot be written, and is answered only once
+        // its audit events are stored.
         move |peer| {
-            // Each request learns its TCP peer, for throttling and audit.
             let api = axum::Extension(hub::access::PeerAddr(peer)).layer(api.clone());
-            TowerToHyperService::new(api)
+            TowerToHyperService::new(audit::http::Audited::new(
+                api,
+                api_auditor.clone(),
+                peer.ip(),
+            ))
         },
         wait_for(stop_rx),
     ));
@@ -151,6 +182,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = edge_task.await;
     supervisor.shutdown().await;
     let _ = api_task.await;
+    let _ = audit::record(audit::AuditEvent::new("system.stop").resource("spinforge")).await;
+    auditor.shutdown().await;
     store.close().await;
     Ok(())
 }

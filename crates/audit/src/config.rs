@@ -1,0 +1,162 @@
+//! The log's settings, resolved. Parsing the `[audit]` section of the
+//! config file is the binary's job; this is what it produces.
+
+use crate::event::IpMode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the audit log writes, checkpoints and forwards events.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Where the chain key, the signing key and the last checkpoint live;
+    /// `None` means `DATA/audit`.
+    pub key_dir: Option<PathBuf>,
+    /// Fsync every committed batch (SQLite `synchronous = FULL`). Off,
+    /// a killed process loses nothing, a power loss the last batches.
+    pub fsync: bool,
+    /// Most events written in one transaction.
+    pub batch_max: usize,
+    /// How long the writer waits for more events before committing a
+    /// batch that is not full. Zero commits at once (group commit still
+    /// batches whatever queued up meanwhile).
+    pub batch_delay: Duration,
+    /// Events queued in memory before new ones are refused.
+    pub queue_capacity: usize,
+    /// A checkpoint after this many events...
+    pub checkpoint_every: u64,
+    /// ...or after this long, whichever comes first (and at shutdown).
+    pub checkpoint_interval: Duration,
+    /// How long [`crate::record`] waits for its event to be committed.
+    pub record_timeout: Duration,
+    /// How long the writer waits between tries after a failed write.
+    pub retry_interval: Duration,
+    pub ip_mode: IpMode,
+    pub edge: EdgeOverflow,
+    /// Where every stored event is forwarded.
+    pub sink: SinkConfig,
+    /// Where critical events are forwarded as well.
+    pub critical_sink: SinkConfig,
+    /// Types that are critical: exact names, or prefixes ending in `.`.
+    pub critical_types: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            key_dir: None,
+            fsync: true,
+            batch_max: 1024,
+            batch_delay: Duration::ZERO,
+            queue_capacity: 65_536,
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+            record_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            ip_mode: IpMode::Truncated,
+            edge: EdgeOverflow::default(),
+            sink: SinkConfig::default(),
+            critical_sink: SinkConfig::default(),
+            critical_types: [
+                "auth.failed",
+                "auth.locked",
+                "permission.denied",
+                "access.denied",
+                "privacy.export",
+                "privacy.erase",
+                "config.change",
+                "security.alert",
+                "waf.block",
+                "audit.lost",
+                "audit.degraded",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// What happens to edge-only events (WAF, rate limits) when the queue is
+/// flooded. Other events are never sampled: when they cannot be queued
+/// the log is marked unwritable and the API refuses requests.
+#[derive(Debug, Clone)]
+pub struct EdgeOverflow {
+    /// Keep one in `sample_one_in` edge events while the queue is more
+    /// than `high_water` full; `None` treats them like any other event.
+    pub sample_one_in: Option<u64>,
+    /// Fraction of the queue (0..1) above which sampling starts; it ends,
+    /// and is recorded as ended, once the queue is below half of that.
+    pub high_water: f64,
+    /// Types that count as edge-only: exact names or prefixes ending `.`.
+    pub types: Vec<String>,
+}
+
+impl Default for EdgeOverflow {
+    fn default() -> EdgeOverflow {
+        EdgeOverflow {
+            sample_one_in: Some(100),
+            high_water: 0.5,
+            types: ["waf.", "ratelimit.", "limit.", "shield."]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// A set of outputs for stored events.
+#[derive(Debug, Clone, Default)]
+pub struct SinkConfig {
+    /// One JSON object per line on standard output.
+    pub stdout: bool,
+    pub syslog: Option<SyslogTarget>,
+    pub webhook: Option<WebhookSink>,
+}
+
+impl SinkConfig {
+    pub fn is_empty(&self) -> bool {
+        !self.stdout && self.syslog.is_none() && self.webhook.is_none()
+    }
+}
+
+/// Where RFC 5424 messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    Udp(String),
+    /// Octet-counted frames (RFC 6587).
+    Tcp(String),
+    /// A Unix datagram socket such as `/dev/log`.
+    Unix(PathBuf),
+}
+
+impl SyslogTarget {
+    /// Parses `udp://HOST:PORT`, `tcp://HOST:PORT` or `unix:///PATH`.
+    pub fn parse(text: &str) -> Result<SyslogTarget, String> {
+        if let Some(addr) = text.strip_prefix("udp://") {
+            Ok(SyslogTarget::Udp(addr.to_owned()))
+        } else if let Some(addr) = text.strip_prefix("tcp://") {
+            Ok(SyslogTarget::Tcp(addr.to_owned()))
+        } else if let Some(path) = text.strip_prefix("unix://") {
+            Ok(SyslogTarget::Unix(PathBuf::from(path)))
+        } else {
+            Err(format!(
+                "`{text}` is not udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH"
+            ))
+        }
+    }
+}
+
+/// A URL that gets each event as a signed JSON POST.
+#[derive(Clone)]
+pub struct WebhookSink {
+    pub url: String,
+    /// The HMAC-SHA256 key of the `x-spinforge-signature` header.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSink")
+            .field("url", &self.url)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
