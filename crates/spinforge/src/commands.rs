@@ -60,7 +60,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             api,
         } => logs(&api, &domain, follow, since, lines).await,
         Command::Restart { domain, api } => restart(&api, &domain).await,
-        Command::Serve(_) | Command::Admin(_) => unreachable!("handled in cli::run"),
+        Command::Serve(_) | Command::Admin(_) | Command::Sandbox(_) => {
+            unreachable!("handled in cli::run")
+        }
     }
 }
 

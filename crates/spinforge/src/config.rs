@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub edge: EdgeFileConfig,
+    #[serde(default)]
+    pub sandbox: SandboxFileConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +60,75 @@ pub struct EdgeFileConfig {
     pub idle_timeout_secs: Option<u64>,
 }
 
+// ---- [sandbox] (spinlet sandbox, issue 4) ---------------------------------
+
+/// `[sandbox]`: how spinlets are isolated. Every limit here is the default
+/// for apps whose manifest does not set its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFileConfig {
+    /// False runs apps as plain processes of serve (benchmarks, trusted
+    /// apps on a host without root). Default true.
+    pub enabled: Option<bool>,
+    /// True lets apps start although a sandbox layer is missing on this
+    /// host (logged at warn, shown in status). Default false.
+    pub allow_degraded: Option<bool>,
+    pub memory_mb: Option<u32>,
+    pub max_processes: Option<u32>,
+    pub cpu_percent: Option<u32>,
+    pub open_files: Option<u32>,
+    /// Size cap of each app's /tmp, in MiB.
+    pub tmp_mb: Option<u32>,
+    /// Block I/O weight, 10 to 1000, where the kernel offers one.
+    pub io_weight: Option<u16>,
+    /// First uid (and gid) of the range site uids come from.
+    pub uid_base: Option<u32>,
+}
+
+/// The resolved `[sandbox]` settings.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub enabled: bool,
+    pub allow_degraded: bool,
+    pub memory_mb: Option<u32>,
+    pub max_processes: Option<u32>,
+    pub cpu_percent: Option<u32>,
+    pub open_files: Option<u32>,
+    pub tmp_mb: Option<u32>,
+    pub io_weight: Option<u16>,
+    pub uid_base: Option<u32>,
+}
+
+fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> {
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        key: &str,
+        value: Option<T>,
+        min: T,
+        max: T,
+    ) -> anyhow::Result<Option<T>> {
+        match value {
+            Some(v) if v < min || v > max => {
+                bail!("sandbox.{key} must be between {min} and {max}, not {v}")
+            }
+            other => Ok(other),
+        }
+    }
+    Ok(SandboxSettings {
+        enabled: file.enabled.unwrap_or(true),
+        allow_degraded: file.allow_degraded.unwrap_or(false),
+        memory_mb: within("memory_mb", file.memory_mb, 16, 65_536)?,
+        max_processes: within("max_processes", file.max_processes, 1, 4096)?,
+        cpu_percent: within("cpu_percent", file.cpu_percent, 1, 10_000)?,
+        open_files: within("open_files", file.open_files, 16, 1_048_576)?,
+        tmp_mb: within("tmp_mb", file.tmp_mb, 1, 65_536)?,
+        io_weight: within("io_weight", file.io_weight, 10, 1000)?,
+        // Never uid 0 to 65535: those are the host's own users.
+        uid_base: within("uid_base", file.uid_base, 65_536, u32::MAX - 65_536)?,
+    })
+}
+
+// ---- end [sandbox] ---------------------------------------------------------
+
 /// Everything `serve` needs, resolved.
 #[derive(Debug)]
 pub struct Settings {
@@ -67,6 +138,7 @@ pub struct Settings {
     pub tls_listen: SocketAddr,
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
+    pub sandbox: SandboxSettings,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -107,6 +179,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         .or(file.tls_listen)
         .unwrap_or_else(|| "0.0.0.0:8443".into());
 
+    let sandbox = sandbox_settings(file.sandbox)?;
     let mut hub = hub::HubConfig::default();
     if let Some(keep) = file.keep_releases {
         if keep == 0 {
@@ -156,5 +229,6 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         tls_listen: addr(&tls_listen, "tls_listen")?,
         hub,
         edge,
+        sandbox,
     })
 }
