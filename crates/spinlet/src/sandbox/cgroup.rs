@@ -1,7 +1,8 @@
 //! Cgroup limits for spinlets, by direct writes to cgroupfs, for both
 //! hierarchies: v1 (one folder per controller, as on this project's test
 //! host) and v2 (one unified folder). Each instance gets its own cgroup
-//! under `spinforge/SCOPE` below serve's own cgroup, where SCOPE stands
+//! under `spinforge/SCOPE` (below serve's own cgroup on v1, below the root
+//! on v2), where SCOPE stands
 //! for one data directory, so two serves on one host never sweep each
 //! other's apps. Stopping an instance kills whatever is left in it and
 //! removes it.
@@ -105,58 +106,61 @@ impl CgroupHost {
         })
     }
 
-    fn detect_v2(own: &str, scope: Option<&str>) -> Result<CgroupHost, String> {
-        let path = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .ok_or("no cgroup v2 entry in /proc/self/cgroup")?;
-        let mine = Path::new(ROOT).join(path.trim_start_matches('/'));
-        let wanted = ["memory", "pids", "cpu", "io"];
-        let available = std::fs::read_to_string(mine.join("cgroup.controllers"))
+    // Limitation: the v2 path is not exercised by tests on the project's
+    // test host (cgroup v1 only); a CI runner with the unified hierarchy
+    // would cover it.
+    /// v2: `spinforge/SCOPE` sits directly below the hierarchy's root,
+    /// not below serve's own cgroup: v2 lets a cgroup hand controllers to
+    /// children only while it holds no processes itself, and serve's
+    /// cgroup (a service or session) usually holds serve and others.
+    fn detect_v2(_own: &str, scope: Option<&str>) -> Result<CgroupHost, String> {
+        let root = Path::new(ROOT);
+        let available = std::fs::read_to_string(root.join("cgroup.controllers"))
             .map_err(|e| format!("cannot read cgroup.controllers: {e}"))?;
-        for needed in ["memory", "pids", "cpu"] {
-            if !available.split_whitespace().any(|c| c == needed) {
-                return Err(format!(
-                    "cgroup v2 controller `{needed}` is not delegated here"
-                ));
+        let has = |c: &str| available.split_whitespace().any(|a| a == c);
+        for needed in ["memory", "pids"] {
+            if !has(needed) {
+                return Err(format!("cgroup v2 controller `{needed}` is not available"));
             }
         }
         let Some(scope) = scope else {
             return Ok(CgroupHost {
                 version: Version::V2,
                 parents: Vec::new(),
-                io_weight: available.split_whitespace().any(|c| c == "io"),
+                io_weight: has("io"),
             });
         };
-        let enable: String = wanted
-            .iter()
-            .filter(|c| available.split_whitespace().any(|a| a == **c))
-            .map(|c| format!("+{c} "))
-            .collect();
-        // v2 allows controllers below a cgroup only if it holds no
-        // processes itself (the root excepted): serve moves into a leaf.
-        if path != "/" {
-            let leaf = mine.join("serve");
-            let moved = std::fs::create_dir_all(&leaf).and_then(|()| {
-                std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
-            });
-            moved.map_err(|e| format!("cannot move serve into {}: {e}", leaf.display()))?;
-        }
-        let shared = mine.join(PARENT);
+        let shared = root.join(PARENT);
         let parent = shared.join(scope);
-        let prepared = std::fs::write(mine.join("cgroup.subtree_control"), enable.trim())
-            .and_then(|()| std::fs::create_dir_all(&shared))
-            .and_then(|()| std::fs::write(shared.join("cgroup.subtree_control"), enable.trim()))
-            .and_then(|()| std::fs::create_dir_all(&parent))
-            .and_then(|()| std::fs::write(parent.join("cgroup.subtree_control"), enable.trim()));
-        prepared.map_err(|e| format!("cannot enable cgroup v2 controllers: {e}"))?;
-        let io_weight = parent.join("io.weight").is_file()
-            || std::fs::read_to_string(parent.join("cgroup.subtree_control"))
-                .is_ok_and(|s| s.split_whitespace().any(|c| c == "io"));
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        // Each level hands the controllers down. cpu and io are optional
+        // (cpu cannot be enabled while real-time tasks sit in a child, and
+        // io needs the controller); memory and pids are not.
+        for dir in [root, shared.as_path(), parent.as_path()] {
+            for controller in ["memory", "pids", "cpu", "io"] {
+                if has(controller) {
+                    let _ = std::fs::write(
+                        dir.join("cgroup.subtree_control"),
+                        format!("+{controller}"),
+                    );
+                }
+            }
+        }
+        let enabled = std::fs::read_to_string(parent.join("cgroup.subtree_control"))
+            .map_err(|e| format!("cannot read cgroup.subtree_control: {e}"))?;
+        let on = |c: &str| enabled.split_whitespace().any(|e| e == c);
+        for needed in ["memory", "pids"] {
+            if !on(needed) {
+                return Err(format!(
+                    "cannot enable the cgroup v2 `{needed}` controller for spinlets"
+                ));
+            }
+        }
         Ok(CgroupHost {
             version: Version::V2,
             parents: vec![("unified", parent)],
-            io_weight,
+            io_weight: on("io"),
         })
     }
 
@@ -262,7 +266,9 @@ impl Cgroup {
         }
         std::fs::write(dir.join("pids.max"), limits.pids.to_string())?;
         let quota = u64::from(limits.cpu_percent) * 1000;
-        std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))?;
+        if dir.join("cpu.max").is_file() {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))?;
+        }
         if io_weight && dir.join("io.weight").is_file() {
             std::fs::write(
                 dir.join("io.weight"),

@@ -32,6 +32,10 @@ fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| fail("cannot create", path, e))
 }
 
+// Limitation: /proc/self/mountinfo inside shows each bind mount's source
+// path on the host (the release and data folders' paths, as text only;
+// nothing outside the mounts is reachable). Mounting from a detached
+// tree (open_tree/move_mount) would hide them.
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
     mount(
         Some(source),
@@ -97,6 +101,9 @@ pub(crate) fn enter_root(plan: &Plan) -> Result<()> {
     mkdir(&app)?;
     bind(&plan.release, &app, read_only())?;
 
+    // Limitation: /data has no size quota yet; only /tmp is capped (a
+    // loop-mounted image per site, or project quotas on the data
+    // directory's file system, would add one).
     let data = root.join("data");
     mkdir(&data)?;
     bind(&plan.data, &data, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;

@@ -13,6 +13,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+// Limitation: outbound internet cannot be enabled for a site yet (it is
+// off for all); a per-site admin flag with a veth pair and NAT limited to
+// public addresses would add it.
+
 /// Makes a new network namespace with `lo` up and returns a descriptor
 /// that keeps it alive. The namespace goes away with the last descriptor
 /// and the last process in it.

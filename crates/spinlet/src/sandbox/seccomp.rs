@@ -11,6 +11,10 @@
 //! `clone3` (whose flags live in memory a filter cannot read) answers
 //! ENOSYS, so the C library falls back to `clone`.
 
+// Limitation: one profile for every site; a per-site custom profile in
+// Docker's seccomp JSON format (admin only) is not read yet (a translation
+// of that format into seccompiler rules would add it).
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
