@@ -127,6 +127,38 @@ fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> 
     })
 }
 
+#[cfg(test)]
+mod sandbox_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<SandboxSettings> {
+        sandbox_settings(toml::from_str::<FileConfig>(text)?.sandbox)
+    }
+
+    #[test]
+    fn the_sandbox_is_on_and_strict_by_default() {
+        let settings = parse("").expect("empty config");
+        assert!(settings.enabled);
+        assert!(!settings.allow_degraded);
+        assert_eq!(settings.memory_mb, None);
+    }
+
+    #[test]
+    fn out_of_range_sandbox_values_are_refused_naming_the_key() {
+        let error = parse("[sandbox]\nmemory_mb = 1\n").expect_err("too small");
+        assert!(error.to_string().contains("sandbox.memory_mb"), "{error}");
+        let error = parse("[sandbox]\nuid_base = 0\n").expect_err("host uids");
+        assert!(error.to_string().contains("sandbox.uid_base"), "{error}");
+        assert!(
+            parse("[sandbox]\nmemroy_mb = 64\n").is_err(),
+            "typo refused"
+        );
+        let fine = parse("[sandbox]\nallow_degraded = true\ntmp_mb = 8\n").expect("valid");
+        assert!(fine.allow_degraded);
+        assert_eq!(fine.tmp_mb, Some(8));
+    }
+}
+
 // ---- end [sandbox] ---------------------------------------------------------
 
 /// Everything `serve` needs, resolved.

@@ -375,3 +375,113 @@ async fn a_memory_bomb_is_oom_killed_in_its_cgroup_and_restarted() {
         "the app log names the OOM kill:\n{log}"
     );
 }
+
+#[test]
+fn sandbox_check_names_every_layer_and_this_host_supports_the_required_ones() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["sandbox", "check", "--json"])
+        .output()
+        .expect("run sandbox check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["layer"].as_str()).collect();
+    for layer in [
+        "identity",
+        "pid namespace",
+        "mount namespace",
+        "ipc namespace",
+        "uts namespace",
+        "cgroup namespace",
+        "network namespace",
+        "no_new_privs",
+        "capabilities",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "rlimits",
+        "filesystem",
+    ] {
+        assert!(names.contains(&layer), "{layer} missing from {names:?}");
+    }
+    for row in &rows {
+        if row["required"] == true {
+            assert_eq!(row["supported"], true, "this root test host lacks {row}");
+        }
+    }
+}
+
+/// The cgroup folder (pids controller) a process is in, on the host.
+fn pids_cgroup(pid: u64) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()))
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .expect("a pids or unified cgroup");
+    let mount = if Path::new("/sys/fs/cgroup/pids").is_dir() {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    Path::new(mount).join(path.trim_start_matches('/'))
+}
+
+#[tokio::test]
+async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
+    const SITE: &str = "limits.localhost";
+    let server = server();
+    deploy(
+        &server,
+        SITE,
+        "memory_mb = 96\nmax_processes = 40\nmax_open_files = 256\n",
+    );
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+
+    let status = status_of(&server, SITE);
+    assert!(
+        status["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sandboxed")),
+        "{status}"
+    );
+    let sandbox = &status["sandbox"];
+    assert_eq!(sandbox["limits"]["memory_bytes"], 96u64 << 20, "{status}");
+    assert_eq!(sandbox["limits"]["max_processes"], 40, "{status}");
+    assert_eq!(sandbox["limits"]["open_files"], 256, "{status}");
+    assert_eq!(sandbox["limits"]["tmp_bytes"], 8u64 << 20, "{status}");
+    let used = sandbox["memory_bytes"].as_u64().expect("memory in use");
+    assert!(used > 0 && used < 96 << 20, "{status}");
+    let processes = sandbox["processes"].as_u64().expect("processes");
+    assert!((3..=40).contains(&processes), "helper, init, app: {status}");
+
+    // The limits really are the cgroup's.
+    let pid = status["pid"].as_u64().expect("pid");
+    let cgroup = pids_cgroup(pid);
+    let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
+    assert_eq!(max.trim(), "42", "40 for the app, 2 for helper and init");
+
+    let text = server.cli(&["status", SITE], None);
+    assert_ok(&text);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("96 MiB"), "{text}");
+    assert!(text.contains("isolation: sandboxed"), "{text}");
+
+    // A stop leaves no process and no cgroup behind.
+    assert_ok(&server.cli(&["restart", SITE], None));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cgroup.exists() || Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still exists",
+            cgroup.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
