@@ -167,6 +167,7 @@ def main():
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--doc", required=True)
+    p.add_argument("--profile", default="release")
     args = p.parse_args()
 
     servers = []
@@ -218,7 +219,7 @@ def main():
     table = f"""<!-- bench-sandbox:start -->
 ## Spinlet sandbox: sandboxed vs plain process (issue 4)
 
-`bash bench/sandbox.sh` ({time.strftime('%Y-%m-%d')}, kernel {kernel},
+`{'SANDBOX_PROFILE=debug ' if args.profile == 'debug' else ''}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d')}, kernel {kernel},
 {os.cpu_count()} cores shared with other work, cgroup v1; app: examples/node-app;
 both servers on this host, requests through the edge on 127.0.0.1).
 
