@@ -10,7 +10,8 @@
 # stopped on exit. Results go to docs/BENCHMARKS.md between the
 # bench-sandbox markers. Knobs: SANDBOX_RUNS (40 cold starts per side),
 # SANDBOX_ROUNDS (3 wrk rounds per side), SANDBOX_PROFILE (release, or
-# debug to measure an existing debug build), SANDBOX_DOC.
+# debug to measure an existing debug build), SANDBOX_APP (an app folder,
+# default examples/node-app), SANDBOX_DOC.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -27,7 +28,7 @@ esac
 exec python3 "$HERE/sandbox_bench.py" \
     --bin "$ROOT/target/$PROFILE/spinforge" \
     --profile "$PROFILE" \
-    --app "$ROOT/examples/node-app" \
+    --app "${SANDBOX_APP:-$ROOT/examples/node-app}" \
     --runs "${SANDBOX_RUNS:-40}" \
     --rounds "${SANDBOX_ROUNDS:-3}" \
     --doc "${SANDBOX_DOC:-$ROOT/docs/BENCHMARKS.md}"

@@ -116,7 +116,7 @@ def first_byte(port, timeout=30):
         rest = first
         while chunk := s.recv(65536):
             rest += chunk
-    if not rest.startswith(b"HTTP/1.1 200"):
+    if not rest.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
         raise RuntimeError(f"not a 200: {rest[:120]!r}")
     return elapsed * 1000
 
@@ -220,7 +220,7 @@ def main():
 ## Spinlet sandbox: sandboxed vs plain process (issue 4)
 
 `{'SANDBOX_PROFILE=debug ' if args.profile == 'debug' else ''}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d')}, kernel {kernel},
-{os.cpu_count()} cores shared with other work, cgroup v1; app: examples/node-app;
+{os.cpu_count()} cores shared with other work, cgroup v1; app: {os.path.relpath(args.app)};
 both servers on this host, requests through the edge on 127.0.0.1).
 
 | measure | sandboxed | plain | result | target |
