@@ -2,13 +2,17 @@
 //! for a local address and holds the returned lease until the response
 //! body, or the upgraded WebSocket, is done. The edge does not know how
 //! apps are started; the hub plugs the supervisor in behind this trait.
+//! A sandboxed app lives in its own network namespace: its lease carries
+//! an [`AppDialer`] that makes the connection from inside.
 
 use crate::body::{BoxError, EdgeBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +28,22 @@ pub trait LeaseGuard: Send + Sync + 'static {
 pub struct AppLease {
     pub addr: SocketAddr,
     pub guard: Box<dyn LeaseGuard>,
+    /// Set when `addr` is only reachable through the dialer (the app's
+    /// own network namespace); `None` when the edge can connect directly.
+    pub dialer: Option<Arc<dyn AppDialer>>,
+}
+
+pub type DialFuture =
+    Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'static>>;
+
+/// Opens connections to one app instance.
+pub trait AppDialer: Send + Sync + 'static {
+    /// Unique per instance: pooled connections are kept per key, so one
+    /// instance never gets another's connection.
+    fn key(&self) -> u64;
+
+    /// A new connection to the instance, within `timeout`.
+    fn dial(&self, timeout: Duration) -> DialFuture;
 }
 
 /// Why no app instance could take the request.
@@ -70,5 +90,72 @@ impl Body for LeasedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The connector of the edge's pool for sandboxed apps: a request's URI
+/// names the instance (`app-KEY.spinlet.invalid`), and the connection is
+/// made by that instance's dialer. Entries are weak, so an instance that
+/// is gone (no lease holds its dialer) is forgotten.
+#[derive(Clone)]
+pub(crate) struct AppConnector {
+    dialers: Arc<std::sync::Mutex<HashMap<u64, Weak<dyn AppDialer>>>>,
+    timeout: Duration,
+}
+
+/// The reserved top-level name keeps these hosts from ever meaning a real
+/// machine.
+const APP_HOST_SUFFIX: &str = ".spinlet.invalid";
+
+impl AppConnector {
+    pub(crate) fn new(timeout: Duration) -> AppConnector {
+        AppConnector {
+            dialers: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// Registers the dialer (if its instance is new) and returns the host
+    /// name that routes to it.
+    pub(crate) fn host_for(&self, dialer: &Arc<dyn AppDialer>) -> String {
+        let key = dialer.key();
+        let mut dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        let live = dialers.get(&key).is_some_and(|w| w.strong_count() > 0);
+        if !live {
+            dialers.retain(|_, w| w.strong_count() > 0);
+            dialers.insert(key, Arc::downgrade(dialer));
+        }
+        format!("app-{key}{APP_HOST_SUFFIX}")
+    }
+
+    fn dialer(&self, host: &str) -> Option<Arc<dyn AppDialer>> {
+        let key: u64 = host
+            .strip_prefix("app-")?
+            .strip_suffix(APP_HOST_SUFFIX)?
+            .parse()
+            .ok()?;
+        let dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        dialers.get(&key).and_then(Weak::upgrade)
+    }
+}
+
+impl tower_service::Service<http::Uri> for AppConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let dialer = uri.host().and_then(|h| self.dialer(h));
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let dialer = dialer.ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the app instance is gone")
+            })?;
+            Ok(hyper_util::rt::TokioIo::new(dialer.dial(timeout).await?))
+        })
     }
 }

@@ -18,7 +18,7 @@ pub mod server;
 pub mod static_files;
 pub mod upstream;
 
-pub use app::{AppLease, AppUnavailable, AppWaker, LeaseGuard, WakeFuture};
+pub use app::{AppDialer, AppLease, AppUnavailable, AppWaker, DialFuture, LeaseGuard, WakeFuture};
 pub use metrics::EdgeMetrics;
 pub use routes::{Route, RouteTable, Routes, Target};
 pub use server::{Edge, EdgeConfig};

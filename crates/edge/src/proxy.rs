@@ -2,7 +2,7 @@
 //! keep-alive pool, hop-by-hop headers removed, forwarding headers set,
 //! and WebSocket upgrades spliced through on a dedicated connection.
 
-use crate::app::{AppLease, LeaseGuard, LeasedBody};
+use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -83,8 +83,25 @@ pub struct ClientContext<'a> {
 
 pub struct Proxy {
     client: Client<HttpConnector<PolicyResolver>, EdgeBody>,
+    /// Pool for sandboxed apps, whose connections are made inside their
+    /// network namespaces.
+    app_client: Client<AppConnector, EdgeBody>,
+    apps: AppConnector,
     policy: Arc<UpstreamPolicy>,
     config: ProxyConfig,
+}
+
+/// How a request's upstream connection is made.
+enum Route<'a> {
+    /// Through the pool, addresses checked against the upstream policy.
+    Checked,
+    /// Through the pool, unchecked: a local app on the host's loopback.
+    Trusted,
+    /// A sandboxed app: the pool for apps, host name from `AppConnector`.
+    App {
+        dialer: &'a Arc<dyn AppDialer>,
+        host: String,
+    },
 }
 
 impl Proxy {
@@ -98,8 +115,17 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(connector);
+        let apps = AppConnector::new(config.connect_timeout);
+        let app_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .build(apps.clone());
         Proxy {
             client,
+            app_client,
+            apps,
             policy,
             config,
         }
@@ -118,7 +144,7 @@ impl Proxy {
                 return Err(ProxyError::Forbidden);
             }
         }
-        self.send(req, upstream, ctx, None, false).await
+        self.send(req, upstream, ctx, None, Route::Checked).await
     }
 
     /// Like [`Proxy::forward`], holding `guard` for the whole exchange and
@@ -136,13 +162,14 @@ impl Proxy {
                 return Err(ProxyError::Forbidden);
             }
         }
-        self.send(req, upstream, ctx, Some(Leased(guard)), false)
+        self.send(req, upstream, ctx, Some(Leased(guard)), Route::Checked)
             .await
     }
 
     /// Forwards to a local app instance. The policy does not apply: the
     /// address came from our own supervisor, not from a site's settings.
-    /// The lease is held until the response body or WebSocket ends.
+    /// The lease is held until the response body or WebSocket ends. A
+    /// sandboxed app is reached through its lease's dialer.
     pub async fn forward_to_app(
         &self,
         req: Request<Incoming>,
@@ -150,7 +177,14 @@ impl Proxy {
         ctx: ClientContext<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
         let upstream = Upstream::local(lease.addr);
-        self.send(req, &upstream, ctx, Some(Leased(lease.guard)), true)
+        let route = match &lease.dialer {
+            Some(dialer) => Route::App {
+                dialer,
+                host: self.apps.host_for(dialer),
+            },
+            None => Route::Trusted,
+        };
+        self.send(req, &upstream, ctx, Some(Leased(lease.guard)), route)
             .await
     }
 
@@ -160,7 +194,7 @@ impl Proxy {
         upstream: &Upstream,
         ctx: ClientContext<'_>,
         lease: Option<Leased>,
-        trusted: bool,
+        route: Route<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
         if has_dot_segments(req.uri().path()) {
             if let Some(Leased(guard)) = &lease {
@@ -173,10 +207,13 @@ impl Proxy {
         let (mut parts, incoming) = req.into_parts();
 
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = format!(
-            "http://{}{}{}",
-            upstream.authority, upstream.base_path, path_and_query
-        );
+        // The Host header is set from `upstream` below, whatever the URI
+        // says; for a sandboxed app the URI names the instance's pool.
+        let authority = match &route {
+            Route::App { host, .. } => format!("{host}:{}", upstream.port),
+            _ => upstream.authority.to_string(),
+        };
+        let uri = format!("http://{authority}{}{path_and_query}", upstream.base_path);
         parts.uri = uri
             .parse()
             .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
@@ -193,17 +230,25 @@ impl Proxy {
         let outgoing = Request::from_parts(parts, body);
 
         let result = match client_upgrade {
-            None => self.send_pooled(outgoing).await,
+            None => self.send_pooled(outgoing, &route).await,
             Some(on_client) => {
-                self.send_upgrade(outgoing, upstream, trusted, on_client)
+                self.send_upgrade(outgoing, upstream, &route, on_client)
                     .await
             }
         };
         attach(result, lease)
     }
 
-    async fn send_pooled(&self, req: Request<EdgeBody>) -> Result<Sent, ProxyError> {
-        let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(req));
+    async fn send_pooled(
+        &self,
+        req: Request<EdgeBody>,
+        route: &Route<'_>,
+    ) -> Result<Sent, ProxyError> {
+        let request = match route {
+            Route::App { .. } => self.app_client.request(req),
+            Route::Checked | Route::Trusted => self.client.request(req),
+        };
+        let sent = tokio::time::timeout(self.config.response_timeout, request);
         let response = match sent.await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
@@ -226,7 +271,7 @@ impl Proxy {
         &self,
         mut req: Request<EdgeBody>,
         upstream: &Upstream,
-        trusted: bool,
+        route: &Route<'_>,
         on_client: hyper::upgrade::OnUpgrade,
     ) -> Result<Sent, ProxyError> {
         // A bare connection writes the URI as given, and the absolute form
@@ -236,7 +281,7 @@ impl Proxy {
         *req.uri_mut() = origin_form
             .parse()
             .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
-        let connect = self.connect(upstream, trusted);
+        let connect = self.connect(upstream, route);
         let stream = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| ProxyError::Timeout)??;
@@ -276,8 +321,18 @@ impl Proxy {
     async fn connect(
         &self,
         upstream: &Upstream,
-        trusted: bool,
+        route: &Route<'_>,
     ) -> Result<tokio::net::TcpStream, ProxyError> {
+        let trusted = match route {
+            Route::App { dialer, .. } => {
+                return dialer
+                    .dial(self.config.connect_timeout)
+                    .await
+                    .map_err(|e| ProxyError::Connect(e.to_string()));
+            }
+            Route::Trusted => true,
+            Route::Checked => false,
+        };
         let addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
             .await
             .map_err(|e| ProxyError::Connect(e.to_string()))?;

@@ -4,10 +4,12 @@
 
 use crate::error::ApiError;
 use crate::Hub;
-use edge::{AppLease, AppUnavailable, AppWaker, LeaseGuard, WakeFuture};
+use edge::{AppDialer, AppLease, AppUnavailable, AppWaker, DialFuture, LeaseGuard, WakeFuture};
 use spinlet::manifest;
-use spinlet::{AppSpec, Lease, StartError, Supervisor, WakeError};
+use spinlet::{AppDial, AppSpec, Lease, StartError, Supervisor, WakeError};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use store::{ReleaseId, Site, SiteKind};
 
 /// Plugs the supervisor into the edge.
@@ -21,12 +23,29 @@ impl LeaseGuard for LeaseAdapter {
     }
 }
 
+/// Lets the edge connect into a sandboxed app's network namespace.
+struct DialAdapter(AppDial);
+
+impl AppDialer for DialAdapter {
+    fn key(&self) -> u64 {
+        self.0.key
+    }
+
+    fn dial(&self, timeout: Duration) -> DialFuture {
+        let dial = self.0.clone();
+        Box::pin(async move { dial.connect(timeout).await })
+    }
+}
+
 impl AppWaker for SupervisorWaker {
     fn wake<'a>(&'a self, site: &'a str) -> WakeFuture<'a> {
         Box::pin(async move {
             match self.0.wake(site).await {
                 Ok(lease) => Ok(AppLease {
                     addr: lease.addr(),
+                    dialer: lease
+                        .dial()
+                        .map(|d| Arc::new(DialAdapter(d)) as Arc<dyn AppDialer>),
                     guard: Box::new(LeaseAdapter(lease)),
                 }),
                 Err(WakeError::NotDeployed) => Err(AppUnavailable::NotDeployed),

@@ -42,6 +42,9 @@ pub enum Command {
     /// Work on a data directory directly, on the host (no API needed).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The spinlet sandbox on this host (no API needed).
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Log in and store the session in your config directory (mode 0600).
     Login {
         #[arg(long)]
@@ -365,6 +368,16 @@ pub enum AdminCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum SandboxCommand {
+    /// Show each isolation layer and whether this host supports it.
+    Check {
+        /// Print machine-readable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// A TOML config file. Flags beat SPINFORGE_* variables beat the file.
@@ -408,6 +421,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(crate::waf_cli::WouldBlock) => std::process::exit(1),
         },
         Command::Audit(command) => crate::audit_cli::run(command).await,
+        Command::Sandbox(command) => crate::sandbox::run(command),
         other => crate::commands::run(other).await,
     }
 }

@@ -74,7 +74,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Bans { .. }
         | Command::Emergency { .. }
         | Command::Waf(_)
-        | Command::Audit(_) => {
+        | Command::Audit(_)
+        | Command::Sandbox(_) => {
             unreachable!("handled in cli::run")
         }
     }
@@ -438,10 +439,61 @@ async fn status(api: &ApiFlags, domain: Option<&str>) -> anyhow::Result<()> {
             println!("{} failed: {reason}", text(&status["site"], "domain"));
         }
     }
+    if domain.is_some() {
+        for status in &statuses {
+            print_sandbox(&text(&status["site"], "domain"), &status["spinlet"]);
+        }
+    }
     if !ready {
         bail!("the platform is not ready");
     }
     Ok(())
+}
+
+/// The sandbox lines of `status DOMAIN`: how the app is isolated, and
+/// the limits in force beside the current use.
+fn print_sandbox(domain: &str, app: &Value) {
+    if let Some(isolation) = app["isolation"].as_str() {
+        println!("{domain} isolation: {isolation}");
+    }
+    let sandbox = &app["sandbox"];
+    if sandbox.is_null() {
+        return;
+    }
+    let limits = &sandbox["limits"];
+    let mib = |v: &Value| {
+        v.as_u64()
+            .map_or("-".into(), |b| format!("{} MiB", b >> 20))
+    };
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["LIMIT", "IN FORCE", "IN USE"]);
+    table.add_row([
+        "memory".into(),
+        mib(&limits["memory_bytes"]),
+        mib(&sandbox["memory_bytes"]),
+    ]);
+    table.add_row([
+        "processes".into(),
+        text(limits, "max_processes"),
+        text(sandbox, "processes"),
+    ]);
+    table.add_row([
+        "cpu".into(),
+        format!("{}%", text(limits, "cpu_percent")),
+        "-".into(),
+    ]);
+    table.add_row(["open files".into(), text(limits, "open_files"), "-".into()]);
+    table.add_row(["/tmp".into(), mib(&limits["tmp_bytes"]), "-".into()]);
+    table.add_row(["OOM kills".into(), "-".into(), text(sandbox, "oom_kills")]);
+    println!("{table}");
+    if let Some(missing) = sandbox["missing_layers"]
+        .as_array()
+        .filter(|m| !m.is_empty())
+    {
+        let names: Vec<&str> = missing.iter().filter_map(Value::as_str).collect();
+        println!("{domain} runs without: {}", names.join(", "));
+    }
 }
 
 async fn logs(

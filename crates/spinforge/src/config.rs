@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub shield: shield::ShieldConfig,
     #[serde(default)]
     pub audit: AuditFileConfig,
+    #[serde(default)]
+    pub sandbox: SandboxFileConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -89,6 +91,107 @@ pub struct EdgeFileConfig {
     pub idle_timeout_secs: Option<u64>,
 }
 
+// ---- [sandbox] (spinlet sandbox, issue 4) ---------------------------------
+
+/// `[sandbox]`: how spinlets are isolated. Every limit here is the default
+/// for apps whose manifest does not set its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFileConfig {
+    /// False runs apps as plain processes of serve (benchmarks, trusted
+    /// apps on a host without root). Default true.
+    pub enabled: Option<bool>,
+    /// True lets apps start although a sandbox layer is missing on this
+    /// host (logged at warn, shown in status). Default false.
+    pub allow_degraded: Option<bool>,
+    pub memory_mb: Option<u32>,
+    pub max_processes: Option<u32>,
+    pub cpu_percent: Option<u32>,
+    pub open_files: Option<u32>,
+    /// Size cap of each app's /tmp, in MiB.
+    pub tmp_mb: Option<u32>,
+    /// Block I/O weight, 10 to 1000, where the kernel offers one.
+    pub io_weight: Option<u16>,
+    /// First uid (and gid) of the range site uids come from.
+    pub uid_base: Option<u32>,
+}
+
+/// The resolved `[sandbox]` settings.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub enabled: bool,
+    pub allow_degraded: bool,
+    pub memory_mb: Option<u32>,
+    pub max_processes: Option<u32>,
+    pub cpu_percent: Option<u32>,
+    pub open_files: Option<u32>,
+    pub tmp_mb: Option<u32>,
+    pub io_weight: Option<u16>,
+    pub uid_base: Option<u32>,
+}
+
+fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> {
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        key: &str,
+        value: Option<T>,
+        min: T,
+        max: T,
+    ) -> anyhow::Result<Option<T>> {
+        match value {
+            Some(v) if v < min || v > max => {
+                bail!("sandbox.{key} must be between {min} and {max}, not {v}")
+            }
+            other => Ok(other),
+        }
+    }
+    Ok(SandboxSettings {
+        enabled: file.enabled.unwrap_or(true),
+        allow_degraded: file.allow_degraded.unwrap_or(false),
+        memory_mb: within("memory_mb", file.memory_mb, 16, 65_536)?,
+        max_processes: within("max_processes", file.max_processes, 1, 4096)?,
+        cpu_percent: within("cpu_percent", file.cpu_percent, 1, 10_000)?,
+        open_files: within("open_files", file.open_files, 16, 1_048_576)?,
+        tmp_mb: within("tmp_mb", file.tmp_mb, 1, 65_536)?,
+        io_weight: within("io_weight", file.io_weight, 10, 1000)?,
+        // Never uid 0 to 65535: those are the host's own users.
+        uid_base: within("uid_base", file.uid_base, 65_536, u32::MAX - 65_536)?,
+    })
+}
+
+#[cfg(test)]
+mod sandbox_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<SandboxSettings> {
+        sandbox_settings(toml::from_str::<FileConfig>(text)?.sandbox)
+    }
+
+    #[test]
+    fn the_sandbox_is_on_and_strict_by_default() {
+        let settings = parse("").expect("empty config");
+        assert!(settings.enabled);
+        assert!(!settings.allow_degraded);
+        assert_eq!(settings.memory_mb, None);
+    }
+
+    #[test]
+    fn out_of_range_sandbox_values_are_refused_naming_the_key() {
+        let error = parse("[sandbox]\nmemory_mb = 1\n").expect_err("too small");
+        assert!(error.to_string().contains("sandbox.memory_mb"), "{error}");
+        let error = parse("[sandbox]\nuid_base = 0\n").expect_err("host uids");
+        assert!(error.to_string().contains("sandbox.uid_base"), "{error}");
+        assert!(
+            parse("[sandbox]\nmemroy_mb = 64\n").is_err(),
+            "typo refused"
+        );
+        let fine = parse("[sandbox]\nallow_degraded = true\ntmp_mb = 8\n").expect("valid");
+        assert!(fine.allow_degraded);
+        assert_eq!(fine.tmp_mb, Some(8));
+    }
+}
+
+// ---- end [sandbox] ---------------------------------------------------------
+
 /// Everything `serve` needs, resolved.
 #[derive(Debug)]
 pub struct Settings {
@@ -101,6 +204,7 @@ pub struct Settings {
     pub identity: identity::IdentityConfig,
     pub shield: shield::ShieldConfig,
     pub audit: audit::AuditConfig,
+    pub sandbox: SandboxSettings,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -141,6 +245,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         .or(file.tls_listen)
         .unwrap_or_else(|| "0.0.0.0:8443".into());
 
+    let sandbox = sandbox_settings(file.sandbox)?;
     let mut hub = hub::HubConfig::default();
     if let Some(keep) = file.keep_releases {
         if keep == 0 {
@@ -199,6 +304,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         hub,
         edge,
         shield: file.shield,
+        sandbox,
     })
 }
 

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod identity_commands;
 mod pack;
+mod sandbox;
 mod serve;
 mod shield_cmd;
 mod waf_cli;
@@ -19,6 +20,14 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The spinlet sandbox re-runs this binary as its helper, which must
+    // stay single-threaded: it is dispatched before anything else starts.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == spinlet::sandbox::HELPER_ARG)
+    {
+        return spinlet::sandbox::helper_main();
+    }
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,7 +11,7 @@ use hub::{Hub, Layout};
 use hyper_util::service::TowerToHyperService;
 use identity::Identity;
 use prometheus_client::registry::Registry;
-use spinlet::{PlainSpawner, Supervisor, SupervisorConfig};
+use spinlet::{Supervisor, SupervisorConfig};
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -106,7 +106,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         EdgeMetrics::new(&mut registry),
         shield.clone(),
     );
-    let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), Arc::new(PlainSpawner))
+    let spawner = crate::sandbox::spawner(&settings.sandbox, &data_dir)?;
+    let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), spawner)
         .context("cannot start the app supervisor")?;
     edge.set_app_waker(Arc::new(SupervisorWaker(supervisor.clone())));
     let hub = Hub::start(

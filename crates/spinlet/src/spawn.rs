@@ -1,9 +1,9 @@
 //! How a spinlet process comes to life. [`Spawner`] is the one seam the
 //! sandbox plugs into: the supervisor decides *when* and *what* to run; a
-//! spawner decides *how* (plain process today, namespaces and seccomp
-//! with the sandbox issue).
+//! spawner decides *how* (a plain process, or the sandbox in `sandbox`).
 
 use crate::manifest::Limits;
+use crate::sandbox::Confinement;
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,22 +21,40 @@ pub struct Launch {
     /// The app's environment, `PORT` and `HOST` included.
     pub env: Vec<(String, String)>,
     pub port: u16,
-    /// Parsed and stored now; enforced by the sandbox issue's spawner.
+    /// Enforced by the sandbox spawner; the plain spawner ignores them.
     pub limits: Limits,
     /// A random tag put into the environment as `SPINFORGE_SPINLET`, so a
     /// later start can recognise leftover processes as its own.
     pub tag: String,
 }
 
+/// A started instance: the child the supervisor waits for, and what the
+/// sandbox holds for it on the host.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    /// `None` for a plain process.
+    pub confinement: Option<Confinement>,
+}
+
 pub trait Spawner: Send + Sync + 'static {
     /// Starts the process with piped stdout and stderr, in its own process
     /// group (pgid = pid) so the whole tree can be signalled.
-    fn spawn(&self, launch: &Launch) -> io::Result<tokio::process::Child>;
+    fn spawn(&self, launch: &Launch) -> io::Result<Spawned>;
+
+    /// One line on how apps are isolated, for `status`.
+    fn describe(&self) -> String {
+        "none (plain process)".into()
+    }
+
+    /// The site was deleted: drop what the spawner keeps for it (its data
+    /// folder).
+    fn forget_site(&self, _site: &str) {}
 }
 
 /// Runs the app as a plain child process of `serve`, with a clean
-/// environment and its own process group.
-// Limitation: no isolation; the sandbox issue adds a namespaced spawner.
+/// environment and its own process group. No isolation: for tests of the
+/// supervisor, and for `sandbox.allow_degraded` on hosts without
+/// namespaces.
 #[derive(Debug, Default)]
 pub struct PlainSpawner;
 
@@ -44,7 +62,7 @@ pub struct PlainSpawner;
 const INHERITED: [&str; 3] = ["PATH", "LANG", "TZ"];
 
 impl Spawner for PlainSpawner {
-    fn spawn(&self, launch: &Launch) -> io::Result<tokio::process::Child> {
+    fn spawn(&self, launch: &Launch) -> io::Result<Spawned> {
         let mut command = tokio::process::Command::new(&launch.program);
         command
             .args(&launch.args)
@@ -65,6 +83,9 @@ impl Spawner for PlainSpawner {
             command.env(name, value);
         }
         command.env("SPINFORGE_SPINLET", &launch.tag);
-        command.spawn()
+        Ok(Spawned {
+            child: command.spawn()?,
+            confinement: None,
+        })
     }
 }

@@ -10,13 +10,15 @@
 use crate::logs::{AppLog, LogConfig};
 use crate::manifest::{self, Manifest};
 use crate::ports::Ports;
-use crate::spawn::{Launch, Spawner};
+use crate::sandbox::{self, Confinement, SandboxUsage};
+use crate::spawn::{Launch, Spawned, Spawner};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,6 +130,11 @@ pub struct SpinletStatus {
     pub memory_bytes: Option<u64>,
     pub cpu_seconds: Option<f64>,
     pub failed_reason: Option<String>,
+    /// How apps are isolated on this server (`sandboxed`, or what is
+    /// missing).
+    pub isolation: String,
+    /// Limits in force and current use of the shown instance's sandbox.
+    pub sandbox: Option<SandboxUsage>,
 }
 
 /// Holds an instance busy for one request (or one WebSocket): it is not
@@ -141,6 +148,17 @@ pub struct Lease {
 impl Lease {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.instance.port))
+    }
+
+    /// How to reach the instance when it lives in its own network
+    /// namespace; `None` when `addr` is reachable from the host.
+    pub fn dial(&self) -> Option<AppDial> {
+        let netns = self.instance.confinement.as_ref()?.dialer()?;
+        Some(AppDial {
+            key: self.instance.serial,
+            netns,
+            addr: self.addr(),
+        })
     }
 
     /// Counts the response status; 5xx count as app errors.
@@ -158,6 +176,22 @@ impl Drop for Lease {
     }
 }
 
+/// Connects to one sandboxed instance from inside its network namespace.
+#[derive(Clone)]
+pub struct AppDial {
+    /// Unique per instance for the supervisor's lifetime; a connection
+    /// pool keyed by it never hands one instance's connection to another.
+    pub key: u64,
+    netns: Arc<OwnedFd>,
+    addr: SocketAddr,
+}
+
+impl AppDial {
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+        sandbox::connect(Some(self.netns.clone()), self.addr, timeout).await
+    }
+}
+
 /// A started, healthy instance of a new release that is not serving yet.
 pub struct Candidate {
     slot: Arc<Slot>,
@@ -167,8 +201,12 @@ pub struct Candidate {
 
 struct Instance {
     release: String,
+    /// Unique per instance (see [`AppDial::key`]).
+    serial: u64,
     pid: u32,
     port: u16,
+    /// The sandbox's hold on the host; `None` for a plain process.
+    confinement: Option<Arc<Confinement>>,
     started: Instant,
     /// Milliseconds since the supervisor's clock began.
     last_active_ms: AtomicU64,
@@ -253,6 +291,8 @@ struct Inner {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// pid → tag of every process we run, mirrored to the state file.
     running: Mutex<HashMap<u32, String>>,
+    /// Source of instance serials.
+    serials: AtomicU64,
 }
 
 /// How long a failed site tells clients to wait.
@@ -273,6 +313,7 @@ impl Supervisor {
                 clock: Instant::now(),
                 slots: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
+                serials: AtomicU64::new(1),
             }),
         };
         supervisor.persist();
@@ -573,8 +614,12 @@ impl Supervisor {
             for instance in instances {
                 self.stop_instance(&slot, &instance).await;
             }
-            // A later site with the same domain must not see these logs.
+            // A later site with the same domain must not see these logs,
+            // nor this one's data.
             slot.log.flush().await;
+            let spawner = self.inner.spawner.clone();
+            let site = domain.to_owned();
+            let _ = tokio::task::spawn_blocking(move || spawner.forget_site(&site)).await;
             let logs = self.inner.config.logs_dir.join(domain);
             if let Err(e) = std::fs::remove_dir_all(&logs) {
                 tracing::warn!(site = %domain, error = %e, "app logs not removed");
@@ -663,6 +708,14 @@ impl Supervisor {
         };
         let shown = live.or(state.draining.first());
         let (memory_bytes, cpu_seconds) = shown.map_or((None, None), |i| proc_usage(i.pid));
+        let sandbox = shown
+            .and_then(|i| i.confinement.as_ref())
+            .map(|c| c.usage());
+        // The whole sandbox (every process of the app) when there is one.
+        let memory_bytes = sandbox
+            .as_ref()
+            .and_then(|s| s.memory_bytes)
+            .or(memory_bytes);
         Some(SpinletStatus {
             state: phase,
             release: state.spec.as_ref().map(|s| s.release.clone()),
@@ -677,6 +730,8 @@ impl Supervisor {
             memory_bytes,
             cpu_seconds,
             failed_reason: state.failed.clone(),
+            isolation: self.inner.spawner.describe(),
+            sandbox,
         })
     }
 
@@ -729,8 +784,11 @@ impl Supervisor {
             limits: spec.manifest.limits.clone(),
             tag: random_tag(),
         };
-        let mut child = match self.inner.spawner.spawn(&launch) {
-            Ok(child) => child,
+        let Spawned {
+            mut child,
+            confinement,
+        } = match self.inner.spawner.spawn(&launch) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 self.inner.ports.release(port);
                 slot.log.note(&format!(
@@ -747,9 +805,13 @@ impl Supervisor {
                 });
             }
         };
+        let confinement = confinement.map(Arc::new);
         let Some(pid) = child.id().filter(|pid| *pid > 0) else {
             // Never signal group 0: that would be serve's own group.
             self.inner.ports.release(port);
+            if let Some(confinement) = confinement {
+                let _ = tokio::task::spawn_blocking(move || confinement.release()).await;
+            }
             return Err(ours("the app exited before it could be tracked".into()));
         };
         let captures = slot.log.capture(child.stdout.take(), child.stderr.take());
@@ -762,8 +824,10 @@ impl Supervisor {
         let (exit_tx, exit_rx) = watch::channel(false);
         let instance = Arc::new(Instance {
             release: spec.release.clone(),
+            serial: self.inner.serials.fetch_add(1, Ordering::Relaxed),
             pid,
             port,
+            confinement,
             started: Instant::now(),
             last_active_ms: AtomicU64::new(self.inner.clock.elapsed().as_millis() as u64),
             in_flight: AtomicUsize::new(0),
@@ -814,14 +878,27 @@ impl Supervisor {
         instance: &Arc<Instance>,
         status: std::io::Result<std::process::ExitStatus>,
     ) {
-        self.inner.ports.release(instance.port);
         self.untrack(instance.pid);
-        // Children of the app may outlive it; the group goes with it.
+        // Children of the app may outlive it; the group goes with it, and
+        // with a sandbox everything in its cgroup (setsid escapes too).
         let _ = killpg(Pid::from_raw(instance.pid as i32), Signal::SIGKILL);
-        let description = match &status {
+        let mut description = match &status {
             Ok(s) => format!("pid {} exited: {s}", instance.pid),
             Err(e) => format!("pid {} could not be waited for: {e}", instance.pid),
         };
+        if let Some(confinement) = instance.confinement.clone() {
+            if confinement.oom_killed() {
+                let limit_mib = confinement.memory_limit() >> 20;
+                description.push_str(&format!(
+                    " (killed by the out-of-memory killer at its {limit_mib} MiB limit)"
+                ));
+                tracing::warn!(target: "spinforge::audit", event = "spinlet.oom_killed",
+                    site = %slot.domain, pid = instance.pid, limit_mib, "app hit its memory limit");
+            }
+            let _ = tokio::task::spawn_blocking(move || confinement.release()).await;
+        }
+        // Only now: the port is free once nothing of the instance is left.
+        self.inner.ports.release(instance.port);
         slot.log.note(&description);
         if instance.stopping.load(Ordering::Acquire) {
             return;
@@ -1014,12 +1091,13 @@ async fn wait_healthy(
     deadline: Instant,
 ) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, instance.port));
+    let netns = instance.confinement.as_ref().and_then(|c| c.dialer());
     let started = Instant::now();
     loop {
         if instance.has_exited() {
             return Err("the app exited before it became healthy".into());
         }
-        if probe(addr, health_path).await {
+        if probe(netns.clone(), addr, health_path).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -1040,9 +1118,11 @@ async fn wait_healthy(
     }
 }
 
-async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
+async fn probe(netns: Option<Arc<OwnedFd>>, addr: SocketAddr, health_path: Option<&str>) -> bool {
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream = sandbox::connect(netns, addr, Duration::from_secs(2))
+            .await
+            .ok()?;
         let Some(path) = health_path else {
             return Some(true);
         };

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The spinlet sandbox's cost: spawn (cold-start) overhead, memory per
+# spinlet and request throughput, each sandboxed against the same app run
+# as a plain process (`[sandbox] enabled = false`), side by side.
+#
+#   bash bench/sandbox.sh
+#
+# Needs root (the sandbox does), wrk, python3 and node. Both servers
+# listen on 127.0.0.1 only; every loop is bounded; everything started is
+# stopped on exit. Results go to docs/BENCHMARKS.md between the
+# bench-sandbox markers. Knobs: SANDBOX_RUNS (40 cold starts per side),
+# SANDBOX_ROUNDS (3 wrk rounds per side), SANDBOX_PROFILE (release, or
+# debug to measure an existing debug build), SANDBOX_APP (an app folder,
+# default examples/node-app), SANDBOX_DOC.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+for tool in cargo python3 node wrk; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "the sandbox needs root" >&2; exit 1; }
+PROFILE="${SANDBOX_PROFILE:-release}"
+case "$PROFILE" in
+    release) (cd "$ROOT" && cargo build --release -q -p spinforge) ;;
+    debug) (cd "$ROOT" && cargo build -q -p spinforge) ;;
+    *) echo "SANDBOX_PROFILE is release or debug" >&2; exit 2 ;;
+esac
+exec python3 "$HERE/sandbox_bench.py" \
+    --bin "$ROOT/target/$PROFILE/spinforge" \
+    --profile "$PROFILE" \
+    --app "${SANDBOX_APP:-$ROOT/examples/node-app}" \
+    --runs "${SANDBOX_RUNS:-40}" \
+    --rounds "${SANDBOX_ROUNDS:-3}" \
+    --doc "${SANDBOX_DOC:-$ROOT/docs/BENCHMARKS.md}"

@@ -1,0 +1,487 @@
+//! Escape tests for the spinlet sandbox: a real Python app
+//! (tests/data/escape_app.py) is deployed through the real binary and
+//! asked to break out in every way the sandbox issue lists; each answer is
+//! checked for the refusal. Needs root, as `serve` with a sandbox does.
+
+mod common;
+
+use common::{assert_ok, Server, LOOPBACK_UPSTREAMS};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const APP: &str = include_str!("data/escape_app.py");
+const EPERM: i64 = 1;
+const ENOSPC: i64 = 28;
+const EROFS: i64 = 30;
+
+/// A server whose apps get an 8 MiB /tmp.
+fn server() -> Server {
+    let server = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}[sandbox]\ntmp_mb = 8\n"));
+    server.create_admin_and_login();
+    server
+}
+
+/// Deploys the escape app as `domain` with the given `[limits]` lines.
+fn deploy(server: &Server, domain: &str, limits: &str) {
+    let dir = tempfile::tempdir().expect("app dir");
+    std::fs::write(dir.path().join("app.py"), APP).expect("write app");
+    let manifest = format!(
+        "[app]\ncommand = [\"python3\", \"app.py\"]\nstart_timeout_secs = 30\n\
+         stop_grace_secs = 1\n[limits]\n{limits}"
+    );
+    std::fs::write(dir.path().join("spinforge.toml"), manifest).expect("write manifest");
+    let path = dir.path().to_str().expect("utf-8 path");
+    assert_ok(&server.cli(
+        &["deploy", path, "--domain", domain, "--type", "process"],
+        None,
+    ));
+}
+
+async fn ask(server: &Server, domain: &str, path: &str) -> Value {
+    let response = server.get(domain, path).await;
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(status, 200, "{domain}{path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("{domain}{path}: not JSON: {text}"))
+}
+
+/// Asks the app to attempt something and asserts that it failed with
+/// one of `errnos` (any errno if empty).
+async fn refused(server: &Server, domain: &str, path: &str, errnos: &[i64]) -> Value {
+    let answer = ask(server, domain, path).await;
+    assert_eq!(answer["ok"], false, "{path} succeeded: {answer}");
+    if !errnos.is_empty() {
+        let errno = answer["errno"].as_i64().unwrap_or(-1);
+        assert!(
+            errnos.contains(&errno),
+            "{path}: errno {errno}, wanted {errnos:?}: {answer}"
+        );
+    }
+    answer
+}
+
+fn status_of(server: &Server, domain: &str) -> Value {
+    let out = server.cli(&["status", domain, "--json"], None);
+    assert_ok(&out);
+    let all: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    all["sites"][0]["spinlet"].clone()
+}
+
+/// Percent-encodes everything but ASCII letters and digits.
+fn query(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spinlet_runs_as_its_own_unprivileged_user_in_its_own_namespaces() {
+    const SITE: &str = "who.localhost";
+    let server = server();
+    deploy(&server, SITE, "");
+    let who = ask(&server, SITE, "/whoami").await["value"].clone();
+
+    let uid = who["uid"].as_u64().expect("uid");
+    assert!(uid >= 65_536, "a site uid outside the host's users: {who}");
+    assert_eq!(who["euid"], uid);
+    assert_eq!(who["gid"], uid);
+    assert_eq!(
+        who["groups"],
+        serde_json::json!([]),
+        "no supplementary groups"
+    );
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(who["caps"][set], "0000000000000000", "{set}: {who}");
+    }
+    assert_eq!(who["no_new_privs"], "1");
+    assert_eq!(who["seccomp"], "2", "seccomp filter mode");
+    assert_eq!(who["hostname"], SITE);
+
+    // /proc is the namespace's own: the init and the app, nothing else.
+    let pids = who["pids"].as_array().expect("pids");
+    assert!(pids.len() <= 3, "the app sees other processes: {pids:?}");
+    assert!(pids.contains(&serde_json::json!(1)), "{pids:?}");
+
+    let root: Vec<&str> = who["root"]
+        .as_array()
+        .expect("root")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for absent in ["root", "home", "sys", "var", "srv", "opt", "mnt", "boot"] {
+        assert!(!root.contains(&absent), "/{absent} is visible: {root:?}");
+    }
+    for present in ["app", "data", "tmp", "usr", "etc", "proc", "dev"] {
+        assert!(root.contains(&present), "/{present} missing: {root:?}");
+    }
+    // Every mount point is one the sandbox made (field 5 of mountinfo).
+    let mounts = who["mounts"].as_str().expect("mounts");
+    for line in mounts.lines() {
+        let point = line.split(' ').nth(4).expect("mount point");
+        let expected = point == "/"
+            || ["/usr", "/etc/", "/app", "/data", "/tmp", "/dev", "/proc"]
+                .iter()
+                .any(|p| point.starts_with(p));
+        assert!(expected, "unexpected mount {point}: {mounts}");
+    }
+
+    // A set-uid copy runs as the app's own user, nothing more.
+    let setuid = ask(&server, SITE, "/setuid").await;
+    assert_eq!(setuid["ok"], true, "{setuid}");
+    assert_eq!(setuid["value"], uid.to_string(), "{setuid}");
+}
+
+#[tokio::test]
+async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
+    const SITE: &str = "files.localhost";
+    const OTHER: &str = "other.localhost";
+    let server = server();
+    deploy(&server, SITE, "");
+    deploy(&server, OTHER, "");
+    // The other site writes a file to its own data folder.
+    let wrote = ask(&server, OTHER, "/write?path=/data/secret").await;
+    assert_eq!(wrote["ok"], true, "{wrote}");
+
+    let data_dir = server.data_dir.clone();
+    let db = std::fs::read_dir(&data_dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .expect("the SQLite file");
+    let other_data = data_dir.join("spinlets/data").join(OTHER).join("secret");
+    assert!(
+        other_data.is_file(),
+        "the other site's file exists on the host"
+    );
+    let other_release = std::fs::read_dir(data_dir.join("sites"))
+        .expect("sites")
+        .filter_map(Result::ok)
+        .flat_map(|site| {
+            std::fs::read_dir(site.path().join("releases"))
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(Result::ok)
+        .map(|release| release.path().join("app.py"))
+        .find(|p| p.is_file())
+        .expect("a release on the host");
+    let host_init_environ = std::fs::read("/proc/1/environ").unwrap_or_default();
+
+    for path in [
+        Path::new("/etc/shadow"),
+        db.as_path(),
+        other_data.as_path(),
+        other_release.as_path(),
+        Path::new("/root/.bashrc"),
+    ] {
+        let shown = path.display().to_string();
+        refused(&server, SITE, &format!("/read?path={}", query(&shown)), &[]).await;
+    }
+    // /proc/1 inside is the namespace's init, not the host's.
+    let environ = ask(&server, SITE, "/read?path=%2Fproc%2F1%2Fenviron").await;
+    if environ["ok"] == true {
+        let seen = environ["value"].as_str().unwrap_or("").as_bytes().to_vec();
+        assert!(
+            host_init_environ.is_empty() || seen != host_init_environ,
+            "the host's /proc/1/environ is readable"
+        );
+    }
+
+    for path in [
+        "/escape",
+        "/app/escape",
+        "/etc/escape",
+        "/usr/escape",
+        "/proc/escape",
+    ] {
+        refused(
+            &server,
+            SITE,
+            &format!("/write?path={}", query(path)),
+            &[EROFS, 13, 2],
+        )
+        .await;
+    }
+    // Its own folders work, and /tmp has its cap (8 MiB here).
+    let data = ask(&server, SITE, "/write?path=/data/mine").await;
+    assert_eq!(data["ok"], true, "{data}");
+    let tmp = ask(&server, SITE, "/write?path=/tmp/small&mib=1").await;
+    assert_eq!(tmp["ok"], true, "{tmp}");
+    refused(&server, SITE, "/write?path=/tmp/big&mib=16", &[ENOSPC]).await;
+    // The data folder on the host belongs to the site's uid.
+    let mine = data_dir.join("spinlets/data").join(SITE).join("mine");
+    assert!(
+        mine.is_file(),
+        "the app's data is on the host under its site"
+    );
+}
+
+#[tokio::test]
+async fn a_spinlet_reaches_nothing_but_itself_on_the_network() {
+    const SITE: &str = "net.localhost";
+    const OTHER: &str = "peer.localhost";
+    let server = server();
+    deploy(&server, SITE, "");
+    deploy(&server, OTHER, "");
+    let own_port = status_of(&server, SITE)["port"].as_u64().expect("port");
+    let other_port = status_of(&server, OTHER)["port"].as_u64().expect("port");
+    // A service on the host's loopback that the app must not reach; the
+    // listener proves it is up by accepting the test's own connection.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let service_port = service.local_addr().expect("addr").port();
+    std::net::TcpStream::connect(("127.0.0.1", service_port)).expect("the service is up");
+
+    let own = ask(
+        &server,
+        SITE,
+        &format!("/connect?host=127.0.0.1&port={own_port}"),
+    )
+    .await;
+    assert_eq!(own["ok"], true, "the app reaches itself: {own}");
+    for (host, port) in [
+        ("127.0.0.1", server.api.port()),
+        ("127.0.0.1", server.edge.port()),
+        ("127.0.0.1", other_port as u16),
+        ("127.0.0.1", service_port),
+        ("169.254.169.254", 80),
+    ] {
+        refused(
+            &server,
+            SITE,
+            &format!("/connect?host={host}&port={port}"),
+            &[],
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn dangerous_syscalls_are_denied() {
+    const SITE: &str = "sys.localhost";
+    let server = server();
+    deploy(&server, SITE, "");
+    for name in [
+        "ptrace",
+        "mount",
+        "unshare",
+        "setns",
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+    ] {
+        refused(&server, SITE, &format!("/syscall?name={name}"), &[EPERM]).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving() {
+    const SITE: &str = "bomb.localhost";
+    const BYSTANDER: &str = "calm.localhost";
+    let server = server();
+    deploy(&server, SITE, "max_processes = 32\n");
+    deploy(&server, BYSTANDER, "");
+
+    let bomb = {
+        let edge = server.edge;
+        tokio::spawn(async move {
+            common::http()
+                .get(format!("http://{edge}/forkbomb?limit=400"))
+                .header("host", SITE)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .expect("fork bomb request")
+                .text()
+                .await
+                .expect("body")
+        })
+    };
+    // While it runs, the bystander keeps answering.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut served = 0;
+    while Instant::now() < until {
+        let answer = ask(&server, BYSTANDER, "/").await;
+        assert_eq!(answer["ok"], true);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served > 5);
+    let text = bomb.await.expect("join");
+    let bomb: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        let log = server.cli(&["logs", SITE], None);
+        panic!(
+            "fork bomb: {text}\n{}",
+            String::from_utf8_lossy(&log.stdout)
+        )
+    });
+    let forked = bomb["value"]["forked"].as_u64().expect("forked");
+    assert!(forked < 32, "the pids limit did not hold: {bomb}");
+    assert_eq!(
+        bomb["value"]["errno"], 11,
+        "EAGAIN from the pids limit: {bomb}"
+    );
+
+    // kill -9 -1 inside hits only the sandbox: serve, the bystander and
+    // this test live on.
+    let before = status_of(&server, BYSTANDER)["pid"].clone();
+    // ESRCH: inside there is nothing but the app and the namespace's
+    // init, which kill(-1) skips.
+    let killed = ask(&server, SITE, "/killall").await;
+    assert!(killed["ok"] == true || killed["errno"] == 3, "{killed}");
+    assert_eq!(status_of(&server, BYSTANDER)["pid"], before);
+    assert_eq!(ask(&server, BYSTANDER, "/").await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_oom_killed_in_its_cgroup_and_restarted() {
+    const SITE: &str = "hog.localhost";
+    let server = server();
+    deploy(&server, SITE, "memory_mb = 64\n");
+    let first = status_of(&server, SITE);
+    let first_pid = first["pid"].clone();
+    assert_eq!(
+        first["sandbox"]["limits"]["memory_bytes"],
+        64u64 << 20,
+        "{first}"
+    );
+
+    // The request dies with the app: the edge answers 502.
+    let response = server.get(SITE, "/membomb?mib=1024").await;
+    assert_eq!(response.status(), 502);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status_of(&server, SITE);
+        if now["state"] == "running" && now["pid"] != first_pid {
+            assert!(now["restarts"].as_u64().unwrap_or(0) >= 1, "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    let log = server.cli(&["logs", SITE], None);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("out-of-memory"),
+        "the app log names the OOM kill:\n{log}"
+    );
+}
+
+#[test]
+fn sandbox_check_names_every_layer_and_this_host_supports_the_required_ones() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["sandbox", "check", "--json"])
+        .output()
+        .expect("run sandbox check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["layer"].as_str()).collect();
+    for layer in [
+        "identity",
+        "pid namespace",
+        "mount namespace",
+        "ipc namespace",
+        "uts namespace",
+        "cgroup namespace",
+        "network namespace",
+        "no_new_privs",
+        "capabilities",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "rlimits",
+        "filesystem",
+    ] {
+        assert!(names.contains(&layer), "{layer} missing from {names:?}");
+    }
+    for row in &rows {
+        if row["required"] == true {
+            assert_eq!(row["supported"], true, "this root test host lacks {row}");
+        }
+    }
+}
+
+/// The cgroup folder (pids controller) a process is in, on the host.
+fn pids_cgroup(pid: u64) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()))
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .expect("a pids or unified cgroup");
+    let mount = if Path::new("/sys/fs/cgroup/pids").is_dir() {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    Path::new(mount).join(path.trim_start_matches('/'))
+}
+
+#[tokio::test]
+async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
+    const SITE: &str = "limits.localhost";
+    let server = server();
+    deploy(
+        &server,
+        SITE,
+        "memory_mb = 96\nmax_processes = 40\nmax_open_files = 256\n",
+    );
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+
+    let status = status_of(&server, SITE);
+    assert!(
+        status["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sandboxed")),
+        "{status}"
+    );
+    let sandbox = &status["sandbox"];
+    assert_eq!(sandbox["limits"]["memory_bytes"], 96u64 << 20, "{status}");
+    assert_eq!(sandbox["limits"]["max_processes"], 40, "{status}");
+    assert_eq!(sandbox["limits"]["open_files"], 256, "{status}");
+    assert_eq!(sandbox["limits"]["tmp_bytes"], 8u64 << 20, "{status}");
+    let used = sandbox["memory_bytes"].as_u64().expect("memory in use");
+    assert!(used > 0 && used < 96 << 20, "{status}");
+    let processes = sandbox["processes"].as_u64().expect("processes");
+    assert!((3..=40).contains(&processes), "helper, init, app: {status}");
+
+    // The limits really are the cgroup's.
+    let pid = status["pid"].as_u64().expect("pid");
+    let cgroup = pids_cgroup(pid);
+    let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
+    assert_eq!(max.trim(), "42", "40 for the app, 2 for helper and init");
+
+    let text = server.cli(&["status", SITE], None);
+    assert_ok(&text);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("96 MiB"), "{text}");
+    assert!(text.contains("isolation: sandboxed"), "{text}");
+
+    // A stop leaves no process and no cgroup behind.
+    assert_ok(&server.cli(&["restart", SITE], None));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cgroup.exists() || Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still exists",
+            cgroup.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

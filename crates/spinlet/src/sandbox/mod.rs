@@ -1,0 +1,641 @@
+//! The spinlet sandbox: a [`Spawner`] that starts each app isolated from
+//! the host, from SpinForge and from other sites, with resource limits.
+//!
+//! This side (inside `serve`) checks what the host supports, gives each
+//! site its own uid and data folder, makes the app's network namespace and
+//! cgroup, and starts the helper (`init.rs`) with a plan. The helper builds
+//! the rest inside the new namespaces. All `unsafe` lives in `sys.rs`.
+
+mod cgroup;
+mod fs;
+mod init;
+mod net;
+mod plan;
+mod seccomp;
+mod sys;
+
+pub use cgroup::Version as CgroupVersion;
+pub use init::helper_main;
+
+use crate::spawn::{Launch, PlainSpawner, Spawned, Spawner};
+use cgroup::{Cgroup, CgroupHost, CgroupLimits};
+use plan::{Plan, NETNS_FD};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The argument that makes `spinforge` run as the sandbox helper.
+pub const HELPER_ARG: &str = "__spinlet-init";
+
+/// The operator's sandbox settings (`[sandbox]` in the config file).
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// False (the default): a layer this host cannot apply stops apps
+    /// from starting. True: apps run without it, with a warning.
+    pub allow_degraded: bool,
+    /// The `spinforge` binary, started as the helper.
+    pub helper: PathBuf,
+    /// `DATA/spinlets`: uid table, data folders, the mount point.
+    pub state_dir: PathBuf,
+    /// Site uids (and gids) are taken from `uid_base..uid_base+uid_count`.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Defaults for what an app's manifest does not set.
+    pub memory_mb: u32,
+    pub max_processes: u32,
+    pub cpu_percent: u32,
+    pub open_files: u32,
+    /// Size caps of /tmp (and /dev/shm), in MiB.
+    pub tmp_mb: u32,
+    /// Block I/O weight (10 to 1000) where the kernel offers one.
+    pub io_weight: u16,
+}
+
+impl SandboxConfig {
+    pub fn new(data_dir: &Path, helper: PathBuf) -> SandboxConfig {
+        SandboxConfig {
+            allow_degraded: false,
+            helper,
+            state_dir: data_dir.join("spinlets"),
+            uid_base: 200_000,
+            uid_count: 65_536,
+            memory_mb: 512,
+            max_processes: 256,
+            cpu_percent: 100,
+            open_files: 1024,
+            tmp_mb: 64,
+            io_weight: 100,
+        }
+    }
+}
+
+/// One row of `spinforge sandbox check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerCheck {
+    pub layer: &'static str,
+    pub supported: bool,
+    /// False for layers applied only where the host has them (Landlock,
+    /// block I/O weight): their absence is shown, never a refusal.
+    pub required: bool,
+    pub detail: String,
+}
+
+/// What this host supports, layer by layer.
+pub fn check() -> Vec<LayerCheck> {
+    let root = nix::unistd::geteuid().is_root();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let has = |ns: &str| Path::new("/proc/self/ns").join(ns).exists();
+    let mut rows = Vec::new();
+    let mut row = |layer, supported, required, detail: String| {
+        rows.push(LayerCheck {
+            layer,
+            supported,
+            required,
+            detail,
+        })
+    };
+    let need_root = |what: &str| format!("{what} needs serve to run as root");
+
+    row(
+        "identity",
+        root,
+        true,
+        if root {
+            "own uid and gid per site, no supplementary groups".into()
+        } else {
+            need_root("switching to a site uid")
+        },
+    );
+    for (layer, ns) in [
+        ("pid namespace", "pid"),
+        ("mount namespace", "mnt"),
+        ("ipc namespace", "ipc"),
+        ("uts namespace", "uts"),
+        ("cgroup namespace", "cgroup"),
+    ] {
+        let ok = root && has(ns);
+        let detail = match (has(ns), root) {
+            (false, _) => "the kernel has no such namespace".into(),
+            (true, false) => need_root("making namespaces"),
+            (true, true) => "yes".into(),
+        };
+        row(layer, ok, true, detail);
+    }
+    let network = if root && has("net") {
+        net::new_namespace().map(drop)
+    } else {
+        Err(io::Error::other(need_root("a network namespace")))
+    };
+    row(
+        "network namespace",
+        network.is_ok(),
+        true,
+        match network {
+            Ok(()) => "loopback only; the edge connects from inside".into(),
+            Err(e) => e.to_string(),
+        },
+    );
+    row(
+        "no_new_privs",
+        status.contains("NoNewPrivs:"),
+        true,
+        "set before the app starts".into(),
+    );
+    let caps_ok = caps::read(None, caps::CapSet::Bounding).is_ok();
+    row(
+        "capabilities",
+        caps_ok && root,
+        true,
+        "all five sets emptied".into(),
+    );
+    let seccomp_ok = status.contains("Seccomp:") && seccomp::filters().is_ok();
+    row(
+        "seccomp",
+        seccomp_ok,
+        true,
+        match seccomp::filters() {
+            Ok(_) => format!("allowlist for {}, EPERM otherwise", std::env::consts::ARCH),
+            Err(e) => e,
+        },
+    );
+    let landlock = sys::landlock_abi();
+    row(
+        "landlock",
+        landlock.is_some(),
+        false,
+        match landlock {
+            Some(v) => format!("ABI v{v}"),
+            None => "not enabled in this kernel (second layer only)".into(),
+        },
+    );
+    match CgroupHost::detect(None) {
+        Ok(host) if root => {
+            row(
+                "cgroups",
+                true,
+                true,
+                format!("{}: memory, pids, cpu", host.version.name()),
+            );
+            row(
+                "block I/O weight",
+                host.io_weight,
+                false,
+                if host.io_weight {
+                    "proportional weight".into()
+                } else {
+                    "no proportional I/O scheduler on this host".into()
+                },
+            );
+        }
+        Ok(_) => row("cgroups", false, true, need_root("creating cgroups")),
+        Err(e) => row("cgroups", false, true, e),
+    }
+    row("rlimits", true, true, "open files, core dumps off".into());
+    row(
+        "filesystem",
+        root,
+        true,
+        if root {
+            "read-only root, /app read-only, /data, capped /tmp, minimal /dev".into()
+        } else {
+            need_root("mounting")
+        },
+    );
+    rows
+}
+
+/// The limits an instance runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsInForce {
+    pub memory_bytes: u64,
+    pub max_processes: u64,
+    pub cpu_percent: u32,
+    pub open_files: u64,
+    pub tmp_bytes: u64,
+}
+
+/// Current use, read from the instance's cgroup.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxUsage {
+    pub limits: LimitsInForce,
+    pub memory_bytes: Option<u64>,
+    pub processes: Option<u64>,
+    pub oom_kills: Option<u64>,
+    /// Layers this instance runs without (only with `allow_degraded`).
+    pub missing_layers: Vec<String>,
+}
+
+/// What a sandboxed instance holds on the host: its network namespace and
+/// its cgroup. Released when the instance has exited.
+#[derive(Debug)]
+pub struct Confinement {
+    netns: Option<Arc<OwnedFd>>,
+    cgroup: Option<Cgroup>,
+    limits: LimitsInForce,
+    missing: Vec<String>,
+}
+
+impl Confinement {
+    pub fn usage(&self) -> SandboxUsage {
+        SandboxUsage {
+            limits: self.limits.clone(),
+            memory_bytes: self.cgroup.as_ref().and_then(Cgroup::memory_bytes),
+            processes: self.cgroup.as_ref().and_then(Cgroup::pids),
+            oom_kills: self.cgroup.as_ref().and_then(Cgroup::oom_kills),
+            missing_layers: self.missing.clone(),
+        }
+    }
+
+    /// True iff the kernel's OOM killer has killed a process of this
+    /// instance.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .and_then(Cgroup::oom_kills)
+            .is_some_and(|n| n > 0)
+    }
+
+    pub fn memory_limit(&self) -> u64 {
+        self.limits.memory_bytes
+    }
+
+    /// Kills anything left of the instance and removes its cgroup.
+    /// Blocking (it waits for the kernel); call off the async threads.
+    pub fn release(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+            cgroup.remove();
+        }
+    }
+
+    /// A connector to `addr` inside the instance's network namespace, or
+    /// `None` when the instance shares the host's network.
+    pub fn dialer(&self) -> Option<Arc<OwnedFd>> {
+        self.netns.clone()
+    }
+}
+
+/// Connects to an app instance: inside its namespace when it has one.
+pub async fn connect(
+    netns: Option<Arc<OwnedFd>>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<tokio::net::TcpStream> {
+    match netns {
+        Some(netns) => net::connect_in(netns, addr, timeout).await,
+        None => {
+            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// Starts apps in the sandbox.
+pub struct SandboxSpawner {
+    config: SandboxConfig,
+    layers: Vec<LayerCheck>,
+    cgroups: Option<CgroupHost>,
+    uids: UidTable,
+    /// `allow_degraded` on a host that cannot make namespaces at all.
+    plain: Option<PlainSpawner>,
+}
+
+impl SandboxSpawner {
+    /// Checks the host and prepares the state folder. Never fails for a
+    /// missing layer: apps then refuse to start (or run degraded) and
+    /// say which layer is missing.
+    pub fn new(config: SandboxConfig) -> io::Result<SandboxSpawner> {
+        std::fs::create_dir_all(config.state_dir.join("data"))?;
+        let root = config.state_dir.join("root");
+        std::fs::create_dir_all(&root)?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+        let layers = check();
+        let scope = cgroup::scope_of(&config.state_dir);
+        let cgroups = CgroupHost::detect(Some(&scope)).ok();
+        if let Some(host) = &cgroups {
+            host.sweep();
+        }
+        for missing in layers.iter().filter(|l| !l.supported) {
+            if missing.required && !config.allow_degraded {
+                tracing::error!(layer = missing.layer, detail = %missing.detail,
+                    "sandbox layer unavailable: apps will refuse to start");
+            } else {
+                tracing::warn!(layer = missing.layer, detail = %missing.detail,
+                    "sandbox layer unavailable: apps run without it");
+            }
+        }
+        let no_namespaces = layers
+            .iter()
+            .any(|l| l.layer == "pid namespace" && !l.supported);
+        let plain = (no_namespaces && config.allow_degraded).then_some(PlainSpawner);
+        Ok(SandboxSpawner {
+            uids: UidTable::open(
+                config.state_dir.join("uids.json"),
+                config.uid_base,
+                config.uid_count,
+            )?,
+            config,
+            layers,
+            cgroups,
+            plain,
+        })
+    }
+
+    /// Layers this host lacks, optional ones included.
+    fn missing(&self) -> Vec<&LayerCheck> {
+        self.layers.iter().filter(|l| !l.supported).collect()
+    }
+
+    /// Required layers this host lacks.
+    fn missing_required(&self) -> Vec<&'static str> {
+        self.missing()
+            .iter()
+            .filter(|l| l.required)
+            .map(|l| l.layer)
+            .collect()
+    }
+
+    fn limits(&self, launch: &Launch) -> LimitsInForce {
+        let l = &launch.limits;
+        let c = &self.config;
+        LimitsInForce {
+            memory_bytes: u64::from(l.memory_mb.unwrap_or(c.memory_mb)) << 20,
+            max_processes: u64::from(l.max_processes.unwrap_or(c.max_processes)),
+            cpu_percent: l.cpu_percent.unwrap_or(c.cpu_percent),
+            open_files: u64::from(l.max_open_files.unwrap_or(c.open_files)),
+            tmp_bytes: u64::from(c.tmp_mb) << 20,
+        }
+    }
+
+    fn data_dir(&self, site: &str) -> PathBuf {
+        self.config.state_dir.join("data").join(site)
+    }
+}
+
+/// Folders where a program named on the command line is looked for
+/// inside the sandbox (the host's PATH may name folders it cannot see).
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The program's path as the app sees it.
+fn program_inside(launch: &Launch) -> io::Result<String> {
+    if let Ok(rel) = launch.program.strip_prefix(&launch.dir) {
+        return Ok(Path::new("/app").join(rel).to_string_lossy().into_owned());
+    }
+    let name = launch
+        .program
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the program has no name"))?;
+    SANDBOX_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "`{}` is not installed under {SANDBOX_PATH}, which is all a sandboxed app sees",
+                    name.to_string_lossy()
+                ),
+            )
+        })
+}
+
+impl Spawner for SandboxSpawner {
+    fn spawn(&self, launch: &Launch) -> io::Result<Spawned> {
+        if let Some(plain) = &self.plain {
+            return plain.spawn(launch);
+        }
+        let missing = self.missing();
+        if let Some(refused) = missing
+            .iter()
+            .find(|l| l.required && !self.config.allow_degraded)
+        {
+            tracing::warn!(target: "spinforge::audit", event = "spinlet.sandbox_refused",
+                site = %launch.site, layer = refused.layer, "app not started: sandbox layer missing");
+            return Err(io::Error::other(format!(
+                "the sandbox layer `{}` is not available on this host ({}); apps do not start \
+                 without it unless sandbox.allow_degraded = true",
+                refused.layer, refused.detail
+            )));
+        }
+        let skipped = |layer: &str| missing.iter().any(|l| l.layer == layer);
+        let limits = self.limits(launch);
+        let uid = self.uids.uid_for(&launch.site)?;
+
+        let data = self.data_dir(&launch.site);
+        std::fs::create_dir_all(&data)?;
+        nix::unistd::chown(
+            &data,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
+        )?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+
+        let netns = if skipped("network namespace") {
+            None
+        } else {
+            Some(Arc::new(net::new_namespace()?))
+        };
+        let cgroup = match (&self.cgroups, skipped("cgroups")) {
+            (Some(host), false) => {
+                let cgroup_limits = CgroupLimits {
+                    memory_bytes: limits.memory_bytes,
+                    // The helper and the namespace init count too.
+                    pids: limits.max_processes + 2,
+                    cpu_percent: limits.cpu_percent,
+                    io_weight: self.config.io_weight,
+                };
+                let name = format!(
+                    "{}-{}",
+                    launch.site,
+                    &launch.tag[..12.min(launch.tag.len())]
+                );
+                Some(host.create(&name, &cgroup_limits)?)
+            }
+            _ => None,
+        };
+        let confinement = Confinement {
+            netns,
+            cgroup,
+            limits: limits.clone(),
+            missing: missing.iter().map(|l| l.layer.to_owned()).collect(),
+        };
+
+        let mut env = launch.env.clone();
+        env.push(("PATH".into(), SANDBOX_PATH.into()));
+        env.push(("HOME".into(), "/data".into()));
+        env.push(("LANG".into(), "C.UTF-8".into()));
+        env.push(("SPINFORGE_SPINLET".into(), launch.tag.clone()));
+        let plan = Plan {
+            site: launch.site.clone(),
+            program: program_inside(launch).inspect_err(|_| confinement.release())?,
+            args: launch.args.clone(),
+            env,
+            root_mount: self.config.state_dir.join("root"),
+            release: launch.dir.clone(),
+            data,
+            uid,
+            gid: uid,
+            tmp_bytes: limits.tmp_bytes,
+            open_files: limits.open_files,
+            cgroups: confinement
+                .cgroup
+                .as_ref()
+                .map(Cgroup::dirs)
+                .unwrap_or_default(),
+            netns: confinement.netns.is_some(),
+            landlock: !skipped("landlock"),
+            seccomp: !skipped("seccomp"),
+            allow_degraded: self.config.allow_degraded,
+            helper_pid: 0,
+        };
+
+        let mut command = tokio::process::Command::new(&self.config.helper);
+        // The app's command line follows, for `ps` and operators only (the
+        // helper reads its plan from stdin); the helper's working folder is
+        // the release, as a plain app's would be.
+        command
+            .arg(HELPER_ARG)
+            .arg("--")
+            .arg(&plan.program)
+            .args(&plan.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            // Lets a restarted serve recognise the helper as ours.
+            .env("SPINFORGE_SPINLET", &launch.tag)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(netns) = &confinement.netns {
+            sys::pass_fd(&mut command, netns.as_raw_fd(), NETNS_FD);
+        }
+        let mut child = command.spawn().inspect_err(|_| confinement.release())?;
+        let sent = write_plan(&mut child, &plan);
+        if let Err(e) = sent {
+            let _ = child.start_kill();
+            confinement.release();
+            return Err(e);
+        }
+        Ok(Spawned {
+            child,
+            confinement: Some(confinement),
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.plain.is_some() {
+            return "none: this host cannot make namespaces (allow_degraded)".into();
+        }
+        let missing = self.missing_required();
+        let optional: Vec<&str> = self
+            .missing()
+            .iter()
+            .filter(|l| !l.required)
+            .map(|l| l.layer)
+            .collect();
+        if missing.is_empty() && optional.is_empty() {
+            "sandboxed".into()
+        } else if missing.is_empty() {
+            format!("sandboxed (host lacks optional: {})", optional.join(", "))
+        } else if self.config.allow_degraded {
+            format!("sandboxed, degraded (without: {})", missing.join(", "))
+        } else {
+            format!("refusing to start apps (missing: {})", missing.join(", "))
+        }
+    }
+
+    fn forget_site(&self, site: &str) {
+        let data = self.data_dir(site);
+        if let Err(e) = std::fs::remove_dir_all(&data) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(site, error = %e, "app data folder not removed");
+            }
+        }
+    }
+}
+
+/// Writes the plan to the helper's stdin and closes it. The plan is far
+/// smaller than a pipe's buffer, so the write does not block.
+fn write_plan(child: &mut tokio::process::Child, plan: &Plan) -> io::Result<()> {
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("the helper has no stdin"))?;
+    let mut pipe = std::fs::File::from(stdin.into_owned_fd()?);
+    let bytes = serde_json::to_vec(plan).map_err(io::Error::other)?;
+    pipe.write_all(&bytes)
+}
+
+/// Site → uid, kept in a small JSON file so that a site keeps its uid (and
+/// so its data folder's owner) across restarts.
+struct UidTable {
+    path: PathBuf,
+    base: u32,
+    count: u32,
+    map: Mutex<BTreeMap<String, u32>>,
+}
+
+impl UidTable {
+    fn open(path: PathBuf, base: u32, count: u32) -> io::Result<UidTable> {
+        let map = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(UidTable {
+            path,
+            base,
+            count,
+            map: Mutex::new(map),
+        })
+    }
+
+    fn uid_for(&self, site: &str) -> io::Result<u32> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(uid) = map.get(site) {
+            return Ok(*uid);
+        }
+        let taken: std::collections::HashSet<u32> = map.values().copied().collect();
+        let uid = (self.base..self.base.saturating_add(self.count))
+            .find(|u| !taken.contains(u))
+            .ok_or_else(|| io::Error::other("no free site uid left in the sandbox uid range"))?;
+        map.insert(site.to_owned(), uid);
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&*map).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_site_keeps_its_own_uid_across_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("uids.json");
+        let table = UidTable::open(path.clone(), 1000, 3).expect("open");
+        let a = table.uid_for("a.test").expect("a");
+        let b = table.uid_for("b.test").expect("b");
+        assert_ne!(a, b);
+        assert_eq!(table.uid_for("a.test").expect("a again"), a);
+        let reopened = UidTable::open(path, 1000, 3).expect("reopen");
+        assert_eq!(reopened.uid_for("b.test").expect("b"), b);
+        reopened.uid_for("c.test").expect("c");
+        assert!(reopened.uid_for("d.test").is_err(), "the range holds three");
+    }
+}
