@@ -436,7 +436,7 @@ impl Identity {
         let user = self.check_login(email, password, client).await?;
         self.check_second_factor(&user, factor, client).await?;
         let pair = self.start_token_session(&user, client).await?;
-        audit_auth("auth.succeeded", &user.email, client, "token login");
+        audit_success(&user, client, "token login");
         Ok((user, pair))
     }
 
@@ -489,7 +489,7 @@ impl Identity {
             user_agent: client.user_agent.clone(),
         };
         self.store().create_session(session.clone(), None).await?;
-        audit_auth("auth.succeeded", &user.email, client, "browser login");
+        audit_success(&user, client, "browser login");
         let csrf_token = csrf_token_for(&cookie);
         Ok((
             user,
@@ -739,6 +739,14 @@ pub(crate) fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo
     };
     tracing::info!(
         target: "spinforge::audit", event, subject = ?subject, client_ip = %client.ip_text(),
+        user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
+    );
+}
+
+fn audit_success(user: &User, client: &ClientInfo, message: &str) {
+    tracing::info!(
+        target: "spinforge::audit", event = "auth.succeeded", user = %user.id,
+        subject = ?user.email, client_ip = %client.ip_text(),
         user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
     );
 }
