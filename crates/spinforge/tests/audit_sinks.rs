@@ -176,7 +176,7 @@ async fn events_reach_syslog_and_critical_ones_the_signed_webhook() {
     let json = parts[7].split_once("] ").map(|(_, m)| m).expect("MSG");
     let event: serde_json::Value = serde_json::from_str(json).expect("MSG is the event's JSON");
     assert_eq!(event["type"], "auth.failed");
-    assert!(r.tcp.iter().any(|m| m.contains(" auth.login ")));
+    assert!(r.tcp.iter().any(|m| m.contains(" auth.succeeded ")));
     assert!(r.tcp.iter().any(|m| m.contains(" system.start ")));
 
     // Only critical types on the critical sinks.
