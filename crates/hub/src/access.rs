@@ -120,6 +120,10 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/sites/{domain}/shield",
         Needs(P::SitesUpdate),
     ),
+    // Single sign-on (oidc_api.rs): the login itself, so no credential.
+    ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
+    ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
+    ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

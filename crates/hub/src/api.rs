@@ -44,7 +44,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/sites/{domain}/restart", post(restart_site))
         .route("/openapi.json", get(openapi))
         .merge(crate::identity_api::routes())
-        .merge(crate::shield_api::router());
+        .merge(crate::shield_api::router())
+        .merge(crate::oidc_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -94,6 +95,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::identity_api::IdentityDoc::openapi());
     doc.merge(crate::shield_api::ShieldDoc::openapi());
+    doc.merge(crate::oidc_api::OidcDoc::openapi());
     doc
 }
 
