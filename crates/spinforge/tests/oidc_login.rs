@@ -535,3 +535,68 @@ async fn cli_login_polls_once_for_a_token_pair() {
         (400, Some("format"))
     );
 }
+
+#[tokio::test]
+async fn cli_login_with_sso_prints_a_link_and_stores_the_session() {
+    use tokio::io::AsyncBufReadExt;
+    let Some((provider, server)) = setup().await else {
+        return;
+    };
+    server.admin_token().await;
+    provider
+        .set_user(
+            "alice",
+            json!({ "email": ADMIN_EMAIL, "email_verified": true }),
+        )
+        .await;
+    // A fresh config home: the login below is the only one stored.
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cli = tokio::process::Command::new(common::BIN)
+        .args(["login", "--sso", "corp"])
+        .env("SPINFORGE_API", server.api_url())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("HOME", home.path())
+        .env_remove("SPINFORGE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spinforge login --sso");
+    let mut lines = tokio::io::BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let link = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the CLI prints the link in time")
+        .expect("read")
+        .expect("a line");
+    let back = approve_at_provider(&link, "alice").await;
+    let callback = format!(
+        "{}{}?{}",
+        server.api_url(),
+        back.path(),
+        back.query().unwrap_or("")
+    );
+    let r = http().get(&callback).send().await.expect("callback");
+    assert_eq!(r.status(), 200);
+    let done = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the CLI finishes in time")
+        .expect("read")
+        .expect("a line");
+    assert_eq!(
+        done,
+        format!("logged in to {} as {ADMIN_EMAIL}", server.api_url())
+    );
+    assert!(cli.wait().await.expect("wait").success());
+
+    let whoami = std::process::Command::new(common::BIN)
+        .args(["whoami"])
+        .env("SPINFORGE_API", server.api_url())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("HOME", home.path())
+        .env_remove("SPINFORGE_TOKEN")
+        .output()
+        .expect("spinforge whoami");
+    common::assert_ok(&whoami);
+    assert!(common::stdout(&whoami).contains(ADMIN_EMAIL));
+}
