@@ -125,6 +125,10 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(P::SitesUpdate),
     ),
     ("GET", "/api/v1/audit", Needs(P::AuditRead)),
+    // Single sign-on (oidc_api.rs): the login itself, so no credential.
+    ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
+    ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
+    ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

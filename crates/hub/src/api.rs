@@ -45,7 +45,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(crate::identity_api::routes())
         .merge(crate::shield_api::router())
-        .merge(crate::audit_api::routes());
+        .merge(crate::audit_api::routes())
+        .merge(crate::oidc_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -96,6 +97,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::identity_api::IdentityDoc::openapi());
     doc.merge(crate::shield_api::ShieldDoc::openapi());
     doc.merge(crate::audit_api::AuditDoc::openapi());
+    doc.merge(crate::oidc_api::OidcDoc::openapi());
     doc
 }
 

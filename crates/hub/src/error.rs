@@ -66,6 +66,13 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
+    /// The client proved who it is (single sign-on) but may not log in;
+    /// the message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// A service we depend on (a login provider) failed or is busy.
+    #[error("{0}")]
+    Unavailable(String),
     /// Our side. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -90,7 +97,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("bundle")),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", Some("body")),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            ApiError::Forbidden | ApiError::Escalation(_) => {
+            ApiError::Forbidden | ApiError::Escalation(_) | ApiError::Refused(_) => {
                 (StatusCode::FORBIDDEN, "forbidden", None)
             }
             ApiError::Csrf(_) => (StatusCode::FORBIDDEN, "csrf_failed", None),
@@ -106,6 +113,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

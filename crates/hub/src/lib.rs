@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod identity_api;
 mod layout;
+pub mod oidc_api;
 pub mod shield_api;
 pub mod sites;
 

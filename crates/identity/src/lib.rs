@@ -501,6 +501,45 @@ impl Identity {
         ))
     }
 
+    // ---- single sign-on (oidc api) ----
+
+    /// Starts a browser session for a user whose identity was already
+    /// proven by single sign-on: the same cookie session, idle and absolute
+    /// timeouts and CSRF token as [`Identity::login_browser`].
+    pub async fn start_browser_session(
+        &self,
+        user: &User,
+        client: &ClientInfo,
+    ) -> Result<BrowserLogin, IdentityError> {
+        let cookie = format!("sfc_{}", random_token());
+        let at = now();
+        let session = Session {
+            id: random_token(),
+            user_id: user.id,
+            kind: SessionKind::Browser,
+            secret_hash: Some(token_hash(&cookie)),
+            created_at: at,
+            last_seen_at: at,
+            expires_at: at + self.inner.config.browser_absolute.as_secs() as i64,
+            client_ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.clone(),
+        };
+        self.store().create_session(session.clone(), None).await?;
+        let csrf_token = csrf_token_for(&cookie);
+        Ok(BrowserLogin {
+            cookie,
+            csrf_token,
+            session,
+        })
+    }
+
+    /// A fresh 256-bit random token, URL-safe (for single sign-on login ids).
+    pub fn new_secret_token() -> String {
+        random_token()
+    }
+
+    // ---- end single sign-on ----
+
     /// Exchanges a refresh token for a new pair. A refresh token works
     /// once; presenting a spent one ends its whole session.
     pub async fn refresh(

@@ -47,8 +47,12 @@ pub enum Command {
     Sandbox(SandboxCommand),
     /// Log in and store the session in your config directory (mode 0600).
     Login {
-        #[arg(long)]
-        email: String,
+        #[arg(long, required_unless_present = "sso", conflicts_with = "sso")]
+        email: Option<String>,
+        /// Log in with single sign-on at this configured provider: prints a
+        /// link to open in a browser, then waits for the login to finish.
+        #[arg(long, value_name = "PROVIDER")]
+        sso: Option<String>,
         /// Read the password from standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,

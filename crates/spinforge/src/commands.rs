@@ -15,9 +15,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Login {
             email,
+            sso,
             password_stdin,
             api,
-        } => login(&api, &email, password_stdin).await,
+        } => match (sso, email) {
+            (Some(provider), _) => sso_login(&api, &provider).await,
+            (None, Some(email)) => login(&api, &email, password_stdin).await,
+            (None, None) => anyhow::bail!("login needs --email or --sso"),
+        },
         Command::Logout { api } => logout(&api).await,
         Command::Deploy {
             dir,
@@ -131,6 +136,71 @@ async fn login(api: &ApiFlags, email: &str, password_stdin: bool) -> anyhow::Res
         Ok(())
     }
 }
+
+// ---- single sign-on login (oidc api) ----
+
+/// `login --sso PROVIDER`: starts a CLI login, prints the link, and polls
+/// until the browser side finished (at most the login's lifetime).
+async fn sso_login(api: &ApiFlags, provider: &str) -> anyhow::Result<()> {
+    let client = Client::new(&api.api)?;
+    let start = client
+        .raw()
+        .get(client.url(&format!("/auth/oidc/{provider}/start?format=json")))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the API at {}", client.base))?;
+    let start: Value = client::check(start).await?.json().await?;
+    let (Some(link), Some(poll), Some(ttl)) = (
+        start["authorize_url"].as_str(),
+        start["poll_url"].as_str(),
+        start["expires_in"].as_u64(),
+    ) else {
+        anyhow::bail!("the API answered the SSO start without a link");
+    };
+    eprintln!("open this link in a browser to log in with {provider}:");
+    println!("{link}");
+    let poll = format!("{}{poll}", client.base);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ttl);
+    let pair: TokenPair = loop {
+        let response = client
+            .raw()
+            .get(&poll)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the API at {}", client.base))?;
+        if response.status() != StatusCode::ACCEPTED {
+            break client::check(response).await?.json().await?;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the login was not finished in the browser in time");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    let me: Value = client
+        .raw()
+        .get(client.url("/whoami"))
+        .bearer_auth(&pair.access_token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the API at {}", client.base))?
+        .json()
+        .await?;
+    let email = me["user"]["email"].as_str().unwrap_or("").to_owned();
+    client::save_login(&StoredLogin {
+        api: client.base.clone(),
+        email: email.clone(),
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+    })?;
+    if api.json {
+        print_json(&json!({ "logged_in": email, "api": client.base }))
+    } else {
+        println!("logged in to {} as {email}", client.base);
+        Ok(())
+    }
+}
+
+// ---- end single sign-on login ----
 
 async fn logout(api: &ApiFlags) -> anyhow::Result<()> {
     let mut client = Client::new(&api.api)?;

@@ -60,7 +60,129 @@ pub struct IdentityFileConfig {
     /// Admins without a TOTP second factor may only enrol one (default
     /// false).
     pub require_totp_for_admins: Option<bool>,
+    /// `[[identity.oidc]]`: single sign-on providers.
+    #[serde(default)]
+    pub oidc: Vec<OidcFileProvider>,
 }
+
+// ---- single sign-on providers ([[identity.oidc]]) ----
+
+/// One `[[identity.oidc]]` provider. The client secret comes from exactly
+/// one of `client_secret_file`, `client_secret_env` or (discouraged, it
+/// leaves the secret in this file) `client_secret`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFileProvider {
+    /// Our name for it, in the login URLs; default `google` or `github`
+    /// for those kinds, required for `oidc`.
+    pub name: Option<String>,
+    /// `oidc` (default), `google` or `github`.
+    pub kind: Option<String>,
+    /// Required for `oidc`; fixed for `google` and `github`.
+    pub issuer_url: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
+    /// `https://<public host>/api/v1/auth/oidc/<name>/callback`, exactly
+    /// as registered at the provider.
+    pub redirect_url: String,
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+}
+
+impl std::fmt::Debug for OidcFileProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the inline secret.
+        f.debug_struct("OidcFileProvider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("issuer_url", &self.issuer_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret_file", &self.client_secret_file)
+            .field("client_secret_env", &self.client_secret_env)
+            .field("redirect_url", &self.redirect_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn oidc_providers(
+    file: &[OidcFileProvider],
+) -> anyhow::Result<Vec<identity::oidc::OidcProviderConfig>> {
+    use identity::oidc::OidcProviderConfig as P;
+    let mut out: Vec<P> = Vec::new();
+    for (i, p) in file.iter().enumerate() {
+        let at = format!("identity.oidc[{i}]");
+        let secret = match (
+            &p.client_secret_file,
+            &p.client_secret_env,
+            &p.client_secret,
+        ) {
+            (Some(path), None, None) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!("{at}.client_secret_file: cannot read {}", path.display())
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, Some(var), None) => std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("{at}.client_secret_env: the variable {var} is not set")
+            })?,
+            (None, None, Some(secret)) => secret.clone(),
+            _ => bail!(
+                "{at}: set exactly one of client_secret_file, client_secret_env, client_secret"
+            ),
+        };
+        if secret.is_empty() {
+            bail!("{at}: the client secret is empty");
+        }
+        let secret = secrecy::SecretString::from(secret);
+        let kind = p.kind.as_deref().unwrap_or("oidc");
+        let mut config = match kind {
+            "oidc" => {
+                let Some(issuer) = &p.issuer_url else {
+                    bail!("{at}.issuer_url is required for kind oidc");
+                };
+                let Some(name) = &p.name else {
+                    bail!("{at}.name is required for kind oidc");
+                };
+                P::oidc(name, issuer, &p.client_id, secret, &p.redirect_url)
+            }
+            "google" | "github" => {
+                if p.issuer_url.is_some() {
+                    bail!("{at}.issuer_url is fixed for kind {kind}; remove it");
+                }
+                let mut c = if kind == "google" {
+                    P::google(&p.client_id, secret, &p.redirect_url)
+                } else {
+                    P::github(&p.client_id, secret, &p.redirect_url)
+                };
+                if let Some(name) = &p.name {
+                    c.name = name.clone();
+                }
+                c
+            }
+            other => bail!("{at}.kind must be oidc, google or github, not `{other}`"),
+        };
+        let name_ok = !config.name.is_empty()
+            && config.name.len() <= 32
+            && config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && config.name != "poll";
+        if !name_ok {
+            bail!("{at}.name must be 1 to 32 of a-z, 0-9 and -, and not `poll`");
+        }
+        if out.iter().any(|o| o.name == config.name) {
+            bail!("{at}.name `{}` is used twice", config.name);
+        }
+        config.allowed_email_domains = p.allowed_email_domains.clone();
+        out.push(config);
+    }
+    Ok(out)
+}
+
+// ---- end single sign-on providers ----
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +327,8 @@ pub struct Settings {
     pub shield: shield::ShieldConfig,
     pub audit: audit::AuditConfig,
     pub sandbox: SandboxSettings,
+    /// Single sign-on providers, discovered when `serve` starts.
+    pub oidc: Vec<identity::oidc::OidcProviderConfig>,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -289,6 +413,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     }
 
     let identity = identity_config(&file.identity)?;
+    let oidc = oidc_providers(&file.identity.oidc)?;
     // ---- shield ----
     file.shield.validate().map_err(anyhow::Error::msg)?;
 
@@ -305,6 +430,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         edge,
         shield: file.shield,
         sandbox,
+        oidc,
     })
 }
 

@@ -144,9 +144,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     announce_setup(&hub, &data_dir).await;
 
     let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
+    // Single sign-on: providers that fail discovery are logged and left out.
+    let sso = Arc::new(hub::oidc_api::Sso::discover(settings.oidc.clone()).await);
     let api = hub::router(hub.clone())
         .layer(axum::Extension(shield.clone()))
-        .layer(axum::Extension(auditor.reader()));
+        .layer(axum::Extension(auditor.reader()))
+        .layer(axum::Extension(sso));
     let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up
