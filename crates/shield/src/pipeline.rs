@@ -972,6 +972,61 @@ mod tests {
     }
 
     #[test]
+    fn the_waf_stage_picks_the_sites_settings_boosted_in_emergency() {
+        let c = ShieldConfig {
+            allowlist: vec!["192.0.2.200/32".parse().expect("cidr")],
+            rate_per_minute: 0,
+            ..config()
+        };
+        let s = shield(&c);
+        let pick = |peer: &str, site: &str| {
+            let req = get(None);
+            let client = s.resolve(peer.parse().expect("ip"), req.headers());
+            let admitted = s.screen(&client, &req, Some(site)).expect("admitted");
+            admitted.waf().map(|w| (w.mode, w.paranoia))
+        };
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Block, 1)));
+        assert_eq!(pick("192.0.2.200", "a.test"), None, "allowlisted");
+        let detect = SitePolicy {
+            waf: Some(SiteWafConfig {
+                mode: Mode::Detect,
+                paranoia: 4,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        s.set_site_policy("a.test", Some(detect), "t").expect("set");
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Detect, 4)));
+        s.set_emergency(true, "t").expect("on");
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Detect, 4)));
+        assert_eq!(pick("192.0.2.1", "b.test"), Some((Mode::Block, 2)));
+        let off = SitePolicy {
+            waf: Some(SiteWafConfig {
+                mode: Mode::Off,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        s.set_site_policy("a.test", Some(off), "t").expect("set");
+        assert_eq!(pick("192.0.2.1", "a.test"), None);
+        let huge = SitePolicy {
+            waf: Some(SiteWafConfig {
+                body_limit: SITE_MAX_WAF_BODY_LIMIT + 1,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        assert!(matches!(
+            s.set_site_policy("a.test", Some(huge), "t"),
+            Err(ShieldError::Invalid {
+                field: "waf.body_limit",
+                ..
+            })
+        ));
+        assert_eq!(pick("192.0.2.1", "a.test"), None, "unchanged");
+    }
+
+    #[test]
     fn brute_force_bans_at_the_sixth_failed_login() {
         let s = shield(&config());
         let ip: IpAddr = "192.0.2.77".parse().expect("ip");
