@@ -8,7 +8,6 @@ use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -133,7 +132,7 @@ impl Proxy {
 
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
         upstream: &Upstream,
         ctx: ClientContext<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
@@ -151,7 +150,7 @@ impl Proxy {
     /// telling it the response status (balancer members use this).
     pub async fn forward_leased(
         &self,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
         upstream: &Upstream,
         ctx: ClientContext<'_>,
         guard: Box<dyn LeaseGuard>,
@@ -172,7 +171,7 @@ impl Proxy {
     /// sandboxed app is reached through its lease's dialer.
     pub async fn forward_to_app(
         &self,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
         lease: AppLease,
         ctx: ClientContext<'_>,
     ) -> Result<Response<EdgeBody>, ProxyError> {
@@ -190,7 +189,7 @@ impl Proxy {
 
     async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<EdgeBody>,
         upstream: &Upstream,
         ctx: ClientContext<'_>,
         lease: Option<Leased>,
@@ -222,7 +221,7 @@ impl Proxy {
         // The declared length was checked by the shield; this stops a
         // chunked body that grows past the cap while it streams.
         let body = if ctx.body_limit == u64::MAX {
-            incoming.map_err(Into::into).boxed()
+            incoming
         } else {
             let limit = usize::try_from(ctx.body_limit).unwrap_or(usize::MAX);
             http_body_util::Limited::new(incoming, limit).boxed()

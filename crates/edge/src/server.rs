@@ -6,19 +6,24 @@
 //! never touches the database: routes arrive through [`Routes`].
 
 use crate::app::{AppUnavailable, AppWaker};
-use crate::body::{self, EdgeBody};
+use crate::body::{self, BoxError, EdgeBody};
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
 use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
 use crate::routes::{Routes, Target};
 use crate::upstream::UpstreamPolicy;
 use crate::{host, static_files};
+use bytes::BytesMut;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::{Body as _, Frame};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use ipnet::IpNet;
-use shield::{Origin, Refusal, Shield};
+use shield::waf::RequestView;
+use shield::{Admitted, ClientIp, Origin, Refusal, Shield};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,7 +176,14 @@ impl Edge {
                 (refusal_page(refusal), Origin::Edge)
             }
             (Ok(_), None) => (not_found(), Origin::Edge),
-            (Ok(admitted), Some(route)) => {
+            (Ok(admitted), Some(route)) => 'routed: {
+                let req = match self
+                    .firewall(req, admitted, &client, &route.site, &request_id)
+                    .await
+                {
+                    Ok(req) => req,
+                    Err(page) => break 'routed (page, Origin::Edge),
+                };
                 let ctx = ClientContext {
                     client_ip: client.addr,
                     peer_trusted: client.peer_trusted,
@@ -254,10 +266,80 @@ impl Edge {
         response
     }
 
+    /// The WAF stage: buffers the body up to the site's inspection limit
+    /// (one byte more shows that it is longer), inspects, and gives back
+    /// the request with the buffered bytes put back in front of the rest
+    /// of the body. Requests without a body are not buffered at all.
+    async fn firewall(
+        &self,
+        req: Request<Incoming>,
+        admitted: &Admitted,
+        client: &ClientIp,
+        site: &str,
+        request_id: &str,
+    ) -> Result<Request<EdgeBody>, Response<EdgeBody>> {
+        let Some(config) = admitted.waf() else {
+            return Ok(req.map(|b| b.map_err(Into::into).boxed()));
+        };
+        let (parts, mut incoming) = req.into_parts();
+        let mut buffered = BytesMut::new();
+        let mut trailers = None;
+        let mut ended = incoming.is_end_stream();
+        while !ended && buffered.len() <= config.body_limit {
+            match incoming.frame().await {
+                None => ended = true,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => buffered.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(request_id, error = %e, "request body failed while buffered");
+                    return Err(proxy::error_page(StatusCode::BAD_REQUEST));
+                }
+            }
+        }
+        let buffered = buffered.freeze();
+        let headers: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        let view = RequestView {
+            method: parts.method.as_str(),
+            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            headers: &headers,
+            body: &buffered,
+        };
+        if let Err(refusal) = self
+            .inner
+            .shield
+            .inspect(client, admitted, &view, site, request_id)
+        {
+            tracing::debug!(request_id, client_ip = %client.addr, refusal = %refusal,
+                "request refused by the shield");
+            return Err(waf_page(request_id));
+        }
+        drop(headers);
+        let body = match (ended, trailers) {
+            (true, None) if buffered.is_empty() => body::empty(),
+            (true, None) => body::full(buffered),
+            (true, Some(trailers)) => {
+                let frames = [Ok(Frame::data(buffered)), Ok(Frame::trailers(trailers))];
+                BodyExt::boxed(StreamBody::new(stream::iter(frames)))
+            }
+            (false, _) => {
+                let rest = TryStreamExt::map_err(BodyStream::new(incoming), BoxError::from);
+                let head = stream::iter([Ok::<_, BoxError>(Frame::data(buffered))]);
+                BodyExt::boxed(StreamBody::new(head.chain(rest)))
+            }
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
     /// Wakes the site's app if needed and forwards to it.
     async fn to_app(
         &self,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
         site: &str,
         ctx: ClientContext<'_>,
     ) -> Response<EdgeBody> {
@@ -368,6 +450,20 @@ fn refusal_page(refusal: &Refusal) -> Response<EdgeBody> {
     if refusal.closes_connection() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
+}
+
+/// The answer to a WAF block: 403 with the request id, nothing else, so
+/// the client learns no rule and the operator can find the audit event.
+fn waf_page(request_id: &str) -> Response<EdgeBody> {
+    let mut response = Response::new(body::full(format!("{request_id}\n")));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

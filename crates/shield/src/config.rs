@@ -63,6 +63,13 @@ pub struct ShieldConfig {
 
     pub headers: HeaderSettings,
 
+    // ---- web-application firewall (issue #7) ----
+    /// WAF blocks per minute per client before a ban.
+    pub waf_blocks_per_minute: u32,
+    /// Ban at once on a block that includes a critical-severity rule
+    /// (SQL injection, XSS, command injection, traversal).
+    pub waf_ban_on_critical: bool,
+
     /// Where bans, emergency mode and site policies are kept; `serve` sets
     /// it to a file in the data directory. `None`: memory only.
     #[serde(skip)]
@@ -99,6 +106,8 @@ impl Default for ShieldConfig {
             nftables_set_v4: "banned4".into(),
             nftables_set_v6: "banned6".into(),
             headers: HeaderSettings::default(),
+            waf_blocks_per_minute: 20,
+            waf_ban_on_critical: false,
             state_file: None,
         }
     }
@@ -153,6 +162,10 @@ impl ShieldConfig {
             ("requests_per_minute", u64::from(self.requests_per_minute)),
             ("errors_per_minute", u64::from(self.errors_per_minute)),
             ("ban_ttl_secs", self.ban_ttl_secs),
+            (
+                "waf_blocks_per_minute",
+                u64::from(self.waf_blocks_per_minute),
+            ),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("shield.{field} must be at least 1"));

@@ -20,6 +20,10 @@ pub enum Finding {
     RequestFlood,
     /// More 4xx/5xx responses than the window allows.
     ErrorFlood,
+    /// More WAF blocks than the window allows.
+    WafAttacks,
+    /// One WAF block of critical severity (when configured to ban at once).
+    WafCritical,
 }
 
 impl Finding {
@@ -28,6 +32,8 @@ impl Finding {
             Finding::BruteForce => "failed logins",
             Finding::RequestFlood => "request flood",
             Finding::ErrorFlood => "error flood",
+            Finding::WafAttacks => "waf blocks",
+            Finding::WafCritical => "waf critical",
         }
     }
 }
@@ -38,12 +44,14 @@ pub struct Thresholds {
     pub failed_logins: Policy,
     pub requests: Policy,
     pub errors: Policy,
+    pub waf_blocks: Policy,
 }
 
 pub struct Detector {
     failed_logins: KeyedLimiter<IpKey>,
     requests: KeyedLimiter<IpKey>,
     errors: KeyedLimiter<IpKey>,
+    waf_blocks: KeyedLimiter<IpKey>,
     /// One report per client and finding per five minutes, so a flood
     /// raises one audit event, not one per request.
     reported: KeyedLimiter<(IpKey, Finding)>,
@@ -57,6 +65,7 @@ impl Detector {
             failed_logins: window(thresholds.failed_logins),
             requests: window(thresholds.requests),
             errors: window(thresholds.errors),
+            waf_blocks: window(thresholds.waf_blocks),
             reported: KeyedLimiter::new(
                 Policy {
                     limit: 1,
@@ -86,6 +95,11 @@ impl Detector {
         self.count(&self.failed_logins, key, Finding::BruteForce)
     }
 
+    /// Counts a WAF block.
+    pub fn waf_block(&self, key: IpKey) -> Option<Finding> {
+        self.count(&self.waf_blocks, key, Finding::WafAttacks)
+    }
+
     fn count(&self, window: &KeyedLimiter<IpKey>, key: IpKey, finding: Finding) -> Option<Finding> {
         match window.check(&key, false) {
             Decision::Allowed { .. } => None,
@@ -106,6 +120,7 @@ impl Detector {
         self.failed_logins.forget_idle();
         self.requests.forget_idle();
         self.errors.forget_idle();
+        self.waf_blocks.forget_idle();
         self.reported.forget_idle();
     }
 }
@@ -124,6 +139,7 @@ mod tests {
             },
             requests: Policy::per_minute(1000),
             errors: Policy::per_minute(50),
+            waf_blocks: Policy::per_minute(20),
         };
         (Detector::new(thresholds, clock.clone()), clock)
     }

@@ -22,6 +22,10 @@ pub enum Refusal {
     UriTooLong,
     #[error("rate limit exceeded")]
     RateLimited(RateLimited),
+    /// The web-application firewall blocked it (block mode, threshold
+    /// reached); the audit event says why.
+    #[error("blocked by the web-application firewall")]
+    WafBlocked,
 }
 
 impl Refusal {
@@ -29,7 +33,7 @@ impl Refusal {
     /// wire.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Banned => StatusCode::FORBIDDEN,
+            Refusal::Banned | Refusal::WafBlocked => StatusCode::FORBIDDEN,
             Refusal::BadFraming(_) => StatusCode::BAD_REQUEST,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -15,6 +15,7 @@ use crate::firewall::Nftables;
 use crate::headers::{Origin, SecurityHeaders};
 use crate::limits::RequestLimits;
 use crate::rate::{Decision, KeyedLimiter, Policy};
+use crate::waf::{self, Mode, RequestView, Severity, SiteWafConfig, Waf};
 use crate::{Refusal, ShieldError};
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue, Request};
@@ -37,17 +38,26 @@ pub enum Stage {
     RateLimit,
     /// Counts the request toward the flood window.
     Behaviour,
+    /// Picks the site's web-application firewall settings. The inspection
+    /// itself runs in [`Shield::inspect`] once the edge has buffered the
+    /// body up to the site's inspection limit.
+    Waf,
 }
 
 /// The order requests are screened in. Allowlisted clients skip every
 /// stage but [`Stage::RequestLimits`], which protects the parser and the
 /// upstream rather than judging the client.
-pub const REQUEST_STAGES: [Stage; 4] = [
+pub const REQUEST_STAGES: [Stage; 5] = [
     Stage::BanTable,
     Stage::RequestLimits,
     Stage::RateLimit,
     Stage::Behaviour,
+    Stage::Waf,
 ];
+
+/// The largest WAF body inspection limit a site may set, in bytes: the
+/// edge holds this much of each inspected body in memory.
+pub const SITE_MAX_WAF_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// The largest body cap a site may set for itself, in bytes.
 pub const SITE_MAX_BODY_CEILING: u64 = 1024 * 1024 * 1024;
@@ -63,6 +73,45 @@ pub struct SitePolicy {
     pub max_body_bytes: Option<u64>,
     /// The site's Content-Security-Policy; an empty string sends none.
     pub csp: Option<String>,
+    /// The site's web-application firewall; unset: block at paranoia 1
+    /// with the engine's defaults ([`SiteWafConfig::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf: Option<SiteWafConfig>,
+}
+
+/// A site's WAF settings as configured and one paranoia level higher for
+/// emergency mode, built once when the policy changes.
+struct WafSite {
+    normal: Arc<SiteWafConfig>,
+    boosted: Arc<SiteWafConfig>,
+}
+
+impl WafSite {
+    fn new(config: SiteWafConfig) -> WafSite {
+        let boosted = SiteWafConfig {
+            paranoia: (config.paranoia + 1).min(4),
+            ..config.clone()
+        };
+        WafSite {
+            normal: Arc::new(config),
+            boosted: Arc::new(boosted),
+        }
+    }
+
+    /// The settings to inspect with, or `None` when the WAF is off.
+    fn pick(&self, emergency: bool) -> Option<Arc<SiteWafConfig>> {
+        if self.normal.mode == Mode::Off {
+            return None;
+        }
+        Some(
+            if emergency {
+                &self.boosted
+            } else {
+                &self.normal
+            }
+            .clone(),
+        )
+    }
 }
 
 /// A site policy, ready for the request path.
@@ -71,6 +120,7 @@ pub struct SiteShield {
     limiter: Option<KeyedLimiter<IpKey>>,
     /// `Some(None)`: the site turned CSP off.
     csp: Option<Option<HeaderValue>>,
+    waf: WafSite,
 }
 
 /// The outcome of screening an admitted request.
@@ -80,6 +130,18 @@ pub struct Admitted {
     /// True iff the client is on the allowlist.
     pub allowlisted: bool,
     site: Option<Arc<SiteShield>>,
+    /// The WAF settings to inspect this request with; `None`: not
+    /// inspected (WAF off, client allowlisted, or shield disabled).
+    waf: Option<Arc<SiteWafConfig>>,
+}
+
+impl Admitted {
+    /// The WAF settings the request will be inspected with, if any. The
+    /// edge buffers up to `body_limit` bytes of the body (plus one, to
+    /// see that it is longer) before calling [`Shield::inspect`].
+    pub fn waf(&self) -> Option<&SiteWafConfig> {
+        self.waf.as_deref()
+    }
 }
 
 /// What the shield keeps across restarts.
@@ -104,6 +166,11 @@ struct Inner {
     limits: RequestLimits,
     edge_rate: Option<KeyedLimiter<IpKey>>,
     sites: ArcSwap<HashMap<Arc<str>, Arc<SiteShield>>>,
+    /// The compiled rule set, shared by every site.
+    waf: Waf,
+    /// The WAF settings of sites without their own.
+    default_waf: WafSite,
+    waf_ban_on_critical: bool,
     bans: BanTable,
     detector: Detector,
     headers: SecurityHeaders,
@@ -161,7 +228,9 @@ impl Shield {
             },
             requests: Policy::per_minute(config.requests_per_minute),
             errors: Policy::per_minute(config.errors_per_minute),
+            waf_blocks: Policy::per_minute(config.waf_blocks_per_minute),
         };
+        let waf = Waf::new().map_err(|e| format!("WAF rules do not compile: {e}"))?;
         let gate = (config.enabled && config.max_connections_per_ip > 0).then(|| {
             Arc::new(ConnectionGate::new(
                 config.max_connections_per_ip,
@@ -185,6 +254,9 @@ impl Shield {
                 },
                 edge_rate,
                 sites: ArcSwap::from_pointee(HashMap::new()),
+                waf,
+                default_waf: WafSite::new(SiteWafConfig::default()),
+                waf_ban_on_critical: config.waf_ban_on_critical,
                 bans: BanTable::new(clock.clone()),
                 detector: Detector::new(thresholds, clock.clone()),
                 headers,
@@ -291,6 +363,7 @@ impl Shield {
                 body_limit: u64::MAX,
                 allowlisted: false,
                 site: None,
+                waf: None,
             });
         }
         let allowlisted = self.is_allowlisted(client.addr);
@@ -306,6 +379,7 @@ impl Shield {
             None => None,
         };
         let emergency = inner.emergency.load(Ordering::Relaxed);
+        let mut waf = None;
 
         for stage in REQUEST_STAGES {
             match stage {
@@ -348,7 +422,11 @@ impl Shield {
                         self.report(client.key, finding, inner.ban_on_request_flood);
                     }
                 }
-                Stage::RateLimit | Stage::Behaviour => {}
+                Stage::Waf if !allowlisted => {
+                    let settings = site.as_ref().map_or(&inner.default_waf, |s| &s.waf);
+                    waf = settings.pick(emergency);
+                }
+                Stage::RateLimit | Stage::Behaviour | Stage::Waf => {}
             }
         }
 
@@ -360,7 +438,40 @@ impl Shield {
             body_limit,
             allowlisted,
             site,
+            waf,
         })
+    }
+
+    /// Runs the web-application firewall on an admitted request whose
+    /// body (up to the inspection limit) is in `view`. Writes the audit
+    /// event when the threshold is reached; a block also counts toward
+    /// the client's ban (at once for critical severity when configured).
+    pub fn inspect(
+        &self,
+        client: &ClientIp,
+        admitted: &Admitted,
+        view: &RequestView<'_>,
+        site: &str,
+        request_id: &str,
+    ) -> Result<(), Refusal> {
+        let Some(config) = &admitted.waf else {
+            return Ok(());
+        };
+        let verdict = self.inner.waf.inspect(view, config);
+        verdict.audit(site, request_id);
+        if verdict.decision != waf::Decision::Block {
+            return Ok(());
+        }
+        let critical = verdict
+            .matches
+            .iter()
+            .any(|m| m.rule.severity == Severity::Critical);
+        if critical && self.inner.waf_ban_on_critical {
+            self.report(client.key, Finding::WafCritical, true);
+        } else if let Some(finding) = self.inner.detector.waf_block(client.key) {
+            self.report(client.key, finding, true);
+        }
+        Err(Refusal::WafBlocked)
     }
 
     /// Finishes a response: security headers, fingerprints removed, and
@@ -625,6 +736,31 @@ impl Shield {
                 }
             })?)),
         };
+        let waf = policy.waf.clone().unwrap_or_default();
+        waf.validate().map_err(|e| ShieldError::Invalid {
+            field: match e {
+                waf::ConfigError::Paranoia(_) => "waf.paranoia",
+                waf::ConfigError::Threshold => "waf.threshold",
+                _ => "waf.exclusions",
+            },
+            message: e.to_string(),
+        })?;
+        if !(1..=SITE_MAX_WAF_BODY_LIMIT).contains(&waf.body_limit) {
+            return Err(ShieldError::Invalid {
+                field: "waf.body_limit",
+                message: format!("must be between 1 and {SITE_MAX_WAF_BODY_LIMIT}"),
+            });
+        }
+        if let Some(h) = waf.headers.iter().find(|h| {
+            h.is_empty()
+                || http::HeaderName::from_bytes(h.as_bytes())
+                    .map_or(true, |n| n.as_str() != h.as_str())
+        }) {
+            return Err(ShieldError::Invalid {
+                field: "waf.headers",
+                message: format!("{h:?} is not a lower-case header name"),
+            });
+        }
         let limiter = policy.rate_per_minute.map(|rate| {
             KeyedLimiter::new(
                 Policy::per_minute(rate),
@@ -636,6 +772,7 @@ impl Shield {
             policy,
             limiter,
             csp,
+            waf: WafSite::new(waf),
         })
     }
 
@@ -816,6 +953,7 @@ mod tests {
             rate_per_minute: Some(3),
             max_body_bytes: Some(5),
             csp: None,
+            waf: None,
         };
         s.set_site_policy("a.test", Some(policy), "t").expect("set");
         for _ in 0..3 {
@@ -831,6 +969,61 @@ mod tests {
             Err(Refusal::BodyTooLarge)
         );
         assert_eq!(screen(&s, "192.0.2.9", &body, Some("b.test")), Ok(()));
+    }
+
+    #[test]
+    fn the_waf_stage_picks_the_sites_settings_boosted_in_emergency() {
+        let c = ShieldConfig {
+            allowlist: vec!["192.0.2.200/32".parse().expect("cidr")],
+            rate_per_minute: 0,
+            ..config()
+        };
+        let s = shield(&c);
+        let pick = |peer: &str, site: &str| {
+            let req = get(None);
+            let client = s.resolve(peer.parse().expect("ip"), req.headers());
+            let admitted = s.screen(&client, &req, Some(site)).expect("admitted");
+            admitted.waf().map(|w| (w.mode, w.paranoia))
+        };
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Block, 1)));
+        assert_eq!(pick("192.0.2.200", "a.test"), None, "allowlisted");
+        let detect = SitePolicy {
+            waf: Some(SiteWafConfig {
+                mode: Mode::Detect,
+                paranoia: 4,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        s.set_site_policy("a.test", Some(detect), "t").expect("set");
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Detect, 4)));
+        s.set_emergency(true, "t").expect("on");
+        assert_eq!(pick("192.0.2.1", "a.test"), Some((Mode::Detect, 4)));
+        assert_eq!(pick("192.0.2.1", "b.test"), Some((Mode::Block, 2)));
+        let off = SitePolicy {
+            waf: Some(SiteWafConfig {
+                mode: Mode::Off,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        s.set_site_policy("a.test", Some(off), "t").expect("set");
+        assert_eq!(pick("192.0.2.1", "a.test"), None);
+        let huge = SitePolicy {
+            waf: Some(SiteWafConfig {
+                body_limit: SITE_MAX_WAF_BODY_LIMIT + 1,
+                ..SiteWafConfig::default()
+            }),
+            ..SitePolicy::default()
+        };
+        assert!(matches!(
+            s.set_site_policy("a.test", Some(huge), "t"),
+            Err(ShieldError::Invalid {
+                field: "waf.body_limit",
+                ..
+            })
+        ));
+        assert_eq!(pick("192.0.2.1", "a.test"), None, "unchanged");
     }
 
     #[test]

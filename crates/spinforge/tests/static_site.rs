@@ -368,6 +368,9 @@ async fn directories_serve_their_index_redirect_and_are_never_listed() {
 #[tokio::test]
 async fn dotfiles_are_not_found() {
     let (server, _site) = everyday_server();
+    // The static server's own rule is under test, not the WAF's.
+    let token = server.login_token().await;
+    server.waf_off(&token, "everyday.localhost").await;
     for path in [
         "/.env",
         "/%2eenv",

@@ -363,12 +363,20 @@ fn body_targets(out: &mut Extracted, req: &RequestView<'_>, opts: &ExtractOption
                 push_text(out, body);
             }
         }
-    } else if std::str::from_utf8(body).is_ok() || out.body_truncated {
+    } else if reads_as_text(body, out.body_truncated) {
         // Text, XML, and undeclared bodies that read as text. Binary
-        // uploads (not UTF-8) are not inspected.
+        // uploads (not UTF-8) are not inspected, also when cut.
         // Limitation: XML is inspected as one text value, not per element
         // (an XML parser with entity expansion off would lift it).
         push_text(out, body);
+    }
+}
+
+/// True if `body` is UTF-8; a cut body may also end inside a character.
+fn reads_as_text(body: &[u8], truncated: bool) -> bool {
+    match std::str::from_utf8(body) {
+        Ok(_) => true,
+        Err(e) => truncated && e.error_len().is_none(),
     }
 }
 
@@ -604,6 +612,20 @@ Content-Type: text/plain\r\n\r\n<?php system($_GET[1]);\r\n--XyZ--\r\n";
         let ct: &[u8] = b"application/x-www-form-urlencoded; charset=utf-7";
         let e = run("/", &[("Content-Type", ct)], b"a=+ADw-script+AD4-");
         assert_eq!(e.anomalies, vec![Anomaly::Charset("utf-7".into())]);
+    }
+
+    #[test]
+    fn a_cut_binary_body_is_not_text_but_a_cut_character_is() {
+        let mut binary = vec![0u8, 0xff, 0xfe, b'a'];
+        binary.resize(2000, 0);
+        let e = run("/", &[], &binary);
+        assert!(e.body_truncated);
+        assert!(find(&e, Location::BodyText, "body").is_none());
+        // 1023 ASCII bytes, then a two-byte character cut by the cap.
+        let mut text = vec![b'a'; 1023];
+        text.extend_from_slice("é".repeat(500).as_bytes());
+        let e = run("/", &[], &text);
+        assert!(find(&e, Location::BodyText, "body").is_some());
     }
 
     #[test]

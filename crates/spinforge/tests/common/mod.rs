@@ -223,6 +223,32 @@ impl Server {
         assert_ok(&out);
     }
 
+    /// Logs the (already created) admin in and returns an access token.
+    pub async fn login_token(&self) -> String {
+        let response = http()
+            .post(format!("{}/api/v1/auth/login", self.api_url()))
+            .json(&serde_json::json!({ "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// Turns a site's WAF off, for tests of the layers behind it (the WAF
+    /// answers 403 first to many attack-shaped paths).
+    pub async fn waf_off(&self, token: &str, domain: &str) {
+        let response = http()
+            .put(format!("{}/api/v1/sites/{domain}/shield", self.api_url()))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "waf": { "mode": "off" } }))
+            .send()
+            .await
+            .expect("waf off");
+        assert_eq!(response.status(), 200);
+    }
+
     /// Creates the admin and returns an access token from the API.
     pub async fn admin_token(&self) -> String {
         self.create_admin_and_login();
