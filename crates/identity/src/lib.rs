@@ -475,30 +475,9 @@ impl Identity {
     ) -> Result<(User, BrowserLogin), IdentityError> {
         let user = self.check_login(email, password, client).await?;
         self.check_second_factor(&user, factor, client).await?;
-        let cookie = format!("sfc_{}", random_token());
-        let at = now();
-        let session = Session {
-            id: random_token(),
-            user_id: user.id,
-            kind: SessionKind::Browser,
-            secret_hash: Some(token_hash(&cookie)),
-            created_at: at,
-            last_seen_at: at,
-            expires_at: at + self.inner.config.browser_absolute.as_secs() as i64,
-            client_ip: client.ip.map(|ip| ip.to_string()),
-            user_agent: client.user_agent.clone(),
-        };
-        self.store().create_session(session.clone(), None).await?;
+        let login = self.start_browser_session(&user, client).await?;
         audit_success(&user, client, "browser login");
-        let csrf_token = csrf_token_for(&cookie);
-        Ok((
-            user,
-            BrowserLogin {
-                cookie,
-                csrf_token,
-                session,
-            },
-        ))
+        Ok((user, login))
     }
 
     // ---- single sign-on (oidc api) ----

@@ -22,8 +22,10 @@ fn server() -> Server {
     server
 }
 
-/// Deploys the escape app as `domain` with the given `[limits]` lines.
-fn deploy(server: &Server, domain: &str, limits: &str) {
+/// Deploys the escape app as `domain` with the given `[limits]` lines. The
+/// site's WAF is switched off: its requests look like the attacks they
+/// are, and this file tests the sandbox behind the WAF.
+async fn deploy(server: &Server, domain: &str, limits: &str) {
     let dir = tempfile::tempdir().expect("app dir");
     std::fs::write(dir.path().join("app.py"), APP).expect("write app");
     let manifest = format!(
@@ -36,6 +38,8 @@ fn deploy(server: &Server, domain: &str, limits: &str) {
         &["deploy", path, "--domain", domain, "--type", "process"],
         None,
     ));
+    let token = server.login_token().await;
+    server.waf_off(&token, domain).await;
 }
 
 async fn ask(server: &Server, domain: &str, path: &str) -> Value {
@@ -85,7 +89,7 @@ fn query(text: &str) -> String {
 async fn a_spinlet_runs_as_its_own_unprivileged_user_in_its_own_namespaces() {
     const SITE: &str = "who.localhost";
     let server = server();
-    deploy(&server, SITE, "");
+    deploy(&server, SITE, "").await;
     let who = ask(&server, SITE, "/whoami").await["value"].clone();
 
     let uid = who["uid"].as_u64().expect("uid");
@@ -143,8 +147,8 @@ async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
     const SITE: &str = "files.localhost";
     const OTHER: &str = "other.localhost";
     let server = server();
-    deploy(&server, SITE, "");
-    deploy(&server, OTHER, "");
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
     // The other site writes a file to its own data folder.
     let wrote = ask(&server, OTHER, "/write?path=/data/secret").await;
     assert_eq!(wrote["ok"], true, "{wrote}");
@@ -229,8 +233,8 @@ async fn a_spinlet_reaches_nothing_but_itself_on_the_network() {
     const SITE: &str = "net.localhost";
     const OTHER: &str = "peer.localhost";
     let server = server();
-    deploy(&server, SITE, "");
-    deploy(&server, OTHER, "");
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
     let own_port = status_of(&server, SITE)["port"].as_u64().expect("port");
     let other_port = status_of(&server, OTHER)["port"].as_u64().expect("port");
     // A service on the host's loopback that the app must not reach; the
@@ -267,7 +271,7 @@ async fn a_spinlet_reaches_nothing_but_itself_on_the_network() {
 async fn dangerous_syscalls_are_denied() {
     const SITE: &str = "sys.localhost";
     let server = server();
-    deploy(&server, SITE, "");
+    deploy(&server, SITE, "").await;
     for name in [
         "ptrace",
         "mount",
@@ -286,8 +290,8 @@ async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving()
     const SITE: &str = "bomb.localhost";
     const BYSTANDER: &str = "calm.localhost";
     let server = server();
-    deploy(&server, SITE, "max_processes = 32\n");
-    deploy(&server, BYSTANDER, "");
+    deploy(&server, SITE, "max_processes = 32\n").await;
+    deploy(&server, BYSTANDER, "").await;
 
     let bomb = {
         let edge = server.edge;
@@ -344,7 +348,7 @@ async fn a_fork_bomb_and_kill_all_are_contained_while_other_sites_keep_serving()
 async fn a_memory_bomb_is_oom_killed_in_its_cgroup_and_restarted() {
     const SITE: &str = "hog.localhost";
     let server = server();
-    deploy(&server, SITE, "memory_mb = 64\n");
+    deploy(&server, SITE, "memory_mb = 64\n").await;
     let first = status_of(&server, SITE);
     let first_pid = first["pid"].clone();
     assert_eq!(
@@ -441,7 +445,8 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         &server,
         SITE,
         "memory_mb = 96\nmax_processes = 40\nmax_open_files = 256\n",
-    );
+    )
+    .await;
     assert_eq!(ask(&server, SITE, "/").await["ok"], true);
 
     let status = status_of(&server, SITE);
