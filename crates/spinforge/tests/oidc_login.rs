@@ -14,6 +14,8 @@
 //! once the server has started.
 
 mod common;
+// The identity crate's venv helper, shared rather than copied.
+#[path = "../../identity/tests/oidc_python/mod.rs"]
 mod oidc_support;
 
 use common::{http, status_and_json, Server, ADMIN_EMAIL};
