@@ -1,0 +1,689 @@
+//! The local advisory database: OSV records (as OSV publishes them per
+//! ecosystem, one JSON file each, in a folder or an `all.zip`) checked on
+//! import, reduced to what matching needs, and kept as one JSON Lines file
+//! in the data directory. Matching follows the OSV rules for `SEMVER` and
+//! `ECOSYSTEM` ranges with each ecosystem's own version order; `GIT`
+//! ranges name commits, which lockfiles do not hold, and are skipped.
+
+use crate::scan::version::{Ecosystem, Version};
+use crate::HardenError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "vulndb/osv.jsonl";
+
+/// Largest single OSV record read (bytes); real ones are a few KiB.
+const MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How bad an advisory is, from its GHSA rating or its CVSS v3 vector.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    /// The record carries no rating we can read (e.g. CVSS v4 only).
+    Unknown,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Unknown => "UNKNOWN",
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Severity> {
+        match label.to_ascii_uppercase().as_str() {
+            "LOW" => Some(Severity::Low),
+            "MODERATE" | "MEDIUM" => Some(Severity::Medium),
+            "HIGH" => Some(Severity::High),
+            "CRITICAL" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+
+    fn from_score(score: f64) -> Severity {
+        match score {
+            s if s >= 9.0 => Severity::Critical,
+            s if s >= 7.0 => Severity::High,
+            s if s >= 4.0 => Severity::Medium,
+            s if s > 0.0 => Severity::Low,
+            _ => Severity::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One advisory as stored: only what scanning reports and matches on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Advisory {
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub summary: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub modified: Option<String>,
+    pub affected: Vec<Affected>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Affected {
+    pub ecosystem: Ecosystem,
+    pub name: String,
+    /// Each range as its events in the record's order.
+    #[serde(default)]
+    pub ranges: Vec<Vec<Event>>,
+    /// Versions listed one by one.
+    #[serde(default)]
+    pub versions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Introduced,
+    Fixed,
+    LastAffected,
+    Limit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    /// `0` for "introduced at the beginning of time".
+    pub version: String,
+}
+
+// ---- reading OSV records ---------------------------------------------------
+
+#[derive(Deserialize)]
+struct OsvRecord {
+    id: String,
+    modified: Option<String>,
+    withdrawn: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    summary: Option<String>,
+    details: Option<String>,
+    #[serde(default)]
+    severity: Vec<OsvSeverity>,
+    #[serde(default)]
+    affected: Vec<OsvAffected>,
+    database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OsvSeverity {
+    #[serde(rename = "type")]
+    kind: String,
+    score: String,
+}
+
+#[derive(Deserialize)]
+struct OsvAffected {
+    package: Option<OsvPackage>,
+    #[serde(default)]
+    ranges: Vec<OsvRange>,
+    #[serde(default)]
+    versions: Vec<String>,
+    #[serde(default)]
+    severity: Vec<OsvSeverity>,
+    ecosystem_specific: Option<serde_json::Value>,
+    database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OsvPackage {
+    ecosystem: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct OsvRange {
+    #[serde(rename = "type")]
+    kind: String,
+    events: Vec<BTreeMap<String, String>>,
+}
+
+/// The 1-based line of the first `"needle"` in `text`, or 1.
+fn line_of(text: &str, needle: &str) -> usize {
+    let quoted = format!("\"{needle}\"");
+    text.find(&quoted)
+        .map(|at| text[..at].matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Parses one OSV record; `Ok(None)` for a withdrawn record or one with
+/// no package of an ecosystem we scan.
+pub fn parse_record(file: &Path, text: &str) -> Result<Option<Advisory>, HardenError> {
+    let record: OsvRecord = serde_json::from_str(text).map_err(|e| {
+        HardenError::parse(file, e.line(), format!("not an OSV record: {e}"))
+    })?;
+    if record.id.trim().is_empty() {
+        return Err(HardenError::parse(file, line_of(text, "id"), "`id` is empty"));
+    }
+    if record.withdrawn.is_some() {
+        return Ok(None);
+    }
+
+    let mut severity = severity_of(&record.severity, record.database_specific.as_ref());
+    let mut affected = Vec::new();
+    for a in &record.affected {
+        let Some(package) = &a.package else { continue };
+        let Some(ecosystem) = Ecosystem::from_osv(&package.ecosystem) else {
+            continue;
+        };
+        if package.name.trim().is_empty() {
+            return Err(HardenError::parse(
+                file,
+                line_of(text, "name"),
+                "affected package `name` is empty",
+            ));
+        }
+        let own = severity_of(&a.severity, a.database_specific.as_ref())
+            .max(severity_of(&[], a.ecosystem_specific.as_ref()));
+        severity = severity.max(own);
+
+        let mut ranges = Vec::new();
+        for range in &a.ranges {
+            match range.kind.as_str() {
+                "SEMVER" | "ECOSYSTEM" => {}
+                "GIT" => continue,
+                other => {
+                    return Err(HardenError::parse(
+                        file,
+                        line_of(text, other),
+                        format!("range type `{other}` is not SEMVER, ECOSYSTEM or GIT"),
+                    ))
+                }
+            }
+            let mut events = Vec::new();
+            for event in &range.events {
+                let mut entries = event.iter();
+                let (Some((key, value)), None) = (entries.next(), entries.next()) else {
+                    return Err(HardenError::parse(
+                        file,
+                        line_of(text, "events"),
+                        "each range event must have exactly one key",
+                    ));
+                };
+                let kind = match key.as_str() {
+                    "introduced" => EventKind::Introduced,
+                    "fixed" => EventKind::Fixed,
+                    "last_affected" => EventKind::LastAffected,
+                    "limit" => EventKind::Limit,
+                    other => {
+                        return Err(HardenError::parse(
+                            file,
+                            line_of(text, other),
+                            format!("unknown range event `{other}`"),
+                        ))
+                    }
+                };
+                let zero = kind == EventKind::Introduced && value == "0";
+                if !zero && !(kind == EventKind::Limit && value == "*") {
+                    ecosystem.parse(value).map_err(|e| {
+                        HardenError::parse(file, line_of(text, value), format!("{}: {e}", a_name(package)))
+                    })?;
+                }
+                events.push(Event {
+                    kind,
+                    version: value.clone(),
+                });
+            }
+            if !events.iter().any(|e| e.kind == EventKind::Introduced) {
+                return Err(HardenError::parse(
+                    file,
+                    line_of(text, "events"),
+                    format!("{}: a range needs an `introduced` event", a_name(package)),
+                ));
+            }
+            ranges.push(events);
+        }
+        affected.push(Affected {
+            ecosystem,
+            name: ecosystem.normalize_name(&package.name),
+            ranges,
+            versions: a.versions.clone(),
+        });
+    }
+    if affected.is_empty() {
+        return Ok(None);
+    }
+    let summary = record
+        .summary
+        .or_else(|| record.details.map(|d| d.lines().next().unwrap_or("").to_owned()))
+        .unwrap_or_default();
+    Ok(Some(Advisory {
+        id: record.id,
+        aliases: record.aliases,
+        summary,
+        severity,
+        modified: record.modified,
+        affected,
+    }))
+}
+
+fn a_name(package: &OsvPackage) -> String {
+    format!("{} {}", package.ecosystem, package.name)
+}
+
+/// The worst of a GHSA-style `severity` label and any CVSS v3 vector.
+fn severity_of(scores: &[OsvSeverity], specific: Option<&serde_json::Value>) -> Severity {
+    let label = specific
+        .and_then(|v| v.get("severity"))
+        .and_then(|v| v.as_str())
+        .and_then(Severity::from_label)
+        .unwrap_or(Severity::Unknown);
+    let vector = scores
+        .iter()
+        .filter(|s| s.kind == "CVSS_V3")
+        .filter_map(|s| cvss3_base_score(&s.score))
+        .map(Severity::from_score)
+        .max()
+        .unwrap_or(Severity::Unknown);
+    // Limitation: CVSS v4 vectors are not scored (a v4 calculator would
+    // lift it); such records rely on their severity label.
+    label.max(vector)
+}
+
+/// The CVSS v3.0/v3.1 base score of a vector such as
+/// `CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H`; `None` if malformed.
+pub fn cvss3_base_score(vector: &str) -> Option<f64> {
+    let mut parts = vector.split('/');
+    if !matches!(parts.next(), Some("CVSS:3.0" | "CVSS:3.1")) {
+        return None;
+    }
+    let metrics: HashMap<&str, &str> = parts.filter_map(|p| p.split_once(':')).collect();
+    let get = |k: &str| metrics.get(k).copied();
+    let changed = match get("S")? {
+        "U" => false,
+        "C" => true,
+        _ => return None,
+    };
+    let av = match get("AV")? {
+        "N" => 0.85,
+        "A" => 0.62,
+        "L" => 0.55,
+        "P" => 0.2,
+        _ => return None,
+    };
+    let ac = match get("AC")? {
+        "L" => 0.77,
+        "H" => 0.44,
+        _ => return None,
+    };
+    let pr = match (get("PR")?, changed) {
+        ("N", _) => 0.85,
+        ("L", false) => 0.62,
+        ("L", true) => 0.68,
+        ("H", false) => 0.27,
+        ("H", true) => 0.5,
+        _ => return None,
+    };
+    let ui = match get("UI")? {
+        "N" => 0.85,
+        "R" => 0.62,
+        _ => return None,
+    };
+    let cia = |k: &str| match get(k)? {
+        "H" => Some(0.56),
+        "L" => Some(0.22),
+        "N" => Some(0.0),
+        _ => None,
+    };
+    let iss = 1.0 - (1.0 - cia("C")?) * (1.0 - cia("I")?) * (1.0 - cia("A")?);
+    let impact = if changed {
+        7.52 * (iss - 0.029) - 3.25 * (iss - 0.02f64).powi(15)
+    } else {
+        6.42 * iss
+    };
+    if impact <= 0.0 {
+        return Some(0.0);
+    }
+    let exploitability = 8.22 * av * ac * pr * ui;
+    let raw = if changed {
+        (1.08 * (impact + exploitability)).min(10.0)
+    } else {
+        (impact + exploitability).min(10.0)
+    };
+    // CVSS 3.1's "round up to one decimal", done in integers so that
+    // 4.000000001 does not become 4.1.
+    let scaled = (raw * 100_000.0).round() as i64;
+    Some(if scaled % 10_000 == 0 {
+        scaled as f64 / 100_000.0
+    } else {
+        ((scaled / 10_000) + 1) as f64 / 10.0
+    })
+}
+
+// ---- matching ----------------------------------------------------------------
+
+/// A range event with its version parsed; `None` is "0".
+struct ParsedEvent {
+    kind: EventKind,
+    version: Option<Version>,
+}
+
+/// Whether `version` falls in the range given by `events`, per OSV:
+/// walk the events in version order; `introduced` turns affected on,
+/// `fixed` and `limit` turn it off at their version, `last_affected`
+/// just after it.
+fn in_range(eco: Ecosystem, events: &[Event], version: &Version) -> bool {
+    let mut parsed: Vec<ParsedEvent> = events
+        .iter()
+        .filter_map(|e| {
+            let zero = e.kind == EventKind::Introduced && e.version == "0";
+            let version = if zero { None } else { Some(eco.parse(&e.version).ok()?) };
+            Some(ParsedEvent {
+                kind: e.kind,
+                version,
+            })
+        })
+        .collect();
+    parsed.sort_by(|a, b| match (&a.version, &b.version) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, _) => std::cmp::Ordering::Less,
+        (_, None) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => x.compare(y).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let mut affected = false;
+    for event in &parsed {
+        let order = event
+            .version
+            .as_ref()
+            .map_or(Some(std::cmp::Ordering::Greater), |e| version.compare(e));
+        let Some(order) = order else { continue };
+        match event.kind {
+            EventKind::Introduced if order.is_ge() => affected = true,
+            EventKind::Fixed | EventKind::Limit if order.is_ge() => affected = false,
+            EventKind::LastAffected if order.is_gt() => affected = false,
+            _ => {}
+        }
+    }
+    affected
+}
+
+/// A package version that an advisory covers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit<'a> {
+    pub advisory: &'a Advisory,
+    /// `fixed` versions of the ranges that matched, in version order.
+    pub fixed: Vec<String>,
+}
+
+/// The database in memory, indexed by ecosystem and package name.
+#[derive(Default)]
+pub struct VulnDb {
+    advisories: Vec<Advisory>,
+    by_package: HashMap<(Ecosystem, String), Vec<(usize, usize)>>,
+}
+
+impl VulnDb {
+    pub fn new(advisories: Vec<Advisory>) -> VulnDb {
+        let mut by_package: HashMap<(Ecosystem, String), Vec<(usize, usize)>> = HashMap::new();
+        for (i, advisory) in advisories.iter().enumerate() {
+            for (j, a) in advisory.affected.iter().enumerate() {
+                by_package
+                    .entry((a.ecosystem, a.name.clone()))
+                    .or_default()
+                    .push((i, j));
+            }
+        }
+        VulnDb {
+            advisories,
+            by_package,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.advisories.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.advisories.is_empty()
+    }
+
+    /// Every advisory covering `name` at `version`. A version the
+    /// ecosystem cannot parse matches only exact `versions` entries.
+    pub fn lookup(&self, eco: Ecosystem, name: &str, version: &str) -> Vec<Hit<'_>> {
+        let key = (eco, eco.normalize_name(name));
+        let Some(entries) = self.by_package.get(&key) else {
+            return Vec::new();
+        };
+        let parsed = eco.parse(version).ok();
+        let mut hits: Vec<Hit<'_>> = Vec::new();
+        for &(i, j) in entries {
+            let affected = &self.advisories[i].affected[j];
+            let listed = affected.versions.iter().any(|v| v == version);
+            let mut fixed = Vec::new();
+            let mut ranged = false;
+            if let Some(v) = &parsed {
+                for events in &affected.ranges {
+                    if in_range(eco, events, v) {
+                        ranged = true;
+                        fixed.extend(
+                            events
+                                .iter()
+                                .filter(|e| e.kind == EventKind::Fixed)
+                                .map(|e| e.version.clone()),
+                        );
+                    }
+                }
+            }
+            if !(listed || ranged) {
+                continue;
+            }
+            fixed.sort_by(|a, b| match (eco.parse(a), eco.parse(b)) {
+                (Ok(a), Ok(b)) => a.compare(&b).unwrap_or(std::cmp::Ordering::Equal),
+                _ => a.cmp(b),
+            });
+            fixed.dedup();
+            match hits.iter_mut().find(|h| h.advisory.id == self.advisories[i].id) {
+                Some(hit) => hit.fixed.extend(fixed),
+                None => hits.push(Hit {
+                    advisory: &self.advisories[i],
+                    fixed,
+                }),
+            }
+        }
+        hits
+    }
+
+    /// Loads the database of `data_dir`; an empty one if none was
+    /// imported yet.
+    pub fn load(data_dir: &Path) -> Result<VulnDb, HardenError> {
+        Ok(VulnDb::new(load_file(&data_dir.join(DB_FILE))?))
+    }
+}
+
+fn load_file(path: &Path) -> Result<Vec<Advisory>, HardenError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(HardenError::io(path, e)),
+    };
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| HardenError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let advisory: Advisory = serde_json::from_str(&line)
+            .map_err(|e| HardenError::parse(path, n + 1, format!("damaged database line: {e}")))?;
+        out.push(advisory);
+    }
+    Ok(out)
+}
+
+// ---- import ------------------------------------------------------------------
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    /// Records read from the source.
+    pub read: usize,
+    /// Records kept (new or replacing an older copy).
+    pub imported: usize,
+    /// Withdrawn records, and records with no npm, crates.io, PyPI or Go
+    /// package.
+    pub skipped: usize,
+    /// Advisories in the database afterwards.
+    pub total: usize,
+    pub database: PathBuf,
+}
+
+/// Reads every `*.json` OSV record in `source` (a folder, searched
+/// recursively, or a zip) and merges them into the database of
+/// `data_dir`. The first malformed record stops the import and nothing is
+/// written; the database file is replaced atomically.
+pub fn import(source: &Path, data_dir: &Path) -> Result<ImportReport, HardenError> {
+    let mut read = 0;
+    let mut skipped = 0;
+    let mut fresh: Vec<Advisory> = Vec::new();
+    let mut take = |name: &Path, text: &str| -> Result<(), HardenError> {
+        read += 1;
+        match parse_record(name, text)? {
+            Some(advisory) => fresh.push(advisory),
+            None => skipped += 1,
+        }
+        Ok(())
+    };
+    let meta = std::fs::metadata(source).map_err(|e| HardenError::io(source, e))?;
+    if meta.is_dir() {
+        for path in json_files(source)? {
+            let text = read_capped(&path)?;
+            take(&path, &text)?;
+        }
+    } else {
+        let file = std::fs::File::open(source).map_err(|e| HardenError::io(source, e))?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+            HardenError::parse(source, 0, format!("neither a folder nor a zip archive: {e}"))
+        })?;
+        for i in 0..archive.len() {
+            let mut entry = archive
+                .by_index(i)
+                .map_err(|e| HardenError::parse(source, 0, format!("zip entry {i}: {e}")))?;
+            if !entry.is_file() || !entry.name().ends_with(".json") {
+                continue;
+            }
+            let name = source.join(entry.name());
+            let mut text = String::new();
+            (&mut entry)
+                .take(MAX_RECORD_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| HardenError::parse(&name, 0, format!("cannot read: {e}")))?;
+            if text.len() as u64 > MAX_RECORD_BYTES {
+                return Err(HardenError::parse(&name, 0, "record is larger than 4 MiB"));
+            }
+            take(&name, &text)?;
+        }
+    }
+    if read == 0 {
+        return Err(HardenError::Invalid(format!(
+            "{}: no OSV records (*.json) found",
+            source.display()
+        )));
+    }
+
+    let database = data_dir.join(DB_FILE);
+    let mut merged: BTreeMap<String, Advisory> = load_file(&database)?
+        .into_iter()
+        .map(|a| (a.id.clone(), a))
+        .collect();
+    let mut imported = 0;
+    for advisory in fresh {
+        // Keep the newer copy; RFC 3339 UTC times order as text.
+        let newer = merged
+            .get(&advisory.id)
+            .is_none_or(|old| old.modified <= advisory.modified);
+        if newer {
+            imported += 1;
+            merged.insert(advisory.id.clone(), advisory);
+        }
+    }
+    write_atomically(&database, merged.values())?;
+    Ok(ImportReport {
+        read,
+        imported,
+        skipped,
+        total: merged.len(),
+        database,
+    })
+}
+
+fn read_capped(path: &Path) -> Result<String, HardenError> {
+    let file = std::fs::File::open(path).map_err(|e| HardenError::io(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_RECORD_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| HardenError::io(path, e))?;
+    if text.len() as u64 > MAX_RECORD_BYTES {
+        return Err(HardenError::parse(path, 0, "record is larger than 4 MiB"));
+    }
+    Ok(text)
+}
+
+/// `*.json` files under `dir`, sorted, without following symlinks.
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, HardenError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| HardenError::io(&d, e))? {
+            let entry = entry.map_err(|e| HardenError::io(&d, e))?;
+            let kind = entry.file_type().map_err(|e| HardenError::io(&d, e))?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "json") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn write_atomically<'a>(
+    path: &Path,
+    advisories: impl Iterator<Item = &'a Advisory>,
+) -> Result<(), HardenError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| HardenError::io(dir, e))?;
+    let tmp = path.with_extension("jsonl.tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for advisory in advisories {
+            serde_json::to_writer(&mut out, advisory)?;
+            out.write_all(b"\n")?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(HardenError::io(path, e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
