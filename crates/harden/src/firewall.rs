@@ -97,18 +97,33 @@ pub fn render(spec: &FirewallSpec) -> Result<String, HardenError> {
     let _ = writeln!(w, "#!/usr/sbin/nft -f");
     let _ = writeln!(w, "# Rendered by `spinforge firewall render`. Load it with");
     let _ = writeln!(w, "# `nft -f FILE`; check it first with `nft -c -f FILE`.");
-    let _ = writeln!(w, "# Replaces only the `inet spinforge` table; other tables stay.");
+    let _ = writeln!(
+        w,
+        "# Replaces only the `inet spinforge` table; other tables stay."
+    );
     let _ = writeln!(w, "table inet spinforge");
     let _ = writeln!(w, "delete table inet spinforge");
     let _ = writeln!(w);
     let _ = writeln!(w, "table inet spinforge {{");
-    let _ = writeln!(w, "\tset web_ports {{\n\t\ttype inet_service\n\t\telements = {{ {web} }}\n\t}}");
+    let _ = writeln!(
+        w,
+        "\tset web_ports {{\n\t\ttype inet_service\n\t\telements = {{ {web} }}\n\t}}"
+    );
     if spec.ban_sets {
         let _ = writeln!(w, "\t# Filled by `serve` when shield.nftables = true.");
-        let _ = writeln!(w, "\tset banned4 {{\n\t\ttype ipv4_addr\n\t\tflags interval, timeout\n\t}}");
-        let _ = writeln!(w, "\tset banned6 {{\n\t\ttype ipv6_addr\n\t\tflags interval, timeout\n\t}}");
+        let _ = writeln!(
+            w,
+            "\tset banned4 {{\n\t\ttype ipv4_addr\n\t\tflags interval, timeout\n\t}}"
+        );
+        let _ = writeln!(
+            w,
+            "\tset banned6 {{\n\t\ttype ipv6_addr\n\t\tflags interval, timeout\n\t}}"
+        );
     }
-    let _ = writeln!(w, "\t# Per-source meters: new-connection rate and concurrent connections.");
+    let _ = writeln!(
+        w,
+        "\t# Per-source meters: new-connection rate and concurrent connections."
+    );
     for (family, kind) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
         let _ = writeln!(
             w,
@@ -131,7 +146,10 @@ pub fn render(spec: &FirewallSpec) -> Result<String, HardenError> {
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "\tchain input {{");
-    let _ = writeln!(w, "\t\ttype filter hook input priority filter; policy drop;");
+    let _ = writeln!(
+        w,
+        "\t\ttype filter hook input priority filter; policy drop;"
+    );
     let _ = writeln!(w, "\t\tct state invalid drop");
     let _ = writeln!(w, "\t\tct state established,related accept");
     let _ = writeln!(w, "\t\tiif \"lo\" accept");
@@ -139,13 +157,28 @@ pub fn render(spec: &FirewallSpec) -> Result<String, HardenError> {
         let _ = writeln!(w, "\t\tip saddr @banned4 drop");
         let _ = writeln!(w, "\t\tip6 saddr @banned6 drop");
     }
-    let _ = writeln!(w, "\t\t# Path MTU discovery and IPv6 neighbour discovery need ICMP.");
+    let _ = writeln!(
+        w,
+        "\t\t# Path MTU discovery and IPv6 neighbour discovery need ICMP."
+    );
     let _ = writeln!(w, "\t\tip protocol icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept");
-    let _ = writeln!(w, "\t\tip protocol icmp icmp type echo-request limit rate 10/second accept");
+    let _ = writeln!(
+        w,
+        "\t\tip protocol icmp icmp type echo-request limit rate 10/second accept"
+    );
     let _ = writeln!(w, "\t\tmeta l4proto ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept");
-    let _ = writeln!(w, "\t\tmeta l4proto ipv6-icmp icmpv6 type echo-request limit rate 10/second accept");
-    let _ = writeln!(w, "\t\t# SYN flood: new TCP connections host-wide beyond the budget are dropped.");
-    let _ = writeln!(w, "\t\ttcp flags & (fin | syn | rst | ack) == syn jump syn_flood");
+    let _ = writeln!(
+        w,
+        "\t\tmeta l4proto ipv6-icmp icmpv6 type echo-request limit rate 10/second accept"
+    );
+    let _ = writeln!(
+        w,
+        "\t\t# SYN flood: new TCP connections host-wide beyond the budget are dropped."
+    );
+    let _ = writeln!(
+        w,
+        "\t\ttcp flags & (fin | syn | rst | ack) == syn jump syn_flood"
+    );
     let port = spec.ssh_port;
     if spec.ssh_from.is_empty() {
         let _ = writeln!(w, "\t\t# SSH from anywhere (pass --ssh-from to restrict it), 10 new per minute per source.");
@@ -155,27 +188,45 @@ pub fn render(spec: &FirewallSpec) -> Result<String, HardenError> {
     } else {
         let _ = writeln!(w, "\t\t# SSH only from the operator's networks.");
         if !v4.is_empty() {
-            let _ = writeln!(w, "\t\tip saddr {{ {} }} tcp dport {port} accept", v4.join(", "));
+            let _ = writeln!(
+                w,
+                "\t\tip saddr {{ {} }} tcp dport {port} accept",
+                v4.join(", ")
+            );
         }
         if !v6.is_empty() {
-            let _ = writeln!(w, "\t\tip6 saddr {{ {} }} tcp dport {port} accept", v6.join(", "));
+            let _ = writeln!(
+                w,
+                "\t\tip6 saddr {{ {} }} tcp dport {port} accept",
+                v6.join(", ")
+            );
         }
     }
     let rate = spec.new_per_second;
     let burst = rate.saturating_mul(2);
     let conc = spec.max_concurrent;
-    let _ = writeln!(w, "\t\t# Web: per source at most {rate} new connections/s (burst {burst}) and {conc} open.");
+    let _ = writeln!(
+        w,
+        "\t\t# Web: per source at most {rate} new connections/s (burst {burst}) and {conc} open."
+    );
     let _ = writeln!(w, "\t\ttcp dport @web_ports ct state new update @web_rate4 {{ ip saddr limit rate over {rate}/second burst {burst} packets }} drop");
     let _ = writeln!(w, "\t\ttcp dport @web_ports ct state new update @web_rate6 {{ ip6 saddr limit rate over {rate}/second burst {burst} packets }} drop");
     let _ = writeln!(w, "\t\ttcp dport @web_ports ct state new add @web_conn4 {{ ip saddr ct count over {conc} }} drop");
     let _ = writeln!(w, "\t\ttcp dport @web_ports ct state new add @web_conn6 {{ ip6 saddr ct count over {conc} }} drop");
     let _ = writeln!(w, "\t\ttcp dport @web_ports accept");
-    let _ = writeln!(w, "\t\t# HTTP/3 would need UDP 443; the edge does not serve it.");
+    let _ = writeln!(
+        w,
+        "\t\t# HTTP/3 would need UDP 443; the edge does not serve it."
+    );
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w);
     let syn = spec.syn_per_second;
     let _ = writeln!(w, "\tchain syn_flood {{");
-    let _ = writeln!(w, "\t\tlimit rate {syn}/second burst {} packets return", syn.saturating_mul(2));
+    let _ = writeln!(
+        w,
+        "\t\tlimit rate {syn}/second burst {} packets return",
+        syn.saturating_mul(2)
+    );
     let _ = writeln!(w, "\t\tdrop");
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "}}");
@@ -194,8 +245,14 @@ mod tests {
             ..FirewallSpec::default()
         };
         let rules = render(&spec).expect("render");
-        assert!(rules.contains("ip saddr { 203.0.113.7/32 } tcp dport 22 accept"), "{rules}");
-        assert!(rules.contains("ip6 saddr { 2001:db8::/48 } tcp dport 22 accept"), "{rules}");
+        assert!(
+            rules.contains("ip saddr { 203.0.113.7/32 } tcp dport 22 accept"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("ip6 saddr { 2001:db8::/48 } tcp dport 22 accept"),
+            "{rules}"
+        );
         assert!(rules.contains("elements = { 80, 443, 8443 }"), "{rules}");
         assert!(rules.contains("policy drop;"));
         assert!(!rules.contains("banned4"));
@@ -203,7 +260,12 @@ mod tests {
 
     #[test]
     fn bad_networks_and_limits_are_refused_naming_the_flag() {
-        for bad in ["10.0.0.0/33", "example.com", "1.2.3.4/x", "1.2.3.4; drop table"] {
+        for bad in [
+            "10.0.0.0/33",
+            "example.com",
+            "1.2.3.4/x",
+            "1.2.3.4; drop table",
+        ] {
             let spec = FirewallSpec {
                 ssh_from: vec![bad.into()],
                 ..FirewallSpec::default()
@@ -215,6 +277,9 @@ mod tests {
             new_per_second: 0,
             ..FirewallSpec::default()
         };
-        assert!(render(&spec).expect_err("zero").to_string().contains("--new-per-second"));
+        assert!(render(&spec)
+            .expect_err("zero")
+            .to_string()
+            .contains("--new-per-second"));
     }
 }

@@ -111,62 +111,140 @@ pub fn unit(spec: &InstallSpec) -> Result<String, HardenError> {
     let _ = writeln!(w);
     let _ = writeln!(w, "[Service]");
     let _ = writeln!(w, "Type=simple");
-    let _ = writeln!(w, "ExecStart={binary} serve --config {config} --data-dir {data}");
+    let _ = writeln!(
+        w,
+        "ExecStart={binary} serve --config {config} --data-dir {data}"
+    );
     let _ = writeln!(w, "Restart=on-failure");
     let _ = writeln!(w, "RestartSec=2s");
-    let _ = writeln!(w, "# SIGTERM drains connections; give it time before SIGKILL.");
+    let _ = writeln!(
+        w,
+        "# SIGTERM drains connections; give it time before SIGKILL."
+    );
     let _ = writeln!(w, "TimeoutStopSec=30s");
     let _ = writeln!(w, "Environment=SPINFORGE_LOG_FORMAT=json");
     let _ = writeln!(w, "UMask=0077");
     let _ = writeln!(w);
     if spec.unprivileged {
         let user = &spec.user;
-        let _ = writeln!(w, "# Runs as its own user; apps run unsandboxed ([sandbox] enabled = false).");
+        let _ = writeln!(
+            w,
+            "# Runs as its own user; apps run unsandboxed ([sandbox] enabled = false)."
+        );
         let _ = writeln!(w, "User={user}");
         let _ = writeln!(w, "Group={user}");
-        let _ = writeln!(w, "# CAP_NET_BIND_SERVICE: listen on ports 80 and 443. Nothing else.");
+        let _ = writeln!(
+            w,
+            "# CAP_NET_BIND_SERVICE: listen on ports 80 and 443. Nothing else."
+        );
         let _ = writeln!(w, "AmbientCapabilities=CAP_NET_BIND_SERVICE");
         let _ = writeln!(w, "CapabilityBoundingSet=CAP_NET_BIND_SERVICE");
     } else {
-        let _ = writeln!(w, "# The spinlet sandbox gives each app its own uid and namespaces, which");
-        let _ = writeln!(w, "# needs root; the bounding set keeps only these capabilities:");
-        let _ = writeln!(w, "#   CAP_SYS_ADMIN        new pid/mount/ipc/uts/cgroup namespaces, the app's");
-        let _ = writeln!(w, "#                        mounts and pivot_root into its root");
-        let _ = writeln!(w, "#   CAP_NET_ADMIN        bring up loopback in each app's network namespace");
-        let _ = writeln!(w, "#                        (and nft, when shield.nftables syncs bans)");
-        let _ = writeln!(w, "#   CAP_SETUID/SETGID    switch to the site's uid and gid, clear groups");
-        let _ = writeln!(w, "#   CAP_SETPCAP          empty the app's capability sets before exec");
+        let _ = writeln!(
+            w,
+            "# The spinlet sandbox gives each app its own uid and namespaces, which"
+        );
+        let _ = writeln!(
+            w,
+            "# needs root; the bounding set keeps only these capabilities:"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_SYS_ADMIN        new pid/mount/ipc/uts/cgroup namespaces, the app's"
+        );
+        let _ = writeln!(
+            w,
+            "#                        mounts and pivot_root into its root"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_NET_ADMIN        bring up loopback in each app's network namespace"
+        );
+        let _ = writeln!(
+            w,
+            "#                        (and nft, when shield.nftables syncs bans)"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_SETUID/SETGID    switch to the site's uid and gid, clear groups"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_SETPCAP          empty the app's capability sets before exec"
+        );
         let _ = writeln!(w, "#   CAP_CHOWN, CAP_FOWNER, CAP_DAC_OVERRIDE");
-        let _ = writeln!(w, "#                        prepare per-site folders owned by site uids");
-        let _ = writeln!(w, "#   CAP_KILL             stop apps, which run under other uids");
-        let _ = writeln!(w, "#   CAP_SYS_RESOURCE     set app rlimits above the supervisor's own");
+        let _ = writeln!(
+            w,
+            "#                        prepare per-site folders owned by site uids"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_KILL             stop apps, which run under other uids"
+        );
+        let _ = writeln!(
+            w,
+            "#   CAP_SYS_RESOURCE     set app rlimits above the supervisor's own"
+        );
         let _ = writeln!(w, "#   CAP_NET_BIND_SERVICE listen on ports 80 and 443");
         let _ = writeln!(w, "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_KILL CAP_SYS_RESOURCE CAP_NET_BIND_SERVICE");
-        let _ = writeln!(w, "# Limitation: serve itself stays root while the sandbox needs it (a");
-        let _ = writeln!(w, "# privileged spawn helper would let serve run as the service user).");
+        let _ = writeln!(
+            w,
+            "# Limitation: serve itself stays root while the sandbox needs it (a"
+        );
+        let _ = writeln!(
+            w,
+            "# privileged spawn helper would let serve run as the service user)."
+        );
     }
     let _ = writeln!(w);
-    let _ = writeln!(w, "# The whole file system is read-only except the data directory.");
+    let _ = writeln!(
+        w,
+        "# The whole file system is read-only except the data directory."
+    );
     let _ = writeln!(w, "ProtectSystem=strict");
     let _ = writeln!(w, "ReadWritePaths={data}");
     let _ = writeln!(w, "# /home, /root and /run/user are invisible.");
     let _ = writeln!(w, "ProtectHome=true");
-    let _ = writeln!(w, "# A private /tmp; apps get their own tmpfs inside the sandbox anyway.");
+    let _ = writeln!(
+        w,
+        "# A private /tmp; apps get their own tmpfs inside the sandbox anyway."
+    );
     let _ = writeln!(w, "PrivateTmp=true");
-    let _ = writeln!(w, "# /proc/sys and /sys are read-only: nothing here tunes the kernel.");
+    let _ = writeln!(
+        w,
+        "# /proc/sys and /sys are read-only: nothing here tunes the kernel."
+    );
     let _ = writeln!(w, "ProtectKernelTunables=true");
     if !spec.unprivileged {
-        let _ = writeln!(w, "# ...except the cgroup tree, where the supervisor creates one cgroup");
-        let _ = writeln!(w, "# per app for its memory, pids and cpu limits. ProtectControlGroups");
-        let _ = writeln!(w, "# stays off for the same reason; Delegate hands us our own subtree.");
+        let _ = writeln!(
+            w,
+            "# ...except the cgroup tree, where the supervisor creates one cgroup"
+        );
+        let _ = writeln!(
+            w,
+            "# per app for its memory, pids and cpu limits. ProtectControlGroups"
+        );
+        let _ = writeln!(
+            w,
+            "# stays off for the same reason; Delegate hands us our own subtree."
+        );
         let _ = writeln!(w, "ReadWritePaths=/sys/fs/cgroup");
         let _ = writeln!(w, "Delegate=yes");
     } else {
         let _ = writeln!(w, "ProtectControlGroups=true");
     }
-    let _ = writeln!(w, "# The edge and API speak IP; AF_UNIX for syslog/journald and the");
-    let _ = writeln!(w, "# supervisor's control pipes; AF_NETLINK for nft (shield.nftables).");
-    let _ = writeln!(w, "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK");
+    let _ = writeln!(
+        w,
+        "# The edge and API speak IP; AF_UNIX for syslog/journald and the"
+    );
+    let _ = writeln!(
+        w,
+        "# supervisor's control pipes; AF_NETLINK for nft (shield.nftables)."
+    );
+    let _ = writeln!(
+        w,
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK"
+    );
     let _ = writeln!(w, "ProtectKernelModules=true");
     let _ = writeln!(w, "ProtectKernelLogs=true");
     let _ = writeln!(w, "ProtectClock=true");
@@ -175,9 +253,18 @@ pub fn unit(spec: &InstallSpec) -> Result<String, HardenError> {
     let _ = writeln!(w, "RestrictRealtime=true");
     let _ = writeln!(w, "LockPersonality=true");
     let _ = writeln!(w, "SystemCallArchitectures=native");
-    let _ = writeln!(w, "# Left out on purpose: RestrictNamespaces (the sandbox makes namespaces),");
-    let _ = writeln!(w, "# ProtectHostname (apps get their own UTS namespace), and");
-    let _ = writeln!(w, "# MemoryDenyWriteExecute (Node and other JITs in apps need W+X pages).");
+    let _ = writeln!(
+        w,
+        "# Left out on purpose: RestrictNamespaces (the sandbox makes namespaces),"
+    );
+    let _ = writeln!(
+        w,
+        "# ProtectHostname (apps get their own UTS namespace), and"
+    );
+    let _ = writeln!(
+        w,
+        "# MemoryDenyWriteExecute (Node and other JITs in apps need W+X pages)."
+    );
     let _ = writeln!(w, "LimitNOFILE=1048576");
     let _ = writeln!(w);
     let _ = writeln!(w, "[Install]");
@@ -210,14 +297,23 @@ pub fn logrotate(spec: &InstallSpec) -> Result<String, HardenError> {
 pub fn default_config(spec: &InstallSpec) -> Result<String, HardenError> {
     let data = check_path("--data-dir", &spec.data_dir)?;
     let mut c = String::new();
-    let _ = writeln!(c, "# SpinForge settings; every key is in docs/CONFIGURATION.md.");
+    let _ = writeln!(
+        c,
+        "# SpinForge settings; every key is in docs/CONFIGURATION.md."
+    );
     let _ = writeln!(c, "data_dir = \"{data}\"");
     let _ = writeln!(c, "listen = \"0.0.0.0:80\"");
     let _ = writeln!(c, "tls_listen = \"0.0.0.0:443\"");
-    let _ = writeln!(c, "# The admin API stays on loopback; publish it through the edge.");
+    let _ = writeln!(
+        c,
+        "# The admin API stays on loopback; publish it through the edge."
+    );
     let _ = writeln!(c, "api_listen = \"127.0.0.1:9080\"");
     if spec.unprivileged {
-        let _ = writeln!(c, "\n[sandbox]\n# serve runs as an unprivileged user: no sandbox is possible.");
+        let _ = writeln!(
+            c,
+            "\n[sandbox]\n# serve runs as an unprivileged user: no sandbox is possible."
+        );
         let _ = writeln!(c, "enabled = false");
     }
     Ok(c)
@@ -307,7 +403,10 @@ pub fn describe(spec: &InstallSpec, steps: &[Step]) -> String {
             }
         }
     }
-    let _ = writeln!(out, "# then: systemctl daemon-reload && systemctl enable --now spinforge");
+    let _ = writeln!(
+        out,
+        "# then: systemctl daemon-reload && systemctl enable --now spinforge"
+    );
     out
 }
 
@@ -440,7 +539,9 @@ mod tests {
         let text = unit(&spec).expect("unit");
         assert!(text.contains("\nUser=spinforge\n"));
         assert!(text.contains("\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"));
-        assert!(default_config(&spec).expect("config").contains("enabled = false"));
+        assert!(default_config(&spec)
+            .expect("config")
+            .contains("enabled = false"));
     }
 
     #[test]
@@ -449,16 +550,25 @@ mod tests {
             data_dir: PathBuf::from("/var/lib/x y"),
             ..InstallSpec::default()
         };
-        assert!(unit(&spec).expect_err("space").to_string().starts_with("--data-dir"));
+        assert!(unit(&spec)
+            .expect_err("space")
+            .to_string()
+            .starts_with("--data-dir"));
         let spec = InstallSpec {
             binary: PathBuf::from("relative/spinforge"),
             ..InstallSpec::default()
         };
-        assert!(unit(&spec).expect_err("relative").to_string().starts_with("--binary"));
+        assert!(unit(&spec)
+            .expect_err("relative")
+            .to_string()
+            .starts_with("--binary"));
         let spec = InstallSpec {
             user: "Root\nUser=root".into(),
             ..InstallSpec::default()
         };
-        assert!(unit(&spec).expect_err("user").to_string().starts_with("--user"));
+        assert!(unit(&spec)
+            .expect_err("user")
+            .to_string()
+            .starts_with("--user"));
     }
 }

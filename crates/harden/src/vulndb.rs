@@ -19,9 +19,7 @@ pub const DB_FILE: &str = "vulndb/osv.jsonl";
 const MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How bad an advisory is, from its GHSA rating or its CVSS v3 vector.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
     /// The record carries no rating we can read (e.g. CVSS v4 only).
@@ -174,11 +172,14 @@ fn line_of(text: &str, needle: &str) -> usize {
 /// Parses one OSV record; `Ok(None)` for a withdrawn record or one with
 /// no package of an ecosystem we scan.
 pub fn parse_record(file: &Path, text: &str) -> Result<Option<Advisory>, HardenError> {
-    let record: OsvRecord = serde_json::from_str(text).map_err(|e| {
-        HardenError::parse(file, e.line(), format!("not an OSV record: {e}"))
-    })?;
+    let record: OsvRecord = serde_json::from_str(text)
+        .map_err(|e| HardenError::parse(file, e.line(), format!("not an OSV record: {e}")))?;
     if record.id.trim().is_empty() {
-        return Err(HardenError::parse(file, line_of(text, "id"), "`id` is empty"));
+        return Err(HardenError::parse(
+            file,
+            line_of(text, "id"),
+            "`id` is empty",
+        ));
     }
     if record.withdrawn.is_some() {
         return Ok(None);
@@ -241,7 +242,11 @@ pub fn parse_record(file: &Path, text: &str) -> Result<Option<Advisory>, HardenE
                 let zero = kind == EventKind::Introduced && value == "0";
                 if !zero && !(kind == EventKind::Limit && value == "*") {
                     ecosystem.parse(value).map_err(|e| {
-                        HardenError::parse(file, line_of(text, value), format!("{}: {e}", a_name(package)))
+                        HardenError::parse(
+                            file,
+                            line_of(text, value),
+                            format!("{}: {e}", a_name(package)),
+                        )
                     })?;
                 }
                 events.push(Event {
@@ -270,7 +275,11 @@ pub fn parse_record(file: &Path, text: &str) -> Result<Option<Advisory>, HardenE
     }
     let summary = record
         .summary
-        .or_else(|| record.details.map(|d| d.lines().next().unwrap_or("").to_owned()))
+        .or_else(|| {
+            record
+                .details
+                .map(|d| d.lines().next().unwrap_or("").to_owned())
+        })
         .unwrap_or_default();
     Ok(Some(Advisory {
         id: record.id,
@@ -392,7 +401,11 @@ fn in_range(eco: Ecosystem, events: &[Event], version: &Version) -> bool {
         .iter()
         .filter_map(|e| {
             let zero = e.kind == EventKind::Introduced && e.version == "0";
-            let version = if zero { None } else { Some(eco.parse(&e.version).ok()?) };
+            let version = if zero {
+                None
+            } else {
+                Some(eco.parse(&e.version).ok()?)
+            };
             Some(ParsedEvent {
                 kind: e.kind,
                 version,
@@ -497,7 +510,10 @@ impl VulnDb {
                 _ => a.cmp(b),
             });
             fixed.dedup();
-            match hits.iter_mut().find(|h| h.advisory.id == self.advisories[i].id) {
+            match hits
+                .iter_mut()
+                .find(|h| h.advisory.id == self.advisories[i].id)
+            {
                 Some(hit) => hit.fixed.extend(fixed),
                 None => hits.push(Hit {
                     advisory: &self.advisories[i],
@@ -576,7 +592,11 @@ pub fn import(source: &Path, data_dir: &Path) -> Result<ImportReport, HardenErro
     } else {
         let file = std::fs::File::open(source).map_err(|e| HardenError::io(source, e))?;
         let mut archive = zip::ZipArchive::new(file).map_err(|e| {
-            HardenError::parse(source, 0, format!("neither a folder nor a zip archive: {e}"))
+            HardenError::parse(
+                source,
+                0,
+                format!("neither a folder nor a zip archive: {e}"),
+            )
         })?;
         for i in 0..archive.len() {
             let mut entry = archive

@@ -73,7 +73,11 @@ pub fn npm_lock(path: &Path, rel: &str, text: &str) -> Result<Parsed, HardenErro
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| HardenError::parse(path, e.line(), format!("not valid JSON: {e}")))?;
     let Some(root) = value.as_object() else {
-        return Err(HardenError::parse(path, 1, "the top level must be an object"));
+        return Err(HardenError::parse(
+            path,
+            1,
+            "the top level must be an object",
+        ));
     };
     let lines = json_key_lines(text);
     let mut out = Parsed::default();
@@ -121,7 +125,11 @@ pub fn npm_lock(path: &Path, rel: &str, text: &str) -> Result<Parsed, HardenErro
             for (name, entry) in level {
                 let Some(version) = entry.get("version").and_then(|v| v.as_str()) else {
                     let line = lines.get(name.as_str()).copied().unwrap_or(1);
-                    return Err(HardenError::parse(path, line, format!("`{name}` has no version")));
+                    return Err(HardenError::parse(
+                        path,
+                        line,
+                        format!("`{name}` has no version"),
+                    ));
                 };
                 add(name, version, name, &mut out);
                 if let Some(nested) = entry.get("dependencies").and_then(|d| d.as_object()) {
@@ -162,9 +170,18 @@ pub fn yarn_lock(path: &Path, rel: &str, text: &str) -> Result<Parsed, HardenErr
         if !raw.starts_with(' ') {
             finish(&mut current)?;
             let Some(header) = raw.trim_end().strip_suffix(':') else {
-                return Err(HardenError::parse(path, line, "expected `pattern:` starting an entry"));
+                return Err(HardenError::parse(
+                    path,
+                    line,
+                    "expected `pattern:` starting an entry",
+                ));
             };
-            let first = header.split(',').next().unwrap_or("").trim().trim_matches('"');
+            let first = header
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
             if first == "__metadata" {
                 continue;
             }
@@ -347,14 +364,17 @@ fn toml_lock(
     for (i, p) in lock.package.iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(1);
         if !from_registry(&p.source) {
-            out.notes
-                .push(format!("{rel}:{line}: {} is not from the registry; not checked", p.name));
+            out.notes.push(format!(
+                "{rel}:{line}: {} is not from the registry; not checked",
+                p.name
+            ));
             continue;
         }
         if let Err(e) = eco.parse(&p.version) {
             return Err(HardenError::parse(path, line, format!("{}: {e}", p.name)));
         }
-        out.packages.push(package(eco, &p.name, &p.version, rel, line));
+        out.packages
+            .push(package(eco, &p.name, &p.version, rel, line));
     }
     Ok(out)
 }

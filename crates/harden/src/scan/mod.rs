@@ -97,7 +97,10 @@ fn find_lockfiles(dir: &Path) -> Result<Vec<PathBuf>, HardenError> {
 pub fn scan_dir(dir: &Path, db: &VulnDb) -> Result<ScanReport, HardenError> {
     let meta = std::fs::metadata(dir).map_err(|e| HardenError::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(HardenError::Invalid(format!("{} is not a folder", dir.display())));
+        return Err(HardenError::Invalid(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
     }
     let mut report = ScanReport {
         lockfiles: Vec::new(),
@@ -120,7 +123,11 @@ pub fn scan_dir(dir: &Path, db: &VulnDb) -> Result<ScanReport, HardenError> {
             .map_err(|e| HardenError::io(&path, e))?
             .len();
         if size > MAX_LOCKFILE_BYTES {
-            return Err(HardenError::parse(&path, 0, "lockfile is larger than 64 MiB"));
+            return Err(HardenError::parse(
+                &path,
+                0,
+                "lockfile is larger than 64 MiB",
+            ));
         }
         let bytes = std::fs::read(&path).map_err(|e| HardenError::io(&path, e))?;
         let text = String::from_utf8(bytes)
@@ -184,7 +191,9 @@ pub async fn active_release_dir(data_dir: &Path, domain: &str) -> Result<PathBuf
     let id: i64 = row.get(0);
     let release: Option<String> = row.get(1);
     let Some(release) = release else {
-        return Err(HardenError::Invalid(format!("site {domain} has no active release")));
+        return Err(HardenError::Invalid(format!(
+            "site {domain} has no active release"
+        )));
     };
     Ok(data_dir
         .join("sites")
@@ -200,7 +209,13 @@ pub fn table(report: &ScanReport) -> String {
     if !report.findings.is_empty() {
         let mut table = Table::new();
         table.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "SEVERITY", "PACKAGE", "VERSION", "ECOSYSTEM", "ADVISORY", "FIXED IN", "LOCKFILE",
+            "SEVERITY",
+            "PACKAGE",
+            "VERSION",
+            "ECOSYSTEM",
+            "ADVISORY",
+            "FIXED IN",
+            "LOCKFILE",
         ]);
         for f in &report.findings {
             let mut ids = vec![f.id.clone()];
@@ -211,7 +226,11 @@ pub fn table(report: &ScanReport) -> String {
                 f.package.version.clone(),
                 f.package.ecosystem.to_string(),
                 ids.join(" "),
-                if f.fixed.is_empty() { "-".into() } else { f.fixed.join(", ") },
+                if f.fixed.is_empty() {
+                    "-".into()
+                } else {
+                    f.fixed.join(", ")
+                },
                 format!("{}:{}", f.package.file, f.package.line),
             ]);
         }

@@ -47,8 +47,15 @@ fn scan_finds_lockfiles_but_not_inside_node_modules() {
     let report = scan_dir(bundle.path(), &db).expect("scan");
     assert_eq!(report.lockfiles, vec!["web/yarn.lock".to_owned()]);
     assert_eq!(report.packages, 2);
-    let ids: Vec<_> = report.findings.iter().map(|f| (f.id.as_str(), f.severity)).collect();
-    assert_eq!(ids, vec![("GHSA-1", Severity::High), ("GHSA-2", Severity::Low)]);
+    let ids: Vec<_> = report
+        .findings
+        .iter()
+        .map(|f| (f.id.as_str(), f.severity))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("GHSA-1", Severity::High), ("GHSA-2", Severity::Low)]
+    );
     assert_eq!(report.findings[0].fixed, vec!["4.17.21".to_owned()]);
     assert_eq!(report.at_least(Severity::High).len(), 1);
 }
@@ -60,27 +67,42 @@ fn deploy_policy_refuses_only_at_the_threshold_and_only_where_it_applies() {
         advisory("GHSA-m", "npm", "mid", "2.0.0", "MODERATE"),
     ]);
     let bundle = tempfile::tempdir().expect("tmp");
-    std::fs::write(bundle.path().join("yarn.lock"), "mid@1:\n  version \"1.0.0\"\n")
-        .expect("write");
+    std::fs::write(
+        bundle.path().join("yarn.lock"),
+        "mid@1:\n  version \"1.0.0\"\n",
+    )
+    .expect("write");
     let mut policy = DeployPolicy {
         global: false,
         sites: vec!["shop.example.com".into()],
         threshold: None,
         data_dir: data.path().to_path_buf(),
     };
-    assert!(policy.check("shop.example.com", bundle.path()).expect("scan").is_none());
+    assert!(policy
+        .check("shop.example.com", bundle.path())
+        .expect("scan")
+        .is_none());
     std::fs::write(
         bundle.path().join("yarn.lock"),
         "mid@1:\n  version \"1.0.0\"\n\nhi@1:\n  version \"1.5.0\"\n",
     )
     .expect("write");
-    let refused = policy.check("SHOP.example.com", bundle.path()).expect("scan");
+    let refused = policy
+        .check("SHOP.example.com", bundle.path())
+        .expect("scan");
     assert_eq!(refused.expect("refused").len(), 1);
-    assert!(policy.check("blog.example.com", bundle.path()).expect("scan").is_none());
+    assert!(policy
+        .check("blog.example.com", bundle.path())
+        .expect("scan")
+        .is_none());
     policy.threshold = Some(Severity::Medium);
     policy.global = true;
     assert_eq!(
-        policy.check("blog.example.com", bundle.path()).expect("scan").expect("refused").len(),
+        policy
+            .check("blog.example.com", bundle.path())
+            .expect("scan")
+            .expect("refused")
+            .len(),
         2
     );
 }

@@ -136,10 +136,7 @@ mod tests {
 
     #[test]
     fn semver_pre_releases_sort_before_their_release() {
-        assert_eq!(
-            cmp(Ecosystem::Npm, "1.0.0-rc.1", "1.0.0"),
-            Ordering::Less
-        );
+        assert_eq!(cmp(Ecosystem::Npm, "1.0.0-rc.1", "1.0.0"), Ordering::Less);
         assert_eq!(
             cmp(Ecosystem::CratesIo, "1.0.0-alpha.2", "1.0.0-alpha.10"),
             Ordering::Less
@@ -159,7 +156,11 @@ mod tests {
     #[test]
     fn go_pseudo_versions_and_incompatible_compare_as_semver() {
         assert_eq!(
-            cmp(Ecosystem::Go, "v0.0.0-20200101000000-abcdefabcdef", "v0.0.1"),
+            cmp(
+                Ecosystem::Go,
+                "v0.0.0-20200101000000-abcdefabcdef",
+                "v0.0.1"
+            ),
             Ordering::Less
         );
         assert_eq!(

@@ -69,7 +69,10 @@ fn cargo_zero_x_ranges_patched_per_minor_line() {
     assert!(!affected(&db, eco, "smallthing", "0.3.9"));
     assert!(affected(&db, eco, "smallthing", "0.4.1"));
     assert!(!affected(&db, eco, "smallthing", "0.4.2"));
-    assert!(!affected(&db, eco, "smallthing", "0.10.0"), "0.10 > 0.4 numerically");
+    assert!(
+        !affected(&db, eco, "smallthing", "0.10.0"),
+        "0.10 > 0.4 numerically"
+    );
 }
 
 #[test]
@@ -81,15 +84,25 @@ fn python_epochs_post_releases_and_pre_releases_follow_pep_440() {
         json!([{"introduced": "0"}, {"fixed": "2.0.post1"}]),
     )]);
     let eco = Ecosystem::PyPi;
-    assert!(affected(&db, eco, "django-thing", "2.0"), "names normalized");
+    assert!(
+        affected(&db, eco, "django-thing", "2.0"),
+        "names normalized"
+    );
     assert!(affected(&db, eco, "DJANGO.THING", "2.0rc1"));
     assert!(!affected(&db, eco, "django-thing", "2.0.post1"));
     assert!(!affected(&db, eco, "django-thing", "2.0.post2"));
     // An epoch puts 1!0.1 after every epoch-0 version, past the fix.
     assert!(!affected(&db, eco, "django-thing", "1!0.1"));
 
-    let epoch = db_single("PyPI", "epochal", json!([{"introduced": "1!1.0"}, {"fixed": "1!1.5"}]));
-    assert!(!affected(&epoch, eco, "epochal", "3.0"), "epoch 0 is before 1!1.0");
+    let epoch = db_single(
+        "PyPI",
+        "epochal",
+        json!([{"introduced": "1!1.0"}, {"fixed": "1!1.5"}]),
+    );
+    assert!(
+        !affected(&epoch, eco, "epochal", "3.0"),
+        "epoch 0 is before 1!1.0"
+    );
     assert!(affected(&epoch, eco, "epochal", "1!1.2"));
     assert!(!affected(&epoch, eco, "epochal", "1!1.5"));
 }
@@ -131,7 +144,12 @@ fn listed_versions_match_exactly_and_git_ranges_are_skipped() {
     let db = db(&[text]);
     assert!(affected(&db, Ecosystem::Npm, "lst", "2.0.0"));
     assert!(!affected(&db, Ecosystem::Npm, "lst", "2.0.1"));
-    assert_eq!(db.lookup(Ecosystem::Npm, "lst", "2.0.0")[0].advisory.severity, Severity::Unknown);
+    assert_eq!(
+        db.lookup(Ecosystem::Npm, "lst", "2.0.0")[0]
+            .advisory
+            .severity,
+        Severity::Unknown
+    );
 }
 
 #[test]
@@ -140,7 +158,10 @@ fn cvss_v3_vectors_score_like_the_specification() {
     assert_eq!(cvss3_base_score(critical), Some(9.8));
     let xss = "CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:C/C:L/I:L/A:N";
     assert_eq!(cvss3_base_score(xss), Some(6.1));
-    assert_eq!(cvss3_base_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N"), Some(0.0));
+    assert_eq!(
+        cvss3_base_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N"),
+        Some(0.0)
+    );
     assert_eq!(cvss3_base_score("CVSS:3.1/AV:X"), None);
     assert_eq!(cvss3_base_score("CVSS:4.0/AV:N"), None);
 
@@ -151,7 +172,10 @@ fn cvss_v3_vectors_score_like_the_specification() {
     }))
     .expect("json");
     let db = db(&[text]);
-    assert_eq!(db.lookup(Ecosystem::Npm, "v", "1.0.0")[0].advisory.severity, Severity::Critical);
+    assert_eq!(
+        db.lookup(Ecosystem::Npm, "v", "1.0.0")[0].advisory.severity,
+        Severity::Critical
+    );
 }
 
 #[test]
@@ -161,14 +185,22 @@ fn malformed_records_name_the_file_and_line() {
     let text = error.to_string();
     assert!(text.starts_with("bad.json:4:"), "{text}");
 
-    let bad_version = record("X-2", "crates.io", "c", json!([{"introduced": "0"}, {"fixed": "one.two"}]));
+    let bad_version = record(
+        "X-2",
+        "crates.io",
+        "c",
+        json!([{"introduced": "0"}, {"fixed": "one.two"}]),
+    );
     let error = parse_record(Path::new("v.json"), &bad_version).expect_err("bad version");
     let line = bad_version
         .lines()
         .position(|l| l.contains("one.two"))
         .expect("present")
         + 1;
-    assert!(error.to_string().starts_with(&format!("v.json:{line}:")), "{error}");
+    assert!(
+        error.to_string().starts_with(&format!("v.json:{line}:")),
+        "{error}"
+    );
     assert!(error.to_string().contains("one.two"), "{error}");
 
     let no_intro = record("X-3", "npm", "n", json!([{"fixed": "1.0.0"}]));
@@ -183,16 +215,29 @@ fn import_merges_folders_and_zips_and_refuses_bad_input_without_writing() {
     std::fs::create_dir(source.path().join("nested")).expect("mkdir");
     std::fs::write(
         source.path().join("nested/a.json"),
-        record("GHSA-a", "npm", "a", json!([{"introduced": "0"}, {"fixed": "1.0.0"}])),
+        record(
+            "GHSA-a",
+            "npm",
+            "a",
+            json!([{"introduced": "0"}, {"fixed": "1.0.0"}]),
+        ),
     )
     .expect("write");
     std::fs::write(
         source.path().join("deb.json"),
-        record("DSA-1", "Debian:12", "openssl", json!([{"introduced": "0"}])),
+        record(
+            "DSA-1",
+            "Debian:12",
+            "openssl",
+            json!([{"introduced": "0"}]),
+        ),
     )
     .expect("write");
     let report = import(source.path(), data.path()).expect("import");
-    assert_eq!((report.read, report.imported, report.skipped, report.total), (2, 1, 1, 1));
+    assert_eq!(
+        (report.read, report.imported, report.skipped, report.total),
+        (2, 1, 1, 1)
+    );
 
     // A zip with a second advisory is merged in.
     let zip_path = source.path().join("all.zip");
@@ -203,8 +248,13 @@ fn import_merges_folders_and_zips_and_refuses_bad_input_without_writing() {
             .compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("GHSA-b.json", options).expect("entry");
         zip.write_all(
-            record("GHSA-b", "npm", "b", json!([{"introduced": "0"}, {"fixed": "2.0.0"}]))
-                .as_bytes(),
+            record(
+                "GHSA-b",
+                "npm",
+                "b",
+                json!([{"introduced": "0"}, {"fixed": "2.0.0"}]),
+            )
+            .as_bytes(),
         )
         .expect("write");
         zip.finish().expect("finish");
@@ -220,5 +270,8 @@ fn import_merges_folders_and_zips_and_refuses_bad_input_without_writing() {
     std::fs::write(source.path().join("nested/zz.json"), "{\"id\": ").expect("write");
     let error = import(source.path(), data.path()).expect_err("bad record");
     assert!(error.to_string().contains("zz.json:1:"), "{error}");
-    assert_eq!(std::fs::read(data.path().join(DB_FILE)).expect("db"), before);
+    assert_eq!(
+        std::fs::read(data.path().join(DB_FILE)).expect("db"),
+        before
+    );
 }

@@ -32,7 +32,10 @@ fn npm_lock_v3_reads_install_paths_and_scoped_names() {
     let parsed = npm_lock(Path::new("p"), "package-lock.json", text).expect("valid");
     let mut got = names(&parsed);
     got.sort();
-    assert_eq!(got, vec![p("@scope/pkg", "2.1.0", 6), p("b", "0.3.0-beta.1", 9)]);
+    assert_eq!(
+        got,
+        vec![p("@scope/pkg", "2.1.0", 6), p("b", "0.3.0-beta.1", 9)]
+    );
     assert_eq!(parsed.notes.len(), 1, "{:?}", parsed.notes);
 }
 
@@ -47,16 +50,30 @@ fn npm_lock_v1_walks_nested_dependencies() {
     let parsed = npm_lock(Path::new("p"), "npm-shrinkwrap.json", text).expect("valid");
     let mut got: Vec<_> = names(&parsed).into_iter().map(|(n, v, _)| (n, v)).collect();
     got.sort();
-    assert_eq!(got, vec![("x".into(), "1.0.0".into()), ("y".into(), "2.0.0".into())]);
+    assert_eq!(
+        got,
+        vec![("x".into(), "1.0.0".into()), ("y".into(), "2.0.0".into())]
+    );
 }
 
 #[test]
 fn malformed_npm_lock_names_file_and_line() {
-    let error = npm_lock(Path::new("app/package-lock.json"), "x", "{\n\"packages\": {\n,}\n}")
-        .expect_err("bad json");
-    assert!(error.to_string().starts_with("app/package-lock.json:3:"), "{error}");
-    let error = npm_lock(Path::new("l"), "x", "{\n  \"packages\": {\n    \"node_modules/q\": {}\n  }\n}")
-        .expect_err("no version");
+    let error = npm_lock(
+        Path::new("app/package-lock.json"),
+        "x",
+        "{\n\"packages\": {\n,}\n}",
+    )
+    .expect_err("bad json");
+    assert!(
+        error.to_string().starts_with("app/package-lock.json:3:"),
+        "{error}"
+    );
+    let error = npm_lock(
+        Path::new("l"),
+        "x",
+        "{\n  \"packages\": {\n    \"node_modules/q\": {}\n  }\n}",
+    )
+    .expect_err("no version");
     assert!(error.to_string().starts_with("l:3:"), "{error}");
 }
 
@@ -64,14 +81,21 @@ fn malformed_npm_lock_names_file_and_line() {
 fn yarn_classic_and_berry_entries() {
     let classic = "# yarn lockfile v1\n\n\"@babel/core@^7.0.0\", \"@babel/core@^7.1.0\":\n  version \"7.1.2\"\n  resolved \"https://r/x\"\n  dependencies:\n    debug \"^4\"\n\nleft-pad@1.3.0:\n  version \"1.3.0\"\n";
     let parsed = yarn_lock(Path::new("y"), "yarn.lock", classic).expect("valid");
-    assert_eq!(names(&parsed), vec![p("@babel/core", "7.1.2", 3), p("left-pad", "1.3.0", 9)]);
+    assert_eq!(
+        names(&parsed),
+        vec![p("@babel/core", "7.1.2", 3), p("left-pad", "1.3.0", 9)]
+    );
 
     let berry = "__metadata:\n  version: 6\n\n\"lodash@npm:^4.17.20\":\n  version: 4.17.20\n  resolution: \"lodash@npm:4.17.20\"\n\n\"app@workspace:.\":\n  version: 0.0.0-use.local\n";
     let parsed = yarn_lock(Path::new("y"), "yarn.lock", berry).expect("valid");
     assert_eq!(names(&parsed), vec![p("lodash", "4.17.20", 4)]);
 
-    let error = yarn_lock(Path::new("y.lock"), "y", "a@1:\n  resolved \"x\"\nb@2:\n  version \"2.0.0\"\n")
-        .expect_err("no version");
+    let error = yarn_lock(
+        Path::new("y.lock"),
+        "y",
+        "a@1:\n  resolved \"x\"\nb@2:\n  version \"2.0.0\"\n",
+    )
+    .expect_err("no version");
     assert!(error.to_string().starts_with("y.lock:1:"), "{error}");
 }
 
@@ -108,8 +132,12 @@ fn cargo_and_poetry_locks_skip_local_and_git_packages() {
     let parsed = poetry_lock(Path::new("p"), "poetry.lock", poetry).expect("valid");
     assert_eq!(names(&parsed), vec![p("jinja2", "2.10", 1)]);
 
-    let error = cargo_lock(Path::new("Cargo.lock"), "c", "[[package]]\nname = \"x\"\nversion = 1\n")
-        .expect_err("bad");
+    let error = cargo_lock(
+        Path::new("Cargo.lock"),
+        "c",
+        "[[package]]\nname = \"x\"\nversion = 1\n",
+    )
+    .expect_err("bad");
     assert!(error.to_string().starts_with("Cargo.lock:3:"), "{error}");
 }
 
