@@ -47,19 +47,22 @@ pub const LOGROTATE_PATH: &str = "/etc/logrotate.d/spinforge";
 pub enum Step {
     /// A system user and its group, unless it exists.
     CreateUser { name: String, home: PathBuf },
-    /// A folder with `mode`, owned by `owner` (`None`: root).
+    /// A folder with `mode`, owned by `owner` (`None`: root) and, when
+    /// set, the group of the user `group`.
     CreateDir {
         path: PathBuf,
         mode: u32,
         owner: Option<String>,
+        group: Option<String>,
     },
     /// A file; `keep` leaves an existing one alone (the operator's
-    /// config).
+    /// config). `group` (`None`: root) may read it when the mode allows.
     WriteFile {
         path: PathBuf,
         mode: u32,
         content: String,
         keep: bool,
+        group: Option<String>,
     },
 }
 
@@ -322,6 +325,9 @@ pub fn default_config(spec: &InstallSpec) -> Result<String, HardenError> {
 /// The steps of an install, in order.
 pub fn plan(spec: &InstallSpec) -> Result<Vec<Step>, HardenError> {
     let owner = spec.unprivileged.then(|| spec.user.clone());
+    // An unprivileged serve reads its config through its group; the
+    // config stays root's to change.
+    let reader = owner.clone();
     let config_dir = spec
         .config
         .parent()
@@ -336,34 +342,40 @@ pub fn plan(spec: &InstallSpec) -> Result<Vec<Step>, HardenError> {
             path: spec.data_dir.clone(),
             mode: 0o700,
             owner: owner.clone(),
+            group: owner.clone(),
         },
         Step::CreateDir {
             path: spec.data_dir.join("secrets"),
             mode: 0o700,
             owner: owner.clone(),
+            group: owner.clone(),
         },
         Step::CreateDir {
             path: config_dir,
             mode: 0o750,
             owner: None,
+            group: reader.clone(),
         },
         Step::WriteFile {
             path: spec.config.clone(),
             mode: 0o640,
             content: default_config(spec)?,
             keep: true,
+            group: reader,
         },
         Step::WriteFile {
             path: PathBuf::from(UNIT_PATH),
             mode: 0o644,
             content: unit(spec)?,
             keep: false,
+            group: None,
         },
         Step::WriteFile {
             path: PathBuf::from(LOGROTATE_PATH),
             mode: 0o644,
             content: logrotate(spec)?,
             keep: false,
+            group: None,
         },
     ])
 }
@@ -380,12 +392,18 @@ pub fn describe(spec: &InstallSpec, steps: &[Step]) -> String {
                     home.display()
                 );
             }
-            Step::CreateDir { path, mode, owner } => {
+            Step::CreateDir {
+                path,
+                mode,
+                owner,
+                group,
+            } => {
                 let _ = writeln!(
                     out,
-                    "# folder {} mode {mode:04o} owner {}\n",
+                    "# folder {} mode {mode:04o} owner {}:{}\n",
                     under(&spec.root, path).display(),
-                    owner.as_deref().unwrap_or("root")
+                    owner.as_deref().unwrap_or("root"),
+                    group.as_deref().unwrap_or("root")
                 );
             }
             Step::WriteFile {
@@ -393,12 +411,14 @@ pub fn describe(spec: &InstallSpec, steps: &[Step]) -> String {
                 mode,
                 content,
                 keep,
+                group,
             } => {
                 let keep = if *keep { ", kept if it exists" } else { "" };
                 let _ = writeln!(
                     out,
-                    "# file {} mode {mode:04o}{keep}:\n{content}",
-                    under(&spec.root, path).display()
+                    "# file {} mode {mode:04o} owner root:{}{keep}:\n{content}",
+                    under(&spec.root, path).display(),
+                    group.as_deref().unwrap_or("root")
                 );
             }
         }
@@ -431,6 +451,29 @@ fn lookup_user(root: &Path, name: &str) -> Result<Option<(u32, u32)>, HardenErro
     Ok(None)
 }
 
+/// Gives `path` the uid of `owner` and the gid of `group` (users in
+/// `<root>/etc/passwd`); `None` leaves that id alone.
+fn chown(
+    spec: &InstallSpec,
+    path: &Path,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<(), HardenError> {
+    let id = |name: Option<&str>| -> Result<Option<(u32, u32)>, HardenError> {
+        let Some(name) = name else { return Ok(None) };
+        match lookup_user(&spec.root, name)? {
+            Some(ids) => Ok(Some(ids)),
+            None => Err(HardenError::Invalid(format!("user {name} does not exist"))),
+        }
+    };
+    let uid = id(owner)?.map(|(uid, _)| uid);
+    let gid = id(group)?.map(|(_, gid)| gid);
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid).map_err(|e| HardenError::io(path, e))?;
+    }
+    Ok(())
+}
+
 /// Carries out `steps`, returning one line per thing done.
 pub fn apply(spec: &InstallSpec, steps: &[Step]) -> Result<Vec<String>, HardenError> {
     let mut done = Vec::new();
@@ -458,18 +501,17 @@ pub fn apply(spec: &InstallSpec, steps: &[Step]) -> Result<Vec<String>, HardenEr
                 }
                 done.push(format!("created user {name}"));
             }
-            Step::CreateDir { path, mode, owner } => {
+            Step::CreateDir {
+                path,
+                mode,
+                owner,
+                group,
+            } => {
                 let target = under(&spec.root, path);
                 std::fs::create_dir_all(&target).map_err(|e| HardenError::io(&target, e))?;
                 std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode))
                     .map_err(|e| HardenError::io(&target, e))?;
-                if let Some(owner) = owner {
-                    let Some((uid, gid)) = lookup_user(&spec.root, owner)? else {
-                        return Err(HardenError::Invalid(format!("user {owner} does not exist")));
-                    };
-                    std::os::unix::fs::chown(&target, Some(uid), Some(gid))
-                        .map_err(|e| HardenError::io(&target, e))?;
-                }
+                chown(spec, &target, owner.as_deref(), group.as_deref())?;
                 done.push(format!("folder {} ({mode:04o})", target.display()));
             }
             Step::WriteFile {
@@ -477,6 +519,7 @@ pub fn apply(spec: &InstallSpec, steps: &[Step]) -> Result<Vec<String>, HardenEr
                 mode,
                 content,
                 keep,
+                group,
             } => {
                 let target = under(&spec.root, path);
                 if *keep && target.exists() {
@@ -490,6 +533,7 @@ pub fn apply(spec: &InstallSpec, steps: &[Step]) -> Result<Vec<String>, HardenEr
                 std::fs::write(&tmp, content).map_err(|e| HardenError::io(&tmp, e))?;
                 std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))
                     .map_err(|e| HardenError::io(&tmp, e))?;
+                chown(spec, &tmp, None, group.as_deref())?;
                 std::fs::rename(&tmp, &target).map_err(|e| HardenError::io(&target, e))?;
                 done.push(format!("wrote {}", target.display()));
             }

@@ -122,17 +122,16 @@ pub fn scan_dir(dir: &Path, db: &VulnDb) -> Result<ScanReport, HardenError> {
         let size = std::fs::metadata(&path)
             .map_err(|e| HardenError::io(&path, e))?
             .len();
+        // Errors name the lockfile relative to the scanned folder: the
+        // folder may be a server-side temporary path.
+        let shown = Path::new(&rel);
         if size > MAX_LOCKFILE_BYTES {
-            return Err(HardenError::parse(
-                &path,
-                0,
-                "lockfile is larger than 64 MiB",
-            ));
+            return Err(HardenError::parse(shown, 0, "lockfile is larger than 64 MiB"));
         }
         let bytes = std::fs::read(&path).map_err(|e| HardenError::io(&path, e))?;
         let text = String::from_utf8(bytes)
-            .map_err(|e| HardenError::parse(&path, 0, format!("not UTF-8: {e}")))?;
-        let parsed = reader(&path, &rel, &text)?;
+            .map_err(|e| HardenError::parse(shown, 0, format!("not UTF-8: {e}")))?;
+        let parsed = reader(shown, &rel, &text)?;
         report.lockfiles.push(rel);
         report.notes.extend(parsed.notes);
         report.packages += parsed.packages.len();
@@ -280,6 +279,15 @@ impl DeployPolicy {
             return Ok(None);
         }
         let db = VulnDb::load(&self.data_dir)?;
+        if db.is_empty() {
+            // Fail closed: a policy that cannot match anything protects
+            // nothing.
+            return Err(HardenError::Invalid(
+                "the deploy policy refuses vulnerable dependencies but no advisories are \
+                 imported; run `spinforge vulndb import`"
+                    .into(),
+            ));
+        }
         let report = scan_dir(dir, &db)?;
         let refusing: Vec<Finding> = report
             .at_least(self.threshold())

@@ -95,6 +95,11 @@ fn deploy_policy_refuses_only_at_the_threshold_and_only_where_it_applies() {
         .check("blog.example.com", bundle.path())
         .expect("scan")
         .is_none());
+    // A malformed lockfile names the file relative to the bundle.
+    std::fs::write(bundle.path().join("go.sum"), "junk\n").expect("write");
+    let error = policy.check("shop.example.com", bundle.path()).expect_err("bad go.sum");
+    assert_eq!(error.to_string(), "go.sum:1: expected `MODULE VERSION h1:HASH`");
+    std::fs::remove_file(bundle.path().join("go.sum")).expect("rm");
     policy.threshold = Some(Severity::Medium);
     policy.global = true;
     assert_eq!(
@@ -105,4 +110,9 @@ fn deploy_policy_refuses_only_at_the_threshold_and_only_where_it_applies() {
             .len(),
         2
     );
+    // No advisories imported: the policy refuses rather than waves through.
+    let empty = tempfile::tempdir().expect("tmp");
+    policy.data_dir = empty.path().to_path_buf();
+    let error = policy.check("blog.example.com", bundle.path()).expect_err("empty db");
+    assert!(error.to_string().contains("vulndb import"), "{error}");
 }
