@@ -85,7 +85,8 @@ impl Hub {
             SiteKind::Process => Some(apps::load_spec(&id, unpack_dir.clone()).await?),
             _ => None,
         };
-        self.refuse_vulnerable(&site.domain, &id, &unpack_dir).await?;
+        self.refuse_vulnerable(&site.domain, &id, &unpack_dir)
+            .await?;
 
         let _site_guard = self.site_lock(&site.domain).await;
         // The upload took a while: the site may have been deleted, or
@@ -271,7 +272,12 @@ impl Hub {
         };
         let ids: Vec<String> = findings
             .iter()
-            .map(|f| format!("{}@{} {} ({})", f.package.name, f.package.version, f.id, f.severity))
+            .map(|f| {
+                format!(
+                    "{}@{} {} ({})",
+                    f.package.name, f.package.version, f.id, f.severity
+                )
+            })
             .collect();
         tracing::warn!(
             target: "spinforge::audit",

@@ -692,9 +692,10 @@ mod supply_chain_tests {
             .expect("valid")
             .expect("on");
         assert!(policy.applies_to("a.example") && !policy.applies_to("b.example"));
-        let policy = parse("[supply_chain]\nrefuse_vulnerable = true\nmin_severity = \"critical\"\n")
-            .expect("valid")
-            .expect("on");
+        let policy =
+            parse("[supply_chain]\nrefuse_vulnerable = true\nmin_severity = \"critical\"\n")
+                .expect("valid")
+                .expect("on");
         assert!(policy.applies_to("b.example"));
         assert_eq!(policy.threshold(), harden::vulndb::Severity::Critical);
     }
@@ -703,8 +704,14 @@ mod supply_chain_tests {
     fn bad_policy_values_are_refused_naming_the_key() {
         let error = parse("[supply_chain]\nrefuse_vulnerable = true\nmin_severity = \"dire\"\n")
             .expect_err("bad severity");
-        assert!(error.to_string().contains("supply_chain.min_severity"), "{error}");
-        assert!(parse("[supply_chain]\nrefuse_vulnerabel = true\n").is_err(), "typo refused");
+        assert!(
+            error.to_string().contains("supply_chain.min_severity"),
+            "{error}"
+        );
+        assert!(
+            parse("[supply_chain]\nrefuse_vulnerabel = true\n").is_err(),
+            "typo refused"
+        );
     }
 }
 

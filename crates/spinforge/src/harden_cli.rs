@@ -151,7 +151,9 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<bool> {
         None => Some(harden::under(&root, installed)).filter(|p| p.exists()),
     };
     let resolved = crate::config::resolve(&serve_args(config, None));
-    let data_dir = args.data_dir.or_else(|| resolved.as_ref().ok().map(|s| s.data_dir.clone()));
+    let data_dir = args
+        .data_dir
+        .or_else(|| resolved.as_ref().ok().map(|s| s.data_dir.clone()));
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("./spinforge-data"));
     let serve = resolved
         .map(|s| ServeFacts {

@@ -126,7 +126,11 @@ pub fn scan_dir(dir: &Path, db: &VulnDb) -> Result<ScanReport, HardenError> {
         // folder may be a server-side temporary path.
         let shown = Path::new(&rel);
         if size > MAX_LOCKFILE_BYTES {
-            return Err(HardenError::parse(shown, 0, "lockfile is larger than 64 MiB"));
+            return Err(HardenError::parse(
+                shown,
+                0,
+                "lockfile is larger than 64 MiB",
+            ));
         }
         let bytes = std::fs::read(&path).map_err(|e| HardenError::io(&path, e))?;
         let text = String::from_utf8(bytes)

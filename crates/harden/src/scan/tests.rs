@@ -97,8 +97,13 @@ fn deploy_policy_refuses_only_at_the_threshold_and_only_where_it_applies() {
         .is_none());
     // A malformed lockfile names the file relative to the bundle.
     std::fs::write(bundle.path().join("go.sum"), "junk\n").expect("write");
-    let error = policy.check("shop.example.com", bundle.path()).expect_err("bad go.sum");
-    assert_eq!(error.to_string(), "go.sum:1: expected `MODULE VERSION h1:HASH`");
+    let error = policy
+        .check("shop.example.com", bundle.path())
+        .expect_err("bad go.sum");
+    assert_eq!(
+        error.to_string(),
+        "go.sum:1: expected `MODULE VERSION h1:HASH`"
+    );
     std::fs::remove_file(bundle.path().join("go.sum")).expect("rm");
     policy.threshold = Some(Severity::Medium);
     policy.global = true;
@@ -113,6 +118,8 @@ fn deploy_policy_refuses_only_at_the_threshold_and_only_where_it_applies() {
     // No advisories imported: the policy refuses rather than waves through.
     let empty = tempfile::tempdir().expect("tmp");
     policy.data_dir = empty.path().to_path_buf();
-    let error = policy.check("blog.example.com", bundle.path()).expect_err("empty db");
+    let error = policy
+        .check("blog.example.com", bundle.path())
+        .expect_err("empty db");
     assert!(error.to_string().contains("vulndb import"), "{error}");
 }
