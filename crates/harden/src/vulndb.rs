@@ -240,7 +240,8 @@ pub fn parse_record(file: &Path, text: &str) -> Result<Option<Advisory>, HardenE
                     }
                 };
                 let zero = kind == EventKind::Introduced && value == "0";
-                if !zero && !(kind == EventKind::Limit && value == "*") {
+                let unbounded = kind == EventKind::Limit && value == "*";
+                if !(zero || unbounded) {
                     ecosystem.parse(value).map_err(|e| {
                         HardenError::parse(
                             file,

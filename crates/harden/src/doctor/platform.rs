@@ -201,8 +201,8 @@ fn data_dir(ctx: &Context) -> Check {
 /// A unit's `Key=value`, last one winning as in systemd.
 fn unit_value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
         .map(str::trim)
 }
 

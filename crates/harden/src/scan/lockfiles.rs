@@ -29,8 +29,11 @@ pub struct Parsed {
     pub notes: Vec<String>,
 }
 
+/// A lockfile reader: (path for errors, path for reports, text).
+pub type Reader = fn(&Path, &str, &str) -> Result<Parsed, HardenError>;
+
 /// The reader for a file name, if it is a lockfile we know.
-pub fn kind_of(file_name: &str) -> Option<fn(&Path, &str, &str) -> Result<Parsed, HardenError>> {
+pub fn kind_of(file_name: &str) -> Option<Reader> {
     match file_name {
         "package-lock.json" | "npm-shrinkwrap.json" => Some(npm_lock),
         "yarn.lock" => Some(yarn_lock),
@@ -273,7 +276,7 @@ pub fn requirements(path: &Path, rel: &str, text: &str) -> Result<Parsed, Harden
         let spec = spec.split(" --").next().unwrap_or("");
         let spec: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
         let name_end = spec
-            .find(|c: char| matches!(c, '[' | '=' | '<' | '>' | '!' | '~' | '@'))
+            .find(['[', '=', '<', '>', '!', '~', '@'])
             .unwrap_or(spec.len());
         let name = &spec[..name_end];
         if !valid_python_name(name) {
