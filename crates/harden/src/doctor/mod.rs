@@ -9,6 +9,7 @@ mod host;
 mod kernel;
 mod platform;
 mod ssh;
+mod stored;
 
 use serde::Serialize;
 use std::net::SocketAddr;

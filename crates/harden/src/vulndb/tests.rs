@@ -1,5 +1,6 @@
 use super::*;
 use serde_json::json;
+use std::io::Write;
 
 /// One OSV record for `package` in `ecosystem` with one range.
 fn record(id: &str, ecosystem: &str, package: &str, events: serde_json::Value) -> String {
