@@ -270,8 +270,10 @@ impl Hub {
             }
             Err(e) => return Err(ApiError::internal(e)),
         };
-        let ids: Vec<String> = findings
+        // At most 20 named, so one bundle cannot flood the audit log.
+        let mut ids: Vec<String> = findings
             .iter()
+            .take(20)
             .map(|f| {
                 format!(
                     "{}@{} {} ({})",
@@ -279,6 +281,9 @@ impl Hub {
                 )
             })
             .collect();
+        if findings.len() > ids.len() {
+            ids.push(format!("and {} more", findings.len() - ids.len()));
+        }
         tracing::warn!(
             target: "spinforge::audit",
             event = "deploy.refused_vulnerable",

@@ -237,8 +237,10 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<bool> {
     };
     let db = harden::vulndb::VulnDb::load(&args.data_dir)?;
     if db.is_empty() {
-        eprintln!(
-            "warning: no advisories in {}; run `spinforge vulndb import` first",
+        // An empty database finds nothing; saying "0 vulnerable" would be
+        // a false pass.
+        bail!(
+            "no advisories in {}; run `spinforge vulndb import DIR_OR_ZIP` first",
             args.data_dir.join(harden::vulndb::DB_FILE).display()
         );
     }

@@ -247,6 +247,20 @@ fn malformed_lockfiles_and_osv_records_name_the_file_and_line() {
             b"left-pad@1:\n  version \"1.3.0\"\n\nbroken entry\n",
         )],
     );
+    // Without advisories a scan is refused rather than reported clean.
+    let out = spinforge(&["scan", path(&app), "--data-dir", path(&data)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no advisories"), "{}", stderr(&out));
+
+    let good = scratch.path().join("good-osv");
+    write_osv(&good);
+    assert_ok(&spinforge(&[
+        "vulndb",
+        "import",
+        path(&good),
+        "--data-dir",
+        path(&data),
+    ]));
     let out = spinforge(&["scan", path(&app), "--data-dir", path(&data)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("yarn.lock:4:"), "{}", stderr(&out));
