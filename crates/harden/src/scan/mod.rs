@@ -282,6 +282,8 @@ impl DeployPolicy {
         if !self.applies_to(domain) {
             return Ok(None);
         }
+        // Limitation: the database is read from disk on every covered
+        // deploy (an index cached by the file's mtime would lift it).
         let db = VulnDb::load(&self.data_dir)?;
         if db.is_empty() {
             // Fail closed: a policy that cannot match anything protects
