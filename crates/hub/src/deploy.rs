@@ -85,7 +85,7 @@ impl Hub {
             SiteKind::Process => Some(apps::load_spec(&id, unpack_dir.clone()).await?),
             _ => None,
         };
-        self.refuse_vulnerable(&site.domain, &id, &unpack_dir)
+        self.refuse_vulnerable(&site.domain, &id, creator, &unpack_dir)
             .await?;
 
         let _site_guard = self.site_lock(&site.domain).await;
@@ -246,6 +246,7 @@ impl Hub {
         &self,
         domain: &str,
         release: &ReleaseId,
+        creator: Option<UserId>,
         dir: &std::path::Path,
     ) -> Result<(), ApiError> {
         let Some(policy) = self.inner.config.supply_chain.clone() else {
@@ -287,6 +288,8 @@ impl Hub {
         tracing::warn!(
             target: "spinforge::audit",
             event = "deploy.refused_vulnerable",
+            result = "denied",
+            user = creator.map(|u| u.0),
             site = %domain,
             release = %release,
             findings = findings.len(),

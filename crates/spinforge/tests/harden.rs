@@ -159,6 +159,8 @@ async fn deploy_refuses_vulnerable_bundles_where_the_policy_applies_and_audits_i
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
     assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["result"], "denied", "{}", events[0]);
+    assert!(events[0]["actor"]["user_id"].is_i64(), "{}", events[0]);
     assert!(
         events[0].to_string().contains("GHSA-test-lodash"),
         "{}",
