@@ -265,6 +265,8 @@ pub fn requirements(path: &Path, rel: &str, text: &str) -> Result<Parsed, Harden
         if entry.is_empty() {
             continue;
         }
+        // Limitation: `-r`/`-c` includes are noted, not followed (reading
+        // them relative to this file, once each, would lift it).
         if entry.starts_with('-') || entry.contains("://") {
             out.notes.push(format!(
                 "{rel}:{start}: `{}` is an option or URL; not followed",
