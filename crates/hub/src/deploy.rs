@@ -85,6 +85,8 @@ impl Hub {
             SiteKind::Process => Some(apps::load_spec(&id, unpack_dir.clone()).await?),
             _ => None,
         };
+        self.refuse_vulnerable(&site.domain, &id, creator, &unpack_dir)
+            .await?;
 
         let _site_guard = self.site_lock(&site.domain).await;
         // The upload took a while: the site may have been deleted, or
@@ -230,6 +232,75 @@ impl Hub {
             }
         }
         tracing::info!(site = %site.domain, pruned = doomed.len(), "old releases pruned");
+    }
+}
+
+// ---- supply chain (issue #11) ----
+
+impl Hub {
+    /// Scans an unpacked bundle when the deploy policy covers the site, and
+    /// refuses it (audited as `deploy.refused_vulnerable`) when a finding
+    /// reaches the policy's severity. Fails closed: with the policy on and
+    /// no advisories imported, nothing deploys.
+    async fn refuse_vulnerable(
+        &self,
+        domain: &str,
+        release: &ReleaseId,
+        creator: Option<UserId>,
+        dir: &std::path::Path,
+    ) -> Result<(), ApiError> {
+        let Some(policy) = self.inner.config.supply_chain.clone() else {
+            return Ok(());
+        };
+        if !policy.applies_to(domain) {
+            return Ok(());
+        }
+        let (site, dir) = (domain.to_owned(), dir.to_path_buf());
+        let verdict = tokio::task::spawn_blocking(move || policy.check(&site, &dir))
+            .await
+            .map_err(ApiError::internal)?;
+        let findings = match verdict {
+            Ok(None) => return Ok(()),
+            Ok(Some(findings)) => findings,
+            // A lockfile in the bundle is malformed: the client's fault.
+            Err(e @ harden::HardenError::Parse { .. }) => {
+                return Err(ApiError::BadBundle(e.to_string()))
+            }
+            Err(harden::HardenError::Invalid(message)) => {
+                return Err(ApiError::Unavailable(message))
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        // At most 20 named, so one bundle cannot flood the audit log.
+        let mut ids: Vec<String> = findings
+            .iter()
+            .take(20)
+            .map(|f| {
+                format!(
+                    "{}@{} {} ({})",
+                    f.package.name, f.package.version, f.id, f.severity
+                )
+            })
+            .collect();
+        if findings.len() > ids.len() {
+            ids.push(format!("and {} more", findings.len() - ids.len()));
+        }
+        tracing::warn!(
+            target: "spinforge::audit",
+            event = "deploy.refused_vulnerable",
+            result = "denied",
+            user = creator.map(|u| u.0),
+            site = %domain,
+            release = %release,
+            findings = findings.len(),
+            advisories = %ids.join(", "),
+            "deploy refused: the bundle pins vulnerable dependencies"
+        );
+        Err(ApiError::Vulnerable(format!(
+            "the bundle pins {} vulnerable dependency version(s): {}",
+            findings.len(),
+            ids.join("; ")
+        )))
     }
 }
 

@@ -73,6 +73,11 @@ pub enum ApiError {
     /// A service we depend on (a login provider) failed or is busy.
     #[error("{0}")]
     Unavailable(String),
+    // ---- supply chain (issue #11) ----
+    /// The client's bundle pins dependency versions with known advisories
+    /// at or above the deploy policy's severity; the message lists them.
+    #[error("{0}")]
+    Vulnerable(String),
     /// Our side. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -114,6 +119,11 @@ impl ApiError {
             }
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::Vulnerable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "vulnerable_dependencies",
+                Some("bundle"),
+            ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -129,7 +139,7 @@ pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid`, `bad_bundle`, `too_large`,
     /// `unauthorized`, `second_factor_required`, `second_factor_failed`,
     /// `forbidden`, `csrf_failed`, `totp_enrolment_required`, `locked`, `not_found`,
-    /// `conflict`, `app_failed`, `internal`.
+    /// `conflict`, `app_failed`, `vulnerable_dependencies`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The request field at fault, when there is one.

@@ -42,6 +42,9 @@ pub struct HubConfig {
     pub allow_localhost: bool,
     /// Where proxy sites may point.
     pub upstream_policy: UpstreamPolicy,
+    /// Refuse bundles whose lockfiles pin vulnerable versions (issue #11);
+    /// `None`: no scan at deploy.
+    pub supply_chain: Option<harden::scan::DeployPolicy>,
 }
 
 impl Default for HubConfig {
@@ -52,6 +55,7 @@ impl Default for HubConfig {
             max_upload_bytes: 512 * 1024 * 1024,
             allow_localhost: true,
             upstream_policy: UpstreamPolicy::default(),
+            supply_chain: None,
         }
     }
 }

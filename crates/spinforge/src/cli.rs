@@ -191,6 +191,20 @@ pub enum Command {
     /// Read the audit log, or verify a data directory's audit chain.
     #[command(subcommand)]
     Audit(crate::audit_cli::AuditCommand),
+    // ---- host hardening and supply chain (issue #11) ----
+    /// Check this host and SpinForge's setup; exits 1 if a check fails.
+    Doctor(crate::harden_cli::DoctorArgs),
+    /// Install SpinForge as a hardened systemd service.
+    Install(crate::harden_cli::InstallArgs),
+    /// nftables rules for a SpinForge host.
+    #[command(subcommand)]
+    Firewall(crate::harden_cli::FirewallCommand),
+    /// Match a bundle's (or a site's) lockfiles against the advisory
+    /// database; exits 1 on findings at --fail-on or worse.
+    Scan(crate::harden_cli::ScanArgs),
+    /// Manage the local advisory (OSV) database.
+    #[command(subcommand)]
+    Vulndb(crate::harden_cli::VulndbCommand),
 }
 
 #[derive(Subcommand)]
@@ -426,6 +440,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Audit(command) => crate::audit_cli::run(command).await,
         Command::Sandbox(command) => crate::sandbox::run(command),
+        // ---- host hardening and supply chain (issue #11) ----
+        Command::Doctor(args) => match crate::harden_cli::doctor(args).await? {
+            false => Ok(()),
+            true => std::process::exit(1),
+        },
+        Command::Install(args) => crate::harden_cli::install(args),
+        Command::Firewall(command) => crate::harden_cli::firewall(command),
+        Command::Scan(args) => match crate::harden_cli::scan(args).await? {
+            false => Ok(()),
+            true => std::process::exit(1),
+        },
+        Command::Vulndb(command) => crate::harden_cli::vulndb(command),
         other => crate::commands::run(other).await,
     }
 }

@@ -80,7 +80,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Emergency { .. }
         | Command::Waf(_)
         | Command::Audit(_)
-        | Command::Sandbox(_) => {
+        | Command::Sandbox(_)
+        | Command::Doctor(_)
+        | Command::Install(_)
+        | Command::Firewall(_)
+        | Command::Scan(_)
+        | Command::Vulndb(_) => {
             unreachable!("handled in cli::run")
         }
     }

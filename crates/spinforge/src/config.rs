@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub audit: AuditFileConfig,
     #[serde(default)]
     pub sandbox: SandboxFileConfig,
+    #[serde(default)]
+    pub supply_chain: SupplyChainFileConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -412,6 +414,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
     }
 
+    hub.supply_chain = supply_chain_policy(&file.supply_chain, &data_dir)?;
     let identity = identity_config(&file.identity)?;
     let oidc = oidc_providers(&file.identity.oidc)?;
     // ---- shield ----
@@ -627,3 +630,89 @@ fn resolve_sink(file: AuditSinkFile, name: &str) -> anyhow::Result<audit::SinkCo
         webhook,
     })
 }
+
+// ---- [supply_chain] (issue #11) --------------------------------------------
+
+/// `[supply_chain]`: refuse deploys whose lockfiles pin versions with
+/// known advisories (from `spinforge vulndb import`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupplyChainFileConfig {
+    /// Every site (default false).
+    pub refuse_vulnerable: Option<bool>,
+    /// Only these sites, when not every site.
+    #[serde(default)]
+    pub refuse_vulnerable_sites: Vec<String>,
+    /// `low`, `medium`, `high` (default) or `critical`.
+    pub min_severity: Option<String>,
+}
+
+fn supply_chain_policy(
+    file: &SupplyChainFileConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<harden::scan::DeployPolicy>> {
+    let global = file.refuse_vulnerable.unwrap_or(false);
+    if !global && file.refuse_vulnerable_sites.is_empty() {
+        if file.min_severity.is_some() {
+            bail!("supply_chain.min_severity needs refuse_vulnerable or refuse_vulnerable_sites");
+        }
+        return Ok(None);
+    }
+    for site in &file.refuse_vulnerable_sites {
+        if site.is_empty() || site.len() > 253 || site.contains(char::is_whitespace) {
+            bail!("supply_chain.refuse_vulnerable_sites: `{site}` is not a domain");
+        }
+    }
+    let threshold = file
+        .min_severity
+        .as_deref()
+        .map(|s| crate::harden_cli::severity(s, "supply_chain.min_severity"))
+        .transpose()?;
+    Ok(Some(harden::scan::DeployPolicy {
+        global,
+        sites: file.refuse_vulnerable_sites.clone(),
+        threshold,
+        data_dir: data_dir.to_path_buf(),
+    }))
+}
+
+#[cfg(test)]
+mod supply_chain_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Option<harden::scan::DeployPolicy>> {
+        let file = toml::from_str::<FileConfig>(text)?;
+        supply_chain_policy(&file.supply_chain, std::path::Path::new("d"))
+    }
+
+    #[test]
+    fn the_policy_is_off_by_default_and_per_site_or_global() {
+        assert!(parse("").expect("empty").is_none());
+        let policy = parse("[supply_chain]\nrefuse_vulnerable_sites = [\"a.example\"]\n")
+            .expect("valid")
+            .expect("on");
+        assert!(policy.applies_to("a.example") && !policy.applies_to("b.example"));
+        let policy =
+            parse("[supply_chain]\nrefuse_vulnerable = true\nmin_severity = \"critical\"\n")
+                .expect("valid")
+                .expect("on");
+        assert!(policy.applies_to("b.example"));
+        assert_eq!(policy.threshold(), harden::vulndb::Severity::Critical);
+    }
+
+    #[test]
+    fn bad_policy_values_are_refused_naming_the_key() {
+        let error = parse("[supply_chain]\nrefuse_vulnerable = true\nmin_severity = \"dire\"\n")
+            .expect_err("bad severity");
+        assert!(
+            error.to_string().contains("supply_chain.min_severity"),
+            "{error}"
+        );
+        assert!(
+            parse("[supply_chain]\nrefuse_vulnerabel = true\n").is_err(),
+            "typo refused"
+        );
+    }
+}
+
+// ---- end [supply_chain] ----------------------------------------------------

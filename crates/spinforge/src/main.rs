@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod commands;
 mod config;
+mod harden_cli;
 mod identity_commands;
 mod pack;
 mod sandbox;
