@@ -232,6 +232,8 @@ pub struct SandboxFileConfig {
     pub open_files: Option<u32>,
     /// Size cap of each app's /tmp, in MiB.
     pub tmp_mb: Option<u32>,
+    /// Size of each site's persistent /data, in MiB (default 1024).
+    pub data_mb: Option<u32>,
     /// Block I/O weight, 10 to 1000, where the kernel offers one.
     pub io_weight: Option<u16>,
     /// First uid (and gid) of the range site uids come from.
@@ -248,6 +250,7 @@ pub struct SandboxSettings {
     pub cpu_percent: Option<u32>,
     pub open_files: Option<u32>,
     pub tmp_mb: Option<u32>,
+    pub data_mb: Option<u32>,
     pub io_weight: Option<u16>,
     pub uid_base: Option<u32>,
 }
@@ -274,6 +277,8 @@ fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> 
         cpu_percent: within("cpu_percent", file.cpu_percent, 1, 10_000)?,
         open_files: within("open_files", file.open_files, 16, 1_048_576)?,
         tmp_mb: within("tmp_mb", file.tmp_mb, 1, 65_536)?,
+        // ext4 with a journal needs a few MiB of its own.
+        data_mb: within("data_mb", file.data_mb, 16, 16 << 20)?,
         io_weight: within("io_weight", file.io_weight, 10, 1000)?,
         // Never uid 0 to 65535: those are the host's own users.
         uid_base: within("uid_base", file.uid_base, 65_536, u32::MAX - 65_536)?,

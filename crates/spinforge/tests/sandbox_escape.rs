@@ -15,9 +15,11 @@ const EPERM: i64 = 1;
 const ENOSPC: i64 = 28;
 const EROFS: i64 = 30;
 
-/// A server whose apps get an 8 MiB /tmp.
+/// A server whose apps get an 8 MiB /tmp and a 16 MiB /data.
 fn server() -> Server {
-    let server = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}[sandbox]\ntmp_mb = 8\n"));
+    let server = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[sandbox]\ntmp_mb = 8\ndata_mb = 16\n"
+    ));
     server.create_admin_and_login();
     server
 }
@@ -162,7 +164,7 @@ async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
         .expect("the SQLite file");
     let other_data = data_dir.join("spinlets/data").join(OTHER).join("secret");
     assert!(
-        other_data.is_file(),
+        server.seen_by_serve(&other_data).is_file(),
         "the other site's file exists on the host"
     );
     let other_release = std::fs::read_dir(data_dir.join("sites"))
@@ -223,9 +225,61 @@ async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
     // The data folder on the host belongs to the site's uid.
     let mine = data_dir.join("spinlets/data").join(SITE).join("mine");
     assert!(
-        mine.is_file(),
+        server.seen_by_serve(&mine).is_file(),
         "the app's data is on the host under its site"
     );
+}
+
+#[tokio::test]
+async fn the_data_folder_has_a_size_quota_and_a_full_one_harms_no_one_else() {
+    const SITE: &str = "full.localhost";
+    const OTHER: &str = "roomy.localhost";
+    const EDQUOT: i64 = 122;
+    let server = server();
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
+
+    let small = ask(&server, SITE, "/write?path=/data/small&mib=2").await;
+    assert_eq!(small["ok"], true, "{small}");
+    // 32 MiB into a 16 MiB data folder.
+    refused(
+        &server,
+        SITE,
+        "/write?path=/data/big&mib=32",
+        &[ENOSPC, EDQUOT],
+    )
+    .await;
+    refused(
+        &server,
+        SITE,
+        "/write?path=/data/more&mib=1",
+        &[ENOSPC, EDQUOT],
+    )
+    .await;
+
+    // On the host, the site's data takes no more than its quota.
+    let image = server
+        .data_dir
+        .join("spinlets/volumes")
+        .join(format!("{SITE}.ext4"));
+    let meta = std::fs::metadata(server.seen_by_serve(&image)).expect("the site's data image");
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 <= 16 << 20,
+        "the image holds {} bytes on the host",
+        meta.blocks() * 512
+    );
+    // Another site's data folder and the full site's /tmp still work.
+    let other = ask(&server, OTHER, "/write?path=/data/fine&mib=4").await;
+    assert_eq!(other["ok"], true, "{other}");
+    let tmp = ask(&server, SITE, "/write?path=/tmp/fine&mib=1").await;
+    assert_eq!(tmp["ok"], true, "{tmp}");
+
+    // status shows the quota and its use.
+    let sandbox = status_of(&server, SITE)["sandbox"].clone();
+    assert_eq!(sandbox["limits"]["data_bytes"], 16u64 << 20, "{sandbox}");
+    let used = sandbox["data_used_bytes"].as_u64().expect("data use");
+    assert!(used > 12 << 20 && used <= 16 << 20, "{sandbox}");
 }
 
 #[tokio::test]

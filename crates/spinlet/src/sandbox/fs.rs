@@ -101,9 +101,8 @@ pub(crate) fn enter_root(plan: &Plan) -> Result<()> {
     mkdir(&app)?;
     bind(&plan.release, &app, read_only())?;
 
-    // Limitation: /data has no size quota yet; only /tmp is capped (a
-    // loop-mounted image per site, or project quotas on the data
-    // directory's file system, would add one).
+    // The data folder is the site's own ext4 image mounted by serve
+    // (quota.rs), so its size is capped like /tmp's.
     let data = root.join("data");
     mkdir(&data)?;
     bind(&plan.data, &data, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;

@@ -11,11 +11,13 @@ mod fs;
 mod init;
 mod net;
 mod plan;
+mod quota;
 mod seccomp;
 mod sys;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
+pub use quota::private_mounts;
 
 use crate::spawn::{Launch, PlainSpawner, Spawned, Spawner};
 use cgroup::{Cgroup, CgroupHost, CgroupLimits};
@@ -54,6 +56,8 @@ pub struct SandboxConfig {
     pub open_files: u32,
     /// Size caps of /tmp (and /dev/shm), in MiB.
     pub tmp_mb: u32,
+    /// Size of each site's persistent data folder, in MiB.
+    pub data_mb: u32,
     /// Block I/O weight (10 to 1000) where the kernel offers one.
     pub io_weight: u16,
 }
@@ -71,6 +75,7 @@ impl SandboxConfig {
             cpu_percent: 100,
             open_files: 1024,
             tmp_mb: 64,
+            data_mb: 1024,
             io_weight: 100,
         }
     }
@@ -198,6 +203,20 @@ pub fn check() -> Vec<LayerCheck> {
         Err(e) => row("cgroups", false, true, e),
     }
     row("rlimits", true, true, "open files, core dumps off".into());
+    let quota = if root {
+        quota::supported()
+    } else {
+        Err(need_root("mounting a data image"))
+    };
+    row(
+        "data quota",
+        quota.is_ok(),
+        true,
+        match quota {
+            Ok(()) => "each site's /data is a loop-mounted ext4 image of fixed size".into(),
+            Err(e) => e,
+        },
+    );
     row(
         "filesystem",
         root,
@@ -219,6 +238,9 @@ pub struct LimitsInForce {
     pub cpu_percent: u32,
     pub open_files: u64,
     pub tmp_bytes: u64,
+    /// Size of the persistent /data (none when the host has no quota and
+    /// runs degraded).
+    pub data_bytes: Option<u64>,
 }
 
 /// Current use, read from the instance's cgroup.
@@ -228,6 +250,8 @@ pub struct SandboxUsage {
     pub memory_bytes: Option<u64>,
     pub processes: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Bytes in use on /data's file system (its metadata included).
+    pub data_used_bytes: Option<u64>,
     /// Layers this instance runs without (only with `allow_degraded`).
     pub missing_layers: Vec<String>,
 }
@@ -240,6 +264,8 @@ pub struct Confinement {
     cgroup: Option<Cgroup>,
     limits: LimitsInForce,
     missing: Vec<String>,
+    /// The site's data folder when it is a quota'd mount.
+    data_mount: Option<PathBuf>,
 }
 
 impl Confinement {
@@ -249,6 +275,7 @@ impl Confinement {
             memory_bytes: self.cgroup.as_ref().and_then(Cgroup::memory_bytes),
             processes: self.cgroup.as_ref().and_then(Cgroup::pids),
             oom_kills: self.cgroup.as_ref().and_then(Cgroup::oom_kills),
+            data_used_bytes: self.data_mount.as_deref().and_then(quota::used_bytes),
             missing_layers: self.missing.clone(),
         }
     }
@@ -306,6 +333,8 @@ pub struct SandboxSpawner {
     layers: Vec<LayerCheck>,
     cgroups: Option<CgroupHost>,
     uids: UidTable,
+    /// Held while a site's data image is made or mounted.
+    volumes: Mutex<()>,
     /// `allow_degraded` on a host that cannot make namespaces at all.
     plain: Option<PlainSpawner>,
 }
@@ -319,7 +348,13 @@ impl SandboxSpawner {
         let root = config.state_dir.join("root");
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
-        let layers = check();
+        let mut layers = check();
+        for layer in layers.iter_mut() {
+            if layer.layer == "data quota" && layer.supported && !quota::in_private_namespace() {
+                layer.supported = false;
+                layer.detail = "serve has no mount namespace of its own for the data images".into();
+            }
+        }
         let scope = cgroup::scope_of(&config.state_dir);
         let cgroups = CgroupHost::detect(Some(&scope)).ok();
         if let Some(host) = &cgroups {
@@ -347,6 +382,7 @@ impl SandboxSpawner {
             config,
             layers,
             cgroups,
+            volumes: Mutex::new(()),
             plain,
         })
     }
@@ -374,11 +410,19 @@ impl SandboxSpawner {
             cpu_percent: l.cpu_percent.unwrap_or(c.cpu_percent),
             open_files: u64::from(l.max_open_files.unwrap_or(c.open_files)),
             tmp_bytes: u64::from(c.tmp_mb) << 20,
+            data_bytes: Some(u64::from(c.data_mb) << 20),
         }
     }
 
     fn data_dir(&self, site: &str) -> PathBuf {
         self.config.state_dir.join("data").join(site)
+    }
+
+    fn data_image(&self, site: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("volumes")
+            .join(format!("{site}.ext4"))
     }
 }
 
@@ -430,11 +474,22 @@ impl Spawner for SandboxSpawner {
             )));
         }
         let skipped = |layer: &str| missing.iter().any(|l| l.layer == layer);
-        let limits = self.limits(launch);
+        let mut limits = self.limits(launch);
         let uid = self.uids.uid_for(&launch.site)?;
 
         let data = self.data_dir(&launch.site);
-        std::fs::create_dir_all(&data)?;
+        let quota = !skipped("data quota");
+        if quota {
+            let _one_at_a_time = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes = limits
+                .data_bytes
+                .unwrap_or(u64::from(self.config.data_mb) << 20);
+            quota::ensure_mounted(&self.data_image(&launch.site), &data, bytes, uid)
+                .map_err(|e| io::Error::other(format!("the `data quota` layer: {e}")))?;
+        } else {
+            limits.data_bytes = None;
+            std::fs::create_dir_all(&data)?;
+        }
         nix::unistd::chown(
             &data,
             Some(nix::unistd::Uid::from_raw(uid)),
@@ -470,6 +525,7 @@ impl Spawner for SandboxSpawner {
             cgroup,
             limits: limits.clone(),
             missing: missing.iter().map(|l| l.layer.to_owned()).collect(),
+            data_mount: quota.then(|| data.clone()),
         };
 
         let mut env = launch.env.clone();
@@ -559,6 +615,10 @@ impl Spawner for SandboxSpawner {
 
     fn forget_site(&self, site: &str) {
         let data = self.data_dir(site);
+        {
+            let _one_at_a_time = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            quota::remove(&self.data_image(site), &data);
+        }
         if let Err(e) = std::fs::remove_dir_all(&data) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(site, error = %e, "app data folder not removed");
