@@ -238,6 +238,9 @@ pub struct SandboxFileConfig {
     pub io_weight: Option<u16>,
     /// First uid (and gid) of the range site uids come from.
     pub uid_base: Option<u32>,
+    /// Debug builds only, for tests of the refusal path: layers treated
+    /// as missing on this host although it has them.
+    pub debug_pretend_missing: Option<Vec<String>>,
 }
 
 /// The resolved `[sandbox]` settings.
@@ -253,6 +256,7 @@ pub struct SandboxSettings {
     pub data_mb: Option<u32>,
     pub io_weight: Option<u16>,
     pub uid_base: Option<u32>,
+    pub pretend_missing: Vec<String>,
 }
 
 fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> {
@@ -269,7 +273,12 @@ fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> 
             other => Ok(other),
         }
     }
+    let pretend_missing = file.debug_pretend_missing.unwrap_or_default();
+    if !pretend_missing.is_empty() && !cfg!(debug_assertions) {
+        bail!("sandbox.debug_pretend_missing is for tests and only read by debug builds");
+    }
     Ok(SandboxSettings {
+        pretend_missing,
         enabled: file.enabled.unwrap_or(true),
         allow_degraded: file.allow_degraded.unwrap_or(false),
         memory_mb: within("memory_mb", file.memory_mb, 16, 65_536)?,

@@ -68,6 +68,7 @@ pub fn spawner(settings: &SandboxSettings, data_dir: &Path) -> anyhow::Result<Ar
             *slot = value;
         }
     }
+    config.pretend_missing = settings.pretend_missing.clone();
     if let Some(weight) = settings.io_weight {
         config.io_weight = weight;
     }

@@ -28,6 +28,13 @@ fn server() -> Server {
 /// site's WAF is switched off: its requests look like the attacks they
 /// are, and this file tests the sandbox behind the WAF.
 async fn deploy(server: &Server, domain: &str, limits: &str) {
+    assert_ok(&try_deploy(server, domain, limits));
+    let token = server.login_token().await;
+    server.waf_off(&token, domain).await;
+}
+
+/// Runs `spinforge deploy` of the escape app and returns its output.
+fn try_deploy(server: &Server, domain: &str, limits: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("app dir");
     std::fs::write(dir.path().join("app.py"), APP).expect("write app");
     let manifest = format!(
@@ -36,12 +43,10 @@ async fn deploy(server: &Server, domain: &str, limits: &str) {
     );
     std::fs::write(dir.path().join("spinforge.toml"), manifest).expect("write manifest");
     let path = dir.path().to_str().expect("utf-8 path");
-    assert_ok(&server.cli(
+    server.cli(
         &["deploy", path, "--domain", domain, "--type", "process"],
         None,
-    ));
-    let token = server.login_token().await;
-    server.waf_off(&token, domain).await;
+    )
 }
 
 async fn ask(server: &Server, domain: &str, path: &str) -> Value {
@@ -543,4 +548,59 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_layer_the_host_lacks_stops_apps_unless_degraded_runs_are_allowed() {
+    const SITE: &str = "degraded.localhost";
+    let pretend = "debug_pretend_missing = [\"seccomp\"]\n";
+
+    // Strict (the default): the app does not start, and the answer names
+    // the layer.
+    let strict = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}[sandbox]\n{pretend}"));
+    strict.create_admin_and_login();
+    let out = try_deploy(&strict, SITE, "");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "deployed without seccomp: {said}");
+    assert!(said.contains("`seccomp`"), "the layer is not named: {said}");
+    assert!(
+        strict.log_shows("spinlet.sandbox_refused").await,
+        "the refusal is not audited"
+    );
+    let status = status_of(&strict, SITE);
+    assert_ne!(status["state"], "running", "{status}");
+
+    // allow_degraded: it starts without the layer, warns, and status
+    // says so; the app really runs without a seccomp filter.
+    let degraded = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[sandbox]\nallow_degraded = true\n{pretend}"
+    ));
+    degraded.create_admin_and_login();
+    deploy(&degraded, SITE, "").await;
+    assert!(
+        degraded.log().lines().any(|l| l.contains("WARN")
+            && l.contains("sandbox layer unavailable")
+            && l.contains("seccomp")),
+        "no warning names the layer: {}",
+        degraded.log()
+    );
+    let who = ask(&degraded, SITE, "/whoami").await["value"].clone();
+    assert_eq!(who["seccomp"], "0", "{who}");
+    assert_eq!(who["no_new_privs"], "1", "the other layers stay: {who}");
+    let status = status_of(&degraded, SITE);
+    let missing = status["sandbox"]["missing_layers"]
+        .as_array()
+        .expect("missing layers");
+    assert!(missing.contains(&Value::from("seccomp")), "{status}");
+    let shown = degraded.cli(&["status", SITE], None);
+    assert_ok(&shown);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("seccomp"),
+        "status does not show the missing layer: {}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
 }

@@ -112,6 +112,8 @@ pub struct StartError {
     /// True iff the app itself is at fault (bad command, crash, never
     /// healthy); false when we could not spawn it for our own reasons.
     pub app_fault: bool,
+    /// True iff this host refused to start apps (a sandbox layer it lacks).
+    pub host_refused: bool,
 }
 
 /// The live numbers of one site's app.
@@ -457,6 +459,7 @@ impl Supervisor {
                     message: "the site changed while its app was starting".into(),
                     log_tail: Vec::new(),
                     app_fault: false,
+                    host_refused: false,
                 })
             }
             Ok(_) => Ok(()),
@@ -550,6 +553,7 @@ impl Supervisor {
             message: format!("cannot open the app log: {e}"),
             log_tail: Vec::new(),
             app_fault: false,
+            host_refused: false,
         })?;
         let instance = self.start_instance(&slot, &spec).await?;
         Ok(Candidate {
@@ -749,6 +753,7 @@ impl Supervisor {
             message,
             log_tail: Vec::new(),
             app_fault: false,
+            host_refused: false,
         };
         let argv = &spec.manifest.command;
         let first = argv
@@ -758,6 +763,7 @@ impl Supervisor {
             message: e.to_string(),
             log_tail: Vec::new(),
             app_fault: true,
+            host_refused: false,
         })?;
         let port = self
             .inner
@@ -802,6 +808,7 @@ impl Supervisor {
                         e.kind(),
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
                     ),
+                    host_refused: e.kind() == std::io::ErrorKind::Unsupported,
                 });
             }
         };
@@ -867,6 +874,7 @@ impl Supervisor {
                     message: reason,
                     log_tail: slot.log.tail(20).unwrap_or_default(),
                     app_fault: true,
+                    host_refused: false,
                 })
             }
         }

@@ -60,6 +60,9 @@ pub struct SandboxConfig {
     pub data_mb: u32,
     /// Block I/O weight (10 to 1000) where the kernel offers one.
     pub io_weight: u16,
+    /// Layers treated as missing although the host has them: a test knob
+    /// (`sandbox.debug_pretend_missing`, read by debug builds only).
+    pub pretend_missing: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -77,6 +80,7 @@ impl SandboxConfig {
             tmp_mb: 64,
             data_mb: 1024,
             io_weight: 100,
+            pretend_missing: Vec::new(),
         }
     }
 }
@@ -355,6 +359,15 @@ impl SandboxSpawner {
                 layer.detail = "serve has no mount namespace of its own for the data images".into();
             }
         }
+        for name in &config.pretend_missing {
+            let layer = layers.iter_mut().find(|l| l.layer == name).ok_or_else(|| {
+                io::Error::other(format!(
+                    "sandbox.debug_pretend_missing: no layer is called `{name}`"
+                ))
+            })?;
+            layer.supported = false;
+            layer.detail = "treated as missing (sandbox.debug_pretend_missing)".into();
+        }
         let scope = cgroup::scope_of(&config.state_dir);
         let cgroups = CgroupHost::detect(Some(&scope)).ok();
         if let Some(host) = &cgroups {
@@ -467,11 +480,14 @@ impl Spawner for SandboxSpawner {
         {
             tracing::warn!(target: "spinforge::audit", event = "spinlet.sandbox_refused",
                 site = %launch.site, layer = refused.layer, "app not started: sandbox layer missing");
-            return Err(io::Error::other(format!(
-                "the sandbox layer `{}` is not available on this host ({}); apps do not start \
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the sandbox layer `{}` is not available on this host ({}); apps do not start \
                  without it unless sandbox.allow_degraded = true",
-                refused.layer, refused.detail
-            )));
+                    refused.layer, refused.detail
+                ),
+            ));
         }
         let skipped = |layer: &str| missing.iter().any(|l| l.layer == layer);
         let mut limits = self.limits(launch);
