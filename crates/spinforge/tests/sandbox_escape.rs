@@ -604,3 +604,127 @@ async fn a_layer_the_host_lacks_stops_apps_unless_degraded_runs_are_allowed() {
         String::from_utf8_lossy(&shown.stdout)
     );
 }
+
+/// PUTs a site's sandbox settings; returns the status and the JSON body.
+async fn put_sandbox(server: &Server, token: &str, domain: &str, body: Value) -> (u16, Value) {
+    let response = common::http()
+        .put(format!(
+            "{}/api/v1/sites/{domain}/sandbox",
+            server.api_url()
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sandbox settings");
+    common::status_and_json(response).await
+}
+
+#[tokio::test]
+async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
+    const SITE: &str = "profiled.localhost";
+    const OTHER: &str = "unprofiled.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
+    let admin = server.login_token().await;
+    let before = ask(&server, SITE, "/uname").await;
+    assert_eq!(before, serde_json::json!({"ok": true, "value": "Linux"}));
+
+    let deny_uname = serde_json::json!({ "seccomp_profile": {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+        "syscalls": [{ "names": ["uname"], "action": "SCMP_ACT_ERRNO" }]
+    }});
+
+    // A developer may not set it: 403, audited, nothing changes.
+    let (status, created) = common::status_and_json(
+        common::http()
+            .post(format!("{}/api/v1/users", server.api_url()))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "email": "dev@acme.test",
+                "password": "developer pass phrase 1", "role": "developer", "customer": "acme" }))
+            .send()
+            .await
+            .expect("create developer"),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, pair) = common::status_and_json(
+        common::http()
+            .post(format!("{}/api/v1/auth/login", server.api_url()))
+            .json(&serde_json::json!({ "email": "dev@acme.test",
+                "password": "developer pass phrase 1" }))
+            .send()
+            .await
+            .expect("developer login"),
+    )
+    .await;
+    assert_eq!(status, 200, "{pair}");
+    let developer = pair["access_token"].as_str().expect("token");
+    let (status, body) = put_sandbox(&server, developer, SITE, deny_uname.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(server.log_shows("permission.denied").await);
+
+    // Malformed profiles: 400 naming the field, nothing stored.
+    for (profile, field) in [
+        (serde_json::json!({ "syscalls": [] }), "defaultAction"),
+        (
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{ "names": ["uname"], "action": "SCMP_ACT_SOMETIMES" }] }),
+            "syscalls[0].action",
+        ),
+        (
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{ "names": ["read", "write", "mount"], "action": "SCMP_ACT_ALLOW" }] }),
+            "syscalls[0].names",
+        ),
+    ] {
+        let (status, body) = put_sandbox(
+            &server,
+            &admin,
+            SITE,
+            serde_json::json!({ "seccomp_profile": profile }),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], "seccomp_profile", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(field), "{field} not named: {body}");
+    }
+    let (status, body) =
+        put_sandbox(&server, &admin, SITE, serde_json::json!({ "seccomp": 1 })).await;
+    assert_eq!(status, 400, "an unknown setting: {body}");
+    let stored: Value = common::http()
+        .get(format!("{}/api/v1/sites/{SITE}/sandbox", server.api_url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stored, serde_json::json!({ "seccomp_profile": null }));
+
+    // The admin's profile: the app's uname(2) now fails with EPERM; the
+    // app otherwise serves, and the other site is untouched.
+    let (status, body) = put_sandbox(&server, &admin, SITE, deny_uname.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.log_shows("sandbox.settings_changed").await);
+    refused(&server, SITE, "/uname", &[EPERM]).await;
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    assert_eq!(ask(&server, OTHER, "/uname").await["ok"], true);
+    // Still under the built-in allowlist, which the profile cannot loosen.
+    refused(&server, SITE, "/syscall?name=unshare", &[EPERM]).await;
+
+    // Removing the profile gives uname back.
+    let (status, _) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "seccomp_profile": null }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ask(&server, SITE, "/uname").await["ok"], true);
+}

@@ -10,7 +10,7 @@
 use crate::logs::{AppLog, LogConfig};
 use crate::manifest::{self, Manifest};
 use crate::ports::Ports;
-use crate::sandbox::{self, Confinement, SandboxUsage};
+use crate::sandbox::{self, Confinement, SandboxUsage, SiteSandbox};
 use crate::spawn::{Launch, Spawned, Spawner};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -629,6 +629,18 @@ impl Supervisor {
                 tracing::warn!(site = %domain, error = %e, "app logs not removed");
             }
         }
+    }
+
+    /// The site's own sandbox settings (`None`: no sandbox on this
+    /// server). Blocking file I/O; call off the async threads.
+    pub fn site_sandbox(&self, domain: &str) -> std::io::Result<Option<SiteSandbox>> {
+        self.inner.spawner.site_sandbox(domain)
+    }
+
+    /// Stores the site's sandbox settings; they apply from the app's next
+    /// start. Blocking file I/O; call off the async threads.
+    pub fn set_site_sandbox(&self, domain: &str, settings: &SiteSandbox) -> std::io::Result<()> {
+        self.inner.spawner.set_site_sandbox(domain, settings)
     }
 
     /// Stops the site's app (it starts again on the next request) and

@@ -11,12 +11,14 @@ mod fs;
 mod init;
 mod net;
 mod plan;
+mod profile;
 mod quota;
 mod seccomp;
 mod sys;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
+pub use profile::{Profile as SeccompProfile, ProfileError};
 pub use quota::private_mounts;
 
 use crate::spawn::{Launch, PlainSpawner, Spawned, Spawner};
@@ -83,6 +85,18 @@ impl SandboxConfig {
             pretend_missing: Vec::new(),
         }
     }
+}
+
+/// A site's own sandbox settings, which only an admin may change (see
+/// the hub's `sandbox_api`). Kept in `DATA/spinlets/sites/SITE.json`;
+/// they take effect at the app's next start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSandbox {
+    /// A seccomp profile in Docker's JSON format, applied on top of the
+    /// built-in allowlist (see `profile.rs`: it can only take away).
+    #[serde(default)]
+    pub seccomp_profile: Option<serde_json::Value>,
 }
 
 /// One row of `spinforge sandbox check`.
@@ -431,6 +445,21 @@ impl SandboxSpawner {
         self.config.state_dir.join("data").join(site)
     }
 
+    fn settings_file(&self, site: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("sites")
+            .join(format!("{site}.json"))
+    }
+
+    fn read_settings(&self, site: &str) -> io::Result<SiteSandbox> {
+        match std::fs::read(self.settings_file(site)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SiteSandbox::default()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn data_image(&self, site: &str) -> PathBuf {
         self.config
             .state_dir
@@ -544,6 +573,9 @@ impl Spawner for SandboxSpawner {
             data_mount: quota.then(|| data.clone()),
         };
 
+        let settings = self
+            .read_settings(&launch.site)
+            .inspect_err(|_| confinement.release())?;
         let mut env = launch.env.clone();
         env.push(("PATH".into(), SANDBOX_PATH.into()));
         env.push(("HOME".into(), "/data".into()));
@@ -569,6 +601,7 @@ impl Spawner for SandboxSpawner {
             netns: confinement.netns.is_some(),
             landlock: !skipped("landlock"),
             seccomp: !skipped("seccomp"),
+            seccomp_profile: settings.seccomp_profile,
             allow_degraded: self.config.allow_degraded,
             helper_pid: 0,
         };
@@ -629,7 +662,33 @@ impl Spawner for SandboxSpawner {
         }
     }
 
+    fn site_sandbox(&self, site: &str) -> io::Result<Option<SiteSandbox>> {
+        self.read_settings(site).map(Some)
+    }
+
+    fn set_site_sandbox(&self, site: &str, settings: &SiteSandbox) -> io::Result<()> {
+        let path = self.settings_file(site);
+        if *settings == SiteSandbox::default() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(settings).map_err(io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &path)
+    }
+
     fn forget_site(&self, site: &str) {
+        if let Err(e) = self.set_site_sandbox(site, &SiteSandbox::default()) {
+            tracing::warn!(site, error = %e, "site sandbox settings not removed");
+        }
         let data = self.data_dir(site);
         {
             let _one_at_a_time = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
