@@ -1,5 +1,6 @@
 //! A site's own sandbox settings under `/api/v1/sites/{domain}/sandbox`:
-//! its custom seccomp profile (Docker's JSON format). Admin only (the
+//! outbound internet (off by default) and a custom seccomp profile
+//! (Docker's JSON format). A PUT replaces all of them. Admin only (the
 //! `system:config` permission, declared in [`crate::access::ROUTES`]): a
 //! developer could otherwise loosen what the platform promises about
 //! every app. Changes are audited and restart the site's app, so they
@@ -32,6 +33,10 @@ pub struct SandboxDoc;
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SandboxView {
+    /// The app may connect out to the internet (never to the host,
+    /// loopback, link-local or metadata addresses, or other apps).
+    #[serde(default)]
+    outbound_internet: bool,
     /// A seccomp profile in Docker's format, added on top of the built-in
     /// allowlist (it can only deny more); `null` for none.
     #[serde(default)]
@@ -62,6 +67,7 @@ async fn site_sandbox(
         .map_err(ApiError::internal)?
         .ok_or_else(unavailable)?;
     Ok(Json(SandboxView {
+        outbound_internet: settings.outbound_internet,
         seccomp_profile: settings.seccomp_profile,
     }))
 }
@@ -91,6 +97,7 @@ async fn set_site_sandbox(
         }
     }
     let settings = SiteSandbox {
+        outbound_internet: view.outbound_internet,
         seccomp_profile: view.seccomp_profile.clone(),
     };
     let supervisor = hub.supervisor().clone();
@@ -104,7 +111,7 @@ async fn set_site_sandbox(
         })?;
     tracing::info!(target: "spinforge::audit", event = "sandbox.settings_changed",
         user = %admin.0.user_id, site = %site.domain,
-        seccomp_profile = view.seccomp_profile.is_some(), "site sandbox settings changed");
+        outbound_internet = view.outbound_internet, seccomp_profile = view.seccomp_profile.is_some(), "site sandbox settings changed");
     // In force from the next start: stop the running app now (a site
     // without a running app has nothing to restart).
     let _ = hub.supervisor().restart(&site.domain).await;

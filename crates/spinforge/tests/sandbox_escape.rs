@@ -704,7 +704,10 @@ async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
         .json()
         .await
         .expect("json");
-    assert_eq!(stored, serde_json::json!({ "seccomp_profile": null }));
+    assert_eq!(
+        stored,
+        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null })
+    );
 
     // The admin's profile: the app's uname(2) now fails with EPERM; the
     // app otherwise serves, and the other site is untouched.
@@ -727,4 +730,139 @@ async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(ask(&server, SITE, "/uname").await["ok"], true);
+}
+
+/// Runs `ip` with `args` (in the calling thread's network namespace).
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's stand-in for the internet: a named network namespace of
+/// its own behind a veth pair, with an HTTP server on 198.18.0.2:8080
+/// (a benchmarking address) and a fake metadata address 169.254.169.254
+/// on the same server, so that a packet that slipped through could only
+/// ever reach this server. Removed on drop.
+struct FakeInternet {
+    name: String,
+    server: std::process::Child,
+}
+
+impl FakeInternet {
+    fn start() -> FakeInternet {
+        let name = format!("sf-inet-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", "sfinet0", "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]);
+        ip(&["addr", "add", "198.18.0.1/24", "dev", "sfinet0"]);
+        ip(&["link", "set", "sfinet0", "up"]);
+        for args in [
+            &["addr", "add", "198.18.0.2/24", "dev", "eth0"][..],
+            &["addr", "add", "169.254.169.254/32", "dev", "eth0"],
+            &["link", "set", "eth0", "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            let mut all = vec!["-n", name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        }
+        ip(&["route", "add", "169.254.169.254/32", "via", "198.18.0.2"]);
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+            ])
+            .args(["--bind", "0.0.0.0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the fake internet's server");
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect_timeout(
+                &"198.18.0.2:8080".parse().expect("address"),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        });
+        assert!(up, "the fake internet's server did not come up");
+        FakeInternet { name, server }
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_and_metadata() {
+    // This test thread, and the serve and servers it starts, live in a
+    // network namespace of their own: no route leads to any real network,
+    // and the rules serve loads stay in here.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("own network namespace");
+    ip(&["link", "set", "lo", "up"]);
+    let _internet = FakeInternet::start();
+    // A service on the "host" (this namespace), on every address.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("host service");
+    let host_port = host_service.local_addr().expect("addr").port().to_string();
+
+    const SITE: &str = "outbound.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    let admin = server.login_token().await;
+    let to = |host: &str, port: &str| format!("/connect?host={host}&port={port}");
+
+    // Off by default: no route out.
+    refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
+
+    let (status, body) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "outbound_internet": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.log_shows("sandbox.settings_changed").await);
+
+    // On: the internet answers...
+    let out = ask(&server, SITE, &to("198.18.0.2", "8080")).await;
+    assert_eq!(out["ok"], true, "{out}");
+    // ...but the metadata address, the host (through the gateway or any
+    // of its addresses), the hub API and loopback do not.
+    let api_port = server.api.port().to_string();
+    for (host, port) in [
+        ("169.254.169.254", "8080"),
+        ("100.88.0.1", host_port.as_str()),
+        ("198.18.0.1", host_port.as_str()),
+        ("100.88.0.1", api_port.as_str()),
+        ("127.0.0.1", api_port.as_str()),
+        ("127.0.0.1", host_port.as_str()),
+    ] {
+        refused(&server, SITE, &to(host, port), &[]).await;
+    }
+
+    // Off again: no way out.
+    let (status, _) = put_sandbox(&server, &admin, SITE, serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
 }

@@ -174,9 +174,19 @@ fn write_etc(plan: &Plan, etc: &Path) -> Result<()> {
             "nsswitch.conf",
             "passwd: files\ngroup: files\nhosts: files dns\n".to_owned(),
         ),
-        // Outbound traffic is off (the namespace has only `lo`): no
+        // Without outbound internet the namespace has only `lo`: no
         // resolver is reachable, so none is named.
-        ("resolv.conf", String::new()),
+        // Limitation: with it, the host's resolvers are named, which do
+        // not answer when they are on the host's loopback (a resolver
+        // address setting for spinlets would fix that).
+        (
+            "resolv.conf",
+            if plan.outbound {
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+            } else {
+                String::new()
+            },
+        ),
     ];
     for (name, text) in files {
         let path = etc.join(name);

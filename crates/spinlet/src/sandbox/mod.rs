@@ -93,6 +93,11 @@ impl SandboxConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSandbox {
+    /// The app may open connections to the internet (never to the host,
+    /// loopback, link-local or metadata addresses, or other spinlets; see
+    /// `net.rs`). Off by default.
+    #[serde(default)]
+    pub outbound_internet: bool,
     /// A seccomp profile in Docker's JSON format, applied on top of the
     /// built-in allowlist (see `profile.rs`: it can only take away).
     #[serde(default)]
@@ -221,6 +226,16 @@ pub fn check() -> Vec<LayerCheck> {
         Err(e) => row("cgroups", false, true, e),
     }
     row("rlimits", true, true, "open files, core dumps off".into());
+    let outbound = net::outbound_supported();
+    row(
+        "outbound internet",
+        outbound.is_ok(),
+        false,
+        match outbound {
+            Ok(()) => "per site, admin only: veth + NAT, never host, loopback or metadata".into(),
+            Err(e) => format!("{e}; sites with it on do not start"),
+        },
+    );
     let quota = if root {
         quota::supported()
     } else {
@@ -284,6 +299,8 @@ pub struct Confinement {
     missing: Vec<String>,
     /// The site's data folder when it is a quota'd mount.
     data_mount: Option<PathBuf>,
+    /// The link to the host of a site with outbound internet.
+    link: Option<(net::Link, Arc<net::Slots>)>,
 }
 
 impl Confinement {
@@ -317,6 +334,10 @@ impl Confinement {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             cgroup.remove();
+        }
+        if let Some((link, slots)) = &self.link {
+            link.remove();
+            slots.give_back(link);
         }
     }
 
@@ -353,6 +374,9 @@ pub struct SandboxSpawner {
     uids: UidTable,
     /// Held while a site's data image is made or mounted.
     volumes: Mutex<()>,
+    /// Outbound links in use, and whether the host's rules are loaded.
+    links: Arc<net::Slots>,
+    host_ready: Mutex<bool>,
     /// `allow_degraded` on a host that cannot make namespaces at all.
     plain: Option<PlainSpawner>,
 }
@@ -410,6 +434,8 @@ impl SandboxSpawner {
             layers,
             cgroups,
             volumes: Mutex::new(()),
+            links: Arc::new(net::Slots::default()),
+            host_ready: Mutex::new(false),
             plain,
         })
     }
@@ -443,6 +469,27 @@ impl SandboxSpawner {
 
     fn data_dir(&self, site: &str) -> PathBuf {
         self.config.state_dir.join("data").join(site)
+    }
+
+    /// A link for a site with outbound internet; loads the host's rules
+    /// on first use.
+    fn outbound_link(&self) -> io::Result<net::Link> {
+        net::outbound_supported().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("outbound internet is on for this site, but {e}"),
+            )
+        })?;
+        let mut ready = self.host_ready.lock().unwrap_or_else(|p| p.into_inner());
+        if !*ready {
+            net::prepare_host().map_err(|e| io::Error::other(format!("outbound internet: {e}")))?;
+            tracing::info!(
+                "outbound internet: forwarding on, spinforge_outbound and spinforge_nat rules loaded"
+            );
+            *ready = true;
+        }
+        drop(ready);
+        self.links.take()
     }
 
     fn settings_file(&self, site: &str) -> PathBuf {
@@ -542,10 +589,29 @@ impl Spawner for SandboxSpawner {
         )?;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
 
+        let settings = self.read_settings(&launch.site)?;
+        let link = if settings.outbound_internet && !skipped("network namespace") {
+            Some(self.outbound_link()?)
+        } else {
+            None
+        };
         let netns = if skipped("network namespace") {
             None
         } else {
-            Some(Arc::new(net::new_namespace()?))
+            let made = net::new_namespace_with(link.as_ref())
+                .and_then(|ns| {
+                    if let Some(link) = &link {
+                        link.set_up_host()?;
+                    }
+                    Ok(ns)
+                })
+                .inspect_err(|_| {
+                    if let Some(link) = &link {
+                        link.remove();
+                        self.links.give_back(link);
+                    }
+                })?;
+            Some(Arc::new(made))
         };
         let cgroup = match (&self.cgroups, skipped("cgroups")) {
             (Some(host), false) => {
@@ -571,11 +637,9 @@ impl Spawner for SandboxSpawner {
             limits: limits.clone(),
             missing: missing.iter().map(|l| l.layer.to_owned()).collect(),
             data_mount: quota.then(|| data.clone()),
+            link: link.map(|l| (l, self.links.clone())),
         };
 
-        let settings = self
-            .read_settings(&launch.site)
-            .inspect_err(|_| confinement.release())?;
         let mut env = launch.env.clone();
         env.push(("PATH".into(), SANDBOX_PATH.into()));
         env.push(("HOME".into(), "/data".into()));
@@ -602,6 +666,7 @@ impl Spawner for SandboxSpawner {
             landlock: !skipped("landlock"),
             seccomp: !skipped("seccomp"),
             seccomp_profile: settings.seccomp_profile,
+            outbound: confinement.link.is_some(),
             allow_degraded: self.config.allow_degraded,
             helper_pid: 0,
         };
