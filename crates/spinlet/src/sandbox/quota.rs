@@ -101,6 +101,10 @@ fn run(command: &mut Command, what: &str) -> io::Result<()> {
 /// owned by `uid`) on `mount_point`, unless it is mounted already.
 ///
 /// Callers serialise calls for one site.
+// Limitation: a data folder written before quotas existed is not copied
+// into the new image; its files stay on disk under the mount point,
+// hidden while it is mounted (a one-time copy into the image would move
+// them).
 // Limitation: an image keeps the size it was made with; raising
 // sandbox.data_mb later does not grow existing images (resize2fs on the
 // mounted image would).
