@@ -129,6 +129,17 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
     ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
+    // A site's own sandbox settings (sandbox_api.rs): admins only.
+    (
+        "GET",
+        "/api/v1/sites/{domain}/sandbox",
+        Needs(P::SystemConfig),
+    ),
+    (
+        "PUT",
+        "/api/v1/sites/{domain}/sandbox",
+        Needs(P::SystemConfig),
+    ),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

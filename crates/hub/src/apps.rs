@@ -83,7 +83,9 @@ pub(crate) async fn load_spec(release: &ReleaseId, dir: PathBuf) -> Result<AppSp
 /// The error a deploy or rollback returns when the new release did not
 /// become healthy: the app's fault carries its last log lines.
 pub(crate) fn start_failed(error: StartError) -> ApiError {
-    if error.app_fault {
+    if error.host_refused {
+        ApiError::Unavailable(error.message)
+    } else if error.app_fault {
         ApiError::AppFailed {
             message: error.message,
             log_tail: error.log_tail,

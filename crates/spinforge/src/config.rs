@@ -234,10 +234,15 @@ pub struct SandboxFileConfig {
     pub open_files: Option<u32>,
     /// Size cap of each app's /tmp, in MiB.
     pub tmp_mb: Option<u32>,
+    /// Size of each site's persistent /data, in MiB (default 1024).
+    pub data_mb: Option<u32>,
     /// Block I/O weight, 10 to 1000, where the kernel offers one.
     pub io_weight: Option<u16>,
     /// First uid (and gid) of the range site uids come from.
     pub uid_base: Option<u32>,
+    /// Debug builds only, for tests of the refusal path: layers treated
+    /// as missing on this host although it has them.
+    pub debug_pretend_missing: Option<Vec<String>>,
 }
 
 /// The resolved `[sandbox]` settings.
@@ -250,8 +255,10 @@ pub struct SandboxSettings {
     pub cpu_percent: Option<u32>,
     pub open_files: Option<u32>,
     pub tmp_mb: Option<u32>,
+    pub data_mb: Option<u32>,
     pub io_weight: Option<u16>,
     pub uid_base: Option<u32>,
+    pub pretend_missing: Vec<String>,
 }
 
 fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> {
@@ -268,7 +275,12 @@ fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> 
             other => Ok(other),
         }
     }
+    let pretend_missing = file.debug_pretend_missing.unwrap_or_default();
+    if !pretend_missing.is_empty() && !cfg!(debug_assertions) {
+        bail!("sandbox.debug_pretend_missing is for tests and only read by debug builds");
+    }
     Ok(SandboxSettings {
+        pretend_missing,
         enabled: file.enabled.unwrap_or(true),
         allow_degraded: file.allow_degraded.unwrap_or(false),
         memory_mb: within("memory_mb", file.memory_mb, 16, 65_536)?,
@@ -276,6 +288,8 @@ fn sandbox_settings(file: SandboxFileConfig) -> anyhow::Result<SandboxSettings> 
         cpu_percent: within("cpu_percent", file.cpu_percent, 1, 10_000)?,
         open_files: within("open_files", file.open_files, 16, 1_048_576)?,
         tmp_mb: within("tmp_mb", file.tmp_mb, 1, 65_536)?,
+        // ext4 with a journal needs a few MiB of its own.
+        data_mb: within("data_mb", file.data_mb, 16, 16 << 20)?,
         io_weight: within("io_weight", file.io_weight, 10, 1000)?,
         // Never uid 0 to 65535: those are the host's own users.
         uid_base: within("uid_base", file.uid_base, 65_536, u32::MAX - 65_536)?,

@@ -30,6 +30,14 @@ fn main() -> ExitCode {
         return spinlet::sandbox::helper_main();
     }
     let cli = cli::Cli::parse();
+    // The sandbox's data images are mounted in serve's own mount
+    // namespace, so they go away with it; unsharing it needs a process
+    // without threads, which is only true here.
+    if matches!(cli.command, cli::Command::Serve(_)) && nix::unistd::geteuid().is_root() {
+        if let Err(e) = spinlet::sandbox::private_mounts() {
+            eprintln!("warning: serve keeps the host's mount namespace: {e}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -60,6 +60,7 @@ pub fn spawner(settings: &SandboxSettings, data_dir: &Path) -> anyhow::Result<Ar
         (settings.cpu_percent, &mut config.cpu_percent),
         (settings.open_files, &mut config.open_files),
         (settings.tmp_mb, &mut config.tmp_mb),
+        (settings.data_mb, &mut config.data_mb),
         (settings.uid_base, &mut config.uid_base),
     ];
     for (value, slot) in defaults {
@@ -67,6 +68,7 @@ pub fn spawner(settings: &SandboxSettings, data_dir: &Path) -> anyhow::Result<Ar
             *slot = value;
         }
     }
+    config.pretend_missing = settings.pretend_missing.clone();
     if let Some(weight) = settings.io_weight {
         config.io_weight = weight;
     }

@@ -15,9 +15,11 @@ const EPERM: i64 = 1;
 const ENOSPC: i64 = 28;
 const EROFS: i64 = 30;
 
-/// A server whose apps get an 8 MiB /tmp.
+/// A server whose apps get an 8 MiB /tmp and a 16 MiB /data.
 fn server() -> Server {
-    let server = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}[sandbox]\ntmp_mb = 8\n"));
+    let server = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[sandbox]\ntmp_mb = 8\ndata_mb = 16\n"
+    ));
     server.create_admin_and_login();
     server
 }
@@ -26,6 +28,13 @@ fn server() -> Server {
 /// site's WAF is switched off: its requests look like the attacks they
 /// are, and this file tests the sandbox behind the WAF.
 async fn deploy(server: &Server, domain: &str, limits: &str) {
+    assert_ok(&try_deploy(server, domain, limits));
+    let token = server.login_token().await;
+    server.waf_off(&token, domain).await;
+}
+
+/// Runs `spinforge deploy` of the escape app and returns its output.
+fn try_deploy(server: &Server, domain: &str, limits: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("app dir");
     std::fs::write(dir.path().join("app.py"), APP).expect("write app");
     let manifest = format!(
@@ -34,12 +43,10 @@ async fn deploy(server: &Server, domain: &str, limits: &str) {
     );
     std::fs::write(dir.path().join("spinforge.toml"), manifest).expect("write manifest");
     let path = dir.path().to_str().expect("utf-8 path");
-    assert_ok(&server.cli(
+    server.cli(
         &["deploy", path, "--domain", domain, "--type", "process"],
         None,
-    ));
-    let token = server.login_token().await;
-    server.waf_off(&token, domain).await;
+    )
 }
 
 async fn ask(server: &Server, domain: &str, path: &str) -> Value {
@@ -162,7 +169,7 @@ async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
         .expect("the SQLite file");
     let other_data = data_dir.join("spinlets/data").join(OTHER).join("secret");
     assert!(
-        other_data.is_file(),
+        server.seen_by_serve(&other_data).is_file(),
         "the other site's file exists on the host"
     );
     let other_release = std::fs::read_dir(data_dir.join("sites"))
@@ -223,9 +230,61 @@ async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
     // The data folder on the host belongs to the site's uid.
     let mine = data_dir.join("spinlets/data").join(SITE).join("mine");
     assert!(
-        mine.is_file(),
+        server.seen_by_serve(&mine).is_file(),
         "the app's data is on the host under its site"
     );
+}
+
+#[tokio::test]
+async fn the_data_folder_has_a_size_quota_and_a_full_one_harms_no_one_else() {
+    const SITE: &str = "full.localhost";
+    const OTHER: &str = "roomy.localhost";
+    const EDQUOT: i64 = 122;
+    let server = server();
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
+
+    let small = ask(&server, SITE, "/write?path=/data/small&mib=2").await;
+    assert_eq!(small["ok"], true, "{small}");
+    // 32 MiB into a 16 MiB data folder.
+    refused(
+        &server,
+        SITE,
+        "/write?path=/data/big&mib=32",
+        &[ENOSPC, EDQUOT],
+    )
+    .await;
+    refused(
+        &server,
+        SITE,
+        "/write?path=/data/more&mib=1",
+        &[ENOSPC, EDQUOT],
+    )
+    .await;
+
+    // On the host, the site's data takes no more than its quota.
+    let image = server
+        .data_dir
+        .join("spinlets/volumes")
+        .join(format!("{SITE}.ext4"));
+    let meta = std::fs::metadata(server.seen_by_serve(&image)).expect("the site's data image");
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 <= 16 << 20,
+        "the image holds {} bytes on the host",
+        meta.blocks() * 512
+    );
+    // Another site's data folder and the full site's /tmp still work.
+    let other = ask(&server, OTHER, "/write?path=/data/fine&mib=4").await;
+    assert_eq!(other["ok"], true, "{other}");
+    let tmp = ask(&server, SITE, "/write?path=/tmp/fine&mib=1").await;
+    assert_eq!(tmp["ok"], true, "{tmp}");
+
+    // status shows the quota and its use.
+    let sandbox = status_of(&server, SITE)["sandbox"].clone();
+    assert_eq!(sandbox["limits"]["data_bytes"], 16u64 << 20, "{sandbox}");
+    let used = sandbox["data_used_bytes"].as_u64().expect("data use");
+    assert!(used > 12 << 20 && used <= 16 << 20, "{sandbox}");
 }
 
 #[tokio::test]
@@ -489,4 +548,321 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_layer_the_host_lacks_stops_apps_unless_degraded_runs_are_allowed() {
+    const SITE: &str = "degraded.localhost";
+    let pretend = "debug_pretend_missing = [\"seccomp\"]\n";
+
+    // Strict (the default): the app does not start, and the answer names
+    // the layer.
+    let strict = Server::start_with(&format!("{LOOPBACK_UPSTREAMS}[sandbox]\n{pretend}"));
+    strict.create_admin_and_login();
+    let out = try_deploy(&strict, SITE, "");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "deployed without seccomp: {said}");
+    assert!(said.contains("`seccomp`"), "the layer is not named: {said}");
+    assert!(
+        strict.log_shows("spinlet.sandbox_refused").await,
+        "the refusal is not audited"
+    );
+    let status = status_of(&strict, SITE);
+    assert_ne!(status["state"], "running", "{status}");
+
+    // allow_degraded: it starts without the layer, warns, and status
+    // says so; the app really runs without a seccomp filter.
+    let degraded = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[sandbox]\nallow_degraded = true\n{pretend}"
+    ));
+    degraded.create_admin_and_login();
+    deploy(&degraded, SITE, "").await;
+    assert!(
+        degraded.log().lines().any(|l| l.contains("WARN")
+            && l.contains("sandbox layer unavailable")
+            && l.contains("seccomp")),
+        "no warning names the layer: {}",
+        degraded.log()
+    );
+    let who = ask(&degraded, SITE, "/whoami").await["value"].clone();
+    assert_eq!(who["seccomp"], "0", "{who}");
+    assert_eq!(who["no_new_privs"], "1", "the other layers stay: {who}");
+    let status = status_of(&degraded, SITE);
+    let missing = status["sandbox"]["missing_layers"]
+        .as_array()
+        .expect("missing layers");
+    assert!(missing.contains(&Value::from("seccomp")), "{status}");
+    let shown = degraded.cli(&["status", SITE], None);
+    assert_ok(&shown);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("seccomp"),
+        "status does not show the missing layer: {}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+}
+
+/// PUTs a site's sandbox settings; returns the status and the JSON body.
+async fn put_sandbox(server: &Server, token: &str, domain: &str, body: Value) -> (u16, Value) {
+    let response = common::http()
+        .put(format!(
+            "{}/api/v1/sites/{domain}/sandbox",
+            server.api_url()
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sandbox settings");
+    common::status_and_json(response).await
+}
+
+#[tokio::test]
+async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
+    const SITE: &str = "profiled.localhost";
+    const OTHER: &str = "unprofiled.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    deploy(&server, OTHER, "").await;
+    let admin = server.login_token().await;
+    let before = ask(&server, SITE, "/uname").await;
+    assert_eq!(before, serde_json::json!({"ok": true, "value": "Linux"}));
+
+    let deny_uname = serde_json::json!({ "seccomp_profile": {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+        "syscalls": [{ "names": ["uname"], "action": "SCMP_ACT_ERRNO" }]
+    }});
+
+    // A developer may not set it: 403, audited, nothing changes.
+    let (status, created) = common::status_and_json(
+        common::http()
+            .post(format!("{}/api/v1/users", server.api_url()))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "email": "dev@acme.test",
+                "password": "developer pass phrase 1", "role": "developer", "customer": "acme" }))
+            .send()
+            .await
+            .expect("create developer"),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, pair) = common::status_and_json(
+        common::http()
+            .post(format!("{}/api/v1/auth/login", server.api_url()))
+            .json(&serde_json::json!({ "email": "dev@acme.test",
+                "password": "developer pass phrase 1" }))
+            .send()
+            .await
+            .expect("developer login"),
+    )
+    .await;
+    assert_eq!(status, 200, "{pair}");
+    let developer = pair["access_token"].as_str().expect("token");
+    let (status, body) = put_sandbox(&server, developer, SITE, deny_uname.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(server.log_shows("permission.denied").await);
+
+    // Malformed profiles: 400 naming the field, nothing stored.
+    for (profile, field) in [
+        (serde_json::json!({ "syscalls": [] }), "defaultAction"),
+        (
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{ "names": ["uname"], "action": "SCMP_ACT_SOMETIMES" }] }),
+            "syscalls[0].action",
+        ),
+        (
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{ "names": ["read", "write", "mount"], "action": "SCMP_ACT_ALLOW" }] }),
+            "syscalls[0].names",
+        ),
+    ] {
+        let (status, body) = put_sandbox(
+            &server,
+            &admin,
+            SITE,
+            serde_json::json!({ "seccomp_profile": profile }),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], "seccomp_profile", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(field), "{field} not named: {body}");
+    }
+    let (status, body) =
+        put_sandbox(&server, &admin, SITE, serde_json::json!({ "seccomp": 1 })).await;
+    assert_eq!(status, 400, "an unknown setting: {body}");
+    let stored: Value = common::http()
+        .get(format!("{}/api/v1/sites/{SITE}/sandbox", server.api_url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        stored,
+        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null })
+    );
+
+    // The admin's profile: the app's uname(2) now fails with EPERM; the
+    // app otherwise serves, and the other site is untouched.
+    let (status, body) = put_sandbox(&server, &admin, SITE, deny_uname.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.log_shows("sandbox.settings_changed").await);
+    refused(&server, SITE, "/uname", &[EPERM]).await;
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    assert_eq!(ask(&server, OTHER, "/uname").await["ok"], true);
+    // Still under the built-in allowlist, which the profile cannot loosen.
+    refused(&server, SITE, "/syscall?name=unshare", &[EPERM]).await;
+
+    // Removing the profile gives uname back.
+    let (status, _) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "seccomp_profile": null }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ask(&server, SITE, "/uname").await["ok"], true);
+}
+
+/// Runs `ip` with `args` (in the calling thread's network namespace).
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's stand-in for the internet: a named network namespace of
+/// its own behind a veth pair, with an HTTP server on 198.18.0.2:8080
+/// (a benchmarking address) and a fake metadata address 169.254.169.254
+/// on the same server, so that a packet that slipped through could only
+/// ever reach this server. Removed on drop.
+struct FakeInternet {
+    name: String,
+    server: std::process::Child,
+}
+
+impl FakeInternet {
+    fn start() -> FakeInternet {
+        let name = format!("sf-inet-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", "sfinet0", "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]);
+        ip(&["addr", "add", "198.18.0.1/24", "dev", "sfinet0"]);
+        ip(&["link", "set", "sfinet0", "up"]);
+        for args in [
+            &["addr", "add", "198.18.0.2/24", "dev", "eth0"][..],
+            &["addr", "add", "169.254.169.254/32", "dev", "eth0"],
+            &["link", "set", "eth0", "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            let mut all = vec!["-n", name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        }
+        ip(&["route", "add", "169.254.169.254/32", "via", "198.18.0.2"]);
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+            ])
+            .args(["--bind", "0.0.0.0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the fake internet's server");
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect_timeout(
+                &"198.18.0.2:8080".parse().expect("address"),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        });
+        assert!(up, "the fake internet's server did not come up");
+        FakeInternet { name, server }
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_and_metadata() {
+    // This test thread, and the serve and servers it starts, live in a
+    // network namespace of their own: no route leads to any real network,
+    // and the rules serve loads stay in here.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("own network namespace");
+    ip(&["link", "set", "lo", "up"]);
+    let _internet = FakeInternet::start();
+    // A service on the "host" (this namespace), on every address.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("host service");
+    let host_port = host_service.local_addr().expect("addr").port().to_string();
+
+    const SITE: &str = "outbound.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    let admin = server.login_token().await;
+    let to = |host: &str, port: &str| format!("/connect?host={host}&port={port}");
+
+    // Off by default: no route out.
+    refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
+
+    let (status, body) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "outbound_internet": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.log_shows("sandbox.settings_changed").await);
+
+    // On: the internet answers...
+    let out = ask(&server, SITE, &to("198.18.0.2", "8080")).await;
+    assert_eq!(out["ok"], true, "{out}");
+    // ...but the metadata address, the host (through the gateway or any
+    // of its addresses), the hub API and loopback do not.
+    let api_port = server.api.port().to_string();
+    for (host, port) in [
+        ("169.254.169.254", "8080"),
+        ("100.88.0.1", host_port.as_str()),
+        ("198.18.0.1", host_port.as_str()),
+        ("100.88.0.1", api_port.as_str()),
+        ("127.0.0.1", api_port.as_str()),
+        ("127.0.0.1", host_port.as_str()),
+    ] {
+        refused(&server, SITE, &to(host, port), &[]).await;
+    }
+
+    // Off again: no way out.
+    let (status, _) = put_sandbox(&server, &admin, SITE, serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
 }

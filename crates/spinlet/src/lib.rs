@@ -15,7 +15,7 @@ pub mod sandbox;
 pub mod spawn;
 mod supervisor;
 
-pub use sandbox::{SandboxConfig, SandboxSpawner};
+pub use sandbox::{SandboxConfig, SandboxSpawner, SiteSandbox};
 pub use spawn::{Launch, PlainSpawner, Spawned, Spawner};
 pub use supervisor::{
     AppDial, AppSpec, Candidate, Lease, SpinletStatus, StartError, State, Supervisor,

@@ -3,7 +3,7 @@
 //! spawner decides *how* (a plain process, or the sandbox in `sandbox`).
 
 use crate::manifest::Limits;
-use crate::sandbox::Confinement;
+use crate::sandbox::{Confinement, SiteSandbox};
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -49,6 +49,20 @@ pub trait Spawner: Send + Sync + 'static {
     /// The site was deleted: drop what the spawner keeps for it (its data
     /// folder).
     fn forget_site(&self, _site: &str) {}
+
+    /// The site's own sandbox settings; `None` when apps run without the
+    /// sandbox.
+    fn site_sandbox(&self, _site: &str) -> io::Result<Option<SiteSandbox>> {
+        Ok(None)
+    }
+
+    /// Stores the site's sandbox settings for its next start.
+    fn set_site_sandbox(&self, _site: &str, _settings: &SiteSandbox) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "apps on this server run without the sandbox",
+        ))
+    }
 }
 
 /// Runs the app as a plain child process of `serve`, with a clean

@@ -10,7 +10,7 @@
 use crate::logs::{AppLog, LogConfig};
 use crate::manifest::{self, Manifest};
 use crate::ports::Ports;
-use crate::sandbox::{self, Confinement, SandboxUsage};
+use crate::sandbox::{self, Confinement, SandboxUsage, SiteSandbox};
 use crate::spawn::{Launch, Spawned, Spawner};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -112,6 +112,8 @@ pub struct StartError {
     /// True iff the app itself is at fault (bad command, crash, never
     /// healthy); false when we could not spawn it for our own reasons.
     pub app_fault: bool,
+    /// True iff this host refused to start apps (a sandbox layer it lacks).
+    pub host_refused: bool,
 }
 
 /// The live numbers of one site's app.
@@ -457,6 +459,7 @@ impl Supervisor {
                     message: "the site changed while its app was starting".into(),
                     log_tail: Vec::new(),
                     app_fault: false,
+                    host_refused: false,
                 })
             }
             Ok(_) => Ok(()),
@@ -550,6 +553,7 @@ impl Supervisor {
             message: format!("cannot open the app log: {e}"),
             log_tail: Vec::new(),
             app_fault: false,
+            host_refused: false,
         })?;
         let instance = self.start_instance(&slot, &spec).await?;
         Ok(Candidate {
@@ -625,6 +629,18 @@ impl Supervisor {
                 tracing::warn!(site = %domain, error = %e, "app logs not removed");
             }
         }
+    }
+
+    /// The site's own sandbox settings (`None`: no sandbox on this
+    /// server). Blocking file I/O; call off the async threads.
+    pub fn site_sandbox(&self, domain: &str) -> std::io::Result<Option<SiteSandbox>> {
+        self.inner.spawner.site_sandbox(domain)
+    }
+
+    /// Stores the site's sandbox settings; they apply from the app's next
+    /// start. Blocking file I/O; call off the async threads.
+    pub fn set_site_sandbox(&self, domain: &str, settings: &SiteSandbox) -> std::io::Result<()> {
+        self.inner.spawner.set_site_sandbox(domain, settings)
     }
 
     /// Stops the site's app (it starts again on the next request) and
@@ -749,6 +765,7 @@ impl Supervisor {
             message,
             log_tail: Vec::new(),
             app_fault: false,
+            host_refused: false,
         };
         let argv = &spec.manifest.command;
         let first = argv
@@ -758,6 +775,7 @@ impl Supervisor {
             message: e.to_string(),
             log_tail: Vec::new(),
             app_fault: true,
+            host_refused: false,
         })?;
         let port = self
             .inner
@@ -802,6 +820,7 @@ impl Supervisor {
                         e.kind(),
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
                     ),
+                    host_refused: e.kind() == std::io::ErrorKind::Unsupported,
                 });
             }
         };
@@ -867,6 +886,7 @@ impl Supervisor {
                     message: reason,
                     log_tail: slot.log.tail(20).unwrap_or_default(),
                     app_fault: true,
+                    host_refused: false,
                 })
             }
         }

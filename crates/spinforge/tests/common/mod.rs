@@ -150,6 +150,14 @@ impl Server {
         }
     }
 
+    /// `path` (absolute) as the running serve sees it: serve has its own
+    /// mount namespace, where the sandbox mounts each site's data image.
+    pub fn seen_by_serve(&self, path: &Path) -> PathBuf {
+        let pid = self.child.as_ref().expect("serve is running").id();
+        let relative = path.strip_prefix("/").expect("an absolute path");
+        PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }

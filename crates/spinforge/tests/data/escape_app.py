@@ -8,12 +8,13 @@ from urllib.parse import urlparse, parse_qs
 PORT = int(os.environ["PORT"])
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
-SYSCALLS = {
+# Looked up on first use: a site profile may deny uname(2) itself.
+SYSCALL_TABLES = {
     "x86_64": {"ptrace": 101, "mount": 165, "unshare": 272, "keyctl": 250,
                "bpf": 321, "perf_event_open": 298, "setns": 308},
     "aarch64": {"ptrace": 117, "mount": 40, "unshare": 97, "keyctl": 219,
                 "bpf": 280, "perf_event_open": 241, "setns": 268},
-}[os.uname().machine]
+}
 
 
 def attempt(action):
@@ -46,7 +47,7 @@ def connect(host, port):
 
 
 def syscall(name):
-    nr = SYSCALLS[name]
+    nr = SYSCALL_TABLES[os.uname().machine][name]
     if name == "ptrace":
         result = LIBC.syscall(nr, 16, 1, 0, 0)  # PTRACE_ATTACH to pid 1
     elif name == "mount":
@@ -127,6 +128,7 @@ class Handler(BaseHTTPRequestHandler):
             "/membomb": lambda: {"ok": True, "value": memory_bomb(int(q["mib"]))},
             "/setuid": lambda: attempt(setuid_copy),
             "/killall": lambda: attempt(lambda: os.kill(-1, 9)),
+            "/uname": lambda: attempt(lambda: os.uname().sysname),
         }
         route = routes.get(url.path)
         body = json.dumps(route() if route else {"ok": False, "error": "no route"}).encode()

@@ -101,9 +101,8 @@ pub(crate) fn enter_root(plan: &Plan) -> Result<()> {
     mkdir(&app)?;
     bind(&plan.release, &app, read_only())?;
 
-    // Limitation: /data has no size quota yet; only /tmp is capped (a
-    // loop-mounted image per site, or project quotas on the data
-    // directory's file system, would add one).
+    // The data folder is the site's own ext4 image mounted by serve
+    // (quota.rs), so its size is capped like /tmp's.
     let data = root.join("data");
     mkdir(&data)?;
     bind(&plan.data, &data, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
@@ -175,9 +174,19 @@ fn write_etc(plan: &Plan, etc: &Path) -> Result<()> {
             "nsswitch.conf",
             "passwd: files\ngroup: files\nhosts: files dns\n".to_owned(),
         ),
-        // Outbound traffic is off (the namespace has only `lo`): no
+        // Without outbound internet the namespace has only `lo`: no
         // resolver is reachable, so none is named.
-        ("resolv.conf", String::new()),
+        // Limitation: with it, the host's resolvers are named, which do
+        // not answer when they are on the host's loopback (a resolver
+        // address setting for spinlets would fix that).
+        (
+            "resolv.conf",
+            if plan.outbound {
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+            } else {
+                String::new()
+            },
+        ),
     ];
     for (name, text) in files {
         let path = etc.join(name);

@@ -12,6 +12,7 @@
 
 use super::fs;
 use super::plan::{Plan, NETNS_FD};
+use super::profile::{self, Profile};
 use super::{seccomp, sys};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -171,13 +172,23 @@ fn init(plan: &Plan) -> Result<Never, String> {
             degrade(plan, "landlock", &e)?;
         }
     }
+    let mut site_filters = Vec::new();
     if plan.seccomp {
         seccomp::install().map_err(|e| layer("seccomp", e))?;
+        if let Some(json) = &plan.seccomp_profile {
+            // The hub checked it; a profile that no longer compiles (a
+            // newer SpinForge is stricter) stops the start, never runs
+            // the app without it.
+            site_filters = Profile::parse(json)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.compile())
+                .map_err(|e| layer("site seccomp profile", e))?;
+        }
     }
 
     let signals = handled();
     let app = match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => run_app(plan),
+        ForkResult::Child => run_app(plan, &site_filters),
         ForkResult::Parent { child } => child,
     };
     loop {
@@ -296,11 +307,13 @@ fn landlock() -> Result<(), String> {
 
 /// The app's process: default signal mask, `/app` as working folder, the
 /// plan's environment only.
-fn run_app(plan: &Plan) -> ! {
+fn run_app(plan: &Plan, site_filters: &[seccompiler::BpfProgram]) -> ! {
     let _ = SigSet::empty().thread_set_mask();
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let failed = (|| -> Result<std::convert::Infallible, String> {
         nix::unistd::chdir("/app").map_err(|e| format!("cannot enter /app: {e}"))?;
+        // Last, so that the init itself never runs under a site's rules.
+        profile::install(site_filters)?;
         let program = cstring(&plan.program)?;
         let mut argv = vec![program.clone()];
         for arg in &plan.args {

@@ -11,11 +11,15 @@ mod fs;
 mod init;
 mod net;
 mod plan;
+mod profile;
+mod quota;
 mod seccomp;
 mod sys;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
+pub use profile::{Profile as SeccompProfile, ProfileError};
+pub use quota::private_mounts;
 
 use crate::spawn::{Launch, PlainSpawner, Spawned, Spawner};
 use cgroup::{Cgroup, CgroupHost, CgroupLimits};
@@ -54,8 +58,13 @@ pub struct SandboxConfig {
     pub open_files: u32,
     /// Size caps of /tmp (and /dev/shm), in MiB.
     pub tmp_mb: u32,
+    /// Size of each site's persistent data folder, in MiB.
+    pub data_mb: u32,
     /// Block I/O weight (10 to 1000) where the kernel offers one.
     pub io_weight: u16,
+    /// Layers treated as missing although the host has them: a test knob
+    /// (`sandbox.debug_pretend_missing`, read by debug builds only).
+    pub pretend_missing: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -71,9 +80,28 @@ impl SandboxConfig {
             cpu_percent: 100,
             open_files: 1024,
             tmp_mb: 64,
+            data_mb: 1024,
             io_weight: 100,
+            pretend_missing: Vec::new(),
         }
     }
+}
+
+/// A site's own sandbox settings, which only an admin may change (see
+/// the hub's `sandbox_api`). Kept in `DATA/spinlets/sites/SITE.json`;
+/// they take effect at the app's next start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSandbox {
+    /// The app may open connections to the internet (never to the host,
+    /// loopback, link-local or metadata addresses, or other spinlets; see
+    /// `net.rs`). Off by default.
+    #[serde(default)]
+    pub outbound_internet: bool,
+    /// A seccomp profile in Docker's JSON format, applied on top of the
+    /// built-in allowlist (see `profile.rs`: it can only take away).
+    #[serde(default)]
+    pub seccomp_profile: Option<serde_json::Value>,
 }
 
 /// One row of `spinforge sandbox check`.
@@ -198,6 +226,30 @@ pub fn check() -> Vec<LayerCheck> {
         Err(e) => row("cgroups", false, true, e),
     }
     row("rlimits", true, true, "open files, core dumps off".into());
+    let outbound = net::outbound_supported();
+    row(
+        "outbound internet",
+        outbound.is_ok(),
+        false,
+        match outbound {
+            Ok(()) => "per site, admin only: veth + NAT, never host, loopback or metadata".into(),
+            Err(e) => format!("{e}; sites with it on do not start"),
+        },
+    );
+    let quota = if root {
+        quota::supported()
+    } else {
+        Err(need_root("mounting a data image"))
+    };
+    row(
+        "data quota",
+        quota.is_ok(),
+        true,
+        match quota {
+            Ok(()) => "each site's /data is a loop-mounted ext4 image of fixed size".into(),
+            Err(e) => e,
+        },
+    );
     row(
         "filesystem",
         root,
@@ -219,6 +271,9 @@ pub struct LimitsInForce {
     pub cpu_percent: u32,
     pub open_files: u64,
     pub tmp_bytes: u64,
+    /// Size of the persistent /data (none when the host has no quota and
+    /// runs degraded).
+    pub data_bytes: Option<u64>,
 }
 
 /// Current use, read from the instance's cgroup.
@@ -228,6 +283,8 @@ pub struct SandboxUsage {
     pub memory_bytes: Option<u64>,
     pub processes: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Bytes in use on /data's file system (its metadata included).
+    pub data_used_bytes: Option<u64>,
     /// Layers this instance runs without (only with `allow_degraded`).
     pub missing_layers: Vec<String>,
 }
@@ -240,6 +297,10 @@ pub struct Confinement {
     cgroup: Option<Cgroup>,
     limits: LimitsInForce,
     missing: Vec<String>,
+    /// The site's data folder when it is a quota'd mount.
+    data_mount: Option<PathBuf>,
+    /// The link to the host of a site with outbound internet.
+    link: Option<(net::Link, Arc<net::Slots>)>,
 }
 
 impl Confinement {
@@ -249,6 +310,7 @@ impl Confinement {
             memory_bytes: self.cgroup.as_ref().and_then(Cgroup::memory_bytes),
             processes: self.cgroup.as_ref().and_then(Cgroup::pids),
             oom_kills: self.cgroup.as_ref().and_then(Cgroup::oom_kills),
+            data_used_bytes: self.data_mount.as_deref().and_then(quota::used_bytes),
             missing_layers: self.missing.clone(),
         }
     }
@@ -272,6 +334,10 @@ impl Confinement {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             cgroup.remove();
+        }
+        if let Some((link, slots)) = &self.link {
+            link.remove();
+            slots.give_back(link);
         }
     }
 
@@ -306,6 +372,11 @@ pub struct SandboxSpawner {
     layers: Vec<LayerCheck>,
     cgroups: Option<CgroupHost>,
     uids: UidTable,
+    /// Held while a site's data image is made or mounted.
+    volumes: Mutex<()>,
+    /// Outbound links in use, and whether the host's rules are loaded.
+    links: Arc<net::Slots>,
+    host_ready: Mutex<bool>,
     /// `allow_degraded` on a host that cannot make namespaces at all.
     plain: Option<PlainSpawner>,
 }
@@ -319,7 +390,22 @@ impl SandboxSpawner {
         let root = config.state_dir.join("root");
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
-        let layers = check();
+        let mut layers = check();
+        for layer in layers.iter_mut() {
+            if layer.layer == "data quota" && layer.supported && !quota::in_private_namespace() {
+                layer.supported = false;
+                layer.detail = "serve has no mount namespace of its own for the data images".into();
+            }
+        }
+        for name in &config.pretend_missing {
+            let layer = layers.iter_mut().find(|l| l.layer == name).ok_or_else(|| {
+                io::Error::other(format!(
+                    "sandbox.debug_pretend_missing: no layer is called `{name}`"
+                ))
+            })?;
+            layer.supported = false;
+            layer.detail = "treated as missing (sandbox.debug_pretend_missing)".into();
+        }
         let scope = cgroup::scope_of(&config.state_dir);
         let cgroups = CgroupHost::detect(Some(&scope)).ok();
         if let Some(host) = &cgroups {
@@ -347,6 +433,9 @@ impl SandboxSpawner {
             config,
             layers,
             cgroups,
+            volumes: Mutex::new(()),
+            links: Arc::new(net::Slots::default()),
+            host_ready: Mutex::new(false),
             plain,
         })
     }
@@ -374,11 +463,55 @@ impl SandboxSpawner {
             cpu_percent: l.cpu_percent.unwrap_or(c.cpu_percent),
             open_files: u64::from(l.max_open_files.unwrap_or(c.open_files)),
             tmp_bytes: u64::from(c.tmp_mb) << 20,
+            data_bytes: Some(u64::from(c.data_mb) << 20),
         }
     }
 
     fn data_dir(&self, site: &str) -> PathBuf {
         self.config.state_dir.join("data").join(site)
+    }
+
+    /// A link for a site with outbound internet; loads the host's rules
+    /// on first use.
+    fn outbound_link(&self) -> io::Result<net::Link> {
+        net::outbound_supported().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("outbound internet is on for this site, but {e}"),
+            )
+        })?;
+        let mut ready = self.host_ready.lock().unwrap_or_else(|p| p.into_inner());
+        if !*ready {
+            net::prepare_host().map_err(|e| io::Error::other(format!("outbound internet: {e}")))?;
+            tracing::info!(
+                "outbound internet: forwarding on, spinforge_outbound and spinforge_nat rules loaded"
+            );
+            *ready = true;
+        }
+        drop(ready);
+        self.links.take()
+    }
+
+    fn settings_file(&self, site: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("sites")
+            .join(format!("{site}.json"))
+    }
+
+    fn read_settings(&self, site: &str) -> io::Result<SiteSandbox> {
+        match std::fs::read(self.settings_file(site)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SiteSandbox::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn data_image(&self, site: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("volumes")
+            .join(format!("{site}.ext4"))
     }
 }
 
@@ -423,18 +556,32 @@ impl Spawner for SandboxSpawner {
         {
             tracing::warn!(target: "spinforge::audit", event = "spinlet.sandbox_refused",
                 site = %launch.site, layer = refused.layer, "app not started: sandbox layer missing");
-            return Err(io::Error::other(format!(
-                "the sandbox layer `{}` is not available on this host ({}); apps do not start \
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the sandbox layer `{}` is not available on this host ({}); apps do not start \
                  without it unless sandbox.allow_degraded = true",
-                refused.layer, refused.detail
-            )));
+                    refused.layer, refused.detail
+                ),
+            ));
         }
         let skipped = |layer: &str| missing.iter().any(|l| l.layer == layer);
-        let limits = self.limits(launch);
+        let mut limits = self.limits(launch);
         let uid = self.uids.uid_for(&launch.site)?;
 
         let data = self.data_dir(&launch.site);
-        std::fs::create_dir_all(&data)?;
+        let quota = !skipped("data quota");
+        if quota {
+            let _one_at_a_time = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes = limits
+                .data_bytes
+                .unwrap_or(u64::from(self.config.data_mb) << 20);
+            quota::ensure_mounted(&self.data_image(&launch.site), &data, bytes, uid)
+                .map_err(|e| io::Error::other(format!("the `data quota` layer: {e}")))?;
+        } else {
+            limits.data_bytes = None;
+            std::fs::create_dir_all(&data)?;
+        }
         nix::unistd::chown(
             &data,
             Some(nix::unistd::Uid::from_raw(uid)),
@@ -442,10 +589,29 @@ impl Spawner for SandboxSpawner {
         )?;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
 
+        let settings = self.read_settings(&launch.site)?;
+        let link = if settings.outbound_internet && !skipped("network namespace") {
+            Some(self.outbound_link()?)
+        } else {
+            None
+        };
         let netns = if skipped("network namespace") {
             None
         } else {
-            Some(Arc::new(net::new_namespace()?))
+            let made = net::new_namespace_with(link.as_ref())
+                .and_then(|ns| {
+                    if let Some(link) = &link {
+                        link.set_up_host()?;
+                    }
+                    Ok(ns)
+                })
+                .inspect_err(|_| {
+                    if let Some(link) = &link {
+                        link.remove();
+                        self.links.give_back(link);
+                    }
+                })?;
+            Some(Arc::new(made))
         };
         let cgroup = match (&self.cgroups, skipped("cgroups")) {
             (Some(host), false) => {
@@ -470,6 +636,8 @@ impl Spawner for SandboxSpawner {
             cgroup,
             limits: limits.clone(),
             missing: missing.iter().map(|l| l.layer.to_owned()).collect(),
+            data_mount: quota.then(|| data.clone()),
+            link: link.map(|l| (l, self.links.clone())),
         };
 
         let mut env = launch.env.clone();
@@ -497,6 +665,8 @@ impl Spawner for SandboxSpawner {
             netns: confinement.netns.is_some(),
             landlock: !skipped("landlock"),
             seccomp: !skipped("seccomp"),
+            seccomp_profile: settings.seccomp_profile,
+            outbound: confinement.link.is_some(),
             allow_degraded: self.config.allow_degraded,
             helper_pid: 0,
         };
@@ -557,8 +727,38 @@ impl Spawner for SandboxSpawner {
         }
     }
 
+    fn site_sandbox(&self, site: &str) -> io::Result<Option<SiteSandbox>> {
+        self.read_settings(site).map(Some)
+    }
+
+    fn set_site_sandbox(&self, site: &str, settings: &SiteSandbox) -> io::Result<()> {
+        let path = self.settings_file(site);
+        if *settings == SiteSandbox::default() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(settings).map_err(io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &path)
+    }
+
     fn forget_site(&self, site: &str) {
+        if let Err(e) = self.set_site_sandbox(site, &SiteSandbox::default()) {
+            tracing::warn!(site, error = %e, "site sandbox settings not removed");
+        }
         let data = self.data_dir(site);
+        {
+            let _one_at_a_time = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            quota::remove(&self.data_image(site), &data);
+        }
         if let Err(e) = std::fs::remove_dir_all(&data) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(site, error = %e, "app data folder not removed");

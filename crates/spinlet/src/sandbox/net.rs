@@ -1,38 +1,217 @@
 //! Network isolation: each spinlet gets a network namespace with only a
 //! loopback interface, so from inside it can reach nothing but itself (no
 //! hub API, no other spinlet, no host loopback service, no metadata
-//! address, no internet). The edge and the health probe reach the app by
+//! address, no internet unless an admin turned it on for the site). The edge and the health probe reach the app by
 //! creating their socket inside that namespace: a socket stays in the
 //! namespace it was made in, wherever its descriptor is used afterwards.
+//!
+//! Outbound internet, per site and only when an admin turned it on: the
+//! namespace gets a veth pair to the host with a /30 from [`POOL`], a
+//! default route through the host, and the host masquerades it. The
+//! host's nftables tables `spinforge_outbound` (filter) and
+//! `spinforge_nat` keep even such an app away from the host itself
+//! (every packet a spinlet's veth delivers to the host is dropped: hub
+//! API, host services, whatever address it aims at), from loopback,
+//! link-local and metadata addresses (169.254.0.0/16; IPv6 is not routed
+//! at all, so fd00:ec2::254 is unreachable too), from other spinlets (the
+//! whole pool), and lets nothing from outside open a connection into a
+//! spinlet. Rules live in the host's (serve's) network namespace, out of
+//! the app's reach: the app has no capability to change its own.
 
 use super::sys;
 use nix::sched::{setns, unshare, CloneFlags};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
-
-// Limitation: outbound internet cannot be enabled for a site yet (it is
-// off for all); a per-site admin flag with a veth pair and NAT limited to
-// public addresses would add it.
 
 /// Makes a new network namespace with `lo` up and returns a descriptor
 /// that keeps it alive. The namespace goes away with the last descriptor
 /// and the last process in it.
 pub(crate) fn new_namespace() -> io::Result<OwnedFd> {
+    new_namespace_with(None)
+}
+
+/// As [`new_namespace`], plus a link to the host for outbound traffic
+/// when `outbound` is given.
+pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<OwnedFd> {
+    let outbound = outbound.cloned();
     // Network namespaces belong to threads: a short-lived thread enters
     // the new one, so no thread of serve ever leaves the host's.
     std::thread::Builder::new()
         .name("spinlet-netns".into())
-        .spawn(|| -> io::Result<OwnedFd> {
+        .spawn(move || -> io::Result<OwnedFd> {
             unshare(CloneFlags::CLONE_NEWNET)?;
             sys::loopback_up()?;
+            if let Some(link) = &outbound {
+                // A program started from this thread runs in the new
+                // namespace; `netns PID` names serve's (the host's).
+                link.set_up_inside()?;
+            }
             let file = std::fs::File::open("/proc/thread-self/ns/net")?;
             Ok(OwnedFd::from(file))
         })?
         .join()
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+/// Spinlet links take their /30s from here (shared address space, RFC
+/// 6598, which hosts rarely use for anything else).
+// Limitation: the pool is fixed, and one serve per host may have sites
+// with outbound internet (a `sandbox.outbound_pool` setting and
+// per-serve interface prefixes would lift both).
+pub(crate) const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 88, 0, 0), 16);
+/// Host-side interface names: `sfo` and the slot number.
+const PREFIX: &str = "sfo";
+
+/// One spinlet's link to the host.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub slot: u32,
+}
+
+impl Link {
+    fn host_name(&self) -> String {
+        format!("{PREFIX}{}", self.slot)
+    }
+
+    fn address(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(POOL.0) + self.slot * 4 + n)
+    }
+
+    /// Run in the new namespace: makes the pair (its host end moved to
+    /// serve's namespace), addresses the app's end and routes through
+    /// the host.
+    fn set_up_inside(&self) -> io::Result<()> {
+        let (host, app) = (self.address(1), self.address(2));
+        ip_batch(&format!(
+            "link add eth0 type veth peer name {} netns {}\n\
+             addr add {app}/30 dev eth0\n\
+             link set eth0 up\n\
+             route add default via {host}\n",
+            self.host_name(),
+            std::process::id()
+        ))
+    }
+
+    /// Run in serve's namespace, after [`Link::set_up_inside`].
+    pub(crate) fn set_up_host(&self) -> io::Result<()> {
+        ip_batch(&format!(
+            "addr add {}/30 dev {name}\nlink set {name} up\n",
+            self.address(1),
+            name = self.host_name()
+        ))
+    }
+
+    /// Deletes the pair (both ends); quiet if the namespace took it.
+    pub(crate) fn remove(&self) {
+        let _ = ip_batch(&format!("link del {}\n", self.host_name()));
+    }
+}
+
+fn tool(name: &str) -> Option<std::path::PathBuf> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn run_with_input(program: &str, args: &[&str], input: &str) -> io::Result<()> {
+    use std::io::Write;
+    let path =
+        tool(program).ok_or_else(|| io::Error::other(format!("`{program}` is not installed")))?;
+    let mut child = std::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn ip_batch(commands: &str) -> io::Result<()> {
+    run_with_input("ip", &["-batch", "-"], commands)
+}
+
+/// Whether this host can give spinlets outbound internet.
+pub(crate) fn outbound_supported() -> Result<(), String> {
+    for name in ["ip", "nft"] {
+        if tool(name).is_none() {
+            return Err(format!(
+                "`{name}` is not installed (Debian: iproute2, nftables)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turns on forwarding and (re)loads the host's rules; idempotent.
+pub(crate) fn prepare_host() -> io::Result<()> {
+    let (net, bits) = POOL;
+    let pool = format!("{net}/{bits}");
+    let rules = format!(
+        "table inet spinforge_outbound\n\
+         delete table inet spinforge_outbound\n\
+         table inet spinforge_outbound {{\n\
+           chain input {{\n\
+             type filter hook input priority filter; policy accept;\n\
+             iifname \"{PREFIX}*\" drop\n\
+           }}\n\
+           chain forward {{\n\
+             type filter hook forward priority filter; policy accept;\n\
+             iifname \"{PREFIX}*\" meta nfproto ipv6 drop\n\
+             iifname \"{PREFIX}*\" ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, \
+               224.0.0.0/3, {pool} }} drop\n\
+             oifname \"{PREFIX}*\" ct state established,related accept\n\
+             oifname \"{PREFIX}*\" drop\n\
+           }}\n\
+         }}\n\
+         table ip spinforge_nat\n\
+         delete table ip spinforge_nat\n\
+         table ip spinforge_nat {{\n\
+           chain postrouting {{\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             ip saddr {pool} oifname != \"{PREFIX}*\" masquerade\n\
+           }}\n\
+         }}\n"
+    );
+    run_with_input("nft", &["-f", "-"], &rules)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+}
+
+/// Hands out link slots (a /30 each) from the pool.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    taken: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl Slots {
+    pub(crate) fn take(&self) -> io::Result<Link> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let count = 1u32 << (32 - u32::from(POOL.1) - 2);
+        let slot = (0..count)
+            .find(|s| !taken.contains(s))
+            .ok_or_else(|| io::Error::other("no free outbound link left in the pool"))?;
+        taken.insert(slot);
+        Ok(Link { slot })
+    }
+
+    pub(crate) fn give_back(&self, link: &Link) {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.remove(&link.slot);
+    }
 }
 
 /// Connects to `addr` from inside the namespace `netns`.

@@ -40,6 +40,14 @@ pub(crate) struct Plan {
     pub landlock: bool,
     /// The seccomp allowlist.
     pub seccomp: bool,
+    /// The site's own seccomp profile (Docker's JSON format, checked by
+    /// the hub), installed on the app after the allowlist.
+    #[serde(default)]
+    pub seccomp_profile: Option<serde_json::Value>,
+    /// The site has outbound internet: /etc/resolv.conf names the host's
+    /// resolvers.
+    #[serde(default)]
+    pub outbound: bool,
     /// Keep going (with a warning in the app log) when a layer fails at
     /// run time, instead of refusing to start.
     pub allow_degraded: bool,
