@@ -92,7 +92,7 @@ fn balancer_json(config: Option<&BalancerConfig>) -> Result<Option<String>> {
         .transpose()
 }
 
-fn site_from_row(row: &SqliteRow) -> Result<Site> {
+pub(crate) fn site_from_row(row: &SqliteRow) -> Result<Site> {
     Ok(Site {
         id: SiteId(row.try_get("id")?),
         domain: row.try_get("domain")?,
