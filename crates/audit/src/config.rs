@@ -31,6 +31,8 @@ pub struct AuditConfig {
     /// How long the writer waits between tries after a failed write.
     pub retry_interval: Duration,
     pub ip_mode: IpMode,
+    /// How e-mail addresses in the metadata are kept.
+    pub email_mode: EmailMode,
     pub edge: EdgeOverflow,
     /// Where every stored event is forwarded.
     pub sink: SinkConfig,
@@ -53,6 +55,7 @@ impl Default for AuditConfig {
             record_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
             ip_mode: IpMode::Truncated,
+            email_mode: EmailMode::Full,
             edge: EdgeOverflow::default(),
             sink: SinkConfig::default(),
             critical_sink: SinkConfig::default(),
@@ -73,6 +76,18 @@ impl Default for AuditConfig {
             .to_vec(),
         }
     }
+}
+
+/// How much of an e-mail address in an event's metadata is kept. Either
+/// way the value is encrypted under its subject's key (see
+/// [`crate::pii`]); masking also keeps the address out of the sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmailMode {
+    /// The whole address (the default: erasure can still remove it).
+    #[default]
+    Full,
+    /// `a***@example.com`.
+    Masked,
 }
 
 /// What happens to edge-only events (WAF, rate limits) when the queue is

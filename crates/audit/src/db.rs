@@ -63,8 +63,22 @@ pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, 
 }
 
 /// Appends rows whose MACs are already computed, in one transaction.
-pub(crate) async fn append(pool: &SqlitePool, rows: &[Row]) -> Result<(), sqlx::Error> {
+/// New subject keys (see [`crate::pii`]) are stored in the same
+/// transaction as the rows they protect.
+pub(crate) async fn append(
+    pool: &SqlitePool,
+    rows: &[Row],
+    fresh_keys: &[(String, Vec<u8>)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    for (subject, wrapped) in fresh_keys {
+        sqlx::query("INSERT INTO audit_pii_keys (subject, wrapped, created_at) VALUES (?, ?, ?)")
+            .bind(subject)
+            .bind(wrapped)
+            .bind(crate::event::now_us())
+            .execute(&mut *tx)
+            .await?;
+    }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut insert =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
