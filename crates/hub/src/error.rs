@@ -73,6 +73,9 @@ pub enum ApiError {
     /// A service we depend on (a login provider) failed or is busy.
     #[error("{0}")]
     Unavailable(String),
+    /// The client has not given the consent purpose the route needs.
+    #[error("this needs your consent to `{0}` processing: POST /api/v1/me/consents")]
+    ConsentRequired(&'static str),
     /// Our side. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -114,6 +117,11 @@ impl ApiError {
             }
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::ConsentRequired(_) => (
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                "consent_required",
+                Some("purpose"),
+            ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

@@ -191,6 +191,14 @@ pub enum Command {
     /// Read the audit log, or verify a data directory's audit chain.
     #[command(subcommand)]
     Audit(crate::audit_cli::AuditCommand),
+    // --- privacy (issue #9) ---
+    /// Export or erase everything stored about a user (admins).
+    Privacy {
+        #[command(subcommand)]
+        command: crate::privacy_cli::PrivacyCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
 }
 
 #[derive(Subcommand)]

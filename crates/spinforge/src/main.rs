@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod identity_commands;
 mod pack;
+mod privacy_cli;
 mod sandbox;
 mod serve;
 mod shield_cmd;

@@ -121,6 +121,11 @@ impl PrivacyStore for SqliteStore {
             .bind(user.id.0)
             .execute(&mut *tx)
             .await?;
+        // The planner's samples (sqlite_stat4) copy index keys such as
+        // addresses; sampling again replaces them.
+        for sql in ["ANALYZE users", "ANALYZE login_failures"] {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(Erased {
             user,
