@@ -346,7 +346,12 @@ async fn export(
         audit_events,
         audit_events_truncated,
     };
-    let data = serde_json::to_string(&data).map_err(ApiError::internal)?;
+    // Through a JSON value, so the text is what any reader gets back by
+    // parsing `data` and writing it compactly again: that is what the
+    // checksum is over.
+    let data = serde_json::to_value(&data)
+        .map_err(ApiError::internal)?
+        .to_string();
     let sha256 = hex::encode(Sha256::digest(data.as_bytes()));
 
     // Fail closed: an export nobody can account for is not handed out.
