@@ -212,6 +212,12 @@ pub struct RollbackRequest {
     pub release: Option<String>,
 }
 
+/// A site's customer as site audit events carry it, for the scoped reads
+/// of `GET /api/v1/audit`; empty (no tag) for platform sites.
+fn customer_tag(customer: Option<store::CustomerId>) -> String {
+    customer.map(|c| c.to_string()).unwrap_or_default()
+}
+
 pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -368,7 +374,7 @@ async fn delete_site(
         .await
         .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.delete", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -407,8 +413,10 @@ async fn upload_release(
     Path(domain): Path<String>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    hub.site_for(&caller, Permission::ReleasesDeploy, &domain)
-        .await?;
+    let customer = hub
+        .site_for(&caller, Permission::ReleasesDeploy, &domain)
+        .await?
+        .customer;
     let who = caller.0;
     // The deploy runs in its own task: a client that hangs up must not
     // cancel it between its steps (between the commit and the route push,
@@ -422,7 +430,7 @@ async fn upload_release(
             "failure"
         };
         tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
-            site = ?domain, result);
+            site = ?domain, result, customer = %customer_tag(customer));
         release
     })
     .await
@@ -457,7 +465,7 @@ async fn rollback(
         .await
         .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.rollback", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(Json(site.into()))
 }
 
@@ -602,7 +610,7 @@ async fn restart_site(
         .await
         .map_err(|e| ApiError::invalid("domain", e.to_string()))?;
     tracing::info!(target: "spinforge::audit", event = "site.restart", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(StatusCode::NO_CONTENT)
 }
 
