@@ -16,6 +16,12 @@ pub struct AuditConfig {
     pub fsync: bool,
     /// Most events written in one transaction.
     pub batch_max: usize,
+    /// SQLite page cache of each of the log's connections, in MiB. The
+    /// writer touches one leaf page per distinct user, resource and
+    /// customer in a batch; when those do not fit, every insert reads a
+    /// page back and spills dirty ones mid-transaction (see
+    /// docs/BENCHMARKS.md, audit section).
+    pub cache_mib: u32,
     /// How long the writer waits for more events before committing a
     /// batch that is not full. Zero commits at once (group commit still
     /// batches whatever queued up meanwhile).
@@ -48,6 +54,7 @@ impl Default for AuditConfig {
             key_dir: None,
             fsync: true,
             batch_max: 1024,
+            cache_mib: 32,
             batch_delay: Duration::ZERO,
             queue_capacity: 65_536,
             checkpoint_every: 10_000,

@@ -31,6 +31,16 @@ pub enum OpenMode {
 }
 
 pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, AuditError> {
+    open_with_cache(data_dir, mode, None).await
+}
+
+/// [`open`] with a page cache of `cache_mib` MiB per connection (SQLite's
+/// default, 2 MiB, when `None`).
+pub(crate) async fn open_with_cache(
+    data_dir: &Path,
+    mode: OpenMode,
+    cache_mib: Option<u32>,
+) -> Result<SqlitePool, AuditError> {
     let path = data_dir.join(store::DB_FILE);
     if !path.exists() {
         return Err(AuditError::NoStore(data_dir.display().to_string()));
@@ -46,6 +56,10 @@ pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, 
         OpenMode::Write { fsync: false } => options.synchronous(SqliteSynchronous::Normal),
         OpenMode::ReadOnly => options.read_only(true),
     };
+    if let Some(mib) = cache_mib.filter(|m| *m > 0) {
+        // Negative: a size in KiB rather than a page count.
+        options = options.pragma("cache_size", format!("-{}", u64::from(mib) * 1024));
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)

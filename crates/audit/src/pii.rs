@@ -61,6 +61,34 @@ pub fn mask_email(text: &str) -> String {
     }
 }
 
+/// How a log field is shown when personal data is masked: `None` keeps
+/// it as it is, `Some(None)` leaves it out (user agents), `Some(text)`
+/// replaces it (addresses anonymised, e-mail addresses masked). `text`
+/// is the field as written, quotes and all.
+pub fn mask_log_value(field: &str, text: &str) -> Option<Option<String>> {
+    let bare = text.trim_matches('"');
+    match field {
+        "user_agent" => Some(None),
+        "client_ip" | "ip" | "peer" | "client" => {
+            // `Some(1.2.3.4)` from Option fields, or a socket address.
+            let inner = bare
+                .strip_prefix("Some(")
+                .and_then(|t| t.strip_suffix(')'))
+                .unwrap_or(bare);
+            let ip = inner
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .or_else(|| inner.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+            // Not an address we can cut: left out.
+            Some(ip.map(|ip| crate::anonymise_ip(ip).to_string()))
+        }
+        _ if bare.contains('@') && (is_personal_key(field) || bare.contains('.')) => {
+            Some(Some(mask_email(bare)))
+        }
+        _ => None,
+    }
+}
+
 /// The subject keys and the key that wraps them; shared by the writer
 /// and every reader of one log.
 pub struct Vault {
@@ -392,6 +420,24 @@ mod tests {
         assert_eq!(mask_email("alice@example.com"), "a***@example.com");
         assert_eq!(mask_email("not-an-address"), "not-an-address");
         assert_eq!(mask_email("@example.com"), "@example.com");
+    }
+
+    #[test]
+    fn masked_logs_cut_addresses_and_drop_user_agents() {
+        assert_eq!(
+            mask_log_value("client_ip", "203.0.113.9"),
+            Some(Some("203.0.113.0".into()))
+        );
+        assert_eq!(
+            mask_log_value("client_ip", "Some(2001:db8:1:2::9)"),
+            Some(Some("2001:db8:1::".into()))
+        );
+        assert_eq!(mask_log_value("user_agent", "\"curl/8\""), Some(None));
+        assert_eq!(
+            mask_log_value("subject", "\"bob@example.com\""),
+            Some(Some("b***@example.com".into()))
+        );
+        assert_eq!(mask_log_value("site", "shop.example.com"), None);
     }
 
     #[test]

@@ -65,11 +65,12 @@ impl Auditor {
     /// and starts the writer. Fails if the first writes fail: a platform
     /// whose audit log is broken does not start.
     pub async fn start(data_dir: &Path, config: AuditConfig) -> Result<Auditor, AuditError> {
-        let pool = db::open(
+        let pool = db::open_with_cache(
             data_dir,
             OpenMode::Write {
                 fsync: config.fsync,
             },
+            Some(config.cache_mib),
         )
         .await?;
         let key_dir = config

@@ -491,3 +491,30 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     );
     assert_ok(&verify);
 }
+
+#[tokio::test]
+async fn a_masked_log_shows_no_full_address_ip_or_user_agent() {
+    let server = Server::start_in_workspace(&["--log-pii", "masked"]);
+    let login = json!({ "email": "leak.check@example.org", "password": "wrong password here" });
+    let response = http()
+        .post(format!("{}/api/v1/auth/login", server.api_url()))
+        .header("user-agent", "LeakyAgent/9.9")
+        .json(&login)
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), 401);
+    assert!(
+        server.log_shows("l***@example.org").await,
+        "the failed login is logged, masked:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(!log.contains("leak.check@example.org"), "{log}");
+    assert!(!log.contains("LeakyAgent"), "{log}");
+    assert!(!log.contains("client_ip=127.0.0.1"), "{log}");
+    assert!(
+        log.contains("client_ip=127.0.0.0"),
+        "the address is cut, not lost: {log}"
+    );
+}
