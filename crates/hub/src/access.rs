@@ -146,6 +146,9 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
 /// Routes that process personal data for a purpose beyond the necessary:
 /// the caller must hold that consent (`/api/v1/me/consents`), or the
 /// answer is 451 naming the purpose. Checked after [`ROUTES`].
+// Limitation: only hub routes can require a consent; site visitors are
+// not platform users (a consent cookie checked by the shield would let a
+// site option require one at the edge).
 pub const CONSENT_ROUTES: &[(&str, &str, store::Purpose)] =
     &[("GET", "/api/v1/me/activity", store::Purpose::Analytics)];
 
