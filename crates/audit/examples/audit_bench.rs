@@ -82,7 +82,7 @@ async fn append_with(
     n: u64,
     producers: u64,
     config: AuditConfig,
-    make: fn(u64) -> AuditEvent,
+    make: MakeEvent,
 ) -> (f64, tempfile::TempDir) {
     let dir = data_dir().await;
     let auditor = Auditor::start(dir.path(), config).await.expect("start");
@@ -331,7 +331,7 @@ async fn main() {
     println!("### Append throughput ({APPEND_EVENTS} events, 4 producers, the real writer)\n");
     println!("| settings | fsync on (FULL) | fsync off (NORMAL) |\n|---|---:|---:|");
     let defaults = AuditConfig::default();
-    let cases: [(&str, AuditConfig, fn(u64) -> AuditEvent); 4] = [
+    let cases: [(&str, AuditConfig, MakeEvent); 4] = [
         (
             "before: 2 MiB page cache, batches up to 1,024",
             AuditConfig {
@@ -497,6 +497,9 @@ async fn main() {
         fill.as_secs_f64()
     );
 }
+
+/// Builds bench event `i`.
+type MakeEvent = fn(u64) -> AuditEvent;
 
 /// Builds the query of run `i` of one class.
 type MakeQuery = Box<dyn Fn(u64) -> AuditQuery>;

@@ -284,9 +284,9 @@ impl Vault {
         let mut keys: HashMap<String, Option<Arc<LessSafeKey>>> = HashMap::new();
         for row in rows.iter() {
             for subject in sealed_subjects(row) {
-                if !keys.contains_key(&subject) {
-                    let key = self.load_key(pool, &subject).await?;
-                    keys.insert(subject, key);
+                if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(subject) {
+                    let key = self.load_key(pool, slot.key()).await?;
+                    slot.insert(key);
                 }
             }
         }
