@@ -61,6 +61,10 @@ async fn developer(server: &Server, admin: &str, email: &str, name: &str) -> (i6
     (created["id"].as_i64().expect("id"), token)
 }
 
+async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
+    call(server, Method::GET, path, Some(token), None).await
+}
+
 async fn consent(server: &Server, token: &str, purpose: &str, granted: bool) -> (u16, Value) {
     let body = json!({ "purpose": purpose, "granted": granted });
     call(
@@ -84,6 +88,34 @@ fn bundle() -> Vec<u8> {
         .append_data(&mut header, "index.html", &page[..])
         .expect("append");
     builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+/// As the user of `token`: a site `domain` with one release, and an API
+/// key named `key_name`. Returns the release.
+async fn site_release_and_key(server: &Server, token: &str, domain: &str, key_name: &str) -> Value {
+    let site = json!({ "domain": domain });
+    let (status, _) = call(
+        server,
+        Method::POST,
+        "/api/v1/sites",
+        Some(token),
+        Some(site),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, release) = upload(server, token, domain, bundle()).await;
+    assert_eq!(status, 201, "{release}");
+    let key = json!({ "name": key_name, "permissions": ["sites:read"] });
+    let (status, _) = call(
+        server,
+        Method::POST,
+        "/api/v1/apikeys",
+        Some(token),
+        Some(key),
+    )
+    .await;
+    assert_eq!(status, 201);
+    release
 }
 
 /// The SHA-256 an export states, and the one of its `data` as sent.
@@ -117,14 +149,7 @@ async fn a_consent_bound_route_answers_451_until_its_purpose_is_given() {
     let admin = server.admin_token().await;
     let (_, dev) = developer(&server, &admin, "consent.dev@example.org", "Connie Sent").await;
 
-    let (status, refused) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/activity",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, refused) = get(&server, "/api/v1/me/activity", &dev).await;
     assert_eq!(status, 451, "{refused}");
     assert_eq!(refused["error"]["code"], "consent_required");
     assert_eq!(refused["error"]["field"], "purpose");
@@ -133,28 +158,14 @@ async fn a_consent_bound_route_answers_451_until_its_purpose_is_given() {
 
     // Another purpose does not open it.
     assert_eq!(consent(&server, &dev, "marketing", true).await.0, 201);
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/activity",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, _) = get(&server, "/api/v1/me/activity", &dev).await;
     assert_eq!(status, 451);
 
     let (status, given) = consent(&server, &dev, "analytics", true).await;
     assert_eq!(status, 201, "{given}");
     assert_eq!(given["client_ip"], "127.0.0.0", "stored anonymised");
     assert_eq!(given["user_agent"], "privacy-test/2.0");
-    let (status, activity) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/activity",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, activity) = get(&server, "/api/v1/me/activity", &dev).await;
     assert_eq!(status, 200, "{activity}");
     assert!(
         activity["by_type"]["auth.succeeded"].as_u64() >= Some(1),
@@ -163,23 +174,9 @@ async fn a_consent_bound_route_answers_451_until_its_purpose_is_given() {
 
     // Withdrawn: refused again, and the history keeps all three acts.
     assert_eq!(consent(&server, &dev, "analytics", false).await.0, 201);
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/activity",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, _) = get(&server, "/api/v1/me/activity", &dev).await;
     assert_eq!(status, 451);
-    let (status, consents) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/consents",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, consents) = get(&server, "/api/v1/me/consents", &dev).await;
     assert_eq!(status, 200);
     assert_eq!(consents["current"]["analytics"], false);
     assert_eq!(consents["current"]["marketing"], true);
@@ -223,23 +220,14 @@ async fn a_consent_bound_route_answers_451_until_its_purpose_is_given() {
         assert_eq!(status, 400, "{error}");
         assert_eq!(error["error"]["field"], field);
     }
-    let (_, after) = call(
-        &server,
-        Method::GET,
-        "/api/v1/me/consents",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (_, after) = get(&server, "/api/v1/me/consents", &dev).await;
     assert_eq!(after["history"].as_array().map(Vec::len), Some(3));
 
     // The refusal is an audit event.
-    let (status, page) = call(
+    let (status, page) = get(
         &server,
-        Method::GET,
         "/api/v1/audit?type=privacy.consent_missing",
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     assert_eq!(status, 200);
@@ -253,29 +241,8 @@ async fn an_export_holds_the_users_data_and_its_checksum_matches() {
     let server = Server::start();
     let admin = server.admin_token().await;
     let (id, dev) = developer(&server, &admin, "export.dev@example.org", "Ex Porter").await;
-    let site = json!({ "domain": "export-site.example.com" });
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/sites",
-        Some(&dev),
-        Some(site),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, release) = upload(&server, &dev, "export-site.example.com", bundle()).await;
-    assert_eq!(status, 201, "{release}");
+    let release = site_release_and_key(&server, &dev, "export-site.example.com", "export-ci").await;
     assert_eq!(consent(&server, &dev, "functional", true).await.0, 201);
-    let key = json!({ "name": "export-ci", "permissions": ["sites:read"] });
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/apikeys",
-        Some(&dev),
-        Some(key),
-    )
-    .await;
-    assert_eq!(status, 201);
 
     let response = http()
         .get(format!("{}/api/v1/me/export", server.api_url()))
@@ -325,28 +292,14 @@ async fn an_export_holds_the_users_data_and_its_checksum_matches() {
     assert_eq!(export["data"]["profile"]["id"], id);
 
     // Both exports are audited, naming whose data left.
-    let (_, page) = call(
-        &server,
-        Method::GET,
-        "/api/v1/audit?type=privacy.export",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (_, page) = get(&server, "/api/v1/audit?type=privacy.export", &admin).await;
     let exports = page["events"].as_array().expect("events");
     assert_eq!(exports.len(), 2, "{page}");
     assert!(exports.iter().all(|e| e["metadata"]["subject_user"] == id));
     assert_eq!(exports[0]["metadata"]["sha256"], stated.as_str());
 
     // A developer cannot export someone else.
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        "/api/v1/users/1/export",
-        Some(&dev),
-        None,
-    )
-    .await;
+    let (status, _) = get(&server, "/api/v1/users/1/export", &dev).await;
     assert_eq!(status, 403);
 }
 
@@ -370,34 +323,11 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     .await;
     assert_eq!(status, 401);
     assert_eq!(consent(&server, &dev, "analytics", true).await.0, 201);
-    let site = json!({ "domain": "zelda-site.example.com" });
-    let (status, _) = call(
+    site_release_and_key(&server, &dev, "zelda-site.example.com", "zelda-ci").await;
+    let (_, before) = get(
         &server,
-        Method::POST,
-        "/api/v1/sites",
-        Some(&dev),
-        Some(site),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, _) = upload(&server, &dev, "zelda-site.example.com", bundle()).await;
-    assert_eq!(status, 201);
-    let key = json!({ "name": "zelda-ci", "permissions": ["sites:read"] });
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/apikeys",
-        Some(&dev),
-        Some(key),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (_, before) = call(
-        &server,
-        Method::GET,
         &format!("/api/v1/audit?user={id}&type=auth.succeeded"),
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     assert_eq!(before["events"][0]["metadata"]["subject"], EMAIL);
@@ -417,7 +347,7 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     .await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["error"]["field"], "confirm");
-    let (status, _) = call(&server, Method::GET, "/api/v1/whoami", Some(&dev), None).await;
+    let (status, _) = get(&server, "/api/v1/whoami", &dev).await;
     assert_eq!(status, 200, "the user is still there");
 
     let out = server.cli(
@@ -429,16 +359,9 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     assert!(said.contains("zelda-site.example.com"), "{said}");
 
     // Gone: the user, its tokens, its site.
-    let (status, _) = call(&server, Method::GET, "/api/v1/whoami", Some(&dev), None).await;
+    let (status, _) = get(&server, "/api/v1/whoami", &dev).await;
     assert_eq!(status, 401);
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        "/api/v1/sites/zelda-site.example.com",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = get(&server, "/api/v1/sites/zelda-site.example.com", &admin).await;
     assert_eq!(status, 404);
     assert_eq!(
         server.get("zelda-site.example.com", "/").await.status(),
@@ -446,25 +369,16 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     );
 
     // Its audit events stay, pseudonymous.
-    let (_, after) = call(
+    let (_, after) = get(
         &server,
-        Method::GET,
         &format!("/api/v1/audit?user={id}&type=auth.succeeded"),
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     let event = &after["events"][0];
     assert_eq!(event["metadata"]["subject"], "[erased]", "{event}");
     assert_eq!(event["user_agent"], "[erased]");
-    let (_, erase) = call(
-        &server,
-        Method::GET,
-        "/api/v1/audit?type=privacy.erase",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (_, erase) = get(&server, "/api/v1/audit?type=privacy.erase", &admin).await;
     assert_eq!(erase["events"][0]["metadata"]["subject_user"], id);
 
     // Nothing on disk names the user, while running and after a stop.
