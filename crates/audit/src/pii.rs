@@ -257,6 +257,12 @@ impl Vault {
         if let Some(agent) = row.user_agent.as_mut().filter(|a| !a.is_empty()) {
             seal_text("user_agent", agent)?;
         }
+        // Most events hold no personal metadata: skip parsing those (a
+        // value that merely contains a key's name costs only a parse).
+        let named = PERSONAL_META.iter().any(|key| row.metadata.contains(key));
+        if !named {
+            return Ok(());
+        }
         let mut meta: serde_json::Map<String, Value> =
             serde_json::from_str(&row.metadata).unwrap_or_default();
         let mut changed = false;
