@@ -350,6 +350,8 @@ async fn erasure_leaves_no_address_or_name_on_disk_and_the_chain_verifies() {
     let (status, _) = get(&server, "/api/v1/whoami", &dev).await;
     assert_eq!(status, 200, "the user is still there");
 
+    let usage = server.cli(&["privacy", "erase", EMAIL, "--with-sites"], None);
+    assert_eq!(usage.status.code(), Some(2), "--with-sites needs --confirm");
     let out = server.cli(
         &["privacy", "erase", EMAIL, "--with-sites", "--confirm"],
         None,
