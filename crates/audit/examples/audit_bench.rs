@@ -5,10 +5,19 @@
 //!
 //! cargo run --release -p audit --example audit_bench -- [EVENTS]
 //!
-//! EVENTS (default 1,000,000) is the size of the queried log.
+//! EVENTS (default 1,000,000) is the size of the queried log. The append
+//! section also takes the write path apart (MAC, personal-field sealing,
+//! SQLite settings, statement shape, indexes) to show where time goes;
+//! `bench/audit.sh` runs it all.
 
+use audit::chain::{ChainKey, Row, GENESIS};
 use audit::{AuditConfig, AuditEvent, AuditQuery, Auditor, Outcome, TypeFilter};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite};
 use std::time::{Duration, Instant};
+
+/// Events per append measurement.
+const APPEND_EVENTS: u64 = 200_000;
 
 const TYPES: [&str; 10] = [
     "auth.login",
@@ -46,6 +55,13 @@ fn event(i: u64) -> AuditEvent {
     event
 }
 
+/// A bench event with no acting user: no subject, so no field sealing.
+fn anonymous_event(i: u64) -> AuditEvent {
+    let mut e = event(i);
+    e.actor.user_id = None;
+    e
+}
+
 async fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     store::SqliteStore::open(dir.path())
@@ -59,6 +75,15 @@ async fn data_dir() -> tempfile::TempDir {
 /// Appends `n` events from `producers` tasks; returns events per second
 /// until the last one is committed.
 async fn append(n: u64, producers: u64, config: AuditConfig) -> (f64, tempfile::TempDir) {
+    append_with(n, producers, config, event).await
+}
+
+async fn append_with(
+    n: u64,
+    producers: u64,
+    config: AuditConfig,
+    make: MakeEvent,
+) -> (f64, tempfile::TempDir) {
     let dir = data_dir().await;
     let auditor = Auditor::start(dir.path(), config).await.expect("start");
     let started = Instant::now();
@@ -68,7 +93,7 @@ async fn append(n: u64, producers: u64, config: AuditConfig) -> (f64, tempfile::
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < n {
-                auditor.submit_wait(event(i)).await.expect("queue");
+                auditor.submit_wait(make(i)).await.expect("queue");
                 i += producers;
             }
         }));
@@ -102,6 +127,191 @@ async fn record_latency(n: usize, fsync: bool) -> (Duration, Duration) {
     (times[n / 2], times[n * 99 / 100])
 }
 
+/// One way of inserting precomputed rows straight through sqlx.
+struct RawVariant {
+    name: &'static str,
+    full_sync: bool,
+    cache_mib: u32,
+    rows_per_insert: usize,
+    rows_per_txn: usize,
+    filter_indexes: bool,
+}
+
+/// The rows the writer would store for `n` bench events (no sealing),
+/// with their MACs; also returns the MAC rate in rows/s.
+fn chained_rows(n: u64) -> (Vec<Row>, f64) {
+    let key = ChainKey::new(&[9; 32]);
+    let mut rows: Vec<Row> = (0..n)
+        .map(|i| {
+            let e = event(i);
+            Row {
+                seq: i as i64 + 1,
+                time_us: e.time_us,
+                kind: e.kind.clone(),
+                actor_user: e.actor.user_id,
+                actor_role: None,
+                actor_key: None,
+                client_ip: e.client_ip.map(|ip| ip.to_string()),
+                user_agent: e.user_agent.clone(),
+                resource: e.resource.clone(),
+                action: e.kind.rsplit('.').next().map(str::to_owned),
+                result: e.result.as_str().to_owned(),
+                request_id: e.request_id.clone(),
+                session_id: None,
+                customer: e.customer.clone(),
+                metadata: serde_json::Value::Object(e.metadata.clone()).to_string(),
+                prev_mac: Vec::new(),
+                mac: Vec::new(),
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let mut prev = GENESIS.to_vec();
+    for row in &mut rows {
+        row.prev_mac = prev;
+        row.mac = key.mac(&row.prev_mac, row).to_vec();
+        prev = row.mac.clone();
+    }
+    (rows, n as f64 / started.elapsed().as_secs_f64())
+}
+
+const COLUMNS: &str = "seq, time, kind, actor_user, actor_role, actor_key, client_ip, \
+    user_agent, resource, action, result, request_id, session_id, customer, metadata, \
+    prev_mac, mac";
+
+/// Inserts `rows` into a fresh store as `variant` says; rows/s.
+async fn raw_insert(rows: &[Row], variant: &RawVariant) -> f64 {
+    let dir = data_dir().await;
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join(store::DB_FILE))
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if variant.full_sync {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
+        .pragma("cache_size", format!("-{}", variant.cache_mib * 1024));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    if !variant.filter_indexes {
+        for index in [
+            "audit_events_kind",
+            "audit_events_category",
+            "audit_events_actor",
+            "audit_events_resource",
+            "audit_events_customer",
+            "audit_events_time",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {index}")))
+                .execute(&pool)
+                .await
+                .expect("drop index");
+        }
+    }
+    let started = Instant::now();
+    for batch in rows.chunks(variant.rows_per_txn) {
+        let mut tx = pool.begin().await.expect("begin");
+        for chunk in batch.chunks(variant.rows_per_insert) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            insert.push_values(chunk, |mut b, row| {
+                b.push_bind(row.seq)
+                    .push_bind(row.time_us)
+                    .push_bind(&row.kind)
+                    .push_bind(row.actor_user)
+                    .push_bind(&row.actor_role)
+                    .push_bind(&row.actor_key)
+                    .push_bind(&row.client_ip)
+                    .push_bind(&row.user_agent)
+                    .push_bind(&row.resource)
+                    .push_bind(&row.action)
+                    .push_bind(&row.result)
+                    .push_bind(&row.request_id)
+                    .push_bind(&row.session_id)
+                    .push_bind(&row.customer)
+                    .push_bind(&row.metadata)
+                    .push_bind(&row.prev_mac)
+                    .push_bind(&row.mac);
+            });
+            insert.build().execute(&mut *tx).await.expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    rate
+}
+
+async fn where_append_time_goes() {
+    println!("\n### Where the append time goes ({APPEND_EVENTS} rows)\n");
+    let (rows, mac_rate) = chained_rows(APPEND_EVENTS);
+    println!("HMAC chain alone: {mac_rate:.0} rows/s.\n");
+    println!("Raw sqlx inserts of the same precomputed rows (no writer task, no sealing):\n");
+    println!("| variant | rows/s |\n|---|---:|");
+    let writer = RawVariant {
+        name: "as the writer before: FULL, 2 MiB cache, 64 rows/INSERT, 1,024 rows/txn",
+        full_sync: true,
+        cache_mib: 2,
+        rows_per_insert: 64,
+        rows_per_txn: 1024,
+        filter_indexes: true,
+    };
+    let variants = [
+        RawVariant {
+            name: "… NORMAL instead of FULL",
+            full_sync: false,
+            ..writer
+        },
+        RawVariant {
+            name: "… FULL, 32 MiB cache",
+            cache_mib: 32,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB cache",
+            full_sync: false,
+            cache_mib: 32,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, 1 row/INSERT (prepared once, reused)",
+            full_sync: false,
+            cache_mib: 32,
+            rows_per_insert: 1,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, 4,096 rows/txn",
+            full_sync: false,
+            cache_mib: 32,
+            rows_per_txn: 4096,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, without the 6 filter indexes",
+            full_sync: false,
+            cache_mib: 32,
+            filter_indexes: false,
+            ..writer
+        },
+    ];
+    println!(
+        "| {} | {:.0} |",
+        writer.name,
+        raw_insert(&rows, &writer).await
+    );
+    for variant in &variants {
+        println!(
+            "| {} | {:.0} |",
+            variant.name,
+            raw_insert(&rows, variant).await
+        );
+    }
+}
+
 fn percentile(times: &mut [Duration], p: usize) -> Duration {
     times.sort();
     times[(times.len() * p / 100).min(times.len() - 1)]
@@ -118,20 +328,49 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
 
-    println!("### Append throughput (200,000 events, 4 producers, batches up to 1,024)\n");
-    println!("| fsync | events/s |\n|---|---:|");
-    for fsync in [true, false] {
-        let config = AuditConfig {
-            fsync,
-            ..AuditConfig::default()
-        };
-        let (rate, _dir) = append(200_000, 4, config).await;
-        println!(
-            "| {} | {:.0} |",
-            if fsync { "on (FULL)" } else { "off (NORMAL)" },
-            rate
-        );
+    println!("### Append throughput ({APPEND_EVENTS} events, 4 producers, the real writer)\n");
+    println!("| settings | fsync on (FULL) | fsync off (NORMAL) |\n|---|---:|---:|");
+    let defaults = AuditConfig::default();
+    let cases: [(&str, AuditConfig, MakeEvent); 4] = [
+        (
+            "before: 2 MiB page cache, batches up to 1,024",
+            AuditConfig {
+                cache_mib: 2,
+                ..defaults.clone()
+            },
+            event,
+        ),
+        (
+            "default now: 32 MiB page cache, batches up to 1,024",
+            defaults.clone(),
+            event,
+        ),
+        (
+            "32 MiB, batches up to 4,096",
+            AuditConfig {
+                batch_max: 4096,
+                ..defaults.clone()
+            },
+            event,
+        ),
+        (
+            "32 MiB, events naming no user (nothing to seal)",
+            defaults.clone(),
+            anonymous_event,
+        ),
+    ];
+    for (name, config, make) in cases {
+        let mut rates = Vec::new();
+        for fsync in [true, false] {
+            let config = AuditConfig {
+                fsync,
+                ..config.clone()
+            };
+            rates.push(append_with(APPEND_EVENTS, 4, config, make).await.0);
+        }
+        println!("| {name} | {:.0} | {:.0} |", rates[0], rates[1]);
     }
+    where_append_time_goes().await;
 
     println!("\n### One `record` at a time (1,000 calls, each waits for its commit)\n");
     println!("| fsync | p50 | p99 |\n|---|---:|---:|");
@@ -258,6 +497,9 @@ async fn main() {
         fill.as_secs_f64()
     );
 }
+
+/// Builds bench event `i`.
+type MakeEvent = fn(u64) -> AuditEvent;
 
 /// Builds the query of run `i` of one class.
 type MakeQuery = Box<dyn Fn(u64) -> AuditQuery>;

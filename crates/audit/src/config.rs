@@ -16,6 +16,12 @@ pub struct AuditConfig {
     pub fsync: bool,
     /// Most events written in one transaction.
     pub batch_max: usize,
+    /// SQLite page cache of each of the log's connections, in MiB. The
+    /// writer touches one leaf page per distinct user, resource and
+    /// customer in a batch; when those do not fit, every insert reads a
+    /// page back and spills dirty ones mid-transaction (see
+    /// docs/BENCHMARKS.md, audit section).
+    pub cache_mib: u32,
     /// How long the writer waits for more events before committing a
     /// batch that is not full. Zero commits at once (group commit still
     /// batches whatever queued up meanwhile).
@@ -31,6 +37,8 @@ pub struct AuditConfig {
     /// How long the writer waits between tries after a failed write.
     pub retry_interval: Duration,
     pub ip_mode: IpMode,
+    /// How e-mail addresses in the metadata are kept.
+    pub email_mode: EmailMode,
     pub edge: EdgeOverflow,
     /// Where every stored event is forwarded.
     pub sink: SinkConfig,
@@ -46,6 +54,7 @@ impl Default for AuditConfig {
             key_dir: None,
             fsync: true,
             batch_max: 1024,
+            cache_mib: 32,
             batch_delay: Duration::ZERO,
             queue_capacity: 65_536,
             checkpoint_every: 10_000,
@@ -53,6 +62,7 @@ impl Default for AuditConfig {
             record_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
             ip_mode: IpMode::Truncated,
+            email_mode: EmailMode::Full,
             edge: EdgeOverflow::default(),
             sink: SinkConfig::default(),
             critical_sink: SinkConfig::default(),
@@ -73,6 +83,18 @@ impl Default for AuditConfig {
             .to_vec(),
         }
     }
+}
+
+/// How much of an e-mail address in an event's metadata is kept. Either
+/// way the value is encrypted under its subject's key (see
+/// [`crate::pii`]); masking also keeps the address out of the sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmailMode {
+    /// The whole address (the default: erasure can still remove it).
+    #[default]
+    Full,
+    /// `a***@example.com`.
+    Masked,
 }
 
 /// What happens to edge-only events (WAF, rate limits) when the queue is

@@ -31,6 +31,16 @@ pub enum OpenMode {
 }
 
 pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, AuditError> {
+    open_with_cache(data_dir, mode, None).await
+}
+
+/// [`open`] with a page cache of `cache_mib` MiB per connection (SQLite's
+/// default, 2 MiB, when `None`).
+pub(crate) async fn open_with_cache(
+    data_dir: &Path,
+    mode: OpenMode,
+    cache_mib: Option<u32>,
+) -> Result<SqlitePool, AuditError> {
     let path = data_dir.join(store::DB_FILE);
     if !path.exists() {
         return Err(AuditError::NoStore(data_dir.display().to_string()));
@@ -46,6 +56,10 @@ pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, 
         OpenMode::Write { fsync: false } => options.synchronous(SqliteSynchronous::Normal),
         OpenMode::ReadOnly => options.read_only(true),
     };
+    if let Some(mib) = cache_mib.filter(|m| *m > 0) {
+        // Negative: a size in KiB rather than a page count.
+        options = options.pragma("cache_size", format!("-{}", u64::from(mib) * 1024));
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)
@@ -63,8 +77,22 @@ pub(crate) async fn open(data_dir: &Path, mode: OpenMode) -> Result<SqlitePool, 
 }
 
 /// Appends rows whose MACs are already computed, in one transaction.
-pub(crate) async fn append(pool: &SqlitePool, rows: &[Row]) -> Result<(), sqlx::Error> {
+/// New subject keys (see [`crate::pii`]) are stored in the same
+/// transaction as the rows they protect.
+pub(crate) async fn append(
+    pool: &SqlitePool,
+    rows: &[Row],
+    fresh_keys: &[(String, Vec<u8>)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    for (subject, wrapped) in fresh_keys {
+        sqlx::query("INSERT INTO audit_pii_keys (subject, wrapped, created_at) VALUES (?, ?, ?)")
+            .bind(subject)
+            .bind(wrapped)
+            .bind(crate::event::now_us())
+            .execute(&mut *tx)
+            .await?;
+    }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut insert =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));

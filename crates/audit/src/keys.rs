@@ -66,7 +66,7 @@ pub fn load_or_create(dir: &Path, create: bool) -> Result<(Keys, bool), AuditErr
 }
 
 /// Key bytes, wiped from memory when dropped.
-struct KeyBytes(Vec<u8>);
+pub(crate) struct KeyBytes(pub(crate) Vec<u8>);
 
 impl Drop for KeyBytes {
     fn drop(&mut self) {
@@ -74,7 +74,7 @@ impl Drop for KeyBytes {
     }
 }
 
-fn read_or_make(
+pub(crate) fn read_or_make(
     path: &Path,
     create: bool,
     make: impl FnOnce() -> Result<Vec<u8>, String>,

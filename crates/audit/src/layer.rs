@@ -142,7 +142,7 @@ impl Fields {
             }
             "request_id" => event.request_id = Some(text),
             "session_id" | "session" => event.session_id = Some(text),
-            "customer" => event.customer = Some(text),
+            "customer" => event.customer = (!text.is_empty()).then_some(text),
             _ => {
                 let value = match number {
                     Some(n) => serde_json::Value::from(n),

@@ -16,12 +16,13 @@ mod event;
 pub mod http;
 pub mod keys;
 mod layer;
+pub mod pii;
 mod query;
 mod sink;
 mod verify;
 mod writer;
 
-pub use config::{AuditConfig, EdgeOverflow, SinkConfig, SyslogTarget, WebhookSink};
+pub use config::{AuditConfig, EdgeOverflow, EmailMode, SinkConfig, SyslogTarget, WebhookSink};
 pub use db::OpenMode;
 pub use event::{
     anonymise_ip, is_secret_key, type_matches, valid_type, Actor, AuditEvent, IpMode, Outcome,

@@ -5,10 +5,12 @@
 use crate::chain::Row;
 use crate::db::{self, OpenMode};
 use crate::event::{valid_type, Outcome};
+use crate::pii::Vault;
 use crate::AuditError;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Most events one page may hold.
 pub const MAX_LIMIT: u32 = 1000;
@@ -176,17 +178,23 @@ fn empty() -> Page {
 #[derive(Clone)]
 pub struct AuditReader {
     pool: SqlitePool,
+    /// Opens the personal fields; `None` leaves them sealed.
+    pii: Option<Arc<Vault>>,
 }
 
 impl AuditReader {
-    pub(crate) fn new(pool: SqlitePool) -> AuditReader {
-        AuditReader { pool }
+    pub(crate) fn new(pool: SqlitePool, pii: Option<Arc<Vault>>) -> AuditReader {
+        AuditReader { pool, pii }
     }
 
     /// Opens the log of a (possibly stopped) data directory read-only.
     pub async fn open_read_only(data_dir: &Path) -> Result<AuditReader, AuditError> {
+        let key_dir = crate::keys::default_key_dir(data_dir);
+        // Without the key file the personal fields stay sealed.
+        let pii = Vault::load(&key_dir, false).ok().map(Arc::new);
         Ok(AuditReader::new(
             db::open(data_dir, OpenMode::ReadOnly).await?,
+            pii,
         ))
     }
 
@@ -275,10 +283,11 @@ impl AuditReader {
         .push_bind(i64::from(query.limit));
 
         let rows = sql.build().fetch_all(&self.pool).await?;
-        let events: Vec<EventView> = rows
-            .iter()
-            .map(|r| db::row_from(r).map(EventView::from))
-            .collect::<Result<_, _>>()?;
+        let mut rows: Vec<Row> = rows.iter().map(db::row_from).collect::<Result<_, _>>()?;
+        if let Some(pii) = &self.pii {
+            pii.open_rows(&self.pool, &mut rows).await?;
+        }
+        let events: Vec<EventView> = rows.into_iter().map(EventView::from).collect();
         let next_cursor = (events.len() == query.limit as usize)
             .then(|| events.last().map(|e| e.seq.to_string()))
             .flatten();

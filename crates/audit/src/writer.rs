@@ -10,6 +10,7 @@ use crate::config::AuditConfig;
 use crate::db::{self, OpenMode};
 use crate::event::{now_us, AuditEvent, Outcome};
 use crate::keys::{self, Keys};
+use crate::pii::{self, Vault};
 use crate::query::AuditReader;
 use crate::sink::Sinks;
 use crate::AuditError;
@@ -42,6 +43,7 @@ struct Inner {
     tx: mpsc::Sender<Command>,
     config: AuditConfig,
     pool: SqlitePool,
+    vault: Arc<Vault>,
     /// False from a failed write (or a refused event) until the next
     /// successful write.
     writable: AtomicBool,
@@ -63,11 +65,12 @@ impl Auditor {
     /// and starts the writer. Fails if the first writes fail: a platform
     /// whose audit log is broken does not start.
     pub async fn start(data_dir: &Path, config: AuditConfig) -> Result<Auditor, AuditError> {
-        let pool = db::open(
+        let pool = db::open_with_cache(
             data_dir,
             OpenMode::Write {
                 fsync: config.fsync,
             },
+            Some(config.cache_mib),
         )
         .await?;
         let key_dir = config
@@ -75,12 +78,14 @@ impl Auditor {
             .clone()
             .unwrap_or_else(|| keys::default_key_dir(data_dir));
         let (keys, _) = keys::load_or_create(&key_dir, true)?;
+        let vault = Arc::new(Vault::load(&key_dir, true)?);
         let (head_seq, head_mac) = db::head(&pool).await?.unwrap_or((0, GENESIS.to_vec()));
         let head_time = db::time_at(&pool, head_seq).await?.unwrap_or(0);
         let sinks = Sinks::start(&config);
         let mut writer = Writer {
             pool: pool.clone(),
             keys,
+            vault: vault.clone(),
             key_dir,
             head_seq,
             head_mac,
@@ -102,6 +107,7 @@ impl Auditor {
             tx,
             config,
             pool,
+            vault,
             writable: AtomicBool::new(true),
             lost: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
@@ -259,13 +265,20 @@ impl Auditor {
 
     /// Read access to the same log.
     pub fn reader(&self) -> AuditReader {
-        AuditReader::new(self.inner.pool.clone())
+        AuditReader::new(self.inner.pool.clone(), Some(self.inner.vault.clone()))
+    }
+
+    /// The keys of personal fields: which subjects a user's erasure must
+    /// destroy, and the cache to clear once it has.
+    pub fn pii(&self) -> &Vault {
+        &self.inner.vault
     }
 }
 
 struct Writer {
     pool: SqlitePool,
     keys: Keys,
+    vault: Arc<Vault>,
     key_dir: PathBuf,
     head_seq: i64,
     head_mac: Vec<u8>,
@@ -342,13 +355,29 @@ impl Writer {
     /// The head moves only if the commit succeeds.
     async fn write(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
         let ip_mode = self.config.ip_mode;
+        let subjects: Vec<Option<String>> =
+            events.iter().map(|e| self.vault.subject_of(e)).collect();
+        let (subject_keys, fresh_keys) = self
+            .vault
+            .keys_for_writing(&self.pool, subjects.iter().flatten().cloned())
+            .await?;
+        let mut plain_rows = Vec::new();
         let mut rows = Vec::with_capacity(events.len());
         let mut prev = self.head_mac.clone();
         let mut seq = self.head_seq;
         let mut time = self.head_time;
-        for event in events {
+        for (event, subject) in events.iter().zip(&subjects) {
             seq += 1;
             let mut event = event.clone().sanitise(ip_mode);
+            if self.config.email_mode == crate::EmailMode::Masked {
+                for (name, value) in event.metadata.iter_mut() {
+                    if let serde_json::Value::String(text) = value {
+                        if pii::is_personal_key(name) && text.contains('@') {
+                            *text = pii::mask_email(text);
+                        }
+                    }
+                }
+            }
             // Time never goes back along the chain, so time ranges are
             // seq ranges; an event stamped earlier keeps its own time in
             // the metadata.
@@ -360,16 +389,33 @@ impl Writer {
             }
             time = event.time_us;
             let mut row = to_row(seq, event, prev);
+            if self.sinks.is_some() {
+                plain_rows.push(row.clone());
+            }
+            // The MAC covers the ciphertext: erasing a key later leaves
+            // every stored byte, and so the chain, as it was.
+            if let Some(subject) = subject {
+                if let Some(key) = subject_keys.get(subject) {
+                    self.vault.seal_row(&mut row, subject, key)?;
+                }
+            }
             row.mac = self.keys.chain.mac(&row.prev_mac, &row).to_vec();
             prev = row.mac.clone();
             rows.push(row);
         }
-        db::append(&self.pool, &rows).await?;
+        db::append(&self.pool, &rows, &fresh_keys).await?;
+        self.vault.remember(subject_keys);
         self.head_seq = seq;
         self.head_mac = prev;
         self.head_time = time;
+        // Limitation: sinks get the personal fields in clear (masked by
+        // config), and erasure cannot reach copies they already sent
+        // (a sink-side retention policy, or masking, would).
         if let Some(sinks) = &self.sinks {
-            sinks.forward(rows);
+            for (plain, sealed) in plain_rows.iter_mut().zip(&rows) {
+                plain.mac = sealed.mac.clone();
+            }
+            sinks.forward(plain_rows);
         }
         Ok(())
     }

@@ -140,11 +140,28 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/sites/{domain}/sandbox",
         Needs(P::SystemConfig),
     ),
+    // Privacy (privacy_api.rs): own consents and data, and the admin's
+    // export and erasure of a user.
+    ("GET", "/api/v1/me/consents", SignedIn),
+    ("POST", "/api/v1/me/consents", SignedIn),
+    ("GET", "/api/v1/me/export", SignedIn),
+    ("GET", "/api/v1/me/activity", SignedIn),
+    ("GET", "/api/v1/users/{id}/export", Needs(P::UsersManage)),
+    ("POST", "/api/v1/users/{id}/erase", Needs(P::UsersManage)),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
     ("GET", "/metrics", Needs(P::SystemMetrics)),
 ];
+
+/// Routes that process personal data for a purpose beyond the necessary:
+/// the caller must hold that consent (`/api/v1/me/consents`), or the
+/// answer is 451 naming the purpose. Checked after [`ROUTES`].
+// Limitation: only hub routes can require a consent; site visitors are
+// not platform users (a consent cookie checked by the shield would let a
+// site option require one at the edge).
+pub const CONSENT_ROUTES: &[(&str, &str, store::Purpose)] =
+    &[("GET", "/api/v1/me/activity", store::Purpose::Analytics)];
 
 /// What an admin without a second factor may still reach when one is
 /// required: enough to enrol it, see who it is, and leave.
@@ -288,8 +305,38 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
             return Err(ApiError::Forbidden);
         }
     }
+    check_consent(hub, &parts.method, route, &principal).await?;
     parts.extensions.insert(Caller(principal));
     Ok(())
+}
+
+/// Refuses a consent-bound route (see [`CONSENT_ROUTES`]) to a caller
+/// who has not given, or has withdrawn, its purpose.
+async fn check_consent(
+    hub: &Hub,
+    method: &Method,
+    route: &str,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let Some((_, _, purpose)) = CONSENT_ROUTES
+        .iter()
+        .find(|(m, r, _)| *m == method && *r == route)
+    else {
+        return Ok(());
+    };
+    if crate::privacy_api::has_consent(hub, principal.user_id, *purpose).await? {
+        return Ok(());
+    }
+    tracing::info!(
+        target: "spinforge::audit", event = "privacy.consent_missing", user = %principal.user_id,
+        purpose = purpose.as_str(), path = route, "refused: consent not given"
+    );
+    Err(ApiError::ConsentRequired(purpose.as_str()))
 }
 
 /// Finds the caller from a bearer credential, or else a session cookie.

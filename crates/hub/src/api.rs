@@ -47,7 +47,8 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::shield_api::router())
         .merge(crate::audit_api::routes())
         .merge(crate::oidc_api::routes())
-        .merge(crate::sandbox_api::routes());
+        .merge(crate::sandbox_api::routes())
+        .merge(crate::privacy_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -100,6 +101,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::audit_api::AuditDoc::openapi());
     doc.merge(crate::oidc_api::OidcDoc::openapi());
     doc.merge(crate::sandbox_api::SandboxDoc::openapi());
+    doc.merge(crate::privacy_api::PrivacyDoc::openapi());
     doc
 }
 
@@ -157,7 +159,7 @@ pub struct ReleaseView {
     pub active: bool,
 }
 
-fn release_view(release: Release, active: Option<&str>) -> ReleaseView {
+pub(crate) fn release_view(release: Release, active: Option<&str>) -> ReleaseView {
     ReleaseView {
         active: active == Some(release.id.0.as_str()),
         id: release.id.0,
@@ -210,6 +212,12 @@ pub struct UpdateSiteRequest {
 pub struct RollbackRequest {
     /// The release to activate; default: the one before the active one.
     pub release: Option<String>,
+}
+
+/// A site's customer as site audit events carry it, for the scoped reads
+/// of `GET /api/v1/audit`; empty (no tag) for platform sites.
+fn customer_tag(customer: Option<store::CustomerId>) -> String {
+    customer.map(|c| c.to_string()).unwrap_or_default()
 }
 
 pub(crate) fn rfc3339(unix: i64) -> String {
@@ -368,7 +376,7 @@ async fn delete_site(
         .await
         .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.delete", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -407,8 +415,10 @@ async fn upload_release(
     Path(domain): Path<String>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    hub.site_for(&caller, Permission::ReleasesDeploy, &domain)
-        .await?;
+    let customer = hub
+        .site_for(&caller, Permission::ReleasesDeploy, &domain)
+        .await?
+        .customer;
     let who = caller.0;
     // The deploy runs in its own task: a client that hangs up must not
     // cancel it between its steps (between the commit and the route push,
@@ -422,7 +432,7 @@ async fn upload_release(
             "failure"
         };
         tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
-            site = ?domain, result);
+            site = ?domain, result, customer = %customer_tag(customer));
         release
     })
     .await
@@ -457,7 +467,7 @@ async fn rollback(
         .await
         .map_err(ApiError::internal)??;
     tracing::info!(target: "spinforge::audit", event = "site.rollback", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(Json(site.into()))
 }
 
@@ -602,7 +612,7 @@ async fn restart_site(
         .await
         .map_err(|e| ApiError::invalid("domain", e.to_string()))?;
     tracing::info!(target: "spinforge::audit", event = "site.restart", user = %who.user_id,
-        site = %site.domain);
+        site = %site.domain, customer = %customer_tag(site.customer));
     Ok(StatusCode::NO_CONTENT)
 }
 

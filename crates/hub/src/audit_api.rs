@@ -68,8 +68,9 @@ async fn list(
 
 /// The customer whose events the caller is limited to; `None` means all
 /// (admins). Anyone else sees only events tagged with their own customer.
-// Limitation: few events carry a customer tag yet, so developers see
-// little; tagging site events with the site's customer would fill it in.
+// Limitation: site events (deploy, rollback, delete, restart) carry their
+// site's customer; identity and shield events do not yet, so developers
+// do not see those (tagging them at their source would).
 fn customer_scope(who: &Principal) -> Option<String> {
     if who.role == store::Role::Admin {
         return None;

@@ -78,6 +78,9 @@ pub enum ApiError {
     /// at or above the deploy policy's severity; the message lists them.
     #[error("{0}")]
     Vulnerable(String),
+    /// The client has not given the consent purpose the route needs.
+    #[error("this needs your consent to `{0}` processing: POST /api/v1/me/consents")]
+    ConsentRequired(&'static str),
     /// Our side. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -123,6 +126,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "vulnerable_dependencies",
                 Some("bundle"),
+            ),
+            ApiError::ConsentRequired(_) => (
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                "consent_required",
+                Some("purpose"),
             ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }

@@ -279,7 +279,7 @@ fn parse_role(role: &str) -> Result<Role, ApiError> {
         .ok_or_else(|| ApiError::invalid("role", "must be one of admin, developer, viewer"))
 }
 
-fn parse_user_id(id: &str) -> Result<UserId, ApiError> {
+pub(crate) fn parse_user_id(id: &str) -> Result<UserId, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -287,7 +287,7 @@ fn parse_user_id(id: &str) -> Result<UserId, ApiError> {
         .ok_or_else(|| ApiError::invalid("id", "must be a positive user id"))
 }
 
-async fn user_view(hub: &Hub, user: User) -> Result<UserView, ApiError> {
+pub(crate) async fn user_view(hub: &Hub, user: User) -> Result<UserView, ApiError> {
     let customer = match user.customer {
         Some(id) => hub.store().customer_by_id(id).await?.map(|c| c.name),
         None => None,
@@ -304,7 +304,7 @@ async fn user_view(hub: &Hub, user: User) -> Result<UserView, ApiError> {
     })
 }
 
-fn session_view(session: Session, current: Option<&str>) -> SessionView {
+pub(crate) fn session_view(session: Session, current: Option<&str>) -> SessionView {
     SessionView {
         current: current == Some(session.id.as_str()),
         id: session.id,
@@ -317,7 +317,7 @@ fn session_view(session: Session, current: Option<&str>) -> SessionView {
     }
 }
 
-fn api_key_view(key: ApiKeyRecord) -> ApiKeyView {
+pub(crate) fn api_key_view(key: ApiKeyRecord) -> ApiKeyView {
     ApiKeyView {
         id: key.id,
         name: key.name,
@@ -331,7 +331,7 @@ fn api_key_view(key: ApiKeyRecord) -> ApiKeyView {
     }
 }
 
-async fn user_or_404(hub: &Hub, id: UserId) -> Result<User, ApiError> {
+pub(crate) async fn user_or_404(hub: &Hub, id: UserId) -> Result<User, ApiError> {
     hub.store()
         .user_by_id(id)
         .await?

@@ -271,9 +271,17 @@ impl Hub {
                 store::StoreError::NotFound => ApiError::NotFound("site"),
                 other => other.into(),
             })?;
-        self.inner.routes.update(|table| table.remove(&domain));
+        self.site_deleted(&site).await;
+        Ok(site)
+    }
+
+    /// What follows a site's rows leaving the store: the edge stops
+    /// serving it, its spinlet stops, and its files go.
+    pub(crate) async fn site_deleted(&self, site: &Site) {
+        let domain = &site.domain;
+        self.inner.routes.update(|table| table.remove(domain));
         if site.kind == SiteKind::Process {
-            self.inner.supervisor.remove(&domain).await;
+            self.inner.supervisor.remove(domain).await;
         }
         let dir = self.inner.layout.site_dir(site.id);
         let removed = tokio::task::spawn_blocking(move || layout::remove_any(&dir)).await;
@@ -286,7 +294,6 @@ impl Hub {
             tracing::warn!(site = %domain, error = %e, "site folder not removed");
         }
         tracing::info!(site = %domain, "site deleted");
-        Ok(site)
     }
 
     /// Makes an earlier release active again: the one named, or else the

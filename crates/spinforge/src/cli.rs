@@ -205,6 +205,14 @@ pub enum Command {
     /// Manage the local advisory (OSV) database.
     #[command(subcommand)]
     Vulndb(crate::harden_cli::VulndbCommand),
+    // --- privacy (issue #9) ---
+    /// Export or erase everything stored about a user (admins).
+    Privacy {
+        #[command(subcommand)]
+        command: crate::privacy_cli::PrivacyCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
 }
 
 #[derive(Subcommand)]
@@ -419,6 +427,18 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SPINFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    // ---- privacy (issue #9) ----
+    /// Personal data in the text log: `full`, or `masked` (client IPs cut
+    /// to /24 and /48, e-mail addresses to `a***@example.com`, user
+    /// agents left out).
+    #[arg(long, env = "SPINFORGE_LOG_PII", value_enum, default_value_t = LogPii::Full)]
+    pub log_pii: LogPii,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogPii {
+    Full,
+    Masked,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -74,6 +74,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::identity_commands::sessions(&api, command).await
         }
         Command::Keys { command, api } => crate::identity_commands::keys(&api, command).await,
+        Command::Privacy { command, api } => crate::privacy_cli::run(&api, command).await,
         Command::Serve(_)
         | Command::Admin(_)
         | Command::Bans { .. }

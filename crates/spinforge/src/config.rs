@@ -531,6 +531,9 @@ pub struct AuditFileConfig {
     pub record_timeout_ms: Option<u64>,
     /// `truncated` (IPv4 /24, IPv6 /48; the default) or `full`.
     pub client_ip: Option<String>,
+    /// `full` (the default) or `masked` (`a***@example.com`): addresses
+    /// in audit metadata. Either way they are encrypted per subject.
+    pub email: Option<String>,
     /// Under flood keep one in N edge-only events; 0 never samples.
     pub edge_sample_one_in: Option<u64>,
     pub edge_types: Option<Vec<String>>,
@@ -589,6 +592,12 @@ fn resolve_audit(file: AuditFileConfig) -> anyhow::Result<audit::AuditConfig> {
         None | Some("truncated") => audit::IpMode::Truncated,
         Some("full") => audit::IpMode::Full,
         Some(other) => bail!("audit.client_ip: `{other}` is not `truncated` or `full`"),
+    };
+    // ---- privacy (issue #9): e-mail addresses in audit metadata ----
+    config.email_mode = match file.email.as_deref() {
+        None | Some("full") => audit::EmailMode::Full,
+        Some("masked") => audit::EmailMode::Masked,
+        Some(other) => bail!("audit.email: `{other}` is not `full` or `masked`"),
     };
     if let Some(n) = file.edge_sample_one_in {
         config.edge.sample_one_in = (n > 0).then_some(n);

@@ -135,6 +135,7 @@ fn serve_args(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ServeArgs {
         api_listen: None,
         demo: false,
         log_format: LogFormat::Text,
+        log_pii: crate::cli::LogPii::Full,
     }
 }
 

@@ -19,7 +19,7 @@ fn table(header: &[&str], rows: &[Value], keys: &[&str]) -> Table {
     table
 }
 
-async fn call(
+pub(crate) async fn call(
     client: &mut Client,
     method: Method,
     path: &str,

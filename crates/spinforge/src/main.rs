@@ -12,6 +12,7 @@ mod config;
 mod harden_cli;
 mod identity_commands;
 mod pack;
+mod privacy_cli;
 mod sandbox;
 mod serve;
 mod shield_cmd;

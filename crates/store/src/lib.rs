@@ -8,11 +8,14 @@
 
 mod identity;
 mod model;
+mod privacy;
 mod sqlite;
 mod sqlite_identity;
+mod sqlite_privacy;
 
 pub use identity::IdentityStore;
 pub use model::*;
+pub use privacy::{ConsentRecord, Erased, Erasure, PrivacyStore, Purpose};
 pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
@@ -45,7 +48,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every method that changes more than one row does so in one transaction,
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
-pub trait Store: IdentityStore + Send + Sync + 'static {
+pub trait Store: IdentityStore + PrivacyStore + Send + Sync + 'static {
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.

@@ -31,6 +31,9 @@ impl SqliteStore {
             // can drop the last commits, never corrupt the file.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Privacy: deleted rows are overwritten, not left in free
+            // space, so an erased address is gone from the file.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -92,7 +95,7 @@ fn balancer_json(config: Option<&BalancerConfig>) -> Result<Option<String>> {
         .transpose()
 }
 
-fn site_from_row(row: &SqliteRow) -> Result<Site> {
+pub(crate) fn site_from_row(row: &SqliteRow) -> Result<Site> {
     Ok(Site {
         id: SiteId(row.try_get("id")?),
         domain: row.try_get("domain")?,

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Audit log costs (issue 9): append throughput through the real writer
+# (fsync on and off, before/after the page-cache change, batch size,
+# sealing of personal fields), the write path taken apart with raw sqlx
+# inserts, query latency over EVENTS events, and full-chain verification.
+# Prints markdown tables. Usage: bench/audit.sh [EVENTS]  (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet --release -p audit --example audit_bench
+exec ./target/release/examples/audit_bench "${1:-1000000}"

@@ -1,0 +1,120 @@
+//! Scoped audit reads through the real binary: a developer sees the
+//! audit events of its own customer's sites and never another
+//! customer's, even when it asks for them by user or resource.
+
+mod common;
+
+use common::*;
+use flate2::{write::GzEncoder, Compression};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "a long enough password 42";
+
+async fn call(
+    server: &Server,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http()
+        .request(method, format!("{}{path}", server.api_url()))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    status_and_json(request.send().await.expect("api call")).await
+}
+
+/// A developer of `customer` with one deployed site: (user id, token).
+async fn tenant(server: &Server, admin: &str, customer: &str) -> (i64, String) {
+    let email = format!("dev@{customer}.test");
+    let body =
+        json!({ "email": email, "password": PASSWORD, "role": "developer", "customer": customer });
+    let (status, user) = call(server, Method::POST, "/api/v1/users", admin, Some(body)).await;
+    assert_eq!(status, 201, "{user}");
+    let login = json!({ "email": email, "password": PASSWORD });
+    let response = http()
+        .post(format!("{}/api/v1/auth/login", server.api_url()))
+        .json(&login)
+        .send()
+        .await
+        .expect("login");
+    let (status, pair) = status_and_json(response).await;
+    assert_eq!(status, 200, "{pair}");
+    let token = pair["access_token"].as_str().expect("token").to_owned();
+    let domain = format!("{customer}.example.com");
+    let site = json!({ "domain": domain });
+    let (status, _) = call(server, Method::POST, "/api/v1/sites", &token, Some(site)).await;
+    assert_eq!(status, 201);
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "index.html", &b"ok"[..])
+        .expect("append");
+    let bundle = builder.into_inner().expect("tar").finish().expect("gzip");
+    let (status, _) = upload(server, &token, &domain, bundle).await;
+    assert_eq!(status, 201);
+    (user["id"].as_i64().expect("id"), token)
+}
+
+fn resources(page: &Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["resource"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_developer_cannot_see_another_customers_events() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (_, acme) = tenant(&server, &admin, "acme").await;
+    let (globex_id, globex) = tenant(&server, &admin, "globex").await;
+
+    // The admin sees both deploys.
+    let (status, all) = call(
+        &server,
+        Method::GET,
+        "/api/v1/audit?type=site.deploy",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut both = resources(&all);
+    both.sort();
+    assert_eq!(both, ["site:acme.example.com", "site:globex.example.com"]);
+
+    // Each developer sees its own only.
+    for (token, own) in [
+        (&acme, "site:acme.example.com"),
+        (&globex, "site:globex.example.com"),
+    ] {
+        let (status, page) = call(
+            &server,
+            Method::GET,
+            "/api/v1/audit?type=site.",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(resources(&page), [own], "{page}");
+    }
+
+    // Asking for the other customer's user or site by name finds nothing.
+    for query in [
+        format!("/api/v1/audit?user={globex_id}"),
+        "/api/v1/audit?resource=site:globex.example.com".to_owned(),
+    ] {
+        let (status, page) = call(&server, Method::GET, &query, &acme, None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["events"], json!([]), "{query}: {page}");
+    }
+}
