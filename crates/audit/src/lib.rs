@@ -18,6 +18,7 @@ pub mod keys;
 mod layer;
 mod query;
 mod sink;
+mod tap;
 mod verify;
 mod writer;
 
@@ -27,6 +28,7 @@ pub use event::{
     anonymise_ip, is_secret_key, type_matches, valid_type, Actor, AuditEvent, IpMode, Outcome,
 };
 pub use layer::{AuditLayer, AUDIT_TARGET};
+pub use tap::subscribe;
 pub use query::{parse_time, AuditQuery, AuditReader, EventView, Page, TypeFilter};
 pub use verify::{verify, Fault, FaultKind, Report};
 pub use writer::Auditor;
@@ -101,6 +103,7 @@ pub fn installed() -> Option<&'static Auditor> {
 /// event is not known to be on disk: a fail-closed caller must refuse the
 /// act it describes.
 pub async fn record(event: AuditEvent) -> Result<(), AuditError> {
+    tap::publish(&event);
     match INSTALLED.get() {
         Some(auditor) => auditor.record(event).await,
         None => Err(AuditError::NotInstalled),
