@@ -28,8 +28,8 @@ pub use event::{
     anonymise_ip, is_secret_key, type_matches, valid_type, Actor, AuditEvent, IpMode, Outcome,
 };
 pub use layer::{AuditLayer, AUDIT_TARGET};
-pub use tap::subscribe;
 pub use query::{parse_time, AuditQuery, AuditReader, EventView, Page, TypeFilter};
+pub use tap::subscribe;
 pub use verify::{verify, Fault, FaultKind, Report};
 pub use writer::Auditor;
 

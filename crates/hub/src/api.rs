@@ -46,6 +46,7 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::identity_api::routes())
         .merge(crate::shield_api::router())
         .merge(crate::audit_api::routes())
+        .merge(crate::incident_api::routes())
         .merge(crate::oidc_api::routes());
     Router::new()
         .nest("/api/v1", api)
@@ -97,6 +98,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::identity_api::IdentityDoc::openapi());
     doc.merge(crate::shield_api::ShieldDoc::openapi());
     doc.merge(crate::audit_api::AuditDoc::openapi());
+    doc.merge(crate::incident_api::IncidentDoc::openapi());
     doc.merge(crate::oidc_api::OidcDoc::openapi());
     doc
 }
@@ -589,6 +591,7 @@ async fn restart_site(
         .site_for(&caller, Permission::AppsRestart, &domain)
         .await?;
     let who = &caller.0;
+    hub.refuse_if_isolated(&site.domain)?;
     if site.kind != SiteKind::Process {
         return Err(ApiError::invalid(
             "domain",

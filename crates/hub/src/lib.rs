@@ -12,6 +12,7 @@ mod deploy;
 pub mod domain;
 pub mod error;
 pub mod identity_api;
+pub mod incident_api;
 mod layout;
 pub mod oidc_api;
 pub mod shield_api;
@@ -84,6 +85,9 @@ struct HubInner {
     setup_token: Mutex<Option<String>>,
     /// Held while a user's role, state or existence changes.
     user_changes: tokio::sync::Mutex<()>,
+    /// Sites an incident isolated, with the incident's id (see
+    /// incident_api.rs).
+    isolated: Mutex<HashMap<String, i64>>,
 }
 
 impl Hub {
@@ -118,6 +122,7 @@ impl Hub {
                 site_locks: Mutex::new(HashMap::new()),
                 setup_token: Mutex::new(None),
                 user_changes: tokio::sync::Mutex::new(()),
+                isolated: Mutex::new(HashMap::new()),
             }),
         };
         let sites = hub.inner.store.list_sites().await?;
@@ -175,6 +180,12 @@ impl Hub {
     }
 
     fn edge_route(&self, record: &RouteRecord) -> Option<Route> {
+        if self.isolated_by(&record.domain).is_some() {
+            return Some(Route {
+                site: record.domain.as_str().into(),
+                target: Target::Maintenance,
+            });
+        }
         let target = match record.kind {
             SiteKind::Static => {
                 let dir = self

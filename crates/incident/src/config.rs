@@ -51,11 +51,13 @@ impl<'de> Deserialize<'de> for Threshold {
         if text == "off" {
             return Ok(Threshold(None));
         }
-        Severity::parse(&text).map(|s| Threshold(Some(s))).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not off, low, medium, high or critical"
-            ))
-        })
+        Severity::parse(&text)
+            .map(|s| Threshold(Some(s)))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not off, low, medium, high or critical"
+                ))
+            })
     }
 }
 
@@ -291,9 +293,9 @@ mod tests {
     #[test]
     fn short_webhook_secret_is_refused_by_name() {
         let mut config = IncidentConfig::default();
-        config
-            .webhooks
-            .push(toml_like(r#"{"url":"http://127.0.0.1:1/","secret":"short"}"#));
+        config.webhooks.push(toml_like(
+            r#"{"url":"http://127.0.0.1:1/","secret":"short"}"#,
+        ));
         let err = config.validate().unwrap_err();
         assert!(err.contains("incidents.webhooks.secret"), "{err}");
     }

@@ -88,8 +88,13 @@ pub(crate) async fn open_in_group(
     .bind(group)
     .fetch_optional(&mut **tx)
     .await?;
-    row.map(|r| Ok((r.try_get("id")?, severity(&r.try_get::<String, _>("severity")?)?)))
-        .transpose()
+    row.map(|r| {
+        Ok((
+            r.try_get("id")?,
+            severity(&r.try_get::<String, _>("severity")?)?,
+        ))
+    })
+    .transpose()
 }
 
 pub(crate) async fn insert_incident(
@@ -192,14 +197,17 @@ pub(crate) async fn active_actions(
     .fetch_all(pool)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("id")?, r.try_get("incident_id")?, r.try_get("target")?)))
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                r.try_get("incident_id")?,
+                r.try_get("target")?,
+            ))
+        })
         .collect()
 }
 
-pub(crate) async fn status_of(
-    pool: &SqlitePool,
-    id: i64,
-) -> Result<Option<Status>, IncidentError> {
+pub(crate) async fn status_of(pool: &SqlitePool, id: i64) -> Result<Option<Status>, IncidentError> {
     let row = sqlx::query("SELECT status FROM incidents WHERE id = ?")
         .bind(id)
         .fetch_optional(pool)

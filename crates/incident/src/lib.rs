@@ -19,8 +19,8 @@ pub use config::{
 pub use contain::{Responders, SecretRotator, SiteControl};
 pub use detect::{Detection, Detector};
 pub use model::{
-    Action, ActionKind, ActionState, Incident, IncidentSummary, Indicator, IndicatorKind,
-    Severity, Status, TimelineEntry,
+    Action, ActionKind, ActionState, Incident, IncidentSummary, Indicator, IndicatorKind, Severity,
+    Status, TimelineEntry,
 };
 pub use notify::{signature, Notice, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
@@ -135,7 +135,9 @@ impl Incidents {
         config: IncidentConfig,
         responders: Responders,
     ) -> Result<Incidents, IncidentError> {
-        config.validate().map_err(|m| IncidentError::invalid("incidents", m))?;
+        config
+            .validate()
+            .map_err(|m| IncidentError::invalid("incidents", m))?;
         let pool = db::open(data_dir).await?;
         for (_, incident, domain) in db::active_actions(&pool, ActionKind::IsolateSite).await? {
             if let Err(e) = responders.sites.isolate(&domain, incident).await {
@@ -226,9 +228,8 @@ impl Incidents {
                 }
             }
             None => {
-                let id =
-                    db::insert_incident(&mut tx, &d.title, d.rule, d.severity, Some(&group))
-                        .await?;
+                let id = db::insert_incident(&mut tx, &d.title, d.rule, d.severity, Some(&group))
+                    .await?;
                 db::add_indicators(&mut tx, id, &d.indicators).await?;
                 let line = Line {
                     kind: "open",
@@ -359,9 +360,10 @@ impl Incidents {
         let label = actor.label();
         let mut taken = 0;
         for target in targets {
-            let held = incident.actions.iter().any(|a| {
-                a.kind == kind && a.target == target && a.state == ActionState::Active
-            });
+            let held = incident
+                .actions
+                .iter()
+                .any(|a| a.kind == kind && a.target == target && a.state == ActionState::Active);
             if held {
                 continue;
             }
@@ -499,7 +501,9 @@ impl Incidents {
             match self.contain(id, kind, None, Actor::Policy).await {
                 Ok(_) => {}
                 // No indicator of that kind: nothing to do.
-                Err(IncidentError::Invalid { field: "target", .. }) => {}
+                Err(IncidentError::Invalid {
+                    field: "target", ..
+                }) => {}
                 Err(e) => {
                     tracing::error!(incident = id, action = kind.as_str(), error = %e,
                         "automatic containment failed");

@@ -128,8 +128,11 @@ impl Notifier {
                 .await;
             let retry = match sent {
                 Ok(r) if r.status().is_success() => {
-                    self.note(id, &format!("webhook to {host} delivered ({})", notice.kind))
-                        .await;
+                    self.note(
+                        id,
+                        &format!("webhook to {host} delivered ({})", notice.kind),
+                    )
+                    .await;
                     return;
                 }
                 Ok(r) => {
@@ -273,10 +276,7 @@ fn transport(config: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>,
         .port(config.smtp_port)
         .timeout(Some(Duration::from_secs(15)));
     if let (Some(user), Some(password)) = (&config.username, &config.password) {
-        builder = builder.credentials(Credentials::new(
-            user.clone(),
-            password.expose().to_owned(),
-        ));
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
     }
     Ok(builder.build())
 }

@@ -191,6 +191,10 @@ pub enum Command {
     /// Read the audit log, or verify a data directory's audit chain.
     #[command(subcommand)]
     Audit(crate::audit_cli::AuditCommand),
+    // --- incidents (issue #9) ---
+    /// Incident response: list, show, open, contain, lift, resolve.
+    #[command(subcommand)]
+    Incidents(crate::incident_cli::IncidentsCommand),
 }
 
 #[derive(Subcommand)]
@@ -425,6 +429,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(crate::waf_cli::WouldBlock) => std::process::exit(1),
         },
         Command::Audit(command) => crate::audit_cli::run(command).await,
+        Command::Incidents(command) => crate::incident_cli::run(command).await,
         Command::Sandbox(command) => crate::sandbox::run(command),
         other => crate::commands::run(other).await,
     }

@@ -80,6 +80,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Emergency { .. }
         | Command::Waf(_)
         | Command::Audit(_)
+        | Command::Incidents(_)
         | Command::Sandbox(_) => {
             unreachable!("handled in cli::run")
         }

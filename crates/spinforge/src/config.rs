@@ -38,6 +38,11 @@ pub struct FileConfig {
     pub audit: AuditFileConfig,
     #[serde(default)]
     pub sandbox: SandboxFileConfig,
+    // ---- incidents ----
+    /// Detection thresholds, automatic containment and notifications;
+    /// every key and default is in `incident::IncidentConfig`.
+    #[serde(default)]
+    pub incidents: incident::IncidentConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -329,6 +334,7 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Single sign-on providers, discovered when `serve` starts.
     pub oidc: Vec<identity::oidc::OidcProviderConfig>,
+    pub incidents: incident::IncidentConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -418,6 +424,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     file.shield.validate().map_err(anyhow::Error::msg)?;
 
     let audit = resolve_audit(file.audit)?;
+    // ---- incidents ----
+    file.incidents.validate().map_err(anyhow::Error::msg)?;
 
     Ok(Settings {
         identity,
@@ -431,6 +439,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         shield: file.shield,
         sandbox,
         oidc,
+        incidents: file.incidents,
     })
 }
 

@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod config;
 mod identity_commands;
+mod incident_cli;
 mod pack;
 mod sandbox;
 mod serve;
