@@ -438,6 +438,24 @@ fn is_valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The page of an isolated site: 503, not cached, retry much later.
+fn maintenance_page() -> Response<EdgeBody> {
+    let mut response = Response::new(body::full(
+        "<!doctype html><title>Maintenance</title>\n\
+         <h1>503 Service Unavailable</h1>\n\
+         <p>This site is temporarily offline for maintenance.</p>\n",
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+    response
+}
+
 /// The page for a request the shield refused: the status, its reason,
 /// and the back-off headers of a rate limit. It names nothing internal.
 fn refusal_page(refusal: &Refusal) -> Response<EdgeBody> {
@@ -490,22 +508,4 @@ mod tests {
         assert!(!is_valid_request_id("a\"b"));
         assert!(!is_valid_request_id(&"a".repeat(129)));
     }
-}
-
-/// The page of an isolated site: 503, not cached, retry much later.
-fn maintenance_page() -> Response<EdgeBody> {
-    let mut response = Response::new(body::full(
-        "<!doctype html><title>Maintenance</title>\n\
-         <h1>503 Service Unavailable</h1>\n\
-         <p>This site is temporarily offline for maintenance.</p>\n",
-    ));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
-    response
 }

@@ -362,3 +362,11 @@ pub(crate) async fn list_one(
         None => Ok(None),
     }
 }
+
+/// Begins a write transaction that takes the write lock at once. A
+/// deferred one that reads first cannot upgrade once another connection
+/// (the audit writer, the store) committed meanwhile: SQLite then fails
+/// at once instead of waiting out the busy timeout.
+pub(crate) async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}

@@ -201,7 +201,7 @@ impl Incidents {
     pub async fn record(&self, d: Detection) -> Result<i64, IncidentError> {
         let group = d.group_key();
         let guard = self.inner.changes.lock().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = db::begin(&self.inner.pool).await?;
         let (id, change) = match db::open_in_group(&mut tx, &group).await? {
             Some((id, severity)) => {
                 db::add_indicators(&mut tx, id, &d.indicators).await?;
@@ -278,7 +278,7 @@ impl Incidents {
             }
         }
         let _guard = self.inner.changes.lock().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = db::begin(&self.inner.pool).await?;
         let id = db::insert_incident(&mut tx, &title, "manual", new.severity, None).await?;
         db::add_indicators(&mut tx, id, &new.indicators).await?;
         let label = actor.label();
@@ -368,7 +368,7 @@ impl Incidents {
                 continue;
             }
             let state = responders.apply(kind, &target, id).await?;
-            let mut tx = self.inner.pool.begin().await?;
+            let mut tx = db::begin(&self.inner.pool).await?;
             db::insert_action(&mut tx, id, kind, &target, state, &label).await?;
             let summary = format!("{} {target}", kind.as_str());
             let line = Line {
@@ -418,7 +418,7 @@ impl Incidents {
             .lift(taken.kind, &taken.target, id)
             .await?;
         let label = actor.label();
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = db::begin(&self.inner.pool).await?;
         db::mark_lifted(&mut tx, action).await?;
         let summary = format!("lifted {} {}", taken.kind.as_str(), taken.target);
         let line = Line {
@@ -462,7 +462,7 @@ impl Incidents {
             Some(_) => {}
         }
         let label = actor.label();
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = db::begin(&self.inner.pool).await?;
         db::set_status(&mut tx, id, Status::Resolved).await?;
         let line = Line {
             kind: "resolve",

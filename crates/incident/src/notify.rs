@@ -208,7 +208,7 @@ impl Notifier {
 
     async fn note(&self, id: i64, summary: &str) {
         let written = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = db::begin(&self.pool).await?;
             let line = Line {
                 kind: "notify",
                 actor: "system",
