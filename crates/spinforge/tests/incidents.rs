@@ -113,7 +113,9 @@ async fn brute_force_lockout_opens_an_incident_bans_the_source_notifies_and_reso
     };
     let scratch = tempfile::tempdir().expect("tempdir");
     let smtp = SmtpServer::start(&python, scratch.path());
-    let hook = WebhookReceiver::start().await;
+    // The receiver refuses the first two deliveries: each notification
+    // gets 3 tries, so every one still arrives, by retry.
+    let hook = WebhookReceiver::start(2).await;
     let server = Server::start_with(&config(&hook.url(), smtp.port));
     let token = server.admin_token().await;
 
@@ -215,6 +217,7 @@ async fn brute_force_lockout_opens_an_incident_bans_the_source_notifies_and_reso
         now.abs_diff(sent_at) < 300,
         "timestamp {sent_at} is now-ish ({now})"
     );
+    assert_eq!(hook.refused(), 2, "the first deliveries were refused");
     let (_, contained) = hook
         .wait_for("incident.contain", Duration::from_secs(15))
         .await;

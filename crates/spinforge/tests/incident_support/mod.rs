@@ -151,24 +151,38 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
-/// An HTTP server on 127.0.0.1 that answers 200 to every POST and keeps
-/// what it got. It stops when the test's runtime ends.
+/// An HTTP server on 127.0.0.1 that answers 503 to its first
+/// `fail_first` POSTs (to provoke retries), 200 to the rest, and keeps
+/// what it accepted. It stops when the test's runtime ends.
 pub struct WebhookReceiver {
     pub addr: std::net::SocketAddr,
     received: Arc<Mutex<Vec<Delivery>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WebhookReceiver {
-    pub async fn start() -> WebhookReceiver {
+    pub async fn start(fail_first: usize) -> WebhookReceiver {
+        use axum::http::StatusCode;
         use axum::routing::post;
+        use std::sync::atomic::Ordering;
         let received = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sink = received.clone();
+        let refusals = refused.clone();
         let app = axum::Router::new().route(
             "/hook",
             post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                    let sink = sink.clone();
+                    let (sink, refusals) = (sink.clone(), refusals.clone());
                     async move {
+                        let refuse = refusals
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                (n < fail_first).then_some(n + 1)
+                            })
+                            .is_ok();
+                        if refuse {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
                         let header = |name: &str| {
                             headers
                                 .get(name)
@@ -180,7 +194,7 @@ impl WebhookReceiver {
                             signature: header("x-spinforge-signature"),
                             body: body.to_vec(),
                         });
-                        "ok"
+                        StatusCode::OK
                     }
                 },
             ),
@@ -192,11 +206,20 @@ impl WebhookReceiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        WebhookReceiver { addr, received }
+        WebhookReceiver {
+            addr,
+            received,
+            refused,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// How many POSTs were answered 503.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
