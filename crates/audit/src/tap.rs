@@ -28,3 +28,20 @@ pub(crate) fn publish(event: &AuditEvent) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_get_each_event_published_after_they_subscribe() {
+        publish(&AuditEvent::new("test.before"));
+        let mut rx = subscribe();
+        publish(&AuditEvent::new("test.after").resource("site:a.example"));
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.kind, "test.after");
+        assert_eq!(got.resource.as_deref(), Some("site:a.example"));
+        assert!(rx.try_recv().is_err(), "nothing else was queued");
+    }
+}
