@@ -45,6 +45,7 @@ impl<S: tracing::Subscriber> Layer<S> for AuditLayer {
         if let Some(scope) = &scope {
             scope.fill(&mut audit);
         }
+        crate::tap::publish(&audit);
         match crate::installed() {
             Some(auditor) => match &scope {
                 Some(scope) => {

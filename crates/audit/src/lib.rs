@@ -19,6 +19,7 @@ mod layer;
 pub mod pii;
 mod query;
 mod sink;
+mod tap;
 mod verify;
 mod writer;
 
@@ -29,6 +30,7 @@ pub use event::{
 };
 pub use layer::{AuditLayer, AUDIT_TARGET};
 pub use query::{parse_time, AuditQuery, AuditReader, EventView, Page, TypeFilter};
+pub use tap::subscribe;
 pub use verify::{verify, Fault, FaultKind, Report};
 pub use writer::Auditor;
 
@@ -102,6 +104,7 @@ pub fn installed() -> Option<&'static Auditor> {
 /// event is not known to be on disk: a fail-closed caller must refuse the
 /// act it describes.
 pub async fn record(event: AuditEvent) -> Result<(), AuditError> {
+    tap::publish(&event);
     match INSTALLED.get() {
         Some(auditor) => auditor.record(event).await,
         None => Err(AuditError::NotInstalled),

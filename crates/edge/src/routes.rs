@@ -20,6 +20,9 @@ pub enum Target {
     App,
     /// Requests spread over a pool of upstreams.
     Balancer { pool: Arc<crate::balancer::Pool> },
+    /// The site is taken offline (an incident isolated it): every request
+    /// gets 503 and a maintenance page; nothing behind it is reached.
+    Maintenance,
 }
 
 #[derive(Debug, Clone)]

@@ -223,6 +223,7 @@ impl Edge {
                         }
                     },
                     Target::App => (self.to_app(req, &route.site, ctx).await, Origin::Proxied),
+                    Target::Maintenance => (maintenance_page(), Origin::Edge),
                 }
             }
         };
@@ -435,6 +436,24 @@ fn is_valid_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The page of an isolated site: 503, not cached, retry much later.
+fn maintenance_page() -> Response<EdgeBody> {
+    let mut response = Response::new(body::full(
+        "<!doctype html><title>Maintenance</title>\n\
+         <h1>503 Service Unavailable</h1>\n\
+         <p>This site is temporarily offline for maintenance.</p>\n",
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+    response
 }
 
 /// The page for a request the shield refused: the status, its reason,

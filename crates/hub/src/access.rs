@@ -125,6 +125,25 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(P::SitesUpdate),
     ),
     ("GET", "/api/v1/audit", Needs(P::AuditRead)),
+    // Incidents (incident_api.rs).
+    ("GET", "/api/v1/incidents", Needs(P::IncidentRead)),
+    ("POST", "/api/v1/incidents", Needs(P::IncidentManage)),
+    ("GET", "/api/v1/incidents/{id}", Needs(P::IncidentRead)),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/contain",
+        Needs(P::IncidentManage),
+    ),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/actions/{action}/lift",
+        Needs(P::IncidentManage),
+    ),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/resolve",
+        Needs(P::IncidentManage),
+    ),
     // Single sign-on (oidc_api.rs): the login itself, so no credential.
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),

@@ -48,7 +48,8 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::audit_api::routes())
         .merge(crate::oidc_api::routes())
         .merge(crate::sandbox_api::routes())
-        .merge(crate::privacy_api::routes());
+        .merge(crate::privacy_api::routes())
+        .merge(crate::incident_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -99,6 +100,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::identity_api::IdentityDoc::openapi());
     doc.merge(crate::shield_api::ShieldDoc::openapi());
     doc.merge(crate::audit_api::AuditDoc::openapi());
+    doc.merge(crate::incident_api::IncidentDoc::openapi());
     doc.merge(crate::oidc_api::OidcDoc::openapi());
     doc.merge(crate::sandbox_api::SandboxDoc::openapi());
     doc.merge(crate::privacy_api::PrivacyDoc::openapi());
@@ -601,6 +603,7 @@ async fn restart_site(
         .site_for(&caller, Permission::AppsRestart, &domain)
         .await?;
     let who = &caller.0;
+    hub.refuse_if_isolated(&site.domain)?;
     if site.kind != SiteKind::Process {
         return Err(ApiError::invalid(
             "domain",

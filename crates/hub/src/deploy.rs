@@ -54,6 +54,7 @@ impl Hub {
         body: axum::body::Body,
     ) -> Result<Release, ApiError> {
         let site = self.site(domain).await?;
+        self.refuse_if_isolated(&site.domain)?;
         if !matches!(site.kind, SiteKind::Static | SiteKind::Process) {
             return Err(ApiError::invalid(
                 "type",

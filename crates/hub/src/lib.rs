@@ -12,6 +12,7 @@ mod deploy;
 pub mod domain;
 pub mod error;
 pub mod identity_api;
+pub mod incident_api;
 mod layout;
 pub mod oidc_api;
 pub mod privacy_api;
@@ -90,6 +91,9 @@ struct HubInner {
     setup_token: Mutex<Option<String>>,
     /// Held while a user's role, state or existence changes.
     user_changes: tokio::sync::Mutex<()>,
+    /// Sites an incident isolated, with the incident's id (see
+    /// incident_api.rs).
+    isolated: Mutex<HashMap<String, i64>>,
 }
 
 impl Hub {
@@ -124,6 +128,7 @@ impl Hub {
                 site_locks: Mutex::new(HashMap::new()),
                 setup_token: Mutex::new(None),
                 user_changes: tokio::sync::Mutex::new(()),
+                isolated: Mutex::new(HashMap::new()),
             }),
         };
         let sites = hub.inner.store.list_sites().await?;
@@ -181,6 +186,12 @@ impl Hub {
     }
 
     fn edge_route(&self, record: &RouteRecord) -> Option<Route> {
+        if self.isolated_by(&record.domain).is_some() {
+            return Some(Route {
+                site: record.domain.as_str().into(),
+                target: Target::Maintenance,
+            });
+        }
         let target = match record.kind {
             SiteKind::Static => {
                 let dir = self

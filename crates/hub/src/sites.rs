@@ -300,6 +300,7 @@ impl Hub {
     /// newest release older than the active one.
     pub async fn rollback(&self, domain: &str, to: Option<String>) -> Result<Site, ApiError> {
         let site = self.site(domain).await?;
+        self.refuse_if_isolated(&site.domain)?;
         let _guard = self.site_lock(&site.domain).await;
         let releases = self.inner.store.list_releases(site.id).await?;
         let target = match to {

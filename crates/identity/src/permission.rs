@@ -58,6 +58,8 @@ permissions! {
     ShieldManage = "shield:manage", "Manage bans and emergency mode.";
     SystemMetrics = "system:metrics", "Scrape the platform's /metrics.";
     SystemConfig = "system:config", "Change platform-wide settings.";
+    IncidentRead = "incident:read", "See incidents, their timelines and actions.";
+    IncidentManage = "incident:manage", "Open, contain, lift and resolve incidents.";
 }
 
 impl Permission {

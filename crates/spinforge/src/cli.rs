@@ -213,6 +213,10 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    // --- incidents (issue #9) ---
+    /// Incident response: list, show, open, contain, lift, resolve.
+    #[command(subcommand)]
+    Incidents(crate::incident_cli::IncidentsCommand),
 }
 
 #[derive(Subcommand)]
@@ -459,6 +463,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(crate::waf_cli::WouldBlock) => std::process::exit(1),
         },
         Command::Audit(command) => crate::audit_cli::run(command).await,
+        Command::Incidents(command) => crate::incident_cli::run(command).await,
         Command::Sandbox(command) => crate::sandbox::run(command),
         // ---- host hardening and supply chain (issue #11) ----
         Command::Doctor(args) => match crate::harden_cli::doctor(args).await? {

@@ -86,7 +86,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Install(_)
         | Command::Firewall(_)
         | Command::Scan(_)
-        | Command::Vulndb(_) => {
+        | Command::Vulndb(_)
+        | Command::Incidents(_) => {
             unreachable!("handled in cli::run")
         }
     }

@@ -40,6 +40,11 @@ pub struct FileConfig {
     pub sandbox: SandboxFileConfig,
     #[serde(default)]
     pub supply_chain: SupplyChainFileConfig,
+    // ---- incidents ----
+    /// Detection thresholds, automatic containment and notifications;
+    /// every key and default is in `incident::IncidentConfig`.
+    #[serde(default)]
+    pub incidents: incident::IncidentConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -345,6 +350,7 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Single sign-on providers, discovered when `serve` starts.
     pub oidc: Vec<identity::oidc::OidcProviderConfig>,
+    pub incidents: incident::IncidentConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -435,6 +441,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     file.shield.validate().map_err(anyhow::Error::msg)?;
 
     let audit = resolve_audit(file.audit)?;
+    // ---- incidents ----
+    file.incidents.validate().map_err(anyhow::Error::msg)?;
 
     Ok(Settings {
         identity,
@@ -448,6 +456,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         shield: file.shield,
         sandbox,
         oidc,
+        incidents: file.incidents,
     })
 }
 

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod harden_cli;
 mod identity_commands;
+mod incident_cli;
 mod pack;
 mod privacy_cli;
 mod sandbox;

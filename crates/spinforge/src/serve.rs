@@ -154,6 +154,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         deploy_examples(&hub, Path::new("examples")).await;
     }
+    let incidents = start_incidents(&settings, &data_dir, &hub, &shield).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_listener = bind(&settings, settings.listen, "edge").await?;
@@ -173,6 +174,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api = hub::router(hub.clone())
         .layer(axum::Extension(shield.clone()))
         .layer(axum::Extension(auditor.reader()))
+        .layer(axum::Extension(incidents))
         .layer(axum::Extension(sso));
     let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
@@ -243,6 +245,31 @@ fn start_shield(settings: &Settings, data_dir: &Path) -> anyhow::Result<shield::
         }
     });
     Ok(shield)
+}
+
+// ---- incidents ----
+
+/// Starts incident response: detection on the audit tap, containment
+/// through the shield, identity and the hub's site isolation.
+async fn start_incidents(
+    settings: &Settings,
+    data_dir: &Path,
+    hub: &Hub,
+    shield: &shield::Shield,
+) -> anyhow::Result<incident::Incidents> {
+    let responders = incident::Responders {
+        shield: shield.clone(),
+        identity: hub.identity().clone(),
+        store: hub.store().clone(),
+        sites: Arc::new(hub::incident_api::HubSites(hub.clone())),
+        secrets: None,
+        ban_ttl: std::time::Duration::from_secs(settings.incidents.policy.ban_ttl_secs),
+    };
+    let incidents = incident::Incidents::start(data_dir, settings.incidents.clone(), responders)
+        .await
+        .context("cannot start incident response")?;
+    incidents.watch(audit::subscribe());
+    Ok(incidents)
 }
 
 async fn bind(

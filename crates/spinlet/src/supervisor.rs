@@ -643,6 +643,25 @@ impl Supervisor {
         self.inner.spawner.set_site_sandbox(domain, settings)
     }
 
+    /// Stops every instance of a site and forgets what it runs until the
+    /// next [`Supervisor::register`], keeping its logs and data: for an
+    /// incident that isolates the site. Returns true iff the site is known.
+    pub async fn suspend(&self, domain: &str) -> bool {
+        let Some(slot) = self.slot(domain) else {
+            return false;
+        };
+        let instances = {
+            let mut state = slot.lock();
+            state.generation += 1;
+            state.spec = None;
+            state.take_instances()
+        };
+        for instance in instances {
+            self.stop_instance(&slot, &instance).await;
+        }
+        true
+    }
+
     /// Stops the site's app (it starts again on the next request) and
     /// clears a failed state.
     pub async fn restart(&self, domain: &str) -> Result<(), WakeError> {
