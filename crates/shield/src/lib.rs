@@ -14,6 +14,7 @@ pub mod conn;
 pub mod detect;
 pub mod error;
 pub mod firewall;
+pub mod framing;
 pub mod headers;
 pub mod keyed;
 pub mod limits;
