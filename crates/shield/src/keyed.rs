@@ -48,11 +48,14 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most verified keys remembered at once; past it the cache starts over.
 const KEY_CACHE_MAX: usize = 10_000;
 
+/// A verified key's id and when it was verified (Unix seconds).
+type Verified = (Arc<str>, u64);
+
 /// Verified API keys by the SHA-256 of the key (the secret itself is not
 /// kept), with the time they were verified.
 #[derive(Default)]
 pub(crate) struct KeyCache {
-    entries: Mutex<HashMap<[u8; 32], (Arc<str>, u64)>>,
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 impl KeyCache {
