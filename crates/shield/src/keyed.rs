@@ -142,7 +142,7 @@ impl AbuseWatch {
         if matches!(self.reports.check(key, false), Decision::Allowed { .. }) {
             tracing::warn!(
                 target: "spinforge::audit", event = "rate.abuse",
-                scope, key = %key, limit = limit.policy.limit,
+                scope, bucket = %key, limit = limit.policy.limit,
                 window_secs = limit.policy.window.as_secs(),
                 "sustained requests past a rate limit"
             );

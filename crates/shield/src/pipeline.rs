@@ -657,8 +657,8 @@ impl Shield {
             Decision::Refused(r) => {
                 self.inner.abuse.refused(scope, key, &r);
                 tracing::info!(
-                    target: "spinforge::audit", event = "rate.limited",
-                    scope, key = %key, retry_after = r.retry_after_secs(),
+                    target: "spinforge::audit", event = "ratelimit.refused",
+                    scope, bucket = %key, retry_after = r.retry_after_secs(),
                     "request refused by a rate limit"
                 );
                 Err(r)

@@ -140,7 +140,7 @@ async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_bac
     let r = login_from(&server, "127.0.0.10", "u9@example.com", "wrong!").await;
     assert_eq!(code(r).await.0, 429, "and only one");
 
-    assert!(server.log_shows("rate.limited").await);
+    assert!(server.log_shows("ratelimit.refused").await);
 }
 
 #[tokio::test]
