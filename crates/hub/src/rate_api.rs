@@ -4,7 +4,7 @@
 //! - auth endpoints ([`AUTH_ROUTES`]): the auth policy (default 5 per 15
 //!   minutes) per client address, and per account when the request names
 //!   one (the `email` of a login);
-//! - every API route: the API policy (default 100 per minute), counted
+//! - every API route but the health probes: the API policy (default 100 per minute), counted
 //!   against the caller's valid credential (`user:<id>`, `key:<id>`), or
 //!   against the client address for public routes and for requests whose
 //!   credential is missing or invalid, so made-up keys buy nothing.
@@ -94,6 +94,10 @@ fn login_account(body: &[u8]) -> Option<String> {
 /// when its credential is valid, `None` for public routes and for missing
 /// or invalid credentials (then the client address is the key).
 pub fn charge(parts: &Parts, principal: Option<&Principal>) -> Result<(), ApiError> {
+    // Health probes are never limited: load balancers poll them.
+    if matches!(parts.uri.path(), "/healthz" | "/readyz") {
+        return Ok(());
+    }
     let (Some(shield), Some(peer)) = (
         parts.extensions.get::<Shield>(),
         parts.extensions.get::<PeerAddr>(),

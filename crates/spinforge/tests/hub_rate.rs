@@ -240,6 +240,8 @@ async fn the_api_allows_a_hundred_a_minute_per_credential_and_invalid_keys_count
     );
     let r = api("127.0.3.1", &key, "/api/v1/sites").await;
     assert_eq!(r.status(), 200, "a valid key is not held by its address");
+    let r = api("127.0.3.1", "", "/healthz").await;
+    assert_eq!(r.status(), 200, "health probes are never limited");
 
     // A minute later the user has its full hundred again, and no more.
     advance_clock(&server, &clock_key, 60).await;
