@@ -8,6 +8,7 @@
 pub mod app;
 pub mod balancer;
 pub mod body;
+mod framing;
 pub mod host;
 mod idle;
 pub mod listener;

@@ -109,6 +109,7 @@ pub async fn serve<F, S, B>(
         let _ = stream.set_nodelay(true);
         let io = IdleTimeout::new(stream, limits.idle_timeout)
             .with_first_byte_timeout(limits.header_read_timeout);
+        let io = crate::framing::FramingGuard::new(io, peer);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), make(peer))
             .into_owned();

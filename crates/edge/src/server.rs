@@ -168,7 +168,9 @@ impl Edge {
         drop(snapshot);
         let site = route.as_ref().map(|r| r.site.clone());
 
-        let admitted = shield.screen(&client, &req, site.as_deref());
+        // Rate limits count a valid API key's requests against the key.
+        let credential = shield.verified_key(req.headers()).await;
+        let admitted = shield.screen_as(&client, credential.as_ref(), &req, site.as_deref());
         let (mut response, origin) = match (&admitted, route) {
             (Err(refusal), _) => {
                 tracing::debug!(request_id = %request_id, client_ip = %client.addr,

@@ -298,10 +298,19 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
         return Err(ApiError::MethodNotAllowed);
     };
     if access == Public {
-        return Ok(());
+        // Rate limits (rate_api.rs): public routes count per address.
+        return crate::rate_api::charge(parts, None);
     }
 
-    let principal = authenticate(hub, parts).await?;
+    let principal = match authenticate(hub, parts).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            // A missing or invalid credential counts against the address.
+            crate::rate_api::charge(parts, None)?;
+            return Err(e);
+        }
+    };
+    crate::rate_api::charge(parts, Some(&principal))?;
     if principal.role == store::Role::Admin
         && !principal.second_factor
         && principal.method != identity::AuthMethod::ApiKey

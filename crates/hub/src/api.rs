@@ -60,6 +60,11 @@ pub fn router(hub: Hub) -> Router {
             hub.clone(),
             crate::access::enforce,
         ))
+        // Before the access check: the auth endpoints' rate limits.
+        .route_layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            crate::rate_api::auth_limit,
+        ))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))

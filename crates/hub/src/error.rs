@@ -48,6 +48,10 @@ pub enum ApiError {
     /// The client failed to log in too often; it may retry after the delay.
     #[error("too many failed logins; try again later")]
     Locked { retry_after: u64 },
+    /// The client went past a rate limit; it may retry after the delay.
+    /// Answered with `Retry-After` and the IETF `RateLimit` headers.
+    #[error("too many requests; slow down and retry after the delay")]
+    RateLimited(shield::RateLimited),
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The client's app did not start or become healthy; the old release
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::Csrf(_) => (StatusCode::FORBIDDEN, "csrf_failed", None),
             ApiError::SecondFactor { code, .. } => (StatusCode::UNAUTHORIZED, code, Some("totp")),
             ApiError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "locked", None),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::AppFailed { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -146,8 +151,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid`, `bad_bundle`, `too_large`,
     /// `unauthorized`, `second_factor_required`, `second_factor_failed`,
-    /// `forbidden`, `csrf_failed`, `totp_enrolment_required`, `locked`, `not_found`,
-    /// `conflict`, `app_failed`, `vulnerable_dependencies`, `internal`.
+    /// `forbidden`, `csrf_failed`, `totp_enrolment_required`, `locked`, `rate_limited`,
+    /// `not_found`, `conflict`, `app_failed`, `vulnerable_dependencies`,
+    /// `consent_required`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The request field at fault, when there is one.
@@ -169,6 +175,10 @@ impl IntoResponse for ApiError {
             ApiError::Locked { retry_after } => Some(*retry_after),
             _ => None,
         };
+        let rate_headers = match &self {
+            ApiError::RateLimited(limit) => Some(limit.headers()),
+            _ => None,
+        };
         let log_tail = match self {
             ApiError::AppFailed { log_tail, .. } => Some(log_tail),
             _ => None,
@@ -186,6 +196,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in rate_headers.into_iter().flatten() {
+            response.headers_mut().insert(name, value);
         }
         if status == StatusCode::UNAUTHORIZED {
             response

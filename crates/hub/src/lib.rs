@@ -16,6 +16,7 @@ pub mod incident_api;
 mod layout;
 pub mod oidc_api;
 pub mod privacy_api;
+pub mod rate_api;
 pub mod sandbox_api;
 pub mod shield_api;
 pub mod sites;

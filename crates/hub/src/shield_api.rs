@@ -231,6 +231,9 @@ fn test_clock(router: Router<Hub>) -> Router<Hub> {
     #[serde(deny_unknown_fields)]
     struct Advance {
         advance_secs: u64,
+        /// Stop real time first, for boundaries of fast limits.
+        #[serde(default)]
+        freeze: bool,
     }
 
     async fn advance(
@@ -243,6 +246,9 @@ fn test_clock(router: Router<Hub>) -> Router<Hub> {
             actor = %actor(&admin), advance_secs = req.advance_secs,
             "TEST ONLY: shield clock advanced"
         );
+        if req.freeze {
+            shield.clock().freeze();
+        }
         shield
             .clock()
             .advance(Duration::from_secs(req.advance_secs));

@@ -25,7 +25,12 @@ struct ClockInner {
     /// Added to every reading, in nanoseconds. Only [`ShieldClock::advance`]
     /// changes it.
     offset: AtomicU64,
+    /// The real elapsed nanoseconds at which [`ShieldClock::freeze`]
+    /// stopped the clock, or [`RUNNING`].
+    frozen: AtomicU64,
 }
+
+const RUNNING: u64 = u64::MAX;
 
 impl ShieldClock {
     /// The real clock.
@@ -38,6 +43,7 @@ impl ShieldClock {
                 start: Some(Instant::now()),
                 start_unix,
                 offset: AtomicU64::new(0),
+                frozen: AtomicU64::new(RUNNING),
             }),
         }
     }
@@ -49,6 +55,7 @@ impl ShieldClock {
                 start: None,
                 start_unix: unix,
                 offset: AtomicU64::new(0),
+                frozen: AtomicU64::new(RUNNING),
             }),
         }
     }
@@ -62,9 +69,32 @@ impl ShieldClock {
         self.inner.offset.fetch_add(by, Ordering::Relaxed);
     }
 
+    /// Stops real time for every holder of a clone: from now on the clock
+    /// moves only when advanced, so a test can meet a boundary of a fast
+    /// limit (100 a minute earns one back every 0.6 s) exactly.
+    ///
+    /// Production code never calls this; the debug build's test-clock
+    /// route does.
+    pub fn freeze(&self) {
+        let real = self.inner.start.map_or(0, |s| {
+            u64::try_from(s.elapsed().as_nanos()).unwrap_or(RUNNING - 1)
+        });
+        let _ = self.inner.frozen.compare_exchange(
+            RUNNING,
+            real.min(RUNNING - 1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Time since the clock was made.
     pub fn elapsed(&self) -> Duration {
-        let real = self.inner.start.map_or(Duration::ZERO, |s| s.elapsed());
+        let frozen = self.inner.frozen.load(Ordering::Relaxed);
+        let real = if frozen != RUNNING {
+            Duration::from_nanos(frozen)
+        } else {
+            self.inner.start.map_or(Duration::ZERO, |s| s.elapsed())
+        };
         real + Duration::from_nanos(self.inner.offset.load(Ordering::Relaxed))
     }
 
@@ -85,6 +115,17 @@ impl governor::clock::Clock for ShieldClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frozen_clock_moves_only_when_advanced() {
+        let clock = ShieldClock::system();
+        clock.freeze();
+        let at = clock.elapsed();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(clock.elapsed(), at);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(clock.elapsed(), at + Duration::from_secs(2));
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_advanced() {

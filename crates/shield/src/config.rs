@@ -70,6 +70,19 @@ pub struct ShieldConfig {
     /// (SQL injection, XSS, command injection, traversal).
     pub waf_ban_on_critical: bool,
 
+    // ---- hub limits and sustained abuse (issue #6, branch shield2) ----
+    /// Hub auth endpoints (login, browser login, refresh, setup, TOTP
+    /// confirmation, single sign-on callback): this many requests per
+    /// `hub_auth_window_secs`, per client address and per account.
+    pub hub_auth_limit: u32,
+    pub hub_auth_window_secs: u64,
+    /// Every hub API route: this many requests per minute, per valid
+    /// credential, else per client address.
+    pub hub_api_per_minute: u32,
+    /// A client refused by a rate limit more than this many times in a
+    /// minute is abusing it: one `rate.abuse` audit event per ten minutes.
+    pub abuse_refusals_per_minute: u32,
+
     /// Where bans, emergency mode and site policies are kept; `serve` sets
     /// it to a file in the data directory. `None`: memory only.
     #[serde(skip)]
@@ -108,6 +121,10 @@ impl Default for ShieldConfig {
             headers: HeaderSettings::default(),
             waf_blocks_per_minute: 20,
             waf_ban_on_critical: false,
+            hub_auth_limit: 5,
+            hub_auth_window_secs: 15 * 60,
+            hub_api_per_minute: 100,
+            abuse_refusals_per_minute: 60,
             state_file: None,
         }
     }
@@ -166,6 +183,13 @@ impl ShieldConfig {
                 "waf_blocks_per_minute",
                 u64::from(self.waf_blocks_per_minute),
             ),
+            ("hub_auth_limit", u64::from(self.hub_auth_limit)),
+            ("hub_auth_window_secs", self.hub_auth_window_secs),
+            ("hub_api_per_minute", u64::from(self.hub_api_per_minute)),
+            (
+                "abuse_refusals_per_minute",
+                u64::from(self.abuse_refusals_per_minute),
+            ),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("shield.{field} must be at least 1"));
@@ -214,6 +238,8 @@ mod tests {
         assert_eq!((c.requests_per_minute, c.errors_per_minute), (1000, 50));
         assert_eq!(c.ban_ttl_secs, 3600);
         assert!(c.allowlist.is_empty());
+        assert_eq!((c.hub_auth_limit, c.hub_auth_window_secs), (5, 900));
+        assert_eq!(c.hub_api_per_minute, 100);
     }
 
     #[test]

@@ -10,11 +10,10 @@
 //! for whatever parser sits in front of us next year. A body that grows
 //! past the cap while streaming is stopped by the edge's body wrapper.
 //!
-//! Limitation: over HTTP/1, hyper removes a `Content-Length` sent next to
-//! `Transfer-Encoding` (chunked wins and the connection closes after the
-//! answer) and folds identical repeated lengths before we see the head,
-//! so those two shapes are served with one safe framing rather than
-//! refused with 400 (our own HTTP/1 head parser would lift this).
+//! Over HTTP/1, hyper removes a `Content-Length` sent next to
+//! `Transfer-Encoding` and folds identical repeated lengths before we see
+//! the head; [`crate::framing`] reads the raw head first and makes those
+//! shapes a 400 as well.
 
 use crate::Refusal;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};

@@ -13,8 +13,9 @@ use crate::conn::ConnectionGate;
 use crate::detect::{Detector, Finding, Thresholds};
 use crate::firewall::Nftables;
 use crate::headers::{Origin, SecurityHeaders};
+use crate::keyed::{AbuseWatch, HubLimits, KeyCache, KeyVerifier, RateKey};
 use crate::limits::RequestLimits;
-use crate::rate::{Decision, KeyedLimiter, Policy};
+use crate::rate::{Decision, KeyedLimiter, Policy, RateLimited};
 use crate::waf::{self, Mode, RequestView, Severity, SiteWafConfig, Waf};
 use crate::{Refusal, ShieldError};
 use arc_swap::ArcSwap;
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// One step of screening a request.
@@ -117,7 +118,7 @@ impl WafSite {
 /// A site policy, ready for the request path.
 pub struct SiteShield {
     pub policy: SitePolicy,
-    limiter: Option<KeyedLimiter<IpKey>>,
+    limiter: Option<KeyedLimiter<RateKey>>,
     /// `Some(None)`: the site turned CSP off.
     csp: Option<Option<HeaderValue>>,
     waf: WafSite,
@@ -164,7 +165,7 @@ struct Inner {
     resolver: ClientIpResolver,
     allowlist: Vec<IpNet>,
     limits: RequestLimits,
-    edge_rate: Option<KeyedLimiter<IpKey>>,
+    edge_rate: Option<KeyedLimiter<RateKey>>,
     sites: ArcSwap<HashMap<Arc<str>, Arc<SiteShield>>>,
     /// The compiled rule set, shared by every site.
     waf: Waf,
@@ -189,6 +190,11 @@ struct Inner {
     save_lock: Mutex<()>,
     /// Set when an automatic ban awaits saving by [`Shield::maintain`].
     dirty: AtomicBool,
+    // ---- keyed limits (branch shield2) ----
+    hub: HubLimits,
+    abuse: AbuseWatch,
+    key_cache: KeyCache,
+    key_verifier: OnceLock<KeyVerifier>,
 }
 
 impl std::fmt::Debug for Shield {
@@ -271,10 +277,22 @@ impl Shield {
                 gate,
                 http2: config.http2(),
                 firewall,
-                clock,
+                clock: clock.clone(),
                 state_file: config.state_file.clone(),
                 save_lock: Mutex::new(()),
                 dirty: AtomicBool::new(false),
+                hub: HubLimits::new(
+                    Policy {
+                        limit: config.hub_auth_limit,
+                        window: Duration::from_secs(config.hub_auth_window_secs),
+                    },
+                    Policy::per_minute(config.hub_api_per_minute),
+                    factor,
+                    &clock,
+                ),
+                abuse: AbuseWatch::new(config.abuse_refusals_per_minute, &clock),
+                key_cache: KeyCache::default(),
+                key_verifier: OnceLock::new(),
             }),
         };
         shield.load()?;
@@ -350,10 +368,23 @@ impl Shield {
 
     // ---- the request path ---------------------------------------------
 
-    /// Runs [`REQUEST_STAGES`] in order for a request to `site`.
+    /// Runs [`REQUEST_STAGES`] in order for a request to `site`, with
+    /// rate limits keyed by the client's address.
     pub fn screen<B>(
         &self,
         client: &ClientIp,
+        req: &Request<B>,
+        site: Option<&str>,
+    ) -> Result<Admitted, Refusal> {
+        self.screen_as(client, None, req, site)
+    }
+
+    /// [`Shield::screen`], with rate limits keyed by `credential` (the id
+    /// of a valid API key, from [`Shield::verified_key`]) when there is one.
+    pub fn screen_as<B>(
+        &self,
+        client: &ClientIp,
+        credential: Option<&Arc<str>>,
         req: &Request<B>,
         site: Option<&str>,
     ) -> Result<Admitted, Refusal> {
@@ -395,16 +426,18 @@ impl Shield {
                         .unwrap_or(inner.limits.max_body_bytes);
                     inner.limits.check(req, cap)?;
                 }
-                // Limitation: edge limits are keyed by client IP only;
-                // keying a request with a valid API key by that key needs
-                // the identity issue's keys at the edge.
                 Stage::RateLimit if !allowlisted => {
                     let limiters = [
                         inner.edge_rate.as_ref(),
                         site.as_ref().and_then(|s| s.limiter.as_ref()),
                     ];
+                    let key = match credential {
+                        Some(id) => RateKey::Credential(id.clone()),
+                        None => RateKey::Ip(client.key),
+                    };
                     for limiter in limiters.into_iter().flatten() {
-                        if let Decision::Refused(r) = limiter.check(&client.key, emergency) {
+                        if let Decision::Refused(r) = limiter.check(&key, emergency) {
+                            inner.abuse.refused("edge", &key, &r);
                             // Refused requests still count toward the flood
                             // window: that is what makes abuse "sustained".
                             if let Some(finding) = inner.detector.request(client.key) {
@@ -564,6 +597,8 @@ impl Shield {
         if let Some(limiter) = &inner.edge_rate {
             limiter.forget_idle();
         }
+        inner.hub.forget_idle();
+        inner.abuse.forget_idle();
         for site in inner.sites.load().values() {
             if let Some(limiter) = &site.limiter {
                 limiter.forget_idle();
@@ -575,6 +610,96 @@ impl Shield {
                 tracing::error!(error = %e, "automatic bans not saved");
             }
         }
+    }
+
+    // ---- keyed limits: API keys at the edge, the hub's limits (shield2) ----
+
+    /// Sets how the edge checks API keys (once; `serve` wires it to the
+    /// identity service). Without one, every request is keyed by address.
+    pub fn set_key_verifier(&self, verifier: KeyVerifier) {
+        if self.inner.key_verifier.set(verifier).is_err() {
+            tracing::warn!("the shield's API key verifier was already set; kept the first");
+        }
+    }
+
+    /// The id of the valid API key a request carries, if it carries one:
+    /// what its rate limits are keyed by. Verified keys are remembered
+    /// (by their hash) for [`crate::keyed::KEY_CACHE_TTL`]; an invalid key
+    /// answers `None`, so its requests count against the address.
+    // Limitation: a revoked key keeps its own bucket for up to the cache
+    // TTL (30 s); it gains no access by it, only its own rate bucket
+    // (revocation pushing to the shield would lift this).
+    pub async fn verified_key(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return None;
+        }
+        let key = crate::keyed::bearer_api_key(headers)?;
+        let verifier = inner.key_verifier.get()?;
+        let digest = KeyCache::digest(key);
+        let now = inner.clock.unix_now();
+        if let Some(id) = inner.key_cache.get(&digest, now) {
+            return Some(id);
+        }
+        let id: Arc<str> = Arc::from(verifier(key.to_owned()).await?);
+        inner.key_cache.put(digest, id.clone(), now);
+        Some(id)
+    }
+
+    fn hub_check(
+        &self,
+        scope: &'static str,
+        limiter: &KeyedLimiter<RateKey>,
+        key: &RateKey,
+    ) -> Result<(), RateLimited> {
+        match limiter.check(key, self.emergency()) {
+            Decision::Allowed { .. } => Ok(()),
+            Decision::Refused(r) => {
+                self.inner.abuse.refused(scope, key, &r);
+                tracing::info!(
+                    target: "spinforge::audit", event = "ratelimit.refused",
+                    scope, bucket = %key, retry_after = r.retry_after_secs(),
+                    "request refused by a rate limit"
+                );
+                Err(r)
+            }
+        }
+    }
+
+    /// Counts a request to a hub auth endpoint (login and the like) from
+    /// `addr`, and against `account` when the request names one. Refused
+    /// past the auth policy for either; allowlisted clients skip it.
+    pub fn check_hub_auth(&self, addr: IpAddr, account: Option<&str>) -> Result<(), RateLimited> {
+        let inner = &*self.inner;
+        if !inner.enabled || self.is_allowlisted(addr) {
+            return Ok(());
+        }
+        let ip = RateKey::Ip(inner.resolver.key(addr));
+        self.hub_check("hub_auth", &inner.hub.auth_ip, &ip)?;
+        if let Some(account) = account {
+            let account = RateKey::Account(Arc::from(account));
+            self.hub_check("hub_auth_account", &inner.hub.auth_account, &account)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a hub API request: against `credential` (`user:<id>` or
+    /// `key:<id>`) when the caller proved one, else against `addr`.
+    pub fn check_hub_api(&self, addr: IpAddr, credential: Option<&str>) -> Result<(), RateLimited> {
+        let inner = &*self.inner;
+        if !inner.enabled || self.is_allowlisted(addr) {
+            return Ok(());
+        }
+        let key = match credential {
+            Some(c) => RateKey::Credential(Arc::from(c)),
+            None => RateKey::Ip(inner.resolver.key(addr)),
+        };
+        self.hub_check("hub_api", &inner.hub.api, &key)
+    }
+
+    /// The hub's policies, for documentation and tests: (auth, API).
+    pub fn hub_policies(&self) -> (Policy, Policy) {
+        (self.inner.hub.auth_ip.policy(), self.inner.hub.api.policy())
     }
 
     // ---- operator state ------------------------------------------------

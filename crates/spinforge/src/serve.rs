@@ -124,6 +124,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let routes = Routes::default();
     let shield = start_shield(&settings, &data_dir)?;
+    // ---- shield: edge rate limits keyed by valid API keys (shield2) ----
+    let verifier_identity = identity.clone();
+    shield.set_key_verifier(Arc::new(move |key: String| {
+        let identity = verifier_identity.clone();
+        Box::pin(async move {
+            let principal = identity.authenticate(&key).await.ok()?;
+            principal.api_key.map(|id| format!("key:{id}"))
+        })
+    }));
+    // ---- end shield2 ----
     let edge = Edge::new(
         settings.edge.clone(),
         routes.clone(),

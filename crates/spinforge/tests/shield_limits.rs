@@ -187,34 +187,59 @@ async fn smuggling_shapes_are_refused_and_never_reach_the_upstream() {
         "no refused shape reached the upstream"
     );
 
-    // Limitation: hyper drops a Content-Length that comes with
-    // Transfer-Encoding (RFC 9112 6.3: chunked wins, and the connection
-    // closes after the answer) and folds identical repeated lengths
-    // before the shield sees the request, so those shapes are not a 400
-    // (our own HTTP/1 head parser would lift this). What matters holds:
-    // one framing is used, and nothing hidden behind the body is served.
+    // hyper repairs these two shapes (chunked wins over a Content-Length;
+    // identical repeated lengths are folded) before any service sees the
+    // request; the edge's framing guard reads the raw head first and makes
+    // them a 400 too. Each is sent with a second request smuggled behind
+    // it, split over several writes, and in any header case.
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: echo.localhost\r\n\r\n";
     for shape in [
         "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "transfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n0\r\n\r\n",
+        "Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "Content-Length: 3\r\ncontent-length: 3\r\nConnection: close\r\n\r\nabc",
     ] {
         let answer = raw(server.edge, format!("{start}{shape}{smuggled}").as_bytes()).await;
-        assert_eq!(status_of(&answer), 200, "{shape:?} got: {answer}");
-        assert!(answer.ends_with("got 3"), "chunked framing wins: {answer}");
+        assert_eq!(status_of(&answer), 400, "{shape:?} got: {answer}");
         assert_eq!(
             answer.matches("HTTP/1.1 ").count(),
             1,
             "a second request was served: {answer}"
         );
+        let mut stream = connect_from(server.edge, "127.0.0.1").await;
+        let request = format!("{start}{shape}");
+        for piece in request.as_bytes().chunks(7) {
+            // The edge answers and closes as soon as the head is complete.
+            if stream.write_all(piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut reply),
+        )
+        .await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert_eq!(status_of(&reply), 400, "{shape:?} in pieces got: {reply}");
     }
     assert_eq!(
         upstream.count().await,
-        2,
-        "only the two framed requests arrived"
+        0,
+        "no refused shape reached the upstream"
     );
-    let same = "Content-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
-    let answer = raw(server.edge, format!("{start}{same}").as_bytes()).await;
-    assert!(answer.ends_with("got 3"), "{answer}");
+    assert!(server.log_shows("shield.framing_refused").await);
+    // A good request on a kept-alive connection, then a bad one: the
+    // guard follows the first body and still finds the second head.
+    let first = "POST /x HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 3\r\n\r\nabc";
+    let second = "POST /x HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nz";
+    let answer = raw(server.edge, format!("{first}{second}").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("got 3"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(upstream.count().await, 1, "only the good request arrived");
 
     // The plain forms still work, so the refusals are about the shapes.
     let answer = raw(server.edge, &post_chunked("echo.localhost", &[3])).await;

@@ -11,7 +11,7 @@ mod shield_support;
 
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use shield_support::*;
 
 fn rate_server(rate: u32, extra: &str) -> Server {
@@ -241,4 +241,129 @@ async fn emergency_mode_tightens_every_limit_and_switching_off_restores_them() {
         statuses(&server, "127.0.0.1", None, 51).await,
         [allowed(50), vec![429]].concat()
     );
+}
+
+/// Creates a user as `admin` and logs it in from its own address.
+async fn person(
+    server: &Server,
+    admin: &str,
+    email: &str,
+    role: &str,
+    customer: &str,
+    source: &str,
+) -> String {
+    let password = "a long enough passphrase";
+    let (status, body) = api(
+        server,
+        admin,
+        Method::POST,
+        "/users",
+        Some(json!({"email": email, "password": password, "role": role, "customer": customer})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let response = client_from(source)
+        .post(format!("{}/api/v1/auth/login", server.api_url()))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn the_sites_owner_sets_its_rate_within_the_admins_ceiling_and_no_one_else_may() {
+    let server = rate_server(0, "site_rate_ceiling_per_minute = 50\n");
+    let admin = server.admin_token().await;
+    let owner = person(
+        &server,
+        &admin,
+        "dev@acme.test",
+        "developer",
+        "acme",
+        "127.0.6.1",
+    )
+    .await;
+    let stranger = person(
+        &server,
+        &admin,
+        "dev@globex.test",
+        "developer",
+        "globex",
+        "127.0.6.2",
+    )
+    .await;
+    let viewer = person(
+        &server,
+        &admin,
+        "view@acme.test",
+        "viewer",
+        "acme",
+        "127.0.6.3",
+    )
+    .await;
+    let (status, body) = api(
+        &server,
+        &owner,
+        Method::POST,
+        "/sites",
+        Some(
+            json!({"domain": "acme.localhost", "type": "proxy", "upstream": "http://127.0.0.1:9"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let path = "/sites/acme.localhost/shield";
+
+    // Above the ceiling: 400 naming the field and the ceiling; nothing set.
+    let (status, body) = api(
+        &server,
+        &owner,
+        Method::PUT,
+        path,
+        Some(json!({"rate_per_minute": 51})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "rate_per_minute");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("50"),
+        "{body}"
+    );
+    let (_, body) = api(&server, &owner, Method::GET, path, None).await;
+    assert_eq!(body["rate_per_minute"], Value::Null);
+
+    // At the ceiling: the owner's to set.
+    let (status, body) = api(
+        &server,
+        &owner,
+        Method::PUT,
+        path,
+        Some(json!({"rate_per_minute": 50})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = api(&server, &owner, Method::GET, path, None).await;
+    assert_eq!(body["rate_per_minute"], 50);
+
+    // Another customer's developer and the customer's viewer may not.
+    for (who, token) in [("stranger", &stranger), ("viewer", &viewer)] {
+        let (status, body) = api(
+            &server,
+            token,
+            Method::PUT,
+            path,
+            Some(json!({"rate_per_minute": 1})),
+        )
+        .await;
+        assert_eq!(status, 403, "{who}: {body}");
+    }
+    let (_, body) = api(&server, &owner, Method::GET, path, None).await;
+    assert_eq!(body["rate_per_minute"], 50, "unchanged");
+    wait_for_log(&server, "shield.site_policy").await;
 }

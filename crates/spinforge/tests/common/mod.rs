@@ -49,6 +49,7 @@ impl Server {
     }
 
     fn spawn(root: Arc<tempfile::TempDir>, config: String, flags: &[&str]) -> Server {
+        let config = with_roomy_hub_limits(config);
         let data_dir = root.path().join("data");
         let config_path = root.path().join("spinforge.toml");
         std::fs::write(&config_path, &config).expect("write config");
@@ -314,6 +315,19 @@ impl Drop for Server {
 }
 
 /// A plain HTTP client that neither follows redirects nor decompresses.
+/// Tests of other features log in and call the API from 127.0.0.1 far
+/// more often than the hub's rate limits allow one address (5 auth
+/// requests per 15 minutes, 100 API calls a minute). A config without a
+/// `[shield]` section therefore gets roomy hub limits; a test that writes
+/// its own `[shield]` section (every shield test) gets the real defaults,
+/// and `hub_rate.rs` tests those at their boundaries.
+pub fn with_roomy_hub_limits(config: String) -> String {
+    if config.contains("[shield]") {
+        return config;
+    }
+    format!("{config}\n[shield]\nhub_auth_limit = 100000\nhub_api_per_minute = 1000000\n")
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -1,0 +1,390 @@
+//! The framing rules hyper cannot be told to enforce. Over HTTP/1, hyper
+//! quietly repairs two smuggling shapes before any service sees the
+//! request: it drops a `Content-Length` sent together with
+//! `Transfer-Encoding` (chunked wins), and it folds repeated identical
+//! `Content-Length` lines into one. Both are served with one safe framing,
+//! but a proxy in front of us may have framed them the other way, so the
+//! rule is to refuse them.
+//!
+//! [`FramingScanner`] follows the bytes of one connection as they are
+//! read, request head by request head (skipping bodies by their declared
+//! framing), and says where a head that breaks a rule ends. The edge's
+//! connection wrapper then hands hyper [`SPOILED_END`] in place of that
+//! head's final line feed and ends the input there: hyper fails to parse
+//! the head and answers 400 itself, before any service or upstream sees
+//! the request.
+//!
+//! Once it cannot follow the connection any more (HTTP/2, an upgrade, a
+//! head or a chunk it does not understand, which hyper refuses anyway) it
+//! stops looking: hyper's own rules still hold from there.
+
+/// The largest head followed; past it hyper refuses the head itself.
+const MAX_HEAD: usize = 128 * 1024;
+
+/// Why a head was refused.
+pub type Reason = &'static str;
+
+/// What replaces the final line feed of a refused head: a NUL where a
+/// line feed or a header name must be, then a complete end of head, so
+/// hyper parses far enough to fail (it waits while no end is in sight).
+pub const SPOILED_END: &[u8] = b"\0\r\n\r\n";
+
+/// A head that broke a framing rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Index, in the bytes just scanned, of the head's final line feed.
+    pub at: usize,
+    pub reason: Reason,
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Body(u64),
+    Chunk(Chunk),
+    /// Not followed any more.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Reading the size line: the size so far, and whether the line is in
+    /// its extension part.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; `empty`
+    /// while the current line has no bytes but CR.
+    Trailer {
+        empty: bool,
+    },
+}
+
+/// Follows one connection's request heads. Cheap: bodies are skipped by
+/// length, and only heads are copied (into one reused buffer).
+#[derive(Debug)]
+pub struct FramingScanner {
+    state: State,
+    head: Vec<u8>,
+}
+
+impl Default for FramingScanner {
+    fn default() -> FramingScanner {
+        FramingScanner::new()
+    }
+}
+
+impl FramingScanner {
+    pub fn new() -> FramingScanner {
+        FramingScanner {
+            state: State::Head,
+            head: Vec::new(),
+        }
+    }
+
+    /// True once the scanner has stopped following the connection.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Follows `bytes`, just read from the client. Returns where a head
+    /// that breaks a framing rule ends; the scanner stops following then
+    /// (the connection ends with the 400).
+    pub fn scan(&mut self, bytes: &[u8]) -> Option<Refused> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match &mut self.state {
+                State::Done => return None,
+                State::Body(left) => {
+                    let take = (*left).min((bytes.len() - i) as u64);
+                    *left -= take;
+                    i += take as usize;
+                    if *left == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::Chunk(chunk) => {
+                    let (next, used) = step_chunk(*chunk, &bytes[i..]);
+                    i += used;
+                    self.state = match next {
+                        Some(Some(chunk)) => State::Chunk(chunk),
+                        Some(None) => State::Head,
+                        None => State::Done,
+                    };
+                }
+                State::Head => {
+                    let b = bytes[i];
+                    i += 1;
+                    // Empty lines before a request line are skipped.
+                    if self.head.is_empty() && (b == b'\r' || b == b'\n') {
+                        continue;
+                    }
+                    self.head.push(b);
+                    if self.head.len() > MAX_HEAD {
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let ended = b == b'\n'
+                        && (self.head.ends_with(b"\n\n") || self.head.ends_with(b"\n\r\n"));
+                    if !ended {
+                        continue;
+                    }
+                    let verdict = judge(&self.head);
+                    self.head.clear();
+                    match verdict {
+                        Verdict::Refuse(reason) => {
+                            self.state = State::Done;
+                            return Some(Refused { at: i - 1, reason });
+                        }
+                        Verdict::Length(0) => self.state = State::Head,
+                        Verdict::Length(n) => self.state = State::Body(n),
+                        Verdict::Chunked => {
+                            self.state = State::Chunk(Chunk::Size {
+                                size: 0,
+                                digits: 0,
+                                ext: false,
+                            })
+                        }
+                        Verdict::StopFollowing => self.state = State::Done,
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+enum Verdict {
+    Refuse(Reason),
+    Length(u64),
+    Chunked,
+    StopFollowing,
+}
+
+fn judge(head: &[u8]) -> Verdict {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
+        return Verdict::StopFollowing;
+    }
+    let mut lengths = Vec::new();
+    let mut codings = Vec::new();
+    let mut upgrade = false;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Verdict::StopFollowing;
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths.push(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.push(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if !lengths.is_empty() && !codings.is_empty() {
+        return Verdict::Refuse("Content-Length together with Transfer-Encoding");
+    }
+    if lengths.len() > 1 {
+        return Verdict::Refuse("repeated Content-Length");
+    }
+    if upgrade {
+        return Verdict::StopFollowing;
+    }
+    if let Some(coding) = codings.first() {
+        // Anything but one plain `chunked` is refused by the shield's
+        // request limits; how hyper then ends the connection is its own.
+        return if codings.len() == 1 && *coding == b"chunked" {
+            Verdict::Chunked
+        } else {
+            Verdict::StopFollowing
+        };
+    }
+    match lengths.first() {
+        None => Verdict::Length(0),
+        Some(value) => match parse_decimal(value) {
+            Some(n) => Verdict::Length(n),
+            None => Verdict::StopFollowing,
+        },
+    }
+}
+
+fn trim(mut value: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = value {
+        value = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = value {
+        value = rest;
+    }
+    value
+}
+
+fn parse_decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, b| {
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// One step of the chunked body: the next state (`Some(None)`: the body
+/// ended; `None`: not understood, stop following) and the bytes used.
+fn step_chunk(chunk: Chunk, bytes: &[u8]) -> (Option<Option<Chunk>>, usize) {
+    match chunk {
+        Chunk::Data(left) => {
+            let take = left.min(bytes.len() as u64);
+            let next = if take == left {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left - take)
+            };
+            (Some(Some(next)), take as usize)
+        }
+        Chunk::DataEnd => match bytes[0] {
+            b'\r' => (Some(Some(Chunk::DataEnd)), 1),
+            b'\n' => (
+                Some(Some(Chunk::Size {
+                    size: 0,
+                    digits: 0,
+                    ext: false,
+                })),
+                1,
+            ),
+            _ => (None, 0),
+        },
+        Chunk::Size { size, digits, ext } => {
+            let b = bytes[0];
+            let next = match b {
+                b'\n' if digits == 0 => return (None, 0),
+                b'\n' if size == 0 => Chunk::Trailer { empty: true },
+                b'\n' => Chunk::Data(size),
+                b'\r' => Chunk::Size { size, digits, ext },
+                _ if ext => Chunk::Size { size, digits, ext },
+                b';' | b' ' | b'\t' => Chunk::Size {
+                    size,
+                    digits,
+                    ext: true,
+                },
+                _ => {
+                    let Some(d) = (b as char).to_digit(16) else {
+                        return (None, 0);
+                    };
+                    if digits >= 15 {
+                        return (None, 0);
+                    }
+                    Chunk::Size {
+                        size: size * 16 + u64::from(d),
+                        digits: digits + 1,
+                        ext,
+                    }
+                }
+            };
+            (Some(Some(next)), 1)
+        }
+        Chunk::Trailer { empty } => match bytes[0] {
+            b'\n' if empty => (Some(None), 1),
+            b'\n' => (Some(Some(Chunk::Trailer { empty: true })), 1),
+            b'\r' => (Some(Some(Chunk::Trailer { empty })), 1),
+            _ => (Some(Some(Chunk::Trailer { empty: false })), 1),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `input` split into reads of `step` bytes; returns the offset
+    /// in `input` of each refused head's end, and the reasons.
+    fn scan(input: &str, step: usize) -> (Vec<usize>, Vec<Reason>) {
+        let mut scanner = FramingScanner::new();
+        let (mut ends, mut reasons) = (Vec::new(), Vec::new());
+        for (n, piece) in input.as_bytes().chunks(step).enumerate() {
+            if let Some(refused) = scanner.scan(piece) {
+                ends.push(n * step + refused.at);
+                reasons.push(refused.reason);
+            }
+        }
+        (ends, reasons)
+    }
+
+    const POST: &str = "POST / HTTP/1.1\r\nHost: a\r\n";
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_found_in_any_split() {
+        let input = format!(
+            "{POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        let end = input.find("\r\n\r\n").expect("end") + 3;
+        for step in [1, 2, 7, input.len()] {
+            let (ends, reasons) = scan(&input, step);
+            assert_eq!(
+                reasons,
+                vec!["Content-Length together with Transfer-Encoding"],
+                "step {step}"
+            );
+            assert_eq!(ends, vec![end], "step {step}");
+        }
+    }
+
+    #[test]
+    fn repeated_lengths_are_found_even_when_equal_and_in_any_case() {
+        let input = format!("{POST}content-length: 3\r\nCONTENT-LENGTH: 3\r\n\r\nabc");
+        assert_eq!(scan(&input, 5).1, vec!["repeated Content-Length"]);
+        let bare_lf = format!("{POST}Transfer-Encoding: chunked\nContent-Length: 3\n\n");
+        assert_eq!(
+            scan(&bare_lf, 3).1,
+            vec!["Content-Length together with Transfer-Encoding"]
+        );
+    }
+
+    #[test]
+    fn bodies_are_skipped_so_their_bytes_never_count_as_heads() {
+        // A body that looks like a bad head, framed by length and chunked.
+        let fake = "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let by_length = format!(
+            "{POST}Content-Length: {}\r\n\r\n{fake}{POST}Content-Length: 0\r\n\r\n",
+            fake.len()
+        );
+        let chunked = format!(
+            "{POST}Transfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{fake}\r\n0\r\nX-Trailer: 1\r\n\r\n{POST}\r\n",
+            fake.len()
+        );
+        for input in [by_length, chunked] {
+            for step in [1, 3, input.len()] {
+                let (_, reasons) = scan(&input, step);
+                assert!(reasons.is_empty(), "{input:?} step {step}: {reasons:?}");
+            }
+        }
+        // A bad head after a chunked body is still found.
+        let after = format!(
+            "{POST}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             {POST}Content-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+        );
+        assert_eq!(scan(&after, 4).1, vec!["repeated Content-Length"]);
+    }
+
+    #[test]
+    fn plain_requests_http2_and_upgrades_pass() {
+        for input in [
+            format!("{POST}Content-Length: 3\r\n\r\nabc"),
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
+             Content-Length: 1\r\nContent-Length: 1\r\n\r\n"
+                .to_owned(),
+        ] {
+            let (_, reasons) = scan(&input, 2);
+            assert!(reasons.is_empty(), "{input:?}");
+        }
+    }
+}

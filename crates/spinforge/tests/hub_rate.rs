@@ -1,0 +1,357 @@
+//! The hub's rate limits through the real binary, at their defaults
+//! (auth endpoints 5 per 15 minutes per address and per account, the API
+//! 100 per minute per valid credential, else per address), with the debug
+//! build's test clock instead of sleeping; and the edge's limits keyed by
+//! a valid API key. Each boundary is shown both ways, and the limit's
+//! 429 (`rate_limited`, with the IETF headers) is told apart from the
+//! identity lockout's 429 (`locked`).
+//!
+//! Clients are bound to distinct 127.0.0.0/8 source addresses so each
+//! test controls which bucket a request lands in.
+
+mod common;
+mod shield_support;
+
+use common::*;
+use serde_json::{json, Value};
+use shield_support::*;
+
+/// The real defaults (a `[shield]` section keeps the harness from
+/// relaxing them), sustained abuse reported after 3 refusals a minute.
+const DEFAULTS: &str = "[shield]\nabuse_refusals_per_minute = 3\n";
+
+fn server(extra: &str) -> Server {
+    Server::start_with(&format!("{LOOPBACK_UPSTREAMS}{DEFAULTS}{extra}"))
+}
+
+async fn login_from(
+    server: &Server,
+    source: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    client_from(source)
+        .post(format!("{}/api/v1/auth/login", server.api_url()))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("login")
+}
+
+async fn code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// An admin token obtained from 127.0.0.1 (one auth request of that
+/// address), after creating the admin on the host.
+async fn admin(server: &Server) -> String {
+    let out = server.cli(
+        &[
+            "admin",
+            "create",
+            "--data-dir",
+            server.data_dir.to_str().expect("utf-8 path"),
+            "--email",
+            ADMIN_EMAIL,
+            "--password-stdin",
+        ],
+        Some(&format!("{ADMIN_PASSWORD}\n")),
+    );
+    assert_ok(&out);
+    let response = login_from(server, "127.0.0.1", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_back() {
+    let server = server("");
+    let token = admin(&server).await;
+    freeze(&server, &token).await;
+
+    // Five logins from one address, each naming another account, so
+    // neither the per-account limit nor the lockout is involved.
+    for n in 1..=5 {
+        let r = login_from(
+            &server,
+            "127.0.0.10",
+            &format!("u{n}@example.com"),
+            "wrong!",
+        )
+        .await;
+        assert_eq!(code(r).await, (401, "unauthorized".into()), "attempt {n}");
+    }
+    let refused = login_from(&server, "127.0.0.10", "u6@example.com", "wrong!").await;
+    // One request is earned back every 15 min / 5 = 180 s.
+    assert_eq!(header(&refused, "retry-after"), "180");
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        "\"default\";q=5;w=900"
+    );
+    assert_eq!(header(&refused, "ratelimit"), "\"default\";r=0;t=180");
+    assert_eq!(code(refused).await, (429, "rate_limited".into()));
+
+    // The refusal happens before the password check: even the right
+    // password of a real account is not tried.
+    let r = login_from(&server, "127.0.0.10", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    // Other endpoints of the auth class share the address's bucket.
+    let r = client_from("127.0.0.10")
+        .post(format!("{}/api/v1/auth/refresh", server.api_url()))
+        .json(&json!({ "refresh_token": "nope" }))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    // Another address is untouched.
+    let r = login_from(&server, "127.0.0.11", "u7@example.com", "wrong!").await;
+    assert_eq!(code(r).await.0, 401);
+    // Refused three times already; the fourth refusal within a minute
+    // is sustained abuse, audited once.
+    assert!(!server.log_shows("rate.abuse").await);
+    let r = login_from(&server, "127.0.0.10", "u6@example.com", "wrong!").await;
+    assert_eq!(code(r).await.0, 429);
+    assert!(
+        server.log_shows("rate.abuse").await,
+        "sustained refusals are audited"
+    );
+
+    advance_clock(&server, &token, 179).await;
+    let r = login_from(&server, "127.0.0.10", "u8@example.com", "wrong!").await;
+    assert_eq!(code(r).await.0, 429, "one second early");
+    advance_clock(&server, &token, 1).await;
+    let r = login_from(&server, "127.0.0.10", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), 200, "one attempt earned back");
+    let r = login_from(&server, "127.0.0.10", "u9@example.com", "wrong!").await;
+    assert_eq!(code(r).await.0, 429, "and only one");
+
+    assert!(server.log_shows("ratelimit.refused").await);
+}
+
+#[tokio::test]
+async fn one_account_gets_five_attempts_from_any_addresses_and_the_lockout_still_follows() {
+    let server = server("");
+    let token = admin(&server).await;
+    freeze(&server, &token).await;
+    let target = "victim@example.com";
+    let out = server.cli(
+        &[
+            "admin",
+            "create",
+            "--data-dir",
+            server.data_dir.to_str().expect("utf-8 path"),
+            "--email",
+            target,
+            "--password-stdin",
+        ],
+        Some("the victim's own passphrase\n"),
+    );
+    assert_ok(&out);
+
+    // Five guesses from five addresses: five password checks.
+    for n in 1..=5u8 {
+        let r = login_from(&server, &format!("127.0.1.{n}"), target, "guess!!").await;
+        assert_eq!(code(r).await, (401, "unauthorized".into()), "guess {n}");
+    }
+    // The sixth, from a fresh address, is the rate limit's, not a lock:
+    // the identity service never saw it (its code and headers say so).
+    let r = login_from(&server, "127.0.1.6", target, "guess!!").await;
+    assert_eq!(header(&r, "retry-after"), "180");
+    assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=5;w=900");
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    // The case of the address does not make another account.
+    let r = login_from(&server, "127.0.1.7", "Victim@Example.COM", "guess!!").await;
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+
+    // Three minutes later one attempt passes the limit and meets the
+    // lockout: five failures were recorded, so this one locks the account
+    // for 15 minutes (identity's own 429, without the RateLimit headers).
+    advance_clock(&server, &token, 180).await;
+    let r = login_from(&server, "127.0.1.8", target, "the victim's own passphrase").await;
+    assert!(r.headers().get("ratelimit").is_none());
+    let retry: u64 = header(&r, "retry-after").parse().expect("seconds");
+    assert!((14 * 60..=15 * 60).contains(&retry), "{retry}");
+    assert_eq!(code(r).await, (429, "locked".into()));
+}
+
+#[tokio::test]
+async fn the_api_allows_a_hundred_a_minute_per_credential_and_invalid_keys_count_against_the_address(
+) {
+    let server = server("");
+    let token = admin(&server).await;
+    freeze(&server, &token).await; // the user's call 1
+    let api = |source: &str, bearer: &str, path: &str| {
+        let request = client_from(source)
+            .get(format!("{}{path}", server.api_url()))
+            .bearer_auth(bearer.to_owned());
+        async move { request.send().await.expect("api call") }
+    };
+    // Two keys of the admin's (calls 2 and 3), each its own credential.
+    let clock_key = create_key(&server, &token, "shield:manage").await;
+    let key = create_key(&server, &token, "sites:read").await;
+    for n in 4..=100 {
+        let source = format!("127.0.2.{}", n % 200 + 1);
+        let r = api(&source, &token, "/api/v1/whoami").await;
+        assert_eq!(r.status(), 200, "call {n}");
+    }
+    // The 101st of the user, from yet another address: keyed by the user.
+    let refused = api("127.0.2.250", &token, "/api/v1/whoami").await;
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        "\"default\";q=100;w=60"
+    );
+    // One call is earned back every 60 s / 100 = 0.6 s, rounded up.
+    assert_eq!(header(&refused, "retry-after"), "1");
+    assert_eq!(code(refused).await, (429, "rate_limited".into()));
+    // The key is another credential with its own hundred.
+    let r = api("127.0.2.250", &key, "/api/v1/sites").await;
+    assert_eq!(r.status(), 200);
+
+    // Made-up keys: 100 from one address get 401, each a new key; the
+    // next is refused whatever key it shows, yet a valid key from the
+    // same address still passes.
+    for n in 0..100 {
+        let fake = format!("sf_{n:064x}");
+        let r = api("127.0.3.1", &fake, "/api/v1/sites").await;
+        assert_eq!(r.status(), 401, "fake key {n}");
+    }
+    let r = api("127.0.3.1", "sf_one_more_made_up_key", "/api/v1/sites").await;
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    let r = api("127.0.3.1", "", "/api/v1/sites").await;
+    assert_eq!(
+        code(r).await.0,
+        429,
+        "no credential counts against the address too"
+    );
+    let r = api("127.0.3.1", &key, "/api/v1/sites").await;
+    assert_eq!(r.status(), 200, "a valid key is not held by its address");
+    let r = api("127.0.3.1", "", "/healthz").await;
+    assert_eq!(r.status(), 200, "health probes are never limited");
+
+    // A minute later the user has its full hundred again, and no more.
+    advance_clock(&server, &clock_key, 60).await;
+    for n in 1..=100 {
+        assert_eq!(
+            api("127.0.2.1", &token, "/api/v1/whoami").await.status(),
+            200,
+            "call {n}"
+        );
+    }
+    assert_eq!(
+        api("127.0.2.1", &token, "/api/v1/whoami").await.status(),
+        429
+    );
+}
+
+/// Creates an API key of the admin's with one permission.
+async fn create_key(server: &Server, token: &str, permission: &str) -> String {
+    let response = http()
+        .post(format!("{}/api/v1/apikeys", server.api_url()))
+        .bearer_auth(token)
+        .json(&json!({"name": permission.replace(':', "-"), "permissions": [permission]}))
+        .send()
+        .await
+        .expect("create key");
+    let (status, created) = status_and_json(response).await;
+    assert_eq!(status, 201, "{created}");
+    created["key"].as_str().expect("key").to_owned()
+}
+
+/// Stops the shield's real time (debug builds only), so fast limits meet
+/// their boundaries exactly however slow this machine is.
+async fn freeze(server: &Server, token: &str) {
+    let response = http()
+        .post(format!("{}/api/v1/shield/test-clock", server.api_url()))
+        .bearer_auth(token)
+        .json(&json!({ "advance_secs": 0, "freeze": true }))
+        .send()
+        .await
+        .expect("test clock");
+    assert_eq!(response.status(), 204);
+}
+
+#[tokio::test]
+async fn allowlisted_clients_skip_the_hub_limits() {
+    let server = server("allowlist = [\"127.0.4.1/32\"]\n");
+    admin(&server).await;
+    for n in 1..=8 {
+        let r = login_from(&server, "127.0.4.1", &format!("a{n}@example.com"), "wrong!").await;
+        assert_eq!(code(r).await.0, 401, "attempt {n}");
+    }
+    for n in 1..=6 {
+        let r = login_from(&server, "127.0.4.2", &format!("b{n}@example.com"), "wrong!").await;
+        assert_eq!(
+            code(r).await.0,
+            if n <= 5 { 401 } else { 429 },
+            "attempt {n}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn edge_limits_key_a_valid_api_key_and_fake_keys_gain_nothing() {
+    let server = server("rate_per_minute = 3\n");
+    let token = server.admin_token().await;
+    static_site(&server, "site.localhost");
+    let key = create_key(&server, &token, "sites:read").await;
+
+    let client = client_from("127.0.5.1");
+    let edge = |bearer: String| {
+        let client = client.clone();
+        let url = server.edge_url("/");
+        async move {
+            client
+                .get(url)
+                .header("host", "site.localhost")
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("edge request")
+                .status()
+                .as_u16()
+        }
+    };
+    // Rotating made-up keys: one bucket, the address's.
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        statuses.push(edge(format!("sf_fake_{n}")).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    // The valid key from the same, exhausted address has its own three.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(edge(key.clone()).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    // And the key is the key wherever it comes from.
+    let elsewhere = client_from("127.0.5.2")
+        .get(server.edge_url("/"))
+        .header("host", "site.localhost")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("edge request");
+    assert_eq!(elsewhere.status(), 429);
+    let plain = client_from("127.0.5.2")
+        .get(server.edge_url("/"))
+        .header("host", "site.localhost")
+        .send()
+        .await
+        .expect("edge request");
+    assert_eq!(plain.status(), 200, "the address itself has its own bucket");
+}
