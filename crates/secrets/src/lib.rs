@@ -1,0 +1,423 @@
+//! Secrets at rest: each site's secret values, envelope-encrypted in the
+//! store's SQLite file, and the master keys that wrap their data keys.
+//!
+//! A value gets its own random data key (AES-256-GCM, 96-bit random
+//! nonce, bound to site id, name and version); the data key is wrapped by
+//! the active master key, whose id the row records. This crate never
+//! returns a value except to the spinlet start path ([`Secrets::site_env`])
+//! and never logs one. Who may call what is the hub's business.
+#![forbid(unsafe_code)]
+
+pub mod backup;
+pub mod crypto;
+mod db;
+pub mod master;
+pub mod redact;
+
+pub use master::{Keyring, SecretsConfig};
+
+use crypto::{KeyBytes, RowId};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::sqlite::SqlitePool;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Longest secret value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Longest secret name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+/// Names the platform sets itself; a secret may not replace them.
+const RESERVED: [&str; 6] = ["PORT", "HOST", "PATH", "HOME", "LANG", "TZ"];
+
+/// What can go wrong with secrets. Each variant says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretsError {
+    /// The client sent something invalid; `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// The client named a secret or key that does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The operator's setup: the master key is missing, unreadable or
+    /// malformed.
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// The operator's setup: rows are wrapped by a master key this process
+    /// does not have (a wrong or lost key, or an unreachable key service).
+    #[error(
+        "secrets are wrapped by master key {needed}, which is not available \
+         (this server has {have}); start with the right master key"
+    )]
+    UnknownMasterKey { needed: String, have: String },
+    /// Stored data: a row does not decrypt with its own key and place. It
+    /// was moved, altered, or wrapped by a different key of the same id.
+    #[error(
+        "secret {name} v{version} of site {site_id} does not decrypt: the stored row was \
+         altered or moved, or the master key is wrong"
+    )]
+    Corrupt {
+        site_id: i64,
+        name: String,
+        version: i64,
+    },
+    /// Our side: the random source or cipher failed.
+    #[error("crypto failure: {0}")]
+    Crypto(String),
+    /// Our side: the database failed.
+    #[error("secret store: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// A backup file: wrong passphrase, damaged, or not a backup.
+    #[error("backup: {0}")]
+    Backup(String),
+    /// Our side: a file operation failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T, E = SecretsError> = std::result::Result<T, E>;
+
+/// What a listing shows of one secret: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretMeta {
+    pub name: String,
+    /// The current version; every `set` adds one.
+    pub version: i64,
+    /// The user who set the current version, if any.
+    pub created_by: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The master key that wraps the current version's data key.
+    pub master_key: String,
+}
+
+/// The secret store of one data directory; cheap to clone.
+#[derive(Clone)]
+pub struct Secrets {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    keyring: Mutex<Keyring>,
+    /// Unwrapped data keys by row, so running sites keep starting if the
+    /// master key's service goes away.
+    data_keys: Mutex<HashMap<RowId, KeyBytes>>,
+}
+
+impl Secrets {
+    /// Opens the secret store of `data_dir` (whose store must already be
+    /// migrated), loads the master key, and checks that every stored
+    /// secret decrypts. Any failure is an error: a server must not start
+    /// apps with secrets it cannot read.
+    pub async fn open(data_dir: &Path, config: &SecretsConfig) -> Result<Secrets> {
+        let pool = db::open(data_dir).await?;
+        let keyring = Keyring::load(config, data_dir)?;
+        let secrets = Secrets {
+            inner: Arc::new(Inner {
+                pool,
+                keyring: Mutex::new(keyring),
+                data_keys: Mutex::new(HashMap::new()),
+            }),
+        };
+        secrets.check_all().await?;
+        Ok(secrets)
+    }
+
+    /// The id of the master key new secrets are wrapped with.
+    pub fn active_master_key(&self) -> Result<String> {
+        Ok(self.keyring()?.active_id().to_owned())
+    }
+
+    /// Where the master key came from, for operators.
+    pub fn master_key_origin(&self) -> String {
+        self.lock_keyring().origin.describe()
+    }
+
+    /// Decrypts every stored secret once: the start-up check, which also
+    /// registers each value for log masking.
+    pub async fn check_all(&self) -> Result<usize> {
+        let rows = db::current_rows(&self.inner.pool, None).await?;
+        for row in &rows {
+            let value = self.decrypt(row)?;
+            redact::register(value.expose_secret());
+        }
+        Ok(rows.len())
+    }
+
+    /// Stores a new version of `name` for the site. Returns its listing.
+    pub async fn set(
+        &self,
+        site_id: i64,
+        name: &str,
+        value: &SecretString,
+        by: Option<i64>,
+    ) -> Result<SecretMeta> {
+        validate_name(name)?;
+        validate_value(value.expose_secret())?;
+        redact::register(value.expose_secret());
+
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let version = db::next_version(&mut tx, site_id, name).await?;
+        let row = RowId {
+            site_id,
+            name: name.to_owned(),
+            version,
+        };
+        let data_key = KeyBytes::random()?;
+        let ciphertext = crypto::seal(&data_key, &row.value_aad(), value.expose_secret().as_bytes())?;
+        let (kek_id, wrapped) = {
+            let keyring = self.keyring()?;
+            let (kek_id, kek) = keyring.active();
+            (kek_id.to_owned(), crypto::seal(kek, &row.key_aad(kek_id), data_key.expose())?)
+        };
+        let now = unix_now();
+        db::insert(&mut tx, &row, &kek_id, &wrapped, &ciphertext, by, now).await?;
+        tx.commit().await?;
+        self.cache().insert(row, data_key);
+        Ok(SecretMeta {
+            name: name.to_owned(),
+            version,
+            created_by: by,
+            created_at: now,
+            master_key: kek_id,
+        })
+    }
+
+    /// The site's secrets: current version of each name, sorted by name.
+    pub async fn list(&self, site_id: i64) -> Result<Vec<SecretMeta>> {
+        db::list(&self.inner.pool, site_id).await
+    }
+
+    /// Deletes every version of `name`; [`SecretsError::NotFound`] if none.
+    pub async fn remove(&self, site_id: i64, name: &str) -> Result<()> {
+        validate_name(name)?;
+        if db::delete(&self.inner.pool, site_id, name).await? == 0 {
+            return Err(SecretsError::NotFound);
+        }
+        self.cache()
+            .retain(|row, _| !(row.site_id == site_id && row.name == name));
+        Ok(())
+    }
+
+    /// The site's secrets as environment variables for a spinlet start,
+    /// each value registered for log masking. Fails as a whole if any one
+    /// does not decrypt: an app never starts with part of its secrets.
+    pub async fn site_env(&self, site_id: i64) -> Result<Vec<(String, SecretString)>> {
+        let rows = db::current_rows(&self.inner.pool, Some(site_id)).await?;
+        let mut env = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let value = self.decrypt(row)?;
+            redact::register(value.expose_secret());
+            env.push((row.id.name.clone(), value));
+        }
+        Ok(env)
+    }
+
+    /// Re-wraps every data key under a new master key, in one transaction.
+    /// The new key is written to the keyring (old keys kept) before the
+    /// transaction, so a server running meanwhile reads both. Returns the
+    /// new key's id and how many data keys moved to it.
+    pub async fn rotate_master(&self) -> Result<(String, usize)> {
+        let new_id = self.lock_keyring().add_active()?;
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = db::all_wrapped(&mut tx).await?;
+        let mut moved = 0;
+        for row in &rows {
+            if row.kek_id == new_id {
+                continue;
+            }
+            let data_key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped)?;
+            let wrapped = {
+                let keyring = self.lock_keyring();
+                let kek = keyring.get(&new_id).ok_or_else(|| {
+                    SecretsError::MasterKey("the new key vanished from the keyring".into())
+                })?;
+                crypto::seal(kek, &row.id.key_aad(&new_id), data_key.expose())?
+            };
+            db::rewrap(&mut tx, &row.id, &new_id, &wrapped).await?;
+            moved += 1;
+        }
+        tx.commit().await?;
+        Ok((new_id, moved))
+    }
+
+    /// How many data keys each master key of the keyring wraps.
+    pub async fn master_key_usage(&self) -> Result<Vec<(String, i64)>> {
+        let used = db::usage(&self.inner.pool).await?;
+        let keyring = self.keyring()?;
+        let mut out: Vec<(String, i64)> = keyring
+            .ids()
+            .into_iter()
+            .map(|id| {
+                let n = used.get(&id).copied().unwrap_or(0);
+                (id, n)
+            })
+            .collect();
+        for (id, n) in used {
+            if keyring.get(&id).is_none() {
+                out.push((id, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an old master key from the keyring once no data key uses it.
+    pub async fn retire_master(&self, id: &str) -> Result<()> {
+        let used = db::usage(&self.inner.pool).await?;
+        if let Some(n) = used.get(id).filter(|n| **n > 0) {
+            return Err(SecretsError::Invalid {
+                field: "key",
+                message: format!("{id} still wraps {n} data keys; run keys rotate-master"),
+            });
+        }
+        self.lock_keyring().remove(id)
+    }
+
+    /// The keyring's file bytes, for a sealed backup.
+    pub fn keyring_bytes(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.keyring()?.to_file_bytes()
+    }
+
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    fn decrypt(&self, row: &db::StoredRow) -> Result<SecretString> {
+        let corrupt = || SecretsError::Corrupt {
+            site_id: row.id.site_id,
+            name: row.id.name.clone(),
+            version: row.id.version,
+        };
+        let cached = self.cache().get(&row.id).cloned();
+        let data_key = match cached {
+            Some(key) => key,
+            None => {
+                let key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped)?;
+                self.cache().insert(row.id.clone(), key.clone());
+                key
+            }
+        };
+        let plain = crypto::open(&data_key, &row.id.value_aad(), &row.ciphertext)
+            .ok_or_else(corrupt)?;
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| corrupt())?;
+        Ok(SecretString::from(text))
+    }
+
+    fn unwrap_key(&self, row: &RowId, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
+        let mut keyring = self.lock_keyring();
+        if keyring.get(kek_id).is_none() {
+            keyring.refresh()?;
+        }
+        let Some(kek) = keyring.get(kek_id) else {
+            return Err(SecretsError::UnknownMasterKey {
+                needed: kek_id.to_owned(),
+                have: keyring.ids().join(", "),
+            });
+        };
+        let corrupt = || SecretsError::Corrupt {
+            site_id: row.site_id,
+            name: row.name.clone(),
+            version: row.version,
+        };
+        let bytes = crypto::open(kek, &row.key_aad(kek_id), wrapped).ok_or_else(corrupt)?;
+        KeyBytes::from_slice(&bytes).ok_or_else(corrupt)
+    }
+
+    /// The keyring, reloaded first if another process rotated it.
+    fn keyring(&self) -> Result<MutexGuard<'_, Keyring>> {
+        let mut keyring = self.lock_keyring();
+        keyring.refresh()?;
+        Ok(keyring)
+    }
+
+    fn lock_keyring(&self) -> MutexGuard<'_, Keyring> {
+        self.inner
+            .keyring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<RowId, KeyBytes>> {
+        self.inner
+            .data_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A secret name is an environment variable name the platform does not
+/// set itself: letters, digits and `_`, not starting with a digit.
+pub fn validate_name(name: &str) -> Result<()> {
+    let invalid = |message: String| SecretsError::Invalid {
+        field: "name",
+        message,
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(format!("must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(invalid(
+            "must be letters, digits and _, not starting with a digit".into(),
+        ));
+    }
+    if RESERVED.contains(&name) || name.starts_with("SPINFORGE_") {
+        return Err(invalid(format!("{name} is set by the platform")));
+    }
+    Ok(())
+}
+
+fn validate_value(value: &str) -> Result<()> {
+    let invalid = |message: &str| SecretsError::Invalid {
+        field: "value",
+        message: message.to_owned(),
+    };
+    if value.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(invalid("must be at most 65536 bytes"));
+    }
+    if value.contains('\0') {
+        return Err(invalid("must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_environment_variable_rules() {
+        for good in ["DATABASE_URL", "_X", "api_key2"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "2X", "A-B", "A B", "PORT", "SPINFORGE_SPINLET", "É"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&"A".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn values_must_be_present_bounded_and_nul_free() {
+        assert!(validate_value("x").is_ok());
+        assert!(validate_value("").is_err());
+        assert!(validate_value("a\0b").is_err());
+        assert!(validate_value(&"a".repeat(MAX_VALUE_BYTES + 1)).is_err());
+    }
+}
