@@ -129,6 +129,22 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
     ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
+    // Secrets (secrets_api.rs, issue 8): values go in, never come out.
+    (
+        "GET",
+        "/api/v1/sites/{domain}/secrets",
+        Needs(P::SecretsRead),
+    ),
+    (
+        "PUT",
+        "/api/v1/sites/{domain}/secrets/{name}",
+        Needs(P::SecretsWrite),
+    ),
+    (
+        "DELETE",
+        "/api/v1/sites/{domain}/secrets/{name}",
+        Needs(P::SecretsWrite),
+    ),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

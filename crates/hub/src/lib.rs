@@ -14,6 +14,7 @@ pub mod error;
 pub mod identity_api;
 mod layout;
 pub mod oidc_api;
+pub mod secrets_api;
 pub mod shield_api;
 pub mod sites;
 

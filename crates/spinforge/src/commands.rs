@@ -80,6 +80,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Emergency { .. }
         | Command::Waf(_)
         | Command::Audit(_)
+        | Command::Secrets { .. }
+        | Command::Backup(_)
+        | Command::Restore(_)
         | Command::Sandbox(_) => {
             unreachable!("handled in cli::run")
         }

@@ -38,6 +38,11 @@ pub struct FileConfig {
     pub audit: AuditFileConfig,
     #[serde(default)]
     pub sandbox: SandboxFileConfig,
+    // ---- secrets (issue 8) ----
+    /// `[secrets]`: where the master key comes from (default: generated
+    /// in DATA/secrets/master.key).
+    #[serde(default)]
+    pub secrets: secrets::SecretsConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -329,6 +334,8 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Single sign-on providers, discovered when `serve` starts.
     pub oidc: Vec<identity::oidc::OidcProviderConfig>,
+    /// `[secrets]` (issue 8).
+    pub secrets: secrets::SecretsConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -337,8 +344,9 @@ fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{name}: `{value}` is not an address like 0.0.0.0:8080"))
 }
 
-pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
-    let file = match &args.config {
+/// Reads the config file, or the defaults without one.
+fn read_file_config(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
+    Ok(match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -346,7 +354,19 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
                 .with_context(|| format!("config file {} is invalid", path.display()))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+// ---- secrets (issue 8) ----
+/// The `[secrets]` section and data directory for host commands (backup,
+/// keys rotate-master) that do not run `serve`.
+pub fn secrets_config(path: Option<&std::path::Path>) -> anyhow::Result<secrets::SecretsConfig> {
+    Ok(read_file_config(path)?.secrets)
+}
+// ---- end secrets ----
+
+pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = read_file_config(args.config.as_deref())?;
 
     let data_dir = args
         .data_dir
@@ -431,6 +451,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         shield: file.shield,
         sandbox,
         oidc,
+        secrets: file.secrets,
     })
 }
 

@@ -12,6 +12,7 @@ mod config;
 mod identity_commands;
 mod pack;
 mod sandbox;
+mod secrets_cli;
 mod serve;
 mod shield_cmd;
 mod waf_cli;
