@@ -158,9 +158,8 @@ impl SecretEnv for StoreSecretEnv {
         site: &'a str,
     ) -> std::pin::Pin<
         Box<
-            dyn std::future::Future<
-                    Output = Result<Vec<(String, secrecy::SecretString)>, String>,
-                > + Send
+            dyn std::future::Future<Output = Result<Vec<(String, secrecy::SecretString)>, String>>
+                + Send
                 + 'a,
         >,
     > {

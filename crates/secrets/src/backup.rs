@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -37,6 +37,9 @@ const SALT_LEN: usize = 16;
 const PLAIN_DIRS: [&str; 2] = ["sites", "shield"];
 /// Key folders sealed with the passphrase.
 const SEALED_DIRS: [&str; 2] = [master::SECRETS_DIR, "audit"];
+/// Mode bits a restored file or folder keeps: no set-id bits, and no
+/// write access for others than the owner.
+const KEPT_MODE_BITS: u32 = 0o755;
 
 /// What a finished backup reports.
 #[derive(Debug, Clone, Serialize)]
@@ -186,7 +189,9 @@ pub async fn restore(file: &Path, data_dir: &Path, passphrase: &SecretString) ->
         .map_err(|e| SecretsError::Backup(format!("cannot open {}: {e}", file.display())))?;
     let (hashes, sealed) = unpack_plain(source, staging.path())?;
     let sealed = sealed.ok_or_else(|| {
-        SecretsError::Backup("the file is truncated or not a SpinForge backup (no key section)".into())
+        SecretsError::Backup(
+            "the file is truncated or not a SpinForge backup (no key section)".into(),
+        )
     })?;
     let inner = open_with_passphrase(passphrase, &sealed)?;
     let manifest = unpack_sealed(&inner, staging.path())?;
@@ -217,7 +222,10 @@ async fn vacuum_into(data_dir: &Path, target: &Path) -> Result<()> {
     let target = target
         .to_str()
         .ok_or_else(|| SecretsError::Io("the staging path is not UTF-8".into()))?;
-    let done = sqlx::query("VACUUM INTO ?").bind(target).execute(&pool).await;
+    let done = sqlx::query("VACUUM INTO ?")
+        .bind(target)
+        .execute(&pool)
+        .await;
     pool.close().await;
     done?;
     Ok(())
@@ -230,12 +238,12 @@ fn unpack_plain(
     source: impl Read,
     dir: &Path,
 ) -> Result<(BTreeMap<String, String>, Option<Vec<u8>>)> {
-    let damaged = |e: std::io::Error| {
-        SecretsError::Backup(format!("the file is damaged or truncated: {e}"))
-    };
+    let damaged =
+        |e: std::io::Error| SecretsError::Backup(format!("the file is damaged or truncated: {e}"));
     let mut archive = tar::Archive::new(GzDecoder::new(source));
     let mut hashes = BTreeMap::new();
     let mut sealed = None;
+    let mut dir_modes = Vec::new();
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let path = entry.path().map_err(damaged)?.into_owned();
@@ -245,10 +253,16 @@ fn unpack_plain(
             return Err(SecretsError::Backup("entries after the key section".into()));
         }
         if kind.is_dir() {
-            if !PLAIN_DIRS.iter().any(|d| name == *d || name.starts_with(&format!("{d}/"))) {
+            if !PLAIN_DIRS
+                .iter()
+                .any(|d| name == *d || name.starts_with(&format!("{d}/")))
+            {
                 return Err(SecretsError::Backup(format!("unexpected folder {name}")));
             }
+            // The owner keeps full access; modes are set once all is in.
+            let mode = (entry.header().mode().map_err(damaged)? & KEPT_MODE_BITS) | 0o700;
             mkdir_private(&dir.join(&name))?;
+            dir_modes.push((dir.join(&name), mode));
             continue;
         }
         if !kind.is_file() {
@@ -261,12 +275,19 @@ fn unpack_plain(
             continue;
         }
         let allowed = name == store::DB_FILE
-            || PLAIN_DIRS.iter().any(|d| name.starts_with(&format!("{d}/")));
+            || PLAIN_DIRS
+                .iter()
+                .any(|d| name.starts_with(&format!("{d}/")));
         if !allowed {
             return Err(SecretsError::Backup(format!("unexpected file {name}")));
         }
         hashes.insert(name.clone(), hex::encode(Sha256::digest(&bytes)));
-        write_file(&dir.join(&name), &bytes)?;
+        let mode = entry.header().mode().map_err(damaged)?;
+        write_file(&dir.join(&name), &bytes, mode)?;
+    }
+    for (path, mode) in dir_modes {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io("cannot set a folder's mode"))?;
     }
     Ok((hashes, sealed))
 }
@@ -278,6 +299,16 @@ fn unpack_sealed(inner: &[u8], dir: &Path) -> Result<Manifest> {
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let name = safe_name(&entry.path().map_err(damaged)?)?;
+        let under_key_dir = SEALED_DIRS
+            .iter()
+            .any(|d| name == *d || name.starts_with(&format!("{d}/")));
+        if entry.header().entry_type().is_dir() && under_key_dir {
+            mkdir_private(&dir.join(&name))?;
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            return Err(SecretsError::Backup(format!("{name} is not a plain file")));
+        }
         let mut bytes = Zeroizing::new(Vec::new());
         entry.read_to_end(&mut bytes).map_err(damaged)?;
         if name == "MANIFEST.json" {
@@ -285,8 +316,11 @@ fn unpack_sealed(inner: &[u8], dir: &Path) -> Result<Manifest> {
                 serde_json::from_slice::<Manifest>(&bytes)
                     .map_err(|e| SecretsError::Backup(format!("manifest: {e}")))?,
             );
-        } else if SEALED_DIRS.iter().any(|d| name.starts_with(&format!("{d}/"))) {
-            write_file(&dir.join(&name), &bytes)?;
+        } else if SEALED_DIRS
+            .iter()
+            .any(|d| name.starts_with(&format!("{d}/")))
+        {
+            write_file(&dir.join(&name), &bytes, 0o600)?;
         } else {
             return Err(SecretsError::Backup(format!("unexpected key file {name}")));
         }
@@ -344,7 +378,9 @@ fn seal_with_passphrase(passphrase: &SecretString, plain: &[u8]) -> Result<Vec<u
 fn open_with_passphrase(passphrase: &SecretString, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let header_len = MAGIC.len() + SALT_LEN + 8;
     if blob.len() < header_len || &blob[..MAGIC.len()] != MAGIC {
-        return Err(SecretsError::Backup("the key section is not recognised".into()));
+        return Err(SecretsError::Backup(
+            "the key section is not recognised".into(),
+        ));
     }
     let (header, sealed) = blob.split_at(header_len);
     let salt = &header[MAGIC.len()..MAGIC.len() + SALT_LEN];
@@ -352,10 +388,15 @@ fn open_with_passphrase(passphrase: &SecretString, blob: &[u8]) -> Result<Zeroiz
         let bytes: [u8; 4] = header[at..at + 4].try_into().unwrap_or_default();
         u32::from_le_bytes(bytes)
     };
-    let (memory, passes) = (number(MAGIC.len() + SALT_LEN), number(MAGIC.len() + SALT_LEN + 4));
+    let (memory, passes) = (
+        number(MAGIC.len() + SALT_LEN),
+        number(MAGIC.len() + SALT_LEN + 4),
+    );
     // Bounds, so a crafted header cannot make us allocate gigabytes.
     if !(8 * 1024..=1024 * 1024).contains(&memory) || !(1..=16).contains(&passes) {
-        return Err(SecretsError::Backup("the key section's parameters are out of range".into()));
+        return Err(SecretsError::Backup(
+            "the key section's parameters are out of range".into(),
+        ));
     }
     let key = derive(passphrase, salt, memory, passes)?;
     crypto::open(&key, header, sealed).ok_or_else(|| {
@@ -390,9 +431,18 @@ fn check_passphrase(passphrase: &SecretString) -> Result<()> {
 }
 
 fn add_bytes<W: Write>(archive: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> Result<()> {
+    add_file(archive, name, bytes, 0o600)
+}
+
+fn add_file<W: Write>(
+    archive: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
-    header.set_mode(0o600);
+    header.set_mode(mode);
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
     archive
@@ -419,7 +469,7 @@ fn add_tree<W: Write>(
         if meta.is_dir() {
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o700);
+            header.set_mode(meta.permissions().mode() & KEPT_MODE_BITS);
             header.set_size(0);
             header.set_mtime(0);
             archive
@@ -437,20 +487,25 @@ fn add_tree<W: Write>(
             if let Some(hashes) = hashes.as_deref_mut() {
                 hashes.insert(rel.clone(), hex::encode(Sha256::digest(&bytes)));
             }
-            add_bytes(archive, &rel, &bytes)?;
+            add_file(
+                archive,
+                &rel,
+                &bytes,
+                meta.permissions().mode() & KEPT_MODE_BITS,
+            )?;
         }
     }
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(parent) = path.parent() {
         mkdir_private(parent)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode & KEPT_MODE_BITS)
         .open(path)
         .map_err(|e| SecretsError::Backup(format!("{}: {e}", path.display())))?;
     file.write_all(bytes)
@@ -471,7 +526,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hash = Sha256::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buffer).map_err(io("cannot read the backup"))?;
+        let n = file
+            .read(&mut buffer)
+            .map_err(io("cannot read the backup"))?;
         if n == 0 {
             break;
         }
@@ -513,7 +570,10 @@ mod tests {
     fn the_key_section_opens_only_with_its_passphrase() {
         let good = SecretString::from("correct horse battery");
         let blob = seal_with_passphrase(&good, b"keys").expect("seal");
-        assert_eq!(&open_with_passphrase(&good, &blob).expect("open")[..], b"keys");
+        assert_eq!(
+            &open_with_passphrase(&good, &blob).expect("open")[..],
+            b"keys"
+        );
         let bad = SecretString::from("wrong horse battery");
         let err = open_with_passphrase(&bad, &blob).expect_err("wrong");
         assert!(err.to_string().contains("wrong passphrase"), "{err}");
@@ -523,6 +583,9 @@ mod tests {
     fn unsafe_archive_paths_are_refused() {
         assert!(safe_name(Path::new("../etc/passwd")).is_err());
         assert!(safe_name(Path::new("/etc/passwd")).is_err());
-        assert_eq!(safe_name(Path::new("./sites/1/a")).expect("ok"), "sites/1/a");
+        assert_eq!(
+            safe_name(Path::new("./sites/1/a")).expect("ok"),
+            "sites/1/a"
+        );
     }
 }

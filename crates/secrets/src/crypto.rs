@@ -129,7 +129,10 @@ mod tests {
     fn sealed_values_open_only_with_the_same_key_and_aad() {
         let key = KeyBytes::random().expect("key");
         let sealed = seal(&key, b"row 1", b"hunter2").expect("seal");
-        assert_eq!(&open(&key, b"row 1", &sealed).expect("open")[..], b"hunter2");
+        assert_eq!(
+            &open(&key, b"row 1", &sealed).expect("open")[..],
+            b"hunter2"
+        );
         assert!(open(&key, b"row 2", &sealed).is_none());
         let other = KeyBytes::random().expect("key");
         assert!(open(&other, b"row 1", &sealed).is_none());

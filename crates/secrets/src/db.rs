@@ -74,12 +74,13 @@ pub(crate) async fn next_version(
     site_id: i64,
     name: &str,
 ) -> Result<i64> {
-    let max: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM secret_versions WHERE site_id = ? AND name = ?")
-            .bind(site_id)
-            .bind(name)
-            .fetch_one(&mut **tx)
-            .await?;
+    let max: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(version) FROM secret_versions WHERE site_id = ? AND name = ?",
+    )
+    .bind(site_id)
+    .bind(name)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(max.unwrap_or(0) + 1)
 }
 

@@ -169,11 +169,18 @@ impl Secrets {
             version,
         };
         let data_key = KeyBytes::random()?;
-        let ciphertext = crypto::seal(&data_key, &row.value_aad(), value.expose_secret().as_bytes())?;
+        let ciphertext = crypto::seal(
+            &data_key,
+            &row.value_aad(),
+            value.expose_secret().as_bytes(),
+        )?;
         let (kek_id, wrapped) = {
             let keyring = self.keyring()?;
             let (kek_id, kek) = keyring.active();
-            (kek_id.to_owned(), crypto::seal(kek, &row.key_aad(kek_id), data_key.expose())?)
+            (
+                kek_id.to_owned(),
+                crypto::seal(kek, &row.key_aad(kek_id), data_key.expose())?,
+            )
         };
         let now = unix_now();
         db::insert(&mut tx, &row, &kek_id, &wrapped, &ciphertext, by, now).await?;
@@ -302,8 +309,8 @@ impl Secrets {
                 key
             }
         };
-        let plain = crypto::open(&data_key, &row.id.value_aad(), &row.ciphertext)
-            .ok_or_else(corrupt)?;
+        let plain =
+            crypto::open(&data_key, &row.id.value_aad(), &row.ciphertext).ok_or_else(corrupt)?;
         let text = String::from_utf8(plain.to_vec()).map_err(|_| corrupt())?;
         Ok(SecretString::from(text))
     }

@@ -278,8 +278,9 @@ impl Keyring {
         };
         let path = path.clone();
         let bytes = self.to_file_bytes()?;
-        write_private(&path, &bytes)
-            .map_err(|e| SecretsError::MasterKey(format!("cannot write {}: {e}", path.display())))?;
+        write_private(&path, &bytes).map_err(|e| {
+            SecretsError::MasterKey(format!("cannot write {}: {e}", path.display()))
+        })?;
         self.stamp = Some(stamp(&path)?);
         Ok(())
     }
@@ -334,9 +335,10 @@ fn check_private(path: &Path) -> Result<(), SecretsError> {
 }
 
 fn decode_key(text: &str, whence: &str) -> Result<KeyBytes, SecretsError> {
-    let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|_| {
-        SecretsError::MasterKey(format!("{whence}: the master key is not base64"))
-    })?);
+    let bytes =
+        Zeroizing::new(B64.decode(text.trim()).map_err(|_| {
+            SecretsError::MasterKey(format!("{whence}: the master key is not base64"))
+        })?);
     KeyBytes::from_slice(&bytes).ok_or_else(|| {
         SecretsError::MasterKey(format!(
             "{whence}: the master key must be 32 bytes (base64), not {}",

@@ -86,7 +86,10 @@ mod tests {
         RedactingWriter(&mut out)
             .write_all(line.as_bytes())
             .expect("write");
-        assert_eq!(String::from_utf8(out).expect("utf-8"), "token=[redacted] ab");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "token=[redacted] ab"
+        );
     }
 
     #[test]

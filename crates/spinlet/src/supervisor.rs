@@ -14,6 +14,7 @@ use crate::sandbox::{self, Confinement, SandboxUsage};
 use crate::spawn::{Launch, Spawned, Spawner};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use secrecy::SecretString;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use secrecy::SecretString;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -791,12 +791,15 @@ impl Supervisor {
                 Ok(env) => env,
                 Err(message) => {
                     slot.log.note(&format!("not started: {message}"));
-                    return Err(ours(format!("the site's secrets are unavailable: {message}")));
+                    return Err(ours(format!(
+                        "the site's secrets are unavailable: {message}"
+                    )));
                 }
             },
             None => Vec::new(),
         };
-        slot.log.set_masks(secret_env.iter().map(|(_, v)| v.clone()).collect());
+        slot.log
+            .set_masks(secret_env.iter().map(|(_, v)| v.clone()).collect());
         let port = self
             .inner
             .ports
