@@ -41,7 +41,9 @@ fn api_error(e: SecretsError) -> ApiError {
     match e {
         SecretsError::Invalid { field, message } => ApiError::Invalid { field, message },
         SecretsError::NotFound => ApiError::NotFound("secret"),
-        SecretsError::UnknownMasterKey { .. } => ApiError::Unavailable(e.to_string()),
+        SecretsError::UnknownMasterKey { .. }
+        | SecretsError::KeyService(_)
+        | SecretsError::KeyServiceRefused(_) => ApiError::Unavailable(e.to_string()),
         other => ApiError::internal(other),
     }
 }

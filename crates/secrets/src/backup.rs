@@ -84,13 +84,19 @@ pub async fn create(
 
     // The keys first: the database snapshot is then at least as new as
     // the audit log's last checkpoint file.
-    let keyring = Keyring::load(config, data_dir)?.to_file_bytes()?;
+    // The master key: the configured one or the generated keyring. A
+    // transit key stays in its service; restoring then needs its config.
+    let local = config.master_key_env.is_some() || config.master_key_file.is_some();
+    let generated = master::keyring_path(data_dir);
     let mut sealed_tar = tar::Builder::new(Vec::new());
-    add_bytes(
-        &mut sealed_tar,
-        &format!("{}/{}", master::SECRETS_DIR, master::MASTER_KEY_FILE),
-        &keyring,
-    )?;
+    if local || config.vault.is_none() || generated.exists() {
+        let keyring = Keyring::load(config, data_dir)?.to_file_bytes()?;
+        add_bytes(
+            &mut sealed_tar,
+            &format!("{}/{}", master::SECRETS_DIR, master::MASTER_KEY_FILE),
+            &keyring,
+        )?;
+    }
     for dir in SEALED_DIRS.iter().filter(|d| **d != master::SECRETS_DIR) {
         add_tree(&mut sealed_tar, data_dir, dir, None)?;
     }
@@ -159,7 +165,12 @@ pub async fn create(
 
 /// Restores `file` into `data_dir`, which must not exist or be empty.
 /// Returns how many secrets were checked to decrypt.
-pub async fn restore(file: &Path, data_dir: &Path, passphrase: &SecretString) -> Result<usize> {
+pub async fn restore(
+    file: &Path,
+    data_dir: &Path,
+    config: &SecretsConfig,
+    passphrase: &SecretString,
+) -> Result<usize> {
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)
             .map_err(io("cannot read the target folder"))?
@@ -202,7 +213,8 @@ pub async fn restore(file: &Path, data_dir: &Path, passphrase: &SecretString) ->
     }
 
     // Every secret must decrypt before the folder goes into place.
-    let secrets = Secrets::open(staging.path(), &SecretsConfig::default()).await?;
+    // Without a configured key source the sealed keyring is the key.
+    let secrets = Secrets::open(staging.path(), config).await?;
     let checked = secrets.check_all().await?;
     secrets.close().await;
     for suffix in ["-wal", "-shm"] {

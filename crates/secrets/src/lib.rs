@@ -13,6 +13,7 @@ pub mod crypto;
 mod db;
 pub mod master;
 pub mod redact;
+pub mod transit;
 
 pub use master::{Keyring, SecretsConfig};
 
@@ -65,6 +66,14 @@ pub enum SecretsError {
         name: String,
         version: i64,
     },
+    /// An upstream: the key service (OpenBao/Vault) cannot be reached or
+    /// failed. Nothing was written.
+    #[error("the key service is unavailable: {0}")]
+    KeyService(String),
+    /// An upstream: the key service refused a request (policy, missing
+    /// key).
+    #[error("the key service refused: {0}")]
+    KeyServiceRefused(String),
     /// Our side: the random source or cipher failed.
     #[error("crypto failure: {0}")]
     Crypto(String),
@@ -101,9 +110,15 @@ pub struct Secrets {
     inner: Arc<Inner>,
 }
 
+/// What wraps data keys: local master keys, or a transit key service.
+enum Kek {
+    Local(Mutex<Keyring>),
+    Transit(Arc<transit::Transit>),
+}
+
 struct Inner {
     pool: SqlitePool,
-    keyring: Mutex<Keyring>,
+    kek: Kek,
     /// Unwrapped data keys by row, so running sites keep starting if the
     /// master key's service goes away.
     data_keys: Mutex<HashMap<RowId, KeyBytes>>,
@@ -116,11 +131,15 @@ impl Secrets {
     /// apps with secrets it cannot read.
     pub async fn open(data_dir: &Path, config: &SecretsConfig) -> Result<Secrets> {
         let pool = db::open(data_dir).await?;
-        let keyring = Keyring::load(config, data_dir)?;
+        let local = config.master_key_env.is_some() || config.master_key_file.is_some();
+        let kek = match &config.vault {
+            Some(vault) if !local => Kek::Transit(transit::Transit::connect(vault).await?),
+            _ => Kek::Local(Mutex::new(Keyring::load(config, data_dir)?)),
+        };
         let secrets = Secrets {
             inner: Arc::new(Inner {
                 pool,
-                keyring: Mutex::new(keyring),
+                kek,
                 data_keys: Mutex::new(HashMap::new()),
             }),
         };
@@ -130,12 +149,23 @@ impl Secrets {
 
     /// The id of the master key new secrets are wrapped with.
     pub fn active_master_key(&self) -> Result<String> {
-        Ok(self.keyring()?.active_id().to_owned())
+        match &self.inner.kek {
+            Kek::Local(_) => Ok(self.keyring()?.active_id().to_owned()),
+            Kek::Transit(t) => Ok(t.kek_id()),
+        }
     }
 
     /// Where the master key came from, for operators.
     pub fn master_key_origin(&self) -> String {
-        self.lock_keyring().origin.describe()
+        match &self.inner.kek {
+            Kek::Local(ring) => lock(ring).origin.describe(),
+            Kek::Transit(t) => format!("transit key service at {}", t.address()),
+        }
+    }
+
+    /// True iff data keys are wrapped by a transit key service.
+    pub fn uses_key_service(&self) -> bool {
+        matches!(self.inner.kek, Kek::Transit(_))
     }
 
     /// Decrypts every stored secret once: the start-up check, which also
@@ -143,7 +173,7 @@ impl Secrets {
     pub async fn check_all(&self) -> Result<usize> {
         let rows = db::current_rows(&self.inner.pool, None).await?;
         for row in &rows {
-            let value = self.decrypt(row)?;
+            let value = self.decrypt(row).await?;
             redact::register(value.expose_secret());
         }
         Ok(rows.len())
@@ -174,14 +204,9 @@ impl Secrets {
             &row.value_aad(),
             value.expose_secret().as_bytes(),
         )?;
-        let (kek_id, wrapped) = {
-            let keyring = self.keyring()?;
-            let (kek_id, kek) = keyring.active();
-            (
-                kek_id.to_owned(),
-                crypto::seal(kek, &row.key_aad(kek_id), data_key.expose())?,
-            )
-        };
+        // A key service that is down fails here, before anything is
+        // written (the transaction rolls back on drop).
+        let (kek_id, wrapped) = self.wrap(&row, &data_key).await?;
         let now = unix_now();
         db::insert(&mut tx, &row, &kek_id, &wrapped, &ciphertext, by, now).await?;
         tx.commit().await?;
@@ -218,7 +243,7 @@ impl Secrets {
         let rows = db::current_rows(&self.inner.pool, Some(site_id)).await?;
         let mut env = Vec::with_capacity(rows.len());
         for row in &rows {
-            let value = self.decrypt(row)?;
+            let value = self.decrypt(row).await?;
             redact::register(value.expose_secret());
             env.push((row.id.name.clone(), value));
         }
@@ -230,7 +255,11 @@ impl Secrets {
     /// transaction, so a server running meanwhile reads both. Returns the
     /// new key's id and how many data keys moved to it.
     pub async fn rotate_master(&self) -> Result<(String, usize)> {
-        let new_id = self.lock_keyring().add_active()?;
+        let ring = match &self.inner.kek {
+            Kek::Local(ring) => ring,
+            Kek::Transit(transit) => return self.rotate_transit(transit).await,
+        };
+        let new_id = lock(ring).add_active()?;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = db::all_wrapped(&mut tx).await?;
         let mut moved = 0;
@@ -238,9 +267,9 @@ impl Secrets {
             if row.kek_id == new_id {
                 continue;
             }
-            let data_key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped)?;
+            let data_key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped).await?;
             let wrapped = {
-                let keyring = self.lock_keyring();
+                let keyring = lock(ring);
                 let kek = keyring.get(&new_id).ok_or_else(|| {
                     SecretsError::MasterKey("the new key vanished from the keyring".into())
                 })?;
@@ -253,9 +282,33 @@ impl Secrets {
         Ok((new_id, moved))
     }
 
+    /// Transit: a new key version in the service, then every wrapped key
+    /// re-wrapped by the service (the key never leaves it), in one
+    /// transaction.
+    async fn rotate_transit(&self, transit: &transit::Transit) -> Result<(String, usize)> {
+        transit.rotate().await?;
+        let id = transit.kek_id();
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = db::all_wrapped(&mut tx).await?;
+        let mut moved = 0;
+        for row in rows.iter().filter(|r| r.kek_id == id) {
+            let wrapped = transit.rewrap(&row.wrapped).await?;
+            db::rewrap(&mut tx, &row.id, &id, &wrapped).await?;
+            moved += 1;
+        }
+        tx.commit().await?;
+        Ok((id, moved))
+    }
+
     /// How many data keys each master key of the keyring wraps.
     pub async fn master_key_usage(&self) -> Result<Vec<(String, i64)>> {
         let used = db::usage(&self.inner.pool).await?;
+        if let Kek::Transit(t) = &self.inner.kek {
+            let id = t.kek_id();
+            let mut out = vec![(id.clone(), used.get(&id).copied().unwrap_or(0))];
+            out.extend(used.into_iter().filter(|(k, _)| *k != id));
+            return Ok(out);
+        }
         let keyring = self.keyring()?;
         let mut out: Vec<(String, i64)> = keyring
             .ids()
@@ -282,19 +335,23 @@ impl Secrets {
                 message: format!("{id} still wraps {n} data keys; run keys rotate-master"),
             });
         }
-        self.lock_keyring().remove(id)
-    }
-
-    /// The keyring's file bytes, for a sealed backup.
-    pub fn keyring_bytes(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        self.keyring()?.to_file_bytes()
+        match &self.inner.kek {
+            Kek::Local(ring) => lock(ring).remove(id),
+            // Limitation: old transit key versions stay decryptable (setting
+            // the key's min_decryption_version after a rotation would retire
+            // them).
+            Kek::Transit(_) => Err(SecretsError::Invalid {
+                field: "key",
+                message: "transit key versions are retired in the key service".into(),
+            }),
+        }
     }
 
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
 
-    fn decrypt(&self, row: &db::StoredRow) -> Result<SecretString> {
+    async fn decrypt(&self, row: &db::StoredRow) -> Result<SecretString> {
         let corrupt = || SecretsError::Corrupt {
             site_id: row.id.site_id,
             name: row.id.name.clone(),
@@ -304,7 +361,7 @@ impl Secrets {
         let data_key = match cached {
             Some(key) => key,
             None => {
-                let key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped)?;
+                let key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped).await?;
                 self.cache().insert(row.id.clone(), key.clone());
                 key
             }
@@ -315,8 +372,45 @@ impl Secrets {
         Ok(SecretString::from(text))
     }
 
-    fn unwrap_key(&self, row: &RowId, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
-        let mut keyring = self.lock_keyring();
+    /// Wraps a fresh data key with the active master key.
+    async fn wrap(&self, row: &RowId, data_key: &KeyBytes) -> Result<(String, Vec<u8>)> {
+        match &self.inner.kek {
+            Kek::Local(_) => {
+                let keyring = self.keyring()?;
+                let (kek_id, kek) = keyring.active();
+                let wrapped = crypto::seal(kek, &row.key_aad(kek_id), data_key.expose())?;
+                Ok((kek_id.to_owned(), wrapped))
+            }
+            Kek::Transit(transit) => {
+                let kek_id = transit.kek_id();
+                let wrapped = transit.wrap(&row.key_aad(&kek_id), data_key).await?;
+                Ok((kek_id, wrapped))
+            }
+        }
+    }
+
+    async fn unwrap_key(&self, row: &RowId, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
+        let corrupt = || SecretsError::Corrupt {
+            site_id: row.site_id,
+            name: row.name.clone(),
+            version: row.version,
+        };
+        let ring = match &self.inner.kek {
+            Kek::Local(ring) => ring,
+            Kek::Transit(transit) => {
+                if kek_id != transit.kek_id() {
+                    return Err(SecretsError::UnknownMasterKey {
+                        needed: kek_id.to_owned(),
+                        have: transit.kek_id(),
+                    });
+                }
+                return transit
+                    .unwrap(&row.key_aad(kek_id), wrapped)
+                    .await?
+                    .ok_or_else(corrupt);
+            }
+        };
+        let mut keyring = lock(ring);
         if keyring.get(kek_id).is_none() {
             keyring.refresh()?;
         }
@@ -326,27 +420,20 @@ impl Secrets {
                 have: keyring.ids().join(", "),
             });
         };
-        let corrupt = || SecretsError::Corrupt {
-            site_id: row.site_id,
-            name: row.name.clone(),
-            version: row.version,
-        };
         let bytes = crypto::open(kek, &row.key_aad(kek_id), wrapped).ok_or_else(corrupt)?;
         KeyBytes::from_slice(&bytes).ok_or_else(corrupt)
     }
 
-    /// The keyring, reloaded first if another process rotated it.
+    /// The local keyring, reloaded first if another process rotated it.
     fn keyring(&self) -> Result<MutexGuard<'_, Keyring>> {
-        let mut keyring = self.lock_keyring();
+        let Kek::Local(ring) = &self.inner.kek else {
+            return Err(SecretsError::MasterKey(
+                "master keys live in the key service".into(),
+            ));
+        };
+        let mut keyring = lock(ring);
         keyring.refresh()?;
         Ok(keyring)
-    }
-
-    fn lock_keyring(&self) -> MutexGuard<'_, Keyring> {
-        self.inner
-            .keyring
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<RowId, KeyBytes>> {
@@ -355,6 +442,10 @@ impl Secrets {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn lock(ring: &Mutex<Keyring>) -> MutexGuard<'_, Keyring> {
+    ring.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A secret name is an environment variable name the platform does not

@@ -32,6 +32,9 @@ pub struct SecretsConfig {
     pub master_key_env: Option<String>,
     /// A file holding the base64 master key (mode 0600 or stricter).
     pub master_key_file: Option<PathBuf>,
+    /// `[secrets.vault]`: OpenBao/Vault transit wraps the data keys; used
+    /// when neither of the above is set.
+    pub vault: Option<crate::transit::VaultConfig>,
 }
 
 /// The path of the generated keyring in `data_dir`.

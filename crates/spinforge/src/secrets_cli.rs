@@ -63,6 +63,10 @@ pub struct RestoreArgs {
     /// Read the passphrase from the first line of standard input.
     #[arg(long)]
     pub passphrase_stdin: bool,
+    /// The config the restored server will use (for `[secrets]`: a master
+    /// key kept outside the backup, or a transit key service).
+    #[arg(long, env = "SPINFORGE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 pub async fn secrets(api: &ApiFlags, command: SecretsCommand) -> anyhow::Result<()> {
@@ -227,7 +231,9 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let passphrase = read_passphrase(args.passphrase_stdin, false)?;
-    let checked = secrets::backup::restore(&args.file, &args.data_dir, &passphrase).await?;
+    let config = crate::config::secrets_config(args.config.as_deref())?;
+    let checked =
+        secrets::backup::restore(&args.file, &args.data_dir, &config, &passphrase).await?;
     println!(
         "restored into {}; {checked} secrets decrypt. Start it with \
          `spinforge serve --data-dir {}`",
