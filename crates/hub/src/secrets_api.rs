@@ -17,7 +17,7 @@ use axum::{Extension, Json, Router};
 use identity::Permission;
 use secrets::{SecretMeta, Secrets, SecretsError};
 use serde::{Deserialize, Serialize};
-use spinlet::SecretEnv;
+use spinlet::{SecretEnv, SecretEnvFuture};
 use std::sync::Arc;
 use store::Store;
 
@@ -155,16 +155,7 @@ pub struct StoreSecretEnv {
 }
 
 impl SecretEnv for StoreSecretEnv {
-    fn load<'a>(
-        &'a self,
-        site: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Vec<(String, secrecy::SecretString)>, String>>
-                + Send
-                + 'a,
-        >,
-    > {
+    fn load<'a>(&'a self, site: &'a str) -> SecretEnvFuture<'a> {
         Box::pin(async move {
             let record = self
                 .store

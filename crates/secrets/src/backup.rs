@@ -50,6 +50,9 @@ pub struct BackupSummary {
     pub files: usize,
 }
 
+/// SHA-256 (hex) of each plain entry, by archive path.
+type FileHashes = BTreeMap<String, String>;
+
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     format: u32,
@@ -246,10 +249,7 @@ async fn vacuum_into(data_dir: &Path, target: &Path) -> Result<()> {
 /// Unpacks the plain entries into `dir`, hashing each; returns the
 /// hashes and the sealed section. Refuses links, devices and any path
 /// outside the expected folders.
-fn unpack_plain(
-    source: impl Read,
-    dir: &Path,
-) -> Result<(BTreeMap<String, String>, Option<Vec<u8>>)> {
+fn unpack_plain(source: impl Read, dir: &Path) -> Result<(FileHashes, Option<Vec<u8>>)> {
     let damaged =
         |e: std::io::Error| SecretsError::Backup(format!("the file is damaged or truncated: {e}"));
     let mut archive = tar::Archive::new(GzDecoder::new(source));

@@ -6,6 +6,11 @@
 //! the active master key, whose id the row records. This crate never
 //! returns a value except to the spinlet start path ([`Secrets::site_env`])
 //! and never logs one. Who may call what is the hub's business.
+//
+// Limitation: the identity crate's token signing keys (in the store) and
+// the audit log's HMAC and checkpoint keys (files in DATA/audit) are still
+// kept in plain form; wrapping them with `Secrets` would lift it, but that
+// is a change to those crates.
 #![forbid(unsafe_code)]
 
 pub mod backup;
@@ -345,6 +350,12 @@ impl Secrets {
                 message: "transit key versions are retired in the key service".into(),
             }),
         }
+    }
+
+    /// Forgets every unwrapped data key, so the next read unwraps again
+    /// (benchmarks of the cold start path; operators after a rotation).
+    pub fn clear_key_cache(&self) {
+        self.cache().clear();
     }
 
     pub async fn close(&self) {

@@ -282,20 +282,19 @@ pub struct Supervisor {
 /// The shared result of one start attempt.
 type StartOutcome = Result<(), StartError>;
 
+/// A site's secrets as environment variables (name, value).
+pub type SecretVars = Vec<(String, SecretString)>;
+
+/// What [`SecretEnv::load`] returns: `Err` is a message that names the
+/// problem without any value.
+pub type SecretEnvFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<SecretVars, String>> + Send + 'a>>;
+
 /// A site's secrets as environment variables, read at every start
-/// (issue 8). The hub plugs the secret store in here; `Err` is a message
-/// that names the problem without any value, and the start fails.
+/// (issue 8). The hub plugs the secret store in here; on `Err` the start
+/// fails.
 pub trait SecretEnv: Send + Sync + 'static {
-    fn load<'a>(
-        &'a self,
-        site: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Vec<(String, SecretString)>, String>>
-                + Send
-                + 'a,
-        >,
-    >;
+    fn load<'a>(&'a self, site: &'a str) -> SecretEnvFuture<'a>;
 }
 
 struct Inner {
