@@ -125,8 +125,8 @@ async fn set_secret(
         .await
         .map_err(api_error)?;
     tracing::info!(target: "spinforge::audit", event = "secret.write", user = %who,
-        site = %site.domain, secret = %meta.name, version = meta.version,
-        master_key = %meta.master_key);
+        site = %site.domain, name = %meta.name, version = meta.version,
+        kek_id = %meta.master_key);
     Ok(Json(meta.into()))
 }
 
@@ -144,7 +144,7 @@ async fn remove_secret(
         .await?;
     secrets.remove(site.id.0, &name).await.map_err(api_error)?;
     tracing::info!(target: "spinforge::audit", event = "secret.delete",
-        user = %caller.0.user_id, site = %site.domain, secret = %name);
+        user = %caller.0.user_id, site = %site.domain, name = %name);
     Ok(StatusCode::NO_CONTENT)
 }
 

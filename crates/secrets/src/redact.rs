@@ -8,6 +8,7 @@
 // Limitation: values under 4 bytes stay visible if printed (a per-secret
 // "mask" flag would let operators opt in).
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{LazyLock, PoisonError, RwLock};
@@ -18,7 +19,15 @@ pub const REDACTED: &str = "[redacted]";
 /// Shortest value that is masked.
 pub const MIN_MASKED_LEN: usize = 4;
 
-static MASKS: LazyLock<RwLock<Vec<Zeroizing<String>>>> = LazyLock::new(|| RwLock::new(Vec::new()));
+/// The registered values and a matcher over all of them, rebuilt lazily
+/// after a registration (a start-up check registers hundreds at once).
+#[derive(Default)]
+struct Masks {
+    values: Vec<Zeroizing<String>>,
+    matcher: Option<AhoCorasick>,
+}
+
+static MASKS: LazyLock<RwLock<Masks>> = LazyLock::new(|| RwLock::new(Masks::default()));
 
 /// Adds `value` to the values masked in this process's log lines.
 pub fn register(value: &str) {
@@ -26,28 +35,52 @@ pub fn register(value: &str) {
         return;
     }
     let mut masks = MASKS.write().unwrap_or_else(PoisonError::into_inner);
-    if !masks.iter().any(|m| m.as_str() == value) {
-        masks.push(Zeroizing::new(value.to_owned()));
-        // Longest first, so a value that contains another is masked whole.
-        masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    if !masks.values.iter().any(|m| m.as_str() == value) {
+        masks.values.push(Zeroizing::new(value.to_owned()));
+        masks.matcher = None;
     }
 }
 
-/// `text` with every registered value replaced by `[redacted]`.
+/// `text` with every registered value replaced by `[redacted]`. One pass
+/// over the text whatever the number of values; where two overlap, the
+/// longest is masked whole.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let masks = MASKS.read().unwrap_or_else(PoisonError::into_inner);
-    mask_with(text, masks.iter().map(|m| m.as_str()))
-}
-
-/// `text` with each of `values` (longest first is best) replaced.
-pub fn mask_with<'a, 'b>(text: &'a str, values: impl Iterator<Item = &'b str>) -> Cow<'a, str> {
-    let mut out = Cow::Borrowed(text);
-    for value in values {
-        if value.len() >= MIN_MASKED_LEN && out.contains(value) {
-            out = Cow::Owned(out.replace(value, REDACTED));
+    {
+        let masks = MASKS.read().unwrap_or_else(PoisonError::into_inner);
+        if masks.values.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        if let Some(matcher) = &masks.matcher {
+            return replace(matcher, text);
         }
     }
-    out
+    let mut masks = MASKS.write().unwrap_or_else(PoisonError::into_inner);
+    if masks.matcher.is_none() {
+        let built = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(masks.values.iter().map(|v| v.as_bytes()));
+        match built {
+            Ok(matcher) => masks.matcher = Some(matcher),
+            // Fail closed: a line that cannot be checked is not shown.
+            Err(_) => return Cow::Borrowed(REDACTED),
+        }
+    }
+    match &masks.matcher {
+        Some(matcher) => replace(matcher, text),
+        None => Cow::Borrowed(REDACTED),
+    }
+}
+
+fn replace<'a>(matcher: &AhoCorasick, text: &'a str) -> Cow<'a, str> {
+    if !matcher.is_match(text) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    matcher.replace_all_with(text, &mut out, |_, _, out| {
+        out.push_str(REDACTED);
+        true
+    });
+    Cow::Owned(out)
 }
 
 /// Passes writes to `W` with registered values masked. `tracing`'s
@@ -94,10 +127,11 @@ mod tests {
 
     #[test]
     fn a_value_inside_a_longer_one_leaves_no_tail() {
-        let values = ["abcdefgh-long", "abcdefgh"];
+        register("qwertzui");
+        register("qwertzui-long");
         assert_eq!(
-            mask_with("x abcdefgh-long y abcdefgh", values.into_iter()),
-            "x [redacted] y [redacted]"
+            redact("x qwertzui-long y qwertzui z"),
+            "x [redacted] y [redacted] z"
         );
     }
 }
