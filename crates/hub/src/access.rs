@@ -167,6 +167,22 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/me/activity", SignedIn),
     ("GET", "/api/v1/users/{id}/export", Needs(P::UsersManage)),
     ("POST", "/api/v1/users/{id}/erase", Needs(P::UsersManage)),
+    // Secrets (secrets_api.rs, issue 8): values go in, never come out.
+    (
+        "GET",
+        "/api/v1/sites/{domain}/secrets",
+        Needs(P::SecretsRead),
+    ),
+    (
+        "PUT",
+        "/api/v1/sites/{domain}/secrets/{name}",
+        Needs(P::SecretsWrite),
+    ),
+    (
+        "DELETE",
+        "/api/v1/sites/{domain}/secrets/{name}",
+        Needs(P::SecretsWrite),
+    ),
     ("GET", "/api/v1/openapi.json", Public),
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),

@@ -18,6 +18,7 @@ pub mod oidc_api;
 pub mod privacy_api;
 pub mod rate_api;
 pub mod sandbox_api;
+pub mod secrets_api;
 pub mod shield_api;
 pub mod sites;
 

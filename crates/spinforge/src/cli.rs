@@ -217,6 +217,20 @@ pub enum Command {
     /// Incident response: list, show, open, contain, lift, resolve.
     #[command(subcommand)]
     Incidents(crate::incident_cli::IncidentsCommand),
+    // ---- secrets and backups (issue 8) ----
+    /// Set, list or remove a site's secrets (given to its app as
+    /// environment variables at its next start).
+    Secrets {
+        #[command(subcommand)]
+        command: crate::secrets_cli::SecretsCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Write a consistent backup of a data directory (also while `serve`
+    /// runs), with the master key sealed by a passphrase.
+    Backup(crate::secrets_cli::BackupArgs),
+    /// Restore a backup into a new, empty data directory.
+    Restore(crate::secrets_cli::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -299,6 +313,18 @@ pub enum KeysCommand {
     /// Add a new token signing key; older keys verify until their tokens
     /// expire.
     RotateSigning,
+    // ---- secrets (issue 8): on the host, no API needed ----
+    /// Re-wrap every secret's data key under a new master key, in one
+    /// transaction; a running serve keeps working.
+    RotateMaster(crate::secrets_cli::HostArgs),
+    /// List the master keys and how many data keys each wraps.
+    MasterKeys(crate::secrets_cli::HostArgs),
+    /// Remove an old master key that no data key uses any more.
+    RetireMaster {
+        id: String,
+        #[command(flatten)]
+        host: crate::secrets_cli::HostArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -464,6 +490,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Audit(command) => crate::audit_cli::run(command).await,
         Command::Incidents(command) => crate::incident_cli::run(command).await,
+        Command::Secrets { command, api } => crate::secrets_cli::secrets(&api, command).await,
+        Command::Backup(args) => crate::secrets_cli::backup(args).await,
+        Command::Restore(args) => crate::secrets_cli::restore(args).await,
         Command::Sandbox(command) => crate::sandbox::run(command),
         // ---- host hardening and supply chain (issue #11) ----
         Command::Doctor(args) => match crate::harden_cli::doctor(args).await? {

@@ -87,7 +87,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Firewall(_)
         | Command::Scan(_)
         | Command::Vulndb(_)
-        | Command::Incidents(_) => {
+        | Command::Incidents(_)
+        | Command::Secrets { .. }
+        | Command::Backup(_)
+        | Command::Restore(_) => {
             unreachable!("handled in cli::run")
         }
     }

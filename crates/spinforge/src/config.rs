@@ -45,6 +45,11 @@ pub struct FileConfig {
     /// every key and default is in `incident::IncidentConfig`.
     #[serde(default)]
     pub incidents: incident::IncidentConfig,
+    // ---- secrets (issue 8) ----
+    /// `[secrets]`: where the master key comes from (default: generated
+    /// in DATA/secrets/master.key).
+    #[serde(default)]
+    pub secrets: secrets::SecretsConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -351,6 +356,8 @@ pub struct Settings {
     /// Single sign-on providers, discovered when `serve` starts.
     pub oidc: Vec<identity::oidc::OidcProviderConfig>,
     pub incidents: incident::IncidentConfig,
+    /// `[secrets]` (issue 8).
+    pub secrets: secrets::SecretsConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -359,8 +366,9 @@ fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{name}: `{value}` is not an address like 0.0.0.0:8080"))
 }
 
-pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
-    let file = match &args.config {
+/// Reads the config file, or the defaults without one.
+fn read_file_config(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
+    Ok(match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -368,7 +376,19 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
                 .with_context(|| format!("config file {} is invalid", path.display()))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+// ---- secrets (issue 8) ----
+/// The `[secrets]` section and data directory for host commands (backup,
+/// keys rotate-master) that do not run `serve`.
+pub fn secrets_config(path: Option<&std::path::Path>) -> anyhow::Result<secrets::SecretsConfig> {
+    Ok(read_file_config(path)?.secrets)
+}
+// ---- end secrets ----
+
+pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = read_file_config(args.config.as_deref())?;
 
     let data_dir = args
         .data_dir
@@ -457,6 +477,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         sandbox,
         oidc,
         incidents: file.incidents,
+        secrets: file.secrets,
     })
 }
 

@@ -274,5 +274,6 @@ pub async fn keys(api: &ApiFlags, command: KeysCommand) -> anyhow::Result<()> {
             let message = format!("new signing key {} is active", text(&done, "kid"));
             finish(api, &done, &message)
         }
+        master => crate::secrets_cli::master_keys(api, master).await,
     }
 }

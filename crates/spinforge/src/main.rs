@@ -15,6 +15,7 @@ mod incident_cli;
 mod pack;
 mod privacy_cli;
 mod sandbox;
+mod secrets_cli;
 mod serve;
 mod shield_cmd;
 mod waf_cli;

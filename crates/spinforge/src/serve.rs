@@ -29,7 +29,8 @@ pub fn init_logging(format: LogFormat, pii: LogPii) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        // Secret values this process knows are masked in every line.
+        .with_writer(|| secrets::redact::RedactingWriter(std::io::stderr()));
     let fmt = match format {
         LogFormat::Text if pii == LogPii::Masked => {
             fmt.fmt_fields(masked_fields()).with_filter(filter).boxed()
@@ -120,6 +121,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot write to the audit log")?;
     // ---- end audit log ---------------------------------------------------
 
+    // ---- secrets (issue 8): every stored secret must decrypt -------------
+    let secrets = secrets::Secrets::open(&data_dir, &settings.secrets)
+        .await
+        .context("cannot open the secret store; no app will start with broken secrets")?;
+    tracing::info!(
+        master_key = %secrets.active_master_key()?,
+        source = %secrets.master_key_origin(),
+        "secret store ready"
+    );
+    // ---- end secrets -----------------------------------------------------
+
     let identity = Identity::new(store.clone(), settings.identity.clone()).await?;
     let mut registry = Registry::default();
     let routes = Routes::default();
@@ -144,6 +156,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), spawner)
         .context("cannot start the app supervisor")?;
     edge.set_app_waker(Arc::new(SupervisorWaker(supervisor.clone())));
+    supervisor.set_secret_env(Arc::new(hub::secrets_api::StoreSecretEnv {
+        store: store.clone(),
+        secrets: secrets.clone(),
+    }));
     let hub = Hub::start(
         store.clone(),
         identity,
@@ -185,7 +201,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .layer(axum::Extension(shield.clone()))
         .layer(axum::Extension(auditor.reader()))
         .layer(axum::Extension(incidents))
-        .layer(axum::Extension(sso));
+        .layer(axum::Extension(sso))
+        .layer(axum::Extension(secrets.clone()));
     let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up
@@ -224,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = api_task.await;
     let _ = audit::record(audit::AuditEvent::new("system.stop").resource("spinforge")).await;
     auditor.shutdown().await;
+    secrets.close().await;
     store.close().await;
     Ok(())
 }

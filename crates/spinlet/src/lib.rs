@@ -18,6 +18,6 @@ mod supervisor;
 pub use sandbox::{SandboxConfig, SandboxSpawner, SiteSandbox};
 pub use spawn::{Launch, PlainSpawner, Spawned, Spawner};
 pub use supervisor::{
-    AppDial, AppSpec, Candidate, Lease, SpinletStatus, StartError, State, Supervisor,
-    SupervisorConfig, WakeError,
+    AppDial, AppSpec, Candidate, Lease, SecretEnv, SecretEnvFuture, SecretVars, SpinletStatus,
+    StartError, State, Supervisor, SupervisorConfig, WakeError,
 };

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
@@ -24,6 +25,11 @@ use tokio::task::JoinHandle;
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 const FILE_NAME: &str = "app.log";
+
+/// What a masked secret value becomes in the log.
+pub const REDACTED: &str = "[redacted]";
+/// Shortest secret value that is masked, in bytes.
+pub const MIN_MASKED_LEN: usize = 4;
 /// App output lines queued for the writer. With lines of at most 16 KiB,
 /// that bounds queued memory at 4 MiB per app.
 const LINE_QUEUE: usize = 256;
@@ -92,6 +98,9 @@ struct Shared {
     /// Held for writing while files are renamed and for reading while a
     /// reader opens them, so a reader sees one consistent set.
     files: RwLock<()>,
+    /// Secret values of the site, replaced by `[redacted]` in every line,
+    /// longest first (issue 8).
+    masks: RwLock<Vec<SecretString>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +151,7 @@ impl AppLog {
             config,
             dropped: AtomicU64::new(0),
             files: RwLock::new(()),
+            masks: RwLock::new(Vec::new()),
         });
         let writer = Writer::open(Arc::clone(&shared))?;
 
@@ -180,6 +190,40 @@ impl AppLog {
         tasks
     }
 
+    /// Sets the secret values to mask in every later line: each becomes
+    /// `[redacted]`. Values shorter than [`MIN_MASKED_LEN`] bytes are left,
+    /// as masking `1` or `on` would garble every line.
+    // Limitation: a value that an overlong line splits at MAX_LINE_BYTES is
+    // not masked (masking before the split would lift it).
+    pub fn set_masks(&self, mut values: Vec<SecretString>) {
+        values.retain(|v| v.expose_secret().len() >= MIN_MASKED_LEN);
+        values.sort_by_key(|v| std::cmp::Reverse(v.expose_secret().len()));
+        *self
+            .inner
+            .shared
+            .masks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = values;
+    }
+
+    /// `text` with the site's secret values masked.
+    fn masked(&self, text: String) -> String {
+        let masks = self
+            .inner
+            .shared
+            .masks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut text = text;
+        for value in masks.iter() {
+            let value = value.expose_secret();
+            if text.contains(value) {
+                text = text.replace(value, REDACTED);
+            }
+        }
+        text
+    }
+
     /// Writes one line from SpinForge about the app, such as "started pid
     /// 42", with stream name `spinforge`. Line breaks become spaces. Never
     /// waits: if the note queue is full the note is counted as dropped.
@@ -189,6 +233,7 @@ impl AppLog {
             .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
             .collect();
         truncate_at_char(&mut text, MAX_LINE_BYTES);
+        let text = self.masked(text);
         let record = Record {
             at: OffsetDateTime::now_utc(),
             stream: Stream::SpinForge,
@@ -338,7 +383,7 @@ impl AppLog {
         if text.ends_with('\r') {
             text.pop();
         }
-        let text = escape_controls(text);
+        let text = self.masked(escape_controls(text));
         let record = Record {
             at: OffsetDateTime::now_utc(),
             stream,
@@ -947,6 +992,23 @@ mod tests {
         let lines = log.tail(10).expect("tail");
         let texts: Vec<&str> = lines.iter().map(|line| text(line)).collect();
         assert_eq!(texts, ["a\u{FFFD}b", "crlf"]);
+    }
+
+    #[tokio::test]
+    async fn secret_values_are_masked_in_app_lines_and_notes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AppLog::open(dir.path(), LogConfig::default()).expect("open");
+        log.set_masks(vec![
+            SecretString::from("tok-123456"),
+            SecretString::from("tok-123456-long"),
+            SecretString::from("on"),
+        ]);
+        run_captured(&log, "echo 'db=tok-123456-long key=tok-123456 debug=on'").await;
+        log.note("value tok-123456 in a note");
+        log.flush().await;
+        let lines = log.tail(10).expect("tail");
+        assert_eq!(text(&lines[0]), "db=[redacted] key=[redacted] debug=on");
+        assert_eq!(text(&lines[1]), "value [redacted] in a note");
     }
 
     #[tokio::test]

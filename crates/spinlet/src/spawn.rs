@@ -8,6 +8,8 @@ use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use secrecy::{ExposeSecret, SecretString};
+
 /// Everything needed to start one instance of an app.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -20,6 +22,9 @@ pub struct Launch {
     pub args: Vec<String>,
     /// The app's environment, `PORT` and `HOST` included.
     pub env: Vec<(String, String)>,
+    /// The site's secrets (issue 8), added to the environment after `env`.
+    /// Kept apart so that printing a `Launch` never shows a value.
+    pub secret_env: Vec<(String, SecretString)>,
     pub port: u16,
     /// Enforced by the sandbox spawner; the plain spawner ignores them.
     pub limits: Limits,
@@ -95,6 +100,9 @@ impl Spawner for PlainSpawner {
         command.env("HOME", &launch.dir);
         for (name, value) in &launch.env {
             command.env(name, value);
+        }
+        for (name, value) in &launch.secret_env {
+            command.env(name, value.expose_secret());
         }
         command.env("SPINFORGE_SPINLET", &launch.tag);
         Ok(Spawned {

@@ -14,6 +14,7 @@ use crate::sandbox::{self, Confinement, SandboxUsage, SiteSandbox};
 use crate::spawn::{Launch, Spawned, Spawner};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use secrecy::SecretString;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -283,6 +284,21 @@ pub struct Supervisor {
 /// The shared result of one start attempt.
 type StartOutcome = Result<(), StartError>;
 
+/// A site's secrets as environment variables (name, value).
+pub type SecretVars = Vec<(String, SecretString)>;
+
+/// What [`SecretEnv::load`] returns: `Err` is a message that names the
+/// problem without any value.
+pub type SecretEnvFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<SecretVars, String>> + Send + 'a>>;
+
+/// A site's secrets as environment variables, read at every start
+/// (issue 8). The hub plugs the secret store in here; on `Err` the start
+/// fails.
+pub trait SecretEnv: Send + Sync + 'static {
+    fn load<'a>(&'a self, site: &'a str) -> SecretEnvFuture<'a>;
+}
+
 struct Inner {
     /// Set by `shutdown`: no new starts, and the reaper stops.
     shutting_down: AtomicBool,
@@ -295,6 +311,8 @@ struct Inner {
     running: Mutex<HashMap<u32, String>>,
     /// Source of instance serials.
     serials: AtomicU64,
+    /// Where each start reads its site's secrets; none means no secrets.
+    secret_env: std::sync::OnceLock<Arc<dyn SecretEnv>>,
 }
 
 /// How long a failed site tells clients to wait.
@@ -316,6 +334,7 @@ impl Supervisor {
                 slots: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 serials: AtomicU64::new(1),
+                secret_env: std::sync::OnceLock::new(),
             }),
         };
         supervisor.persist();
@@ -329,6 +348,12 @@ impl Supervisor {
             }
         });
         Ok(supervisor)
+    }
+
+    /// Plugs in the secret store; every later start reads the site's
+    /// secrets from it. Only the first call counts.
+    pub fn set_secret_env(&self, source: Arc<dyn SecretEnv>) {
+        let _ = self.inner.secret_env.set(source);
     }
 
     fn slot(&self, domain: &str) -> Option<Arc<Slot>> {
@@ -796,6 +821,21 @@ impl Supervisor {
             app_fault: true,
             host_refused: false,
         })?;
+        // Secrets first: an app never starts without all of them.
+        let secret_env = match self.inner.secret_env.get() {
+            Some(source) => match source.load(&slot.domain).await {
+                Ok(env) => env,
+                Err(message) => {
+                    slot.log.note(&format!("not started: {message}"));
+                    return Err(ours(format!(
+                        "the site's secrets are unavailable: {message}"
+                    )));
+                }
+            },
+            None => Vec::new(),
+        };
+        slot.log
+            .set_masks(secret_env.iter().map(|(_, v)| v.clone()).collect());
         let port = self
             .inner
             .ports
@@ -817,6 +857,7 @@ impl Supervisor {
             program,
             args: argv[1..].to_vec(),
             env,
+            secret_env,
             port,
             limits: spec.manifest.limits.clone(),
             tag: random_tag(),

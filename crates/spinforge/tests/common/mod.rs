@@ -48,6 +48,12 @@ impl Server {
         Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), flags)
     }
 
+    /// Starts a server on `root/data` as it is (for example a restored
+    /// backup), with the default test config.
+    pub fn start_at(root: Arc<tempfile::TempDir>) -> Server {
+        Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), &[])
+    }
+
     fn spawn(root: Arc<tempfile::TempDir>, config: String, flags: &[&str]) -> Server {
         let config = with_roomy_hub_limits(config);
         let data_dir = root.path().join("data");

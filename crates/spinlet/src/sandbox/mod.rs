@@ -641,6 +641,10 @@ impl Spawner for SandboxSpawner {
         };
 
         let mut env = launch.env.clone();
+        env.extend(launch.secret_env.iter().map(|(name, value)| {
+            use secrecy::ExposeSecret;
+            (name.clone(), value.expose_secret().to_owned())
+        }));
         env.push(("PATH".into(), SANDBOX_PATH.into()));
         env.push(("HOME".into(), "/data".into()));
         env.push(("LANG".into(), "C.UTF-8".into()));
