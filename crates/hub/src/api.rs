@@ -46,7 +46,8 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::identity_api::routes())
         .merge(crate::shield_api::router())
         .merge(crate::audit_api::routes())
-        .merge(crate::oidc_api::routes());
+        .merge(crate::oidc_api::routes())
+        .merge(crate::certs_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -98,6 +99,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::shield_api::ShieldDoc::openapi());
     doc.merge(crate::audit_api::AuditDoc::openapi());
     doc.merge(crate::oidc_api::OidcDoc::openapi());
+    doc.merge(crate::certs_api::CertsDoc::openapi());
     doc
 }
 

@@ -38,6 +38,9 @@ pub struct FileConfig {
     pub audit: AuditFileConfig,
     #[serde(default)]
     pub sandbox: SandboxFileConfig,
+    // ---- TLS ----
+    #[serde(default)]
+    pub acme: AcmeFileConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -321,6 +324,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub tls_listen: SocketAddr,
+    /// Set by flag, variable or file: bound at start even with no
+    /// certificate yet (the default address waits for the first one).
+    pub tls_listen_explicit: bool,
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
     pub identity: identity::IdentityConfig,
@@ -329,6 +335,7 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Single sign-on providers, discovered when `serve` starts.
     pub oidc: Vec<identity::oidc::OidcProviderConfig>,
+    pub acme: hub::acme::AcmeConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -363,6 +370,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         .clone()
         .or(file.api_listen)
         .unwrap_or_else(|| "127.0.0.1:9080".into());
+    let tls_listen_explicit = args.tls_listen.is_some() || file.tls_listen.is_some();
     let tls_listen = args
         .tls_listen
         .clone()
@@ -418,6 +426,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     file.shield.validate().map_err(anyhow::Error::msg)?;
 
     let audit = resolve_audit(file.audit)?;
+    let acme = resolve_acme(file.acme)?;
 
     Ok(Settings {
         identity,
@@ -426,13 +435,92 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         listen: addr(&listen, "listen")?,
         api_listen: addr(&api_listen, "api_listen")?,
         tls_listen: addr(&tls_listen, "tls_listen")?,
+        tls_listen_explicit,
         hub,
         edge,
         shield: file.shield,
         sandbox,
         oidc,
+        acme,
     })
 }
+
+// ---- [acme] ------------------------------------------------------------------
+
+/// `[acme]`: automatic certificates. Off by default, so nothing calls a
+/// public CA until the operator turns it on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFileConfig {
+    pub enabled: Option<bool>,
+    /// The directory URL (default: Let's Encrypt production).
+    pub directory: Option<String>,
+    /// Contact URIs, e.g. `["mailto:ops@example.com"]`.
+    pub contact: Option<Vec<String>>,
+    /// A PEM CA certificate to trust for the directory (a test CA).
+    pub ca_bundle: Option<PathBuf>,
+    /// `http-01` (default) or `tls-alpn-01`.
+    pub challenge: Option<hub::acme::Challenge>,
+    /// Renew this long before expiry (default 30 days).
+    pub renew_before_secs: Option<u64>,
+    /// How often every site is checked (default 3600).
+    pub check_interval_secs: Option<u64>,
+    /// First retry delay after a failure, doubling (default 60).
+    pub backoff_initial_secs: Option<u64>,
+    /// Longest retry delay (default 1 day).
+    pub backoff_max_secs: Option<u64>,
+    /// Failures in a row before `cert.renew_failed` is audited (default 3).
+    pub alert_after_failures: Option<u32>,
+}
+
+fn resolve_acme(file: AcmeFileConfig) -> anyhow::Result<hub::acme::AcmeConfig> {
+    let mut config = hub::acme::AcmeConfig::default();
+    if let Some(enabled) = file.enabled {
+        config.enabled = enabled;
+    }
+    if let Some(directory) = file.directory {
+        if !directory.starts_with("https://") {
+            bail!("acme.directory must be an https:// URL");
+        }
+        config.directory = directory;
+    }
+    if let Some(contact) = file.contact {
+        config.contact = contact;
+    }
+    if let Some(path) = file.ca_bundle {
+        if !path.is_file() {
+            bail!("acme.ca_bundle: {} is not a file", path.display());
+        }
+        config.ca_bundle = Some(path);
+    }
+    if let Some(challenge) = file.challenge {
+        config.challenge = challenge;
+    }
+    let secs = |v: Option<u64>, key: &str| -> anyhow::Result<Option<Duration>> {
+        match v {
+            Some(0) => bail!("acme.{key} must be at least 1"),
+            other => Ok(other.map(Duration::from_secs)),
+        }
+    };
+    if let Some(d) = secs(file.renew_before_secs, "renew_before_secs")? {
+        config.renew_before = d;
+    }
+    if let Some(d) = secs(file.check_interval_secs, "check_interval_secs")? {
+        config.check_interval = d;
+    }
+    if let Some(d) = secs(file.backoff_initial_secs, "backoff_initial_secs")? {
+        config.backoff_initial = d;
+    }
+    if let Some(d) = secs(file.backoff_max_secs, "backoff_max_secs")? {
+        config.backoff_max = d;
+    }
+    if let Some(n) = file.alert_after_failures {
+        config.alert_after_failures = n.max(1);
+    }
+    Ok(config)
+}
+
+// ---- end [acme] ----------------------------------------------------------------
 
 /// Applies `[identity]` to the defaults, refusing values outside sane
 /// ranges with the key's name.

@@ -6,11 +6,13 @@
 //! not know about HTTP, files on disk or the edge.
 #![forbid(unsafe_code)]
 
+mod certs;
 mod identity;
 mod model;
 mod sqlite;
 mod sqlite_identity;
 
+pub use certs::{CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
 pub use identity::IdentityStore;
 pub use model::*;
 pub use sqlite::{SqliteStore, DB_FILE};
@@ -45,7 +47,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every method that changes more than one row does so in one transaction,
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
-pub trait Store: IdentityStore + Send + Sync + 'static {
+pub trait Store: IdentityStore + CertStore + Send + Sync + 'static {
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.
