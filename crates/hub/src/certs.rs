@@ -69,15 +69,21 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: i64) -> Result<C
     if chain_pem.len() > MAX_PEM_BYTES {
         return Err(invalid(
             "cert",
-            format!("larger than {MAX_PEM_BYTES} bytes"),
+            format!("the certificate is larger than {MAX_PEM_BYTES} bytes"),
         ));
     }
     if key_pem.len() > MAX_PEM_BYTES {
-        return Err(invalid("key", format!("larger than {MAX_PEM_BYTES} bytes")));
+        return Err(invalid(
+            "key",
+            format!("the private key is larger than {MAX_PEM_BYTES} bytes"),
+        ));
     }
     let key = tls::certified_key(chain_pem, key_pem).map_err(|e| match e {
-        tls::TlsError::NoCertificate => invalid("cert", "not a PEM certificate chain".into()),
-        tls::TlsError::NoKey => invalid("key", "not a PEM private key".into()),
+        tls::TlsError::NoCertificate => invalid(
+            "cert",
+            "the certificate is not a PEM certificate chain".into(),
+        ),
+        tls::TlsError::NoKey => invalid("key", "the private key is not a PEM private key".into()),
         other => invalid("key", other.to_string()),
     })?;
     let leaf: CertificateDer<'static> = key
@@ -97,13 +103,16 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: i64) -> Result<C
     if not_after <= now {
         return Err(invalid(
             "cert",
-            format!("expired on {}", rfc3339(not_after)),
+            format!("the certificate expired on {}", rfc3339(not_after)),
         ));
     }
     if not_before > now {
         return Err(invalid(
             "cert",
-            format!("not valid before {}", rfc3339(not_before)),
+            format!(
+                "the certificate is not valid before {}",
+                rfc3339(not_before)
+            ),
         ));
     }
     let end_entity = webpki::EndEntityCert::try_from(&leaf)
@@ -112,7 +121,7 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: i64) -> Result<C
         ServerName::try_from(domain).map_err(|_| invalid("domain", "not a DNS name".into()))?;
     end_entity
         .verify_is_valid_for_subject_name(&name)
-        .map_err(|_| invalid("cert", format!("does not cover {domain}")))?;
+        .map_err(|_| invalid("cert", format!("the certificate does not cover {domain}")))?;
     Ok(Checked {
         key: Arc::new(key),
         issuer: parsed.issuer().to_string(),
@@ -268,7 +277,7 @@ mod tests {
         assert!(check("a.test", &cert, &key, now()).is_ok());
         let (f, message) = field(check("b.test", &cert, &key, now()).expect_err("other"));
         assert_eq!(f, "cert");
-        assert_eq!(message, "does not cover b.test");
+        assert_eq!(message, "the certificate does not cover b.test");
     }
 
     #[test]
@@ -282,6 +291,9 @@ mod tests {
         .unix_timestamp();
         let (f, message) = field(check("a.test", &cert, &key, later).expect_err("expired"));
         assert_eq!(f, "cert");
-        assert!(message.starts_with("expired on 4096-"), "{message}");
+        assert!(
+            message.starts_with("the certificate expired on 4096-"),
+            "{message}"
+        );
     }
 }

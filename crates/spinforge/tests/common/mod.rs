@@ -23,6 +23,9 @@ pub struct Server {
     child: Option<Child>,
     pub edge: SocketAddr,
     pub api: SocketAddr,
+    /// The HTTPS listener, when it was bound at start (TLS tests set
+    /// `tls_listen` in their config).
+    pub tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Holds the data directory and the CLI's config home alive.
     pub root: Arc<tempfile::TempDir>,
@@ -77,6 +80,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for (prefix, kind) in [
+                    ("edge listening on https://", "tls"),
                     ("edge listening on http://", "edge"),
                     ("API listening on http://", "api"),
                 ] {
@@ -91,12 +95,14 @@ impl Server {
             }
         });
 
-        let (mut edge, mut api) = (None, None);
+        let (mut edge, mut api, mut tls) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while edge.is_none() || api.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("edge", addr)) => edge = addr.parse().ok(),
+                // Printed before the other two when it is bound at start.
+                Ok(("tls", addr)) => tls = addr.parse().ok(),
                 Ok((_, addr)) => api = addr.parse().ok(),
                 Err(_) => {
                     let _ = child.kill();
@@ -108,6 +114,7 @@ impl Server {
             child: Some(child),
             edge: edge.expect("edge addr"),
             api: api.expect("api addr"),
+            tls,
             data_dir,
             root,
             config,
