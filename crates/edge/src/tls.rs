@@ -121,6 +121,30 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, Tls
     })
 }
 
+/// The self-signed TLS-ALPN-01 validation certificate (RFC 8737): the
+/// domain as its only name and the key authorization's SHA-256 digest in
+/// the critical acmeIdentifier extension. Built without the key-match
+/// check, whose certificate parser refuses that unknown critical
+/// extension; the key is the one generated here.
+pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(gen)?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest));
+    let key = rcgen::KeyPair::generate().map_err(gen)?;
+    let cert = params.self_signed(&key).map_err(gen)?;
+    let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing = provider::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
 /// A fresh ECDSA P-256 self-signed certificate for `names`, as PEM
 /// (certificate, key).
 pub fn self_signed(names: &[&str], common_name: &str) -> Result<(String, String), TlsError> {

@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 
 /// Which challenge the edge answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Challenge {
+    #[serde(rename = "http-01")]
     Http01,
+    #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
 }
 
@@ -328,7 +329,9 @@ impl Acme {
                 let key_auth = challenge.key_authorization();
                 match kind {
                     ChallengeType::TlsAlpn01 => {
-                        let key = alpn_certificate(domain, key_auth.digest().as_ref())?;
+                        let key =
+                            edge::tls::alpn_challenge_cert(domain, key_auth.digest().as_ref())
+                                .map_err(|e| e.to_string())?;
                         tls.add_alpn_challenge(domain, key);
                     }
                     _ => {
@@ -375,23 +378,4 @@ impl Acme {
             "certificate issued over ACME");
         Ok(())
     }
-}
-
-/// The self-signed TLS-ALPN-01 validation certificate (RFC 8737): the
-/// domain as its only name and the key authorization's digest in the
-/// critical acmeIdentifier extension.
-fn alpn_certificate(
-    domain: &str,
-    digest: &[u8],
-) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
-    params
-        .custom_extensions
-        .push(rcgen::CustomExtension::new_acme_identifier(digest));
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    let parsed =
-        edge::tls::certified_key(&cert.pem(), &key.serialize_pem()).map_err(|e| e.to_string())?;
-    Ok(Arc::new(parsed))
 }

@@ -30,6 +30,9 @@ pub struct Server {
     /// Holds the data directory and the CLI's config home alive.
     pub root: Arc<tempfile::TempDir>,
     config: String,
+    /// Flags a restart passes again (only [`Server::start_with_flags`]
+    /// sets them).
+    restart_flags: Vec<String>,
     log: Arc<Mutex<String>>,
 }
 
@@ -51,7 +54,22 @@ impl Server {
         Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), flags)
     }
 
+    /// Starts a server with `config` and extra `serve` flags, which a
+    /// restart passes again. A `--listen` among them replaces the free
+    /// port the harness picks otherwise.
+    pub fn start_with_flags(config: &str, flags: &[&str]) -> Server {
+        let root = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut server = Server::spawn(root, config.to_owned(), flags);
+        server.restart_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        server
+    }
+
     fn spawn(root: Arc<tempfile::TempDir>, config: String, flags: &[&str]) -> Server {
+        let listen: &[&str] = if flags.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let data_dir = root.path().join("data");
         let config_path = root.path().join("spinforge.toml");
         std::fs::write(&config_path, &config).expect("write config");
@@ -61,7 +79,8 @@ impl Server {
             .arg(&config_path)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(listen)
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(flags)
             .current_dir(workspace_root())
             .env("SPINFORGE_LOG", "info")
@@ -118,6 +137,7 @@ impl Server {
             data_dir,
             root,
             config,
+            restart_flags: Vec::new(),
             log,
         }
     }
@@ -127,8 +147,12 @@ impl Server {
         self.stop();
         let root = self.root.clone();
         let config = self.config.clone();
+        let flags = std::mem::take(&mut self.restart_flags);
         drop(self);
-        Server::spawn(root, config, &[])
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut server = Server::spawn(root, config, &args);
+        server.restart_flags = flags;
+        server
     }
 
     /// Sends SIGKILL: the process gets no chance to clean up.
