@@ -432,6 +432,58 @@ impl Tls {
     }
 }
 
+/// The TLS client configuration of `https://` upstreams: the system's
+/// trusted roots plus `extra_ca_pem` (an operator's private CA), and a
+/// client certificate for mutual TLS when given. Verification is always
+/// on; there is no switch to turn it off.
+pub fn upstream_client_config(
+    extra_ca_pem: Option<&str>,
+    client_cert: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|_| TlsError::NoCertificate)?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Key(format!("the CA certificate is unusable: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(TlsError::NoCertificate);
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(strict_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Generate(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((chain_pem, key_pem)) => {
+            let checked = certified_key(chain_pem, key_pem)?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::NoKey)?;
+            builder
+                .with_client_auth_cert(checked.cert, key)
+                .map_err(|e| TlsError::Key(e.to_string()))?
+        }
+    };
+    Ok(config)
+}
+
+/// [`upstream_client_config`] with the system's roots only.
+pub fn default_upstream_client_config() -> rustls::ClientConfig {
+    // Without a CA or client certificate to read, the only step that
+    // could fail is the protocol versions, which the provider supports.
+    #[allow(clippy::expect_used)]
+    upstream_client_config(None, None).expect("TLS 1.2 and 1.3 with the aws-lc-rs provider")
+}
+
 /// The aws-lc-rs provider with the AEAD suites only, spelled out so a
 /// provider default that grows a CBC suite cannot slip in.
 fn strict_provider() -> CryptoProvider {

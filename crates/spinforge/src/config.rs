@@ -204,6 +204,14 @@ pub struct ProxyConfig {
     pub allow_upstream_cidrs: Vec<IpNet>,
     pub connect_timeout_secs: Option<u64>,
     pub response_timeout_secs: Option<u64>,
+    // ---- TLS to upstreams ----
+    /// A PEM CA certificate trusted for `https://` upstreams besides the
+    /// system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// A PEM client certificate (and its key) the edge shows to `https://`
+    /// upstreams that ask for one (mutual TLS).
+    pub upstream_client_cert: Option<PathBuf>,
+    pub upstream_client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,6 +405,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = file.limits.max_files {
         hub.bundle.max_files = v;
     }
+    let proxy_tls = upstream_tls(&file.proxy)?;
     let policy = edge::UpstreamPolicy {
         allow: file.proxy.allow_upstream_cidrs,
     };
@@ -419,6 +428,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(secs) = file.proxy.response_timeout_secs {
         edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
     }
+    edge.proxy.upstream_tls = proxy_tls;
 
     let identity = identity_config(&file.identity)?;
     let oidc = oidc_providers(&file.identity.oidc)?;
@@ -443,6 +453,43 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         oidc,
         acme,
     })
+}
+
+// ---- TLS to upstreams ([proxy] upstream_*) ----------------------------------
+
+fn upstream_tls(
+    file: &ProxyConfig,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let read = |path: &PathBuf, key: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("proxy.{key}: cannot read {}", path.display()))
+    };
+    let ca = match &file.upstream_ca_file {
+        Some(path) => Some(read(path, "upstream_ca_file")?),
+        None => None,
+    };
+    let client = match (&file.upstream_client_cert, &file.upstream_client_key) {
+        (Some(cert), Some(key)) => Some((
+            read(cert, "upstream_client_cert")?,
+            read(key, "upstream_client_key")?,
+        )),
+        (None, None) => None,
+        _ => bail!("proxy.upstream_client_cert and proxy.upstream_client_key go together"),
+    };
+    if ca.is_none() && client.is_none() {
+        return Ok(None);
+    }
+    let config = edge::tls::upstream_client_config(
+        ca.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    )
+    .map_err(|e| match (&ca, e) {
+        (Some(_), edge::tls::TlsError::NoCertificate) => {
+            anyhow::anyhow!("proxy.upstream_ca_file: no PEM certificate in it")
+        }
+        (_, e) => anyhow::anyhow!("proxy.upstream_client_cert/key: {e}"),
+    })?;
+    Ok(Some(std::sync::Arc::new(config)))
 }
 
 // ---- [acme] ------------------------------------------------------------------

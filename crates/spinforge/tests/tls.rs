@@ -549,3 +549,155 @@ async fn dev_tls_serves_localhost_names_from_a_local_ca() {
     server.stop();
     drop(root);
 }
+
+// ---- https:// upstreams -------------------------------------------------------
+
+/// A real HTTPS server (Python's http.server wrapped by its ssl module) on
+/// loopback, with a certificate from `ca`; with `client_ca`, it demands a
+/// client certificate signed by that CA. Killed on drop.
+struct PythonHttps {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PythonHttps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key, client_ca = sys.argv[1], sys.argv[2], sys.argv[3]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.connection.getpeercert()
+        who = "anonymous"
+        if peer:
+            who = dict(x[0] for x in peer["subject"])["commonName"]
+        body = ("hello over tls, client " + who).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+if client_ca != "-":
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+impl PythonHttps {
+    fn start(ca: &TestCa, client_ca: Option<&str>) -> PythonHttps {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cert, key) = pem_files(dir.path(), "upstream", &ca.leaf("127.0.0.1", -1, 30));
+        let client_ca_arg = match client_ca {
+            Some(pem) => {
+                let path = dir.path().join("client-ca.pem");
+                std::fs::write(&path, pem).expect("client ca");
+                path.to_str().expect("utf-8").to_owned()
+            }
+            None => "-".to_owned(),
+        };
+        let mut child = Command::new("python3")
+            .args(["-c", HTTPS_SERVER])
+            .arg(&cert)
+            .arg(&key)
+            .arg(&client_ca_arg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port line");
+        let port = line.trim().parse().expect("port");
+        PythonHttps {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+async fn create_proxy_site(server: &Server, domain: &str, upstream: &str) {
+    let token = server.login_token().await;
+    let response = common::http()
+        .post(format!("{}/api/v1/sites", server.api_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "domain": domain, "type": "proxy", "upstream": upstream }))
+        .send()
+        .await
+        .expect("create site");
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_can_get_a_client_certificate() {
+    let upstream_ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let files = tempfile::tempdir().expect("tmp");
+    let dir = files.path();
+    std::fs::write(dir.join("upstream-ca.pem"), &upstream_ca.pem).expect("ca");
+    let client = pem_files(dir, "client", &client_ca.leaf("edge.client.test", -1, 30));
+
+    // Verification is on by default: an upstream from a private CA the
+    // edge was not told about answers 502.
+    let plain = PythonHttps::start(&upstream_ca, None);
+    let server = Server::start();
+    server.create_admin_and_login();
+    let url = format!("https://127.0.0.1:{}", plain.port);
+    create_proxy_site(&server, "unverified.test", &url).await;
+    let response = server.get("unverified.test", "/").await;
+    assert_eq!(response.status(), 502);
+    drop(server);
+
+    // With the CA configured it is reached; a server that demands a
+    // client certificate gets the configured one.
+    let mtls = PythonHttps::start(&upstream_ca, Some(&client_ca.pem));
+    let config = format!(
+        "{LOOPBACK_UPSTREAMS}upstream_ca_file = \"{}\"\n\
+         upstream_client_cert = \"{}\"\nupstream_client_key = \"{}\"\n",
+        dir.join("upstream-ca.pem").display(),
+        client.0.display(),
+        client.1.display()
+    );
+    let server = Server::start_with(&config);
+    server.create_admin_and_login();
+    create_proxy_site(&server, "verified.test", &url).await;
+    let response = server.get("verified.test", "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.expect("body"),
+        "hello over tls, client anonymous"
+    );
+    let mtls_url = format!("https://127.0.0.1:{}", mtls.port);
+    create_proxy_site(&server, "mutual.test", &mtls_url).await;
+    let response = server.get("mutual.test", "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.expect("body"),
+        "hello over tls, client edge.client.test"
+    );
+    drop(server);
+
+    // Without the client certificate, the mutual-TLS upstream refuses.
+    let config = format!(
+        "{LOOPBACK_UPSTREAMS}upstream_ca_file = \"{}\"\n",
+        dir.join("upstream-ca.pem").display()
+    );
+    let server = Server::start_with(&config);
+    server.create_admin_and_login();
+    create_proxy_site(&server, "mutual.test", &mtls_url).await;
+    assert_eq!(server.get("mutual.test", "/").await.status(), 502);
+}
