@@ -237,7 +237,8 @@ impl Edge {
             (Ok(_), None) => (not_found(), Origin::Edge),
             (Ok(admitted), Some(route)) => 'routed: {
                 if !https {
-                    if let Some(page) = self.plain_http_policy(&req, &route.site) {
+                    let host = requested_host.as_deref().unwrap_or(&route.site);
+                    if let Some(page) = self.plain_http_policy(&req, host, &route.site) {
                         break 'routed (page, Origin::Edge);
                     }
                 }
@@ -481,11 +482,16 @@ impl Edge {
         Some(response)
     }
 
-    /// A plain-HTTP request for a site with a certificate: the site's
-    /// mode decides between a 308 to HTTPS, a 403, or serving it.
-    fn plain_http_policy<B>(&self, req: &Request<B>, site: &str) -> Option<Response<EdgeBody>> {
+    /// A plain-HTTP request to `host` (of `site`) with a certificate: the
+    /// site's mode decides between a 308 to HTTPS, a 403, or serving it.
+    fn plain_http_policy<B>(
+        &self,
+        req: &Request<B>,
+        host: &str,
+        site: &str,
+    ) -> Option<Response<EdgeBody>> {
         let tls = self.inner.tls.get()?;
-        if !tls.has_cert(site) {
+        if !tls.has_cert(host) {
             return None;
         }
         match tls.site(site).mode {
@@ -501,7 +507,7 @@ impl Edge {
                     port => format!(":{port}"),
                 };
                 let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                let location = format!("https://{site}{port}{target}");
+                let location = format!("https://{host}{port}{target}");
                 let mut page = Response::new(body::empty());
                 *page.status_mut() = StatusCode::PERMANENT_REDIRECT;
                 if let Ok(value) = HeaderValue::from_str(&location) {

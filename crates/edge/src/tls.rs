@@ -45,6 +45,9 @@ pub struct SiteHttps {
     pub hsts_preload: bool,
 }
 
+/// Answers whether a name exists as a site (so it may be ordered).
+pub type IsSite = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The TLS state the edge reads on every handshake and the hub writes:
 /// cheap to clone, every map behind an atomic pointer swap.
 #[derive(Clone)]
@@ -67,7 +70,7 @@ struct Inner {
     /// ACME worker reads them. Unset while ACME is off.
     wanted: Mutex<Option<mpsc::Sender<String>>>,
     /// Decides whether a name may be ordered (a site exists for it).
-    is_site: Mutex<Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>>,
+    is_site: Mutex<Option<IsSite>>,
     /// The public HTTPS port redirects point at.
     https_port: std::sync::atomic::AtomicU16,
     /// `--dev-tls`: signs certificates for `localhost` names.
@@ -402,11 +405,7 @@ impl Tls {
     /// Turns on on-demand ordering: a hello for a name that `is_site`
     /// accepts and no certificate covers is sent to `wanted` (dropped
     /// when the queue is full; the hub's periodic check catches up).
-    pub fn on_missing_cert(
-        &self,
-        wanted: mpsc::Sender<String>,
-        is_site: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-    ) {
+    pub fn on_missing_cert(&self, wanted: mpsc::Sender<String>, is_site: IsSite) {
         if let Ok(mut slot) = self.inner.wanted.lock() {
             *slot = Some(wanted);
         }

@@ -238,7 +238,7 @@ impl Acme {
                     reason = %reason, "ACME order failed");
                 if failures >= config.alert_after_failures {
                     tracing::warn!(target: "spinforge::audit", event = "cert.renew_failed",
-                        result = "failure", domain, failures, reason = %reason,
+                        result = "failure", site = domain, failures, reason = %reason,
                         "certificate issuance keeps failing");
                 }
             }
@@ -374,7 +374,7 @@ impl Acme {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(target: "spinforge::audit", event = "cert.issued", result = "success",
-            domain, issuer = %info.issuer, not_after = %info.not_after,
+            site = domain, issuer = %info.issuer, not_after = %info.not_after,
             "certificate issued over ACME");
         Ok(())
     }

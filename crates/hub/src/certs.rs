@@ -186,14 +186,14 @@ impl Certs {
         domain: &str,
         chain_pem: &str,
         key_pem: &str,
-        actor: &str,
+        user: &str,
     ) -> Result<CertInfo, ApiError> {
         let domain = domain.to_ascii_lowercase();
         let checked = match check(&domain, chain_pem, key_pem, now()) {
             Ok(checked) => checked,
             Err(e) => {
                 tracing::info!(target: "spinforge::audit", event = "cert.upload",
-                    result = "failure", domain = %domain, actor, reason = %e,
+                    result = "failure", site = %domain, user, reason = %e,
                     "certificate upload refused");
                 return Err(e);
             }
@@ -202,7 +202,7 @@ impl Certs {
             .install(&domain, chain_pem, key_pem, checked, CertSource::Upload)
             .await?;
         tracing::info!(target: "spinforge::audit", event = "cert.upload",
-            result = "success", domain = %domain, actor, issuer = %record.issuer,
+            result = "success", site = %domain, user, issuer = %record.issuer,
             not_after = %record.not_after, "certificate uploaded");
         Ok(record)
     }

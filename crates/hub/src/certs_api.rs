@@ -34,8 +34,9 @@ pub fn routes() -> Router<Hub> {
 )]
 pub struct CertsDoc;
 
-fn actor(caller: &Caller) -> String {
-    format!("user:{}", caller.0.user_id)
+/// The caller's user id, as the audit log's `user` field takes it.
+fn user(caller: &Caller) -> String {
+    caller.0.user_id.to_string()
 }
 
 /// Certificates of the sites the caller may read.
@@ -85,7 +86,7 @@ async fn upload_cert(
         .site_for(&caller, Permission::SitesUpdate, &domain)
         .await?;
     let info = certs
-        .upload(&site.domain, &req.cert, &req.key, &actor(&caller))
+        .upload(&site.domain, &req.cert, &req.key, &user(&caller))
         .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
@@ -132,7 +133,7 @@ async fn set_https(
         })
         .await?;
     tracing::info!(target: "spinforge::audit", event = "site.https", result = "success",
-        domain = %site.domain, actor = %actor(&caller), mode = mode.as_str(),
+        site = %site.domain, user = %user(&caller), mode = mode.as_str(),
         hsts_include_subdomains = req.hsts_include_subdomains,
         hsts_preload = req.hsts_preload, "site HTTPS settings changed");
     Ok(Json(req))
