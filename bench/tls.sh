@@ -21,7 +21,9 @@
 #
 # Knobs (environment): BENCH_TIME (10, seconds per handshake run),
 # BENCH_CLIENTS (2, parallel s_time clients), BENCH_THREADS (2),
-# BENCH_CONNECTIONS (64), BENCH_DURATION (10s), BENCH_SKIP_BUILD (unset).
+# BENCH_CONNECTIONS (64), BENCH_DURATION (10s), BENCH_SKIP_BUILD (unset),
+# BENCH_BIN (the binary to measure; default the release build; any other
+# is named in the report).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,7 +33,7 @@ CLIENTS="${BENCH_CLIENTS:-2}"
 THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 DURATION="${BENCH_DURATION:-10s}"
-BIN="$ROOT/target/release/spinforge"
+BIN="${BENCH_BIN:-$ROOT/target/release/spinforge}"
 DOC="$ROOT/docs/BENCHMARKS.md"
 RESULTS="$HERE/results/tls"
 EMAIL="bench@example.com"
@@ -46,7 +48,7 @@ die() {
 for tool in nginx wrk openssl curl python3; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool (apt-get install -y $tool)"
 done
-if [[ -z "${BENCH_SKIP_BUILD:-}" || ! -x "$BIN" ]]; then
+if [[ -z "${BENCH_BIN:-}" && ( -z "${BENCH_SKIP_BUILD:-}" || ! -x "$BIN" ) ]]; then
     say "building the release binary"
     (cd "$ROOT" && cargo build --release -p spinforge)
 fi
@@ -204,7 +206,9 @@ SECTION="$WORK/section.md"
     echo "<!-- bench-tls:start -->"
     echo "## TLS termination (bench/tls.sh)"
     echo
-    echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, loopback, release build,"
+    BUILD="release build"
+    [[ -n "${BENCH_BIN:-}" ]] && BUILD="binary ${BENCH_BIN#"$ROOT"/} (not the release build)"
+    echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, loopback, $BUILD,"
     echo "load average at start $(cut -d' ' -f1 /proc/loadavg). Same ECDSA P-256"
     echo "certificate and the same upstream (an nginx answering 100 bytes) on both"
     echo "sides; nginx $(nginx -v 2>&1 | sed 's|.*/||') with 2 workers."

@@ -222,11 +222,7 @@ impl Acme {
             Err(reason) => {
                 let config = &self.inner.config;
                 let failures = backoff.get(domain).map_or(0, |b| b.failures) + 1;
-                let factor = 2u32.saturating_pow(failures - 1);
-                let delay = config
-                    .backoff_initial
-                    .saturating_mul(factor)
-                    .min(config.backoff_max);
+                let delay = backoff_delay(config, failures);
                 backoff.insert(
                     domain.to_owned(),
                     Backoff {
@@ -377,5 +373,34 @@ impl Acme {
             site = domain, issuer = %info.issuer, not_after = %info.not_after,
             "certificate issued over ACME");
         Ok(())
+    }
+}
+
+/// The wait after the `failures`-th failure in a row: the initial delay,
+/// doubled per further failure, at most the maximum.
+fn backoff_delay(config: &AcmeConfig, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1));
+    config
+        .backoff_initial
+        .saturating_mul(factor)
+        .min(config.backoff_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_maximum() {
+        let config = AcmeConfig {
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(600),
+            ..AcmeConfig::default()
+        };
+        let secs: Vec<u64> = (1..=6)
+            .map(|n| backoff_delay(&config, n).as_secs())
+            .collect();
+        assert_eq!(secs, [60, 120, 240, 480, 600, 600]);
+        assert_eq!(backoff_delay(&config, 200).as_secs(), 600);
     }
 }
