@@ -189,7 +189,7 @@ for side in nginx spinforge; do
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
         "https://127.0.0.1:$port/" >"$RESULTS/wrk-$side.txt"
     R[$side.rps]=$(awk '/Requests\/sec/ { printf "%d", $2 }' "$RESULTS/wrk-$side.txt")
-    R[$side.p99]=$(grep -A4 'Latency' "$RESULTS/wrk-$side.txt" | awk '/Latency/ { print $2 }')
+    R[$side.avg]=$(grep -A4 'Latency' "$RESULTS/wrk-$side.txt" | awk '/Latency/ { print $2 }')
 done
 printf '%s\n' "${!R[@]}" | sort | while read -r k; do printf '%s %s\n' "$k" "${R[$k]}"; done \
     >"$RESULTS/summary.txt"
@@ -221,7 +221,7 @@ SECTION="$WORK/section.md"
     row "full handshakes/s, TLS 1.2" full12
     row "resumed handshakes/s, TLS 1.2" resumed12
     row "HTTPS proxy requests/s, keep-alive" rps
-    printf '| HTTPS proxy p99 latency | %s | %s | |\n' "${R[nginx.p99]}" "${R[spinforge.p99]}"
+    printf '| HTTPS proxy average latency | %s | %s | |\n' "${R[nginx.avg]}" "${R[spinforge.avg]}"
     echo
     echo "The clients run on the same two cores as the servers, so every number"
     echo "is also bounded by the client's own cryptography; the ratio is the"
