@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod static_files;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{AppDialer, AppLease, AppUnavailable, AppWaker, DialFuture, LeaseGuard, WakeFuture};

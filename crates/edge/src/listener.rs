@@ -40,6 +40,25 @@ pub struct ConnectionLimits {
     pub http2: Http2Limits,
 }
 
+/// HTTP/1.1 and HTTP/2 with the listener's timeouts and h2 limits.
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    let h2 = limits.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+        .max_header_list_size(h2.max_header_list_bytes)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
 /// Serves connections from `listener` with the service `make(peer)` builds
 /// for each, until `shutdown` resolves.
 pub async fn serve<F, S, B>(
@@ -57,20 +76,7 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    let h2 = limits.http2;
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
-        .max_header_list_size(h2.max_header_list_bytes)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = http_builder(&limits);
     let graceful = GracefulShutdown::new();
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
@@ -126,6 +132,115 @@ pub async fn serve<F, S, B>(
                 gauge.dec();
             }
             drop(permit);
+            drop(client_permit);
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace ran out with connections still open");
+    }
+}
+
+// ---- HTTPS ----------------------------------------------------------------
+
+/// What the service of one HTTPS connection learns about it.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The SNI the client sent, lower case.
+    pub server_name: Option<String>,
+}
+
+/// Like [`serve`], with a TLS handshake (bounded by the header-read
+/// timeout) before HTTP. A connection that negotiated `acme-tls/1` is a
+/// TLS-ALPN-01 validation and is closed right after its handshake.
+pub async fn serve_tls<F, S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    open: Option<Gauge>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    make: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(SocketAddr, TlsInfo) -> S + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(http_builder(&limits));
+    let make = Arc::new(make);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let client_permit = match &limits.per_client {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(peer = %peer, "connection refused: too many from this client");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = IdleTimeout::new(stream, limits.idle_timeout)
+            .with_first_byte_timeout(limits.header_read_timeout);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let make = make.clone();
+        let watcher = graceful.watcher();
+        let open = open.clone();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                return;
+            }
+            let info = TlsInfo {
+                server_name: session.server_name().map(str::to_ascii_lowercase),
+            };
+            if let Some(gauge) = &open {
+                gauge.inc();
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), make(peer, info))
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+            if let Some(gauge) = open {
+                gauge.dec();
+            }
             drop(client_permit);
         });
     }

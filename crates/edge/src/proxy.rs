@@ -8,9 +8,11 @@ use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// Idle upstream connections kept per host.
     pub pool_max_idle: usize,
+    /// How `https://` upstreams are verified (and the client certificate
+    /// for mutual TLS). `None`: the system's roots, no client certificate.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ProxyConfig {
@@ -30,6 +35,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             pool_max_idle: 64,
+            upstream_tls: None,
         }
     }
 }
@@ -81,7 +87,7 @@ pub struct ClientContext<'a> {
 }
 
 pub struct Proxy {
-    client: Client<HttpConnector<PolicyResolver>, EdgeBody>,
+    client: Client<HttpsConnector<HttpConnector<PolicyResolver>>, EdgeBody>,
     /// Pool for sandboxed apps, whose connections are made inside their
     /// network namespaces.
     app_client: Client<AppConnector, EdgeBody>,
@@ -108,6 +114,16 @@ impl Proxy {
         let mut connector = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let tls = match &config.upstream_tls {
+            Some(tls) => ClientConfig::clone(tls),
+            None => crate::tls::default_upstream_client_config(),
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -212,7 +228,15 @@ impl Proxy {
             Route::App { host, .. } => format!("{host}:{}", upstream.port),
             _ => upstream.authority.to_string(),
         };
-        let uri = format!("http://{authority}{}{path_and_query}", upstream.base_path);
+        let scheme = match route {
+            Route::App { .. } => "http",
+            _ if upstream.tls => "https",
+            _ => "http",
+        };
+        let uri = format!(
+            "{scheme}://{authority}{}{path_and_query}",
+            upstream.base_path
+        );
         parts.uri = uri
             .parse()
             .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
@@ -276,6 +300,13 @@ impl Proxy {
         // A bare connection writes the URI as given, and the absolute form
         // is meant for proxies: upstreams expect `/path?query`, as the pool
         // sends it. The Host header already names the upstream.
+        // Limitation: WebSockets to https:// upstreams are refused (the
+        // bare upgrade connection would need the TLS connector too).
+        if upstream.tls && !matches!(route, Route::App { .. }) {
+            return Err(ProxyError::Upstream(
+                "WebSocket upgrades to https upstreams are not supported".into(),
+            ));
+        }
         let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         *req.uri_mut() = origin_form
             .parse()

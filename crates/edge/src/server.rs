@@ -11,6 +11,7 @@ use crate::listener::{self, ConnectionLimits};
 use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
 use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
 use crate::routes::{Routes, Target};
+use crate::tls::{HttpsMode, Tls};
 use crate::upstream::UpstreamPolicy;
 use crate::{host, static_files};
 use bytes::BytesMut;
@@ -77,6 +78,8 @@ struct Inner {
     id_counter: AtomicU64,
     /// Starts app processes on demand; unset until the hub plugs it in.
     apps: OnceLock<Arc<dyn AppWaker>>,
+    /// Certificates, ACME answers and HTTPS settings; unset: HTTP only.
+    tls: OnceLock<Tls>,
 }
 
 impl Edge {
@@ -94,6 +97,7 @@ impl Edge {
                 id_prefix: rand::random(),
                 id_counter: AtomicU64::new(0),
                 apps: OnceLock::new(),
+                tls: OnceLock::new(),
             }),
         }
     }
@@ -124,10 +128,52 @@ impl Edge {
             let edge = self.clone();
             service_fn(move |req| {
                 let edge = edge.clone();
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
+                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer, false).await) }
             })
         };
         listener::serve(listener, limits, open, make, shutdown).await;
+    }
+
+    /// Plugs in the TLS state (certificates, ACME answers, HTTPS
+    /// settings). Set once, before serving.
+    pub fn set_tls(&self, tls: Tls) {
+        if self.inner.tls.set(tls).is_err() {
+            tracing::warn!("TLS state was already set; keeping the first");
+        }
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        self.inner.tls.get()
+    }
+
+    /// Like [`Edge::serve`], over TLS with `config`.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let config_ = &self.inner.config;
+        let shield = &self.inner.shield;
+        let limits = ConnectionLimits {
+            header_read_timeout: config_.header_read_timeout,
+            idle_timeout: config_.idle_timeout,
+            shutdown_grace: config_.shutdown_grace,
+            max_connections: None,
+            per_client: shield.connection_gate(),
+            http2: shield.http2_limits(),
+        };
+        let open = Some(self.inner.metrics.open_connections.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let edge = self.clone();
+        let make = move |peer: SocketAddr, _info: listener::TlsInfo| {
+            let edge = edge.clone();
+            service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer, true).await) }
+            })
+        };
+        listener::serve_tls(listener, limits, open, acceptor, make, shutdown).await;
     }
 
     /// Serves one request. Never fails: every problem is a response.
@@ -135,7 +181,12 @@ impl Edge {
     /// The phases, in order: resolve the client, keep or make the request
     /// id, find the route, screen with the shield (bans first), serve,
     /// finish the response (shield headers and counters), log.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> Response<EdgeBody> {
         let started = Instant::now();
         let inner = &self.inner;
         let shield = &inner.shield;
@@ -160,6 +211,14 @@ impl Edge {
             requested_host
         };
 
+        // ACME HTTP-01 answers come before routing: the validator asks
+        // for a site that may not serve anything yet.
+        if !https {
+            if let Some(answer) = self.acme_answer(&path) {
+                return answer;
+            }
+        }
+
         let snapshot = inner.routes.snapshot();
         let route = requested_host
             .as_deref()
@@ -179,6 +238,12 @@ impl Edge {
             }
             (Ok(_), None) => (not_found(), Origin::Edge),
             (Ok(admitted), Some(route)) => 'routed: {
+                if !https {
+                    let host = requested_host.as_deref().unwrap_or(&route.site);
+                    if let Some(page) = self.plain_http_policy(&req, host, &route.site) {
+                        break 'routed (page, Origin::Edge);
+                    }
+                }
                 let req = match self
                     .firewall(req, admitted, &client, &route.site, &request_id)
                     .await
@@ -231,8 +296,6 @@ impl Edge {
         };
 
         let status = response.status().as_u16();
-        // Limitation: HSTS waits for the TLS listener, which will pass true.
-        let https = false;
         shield.finish(
             &client,
             admitted.as_ref().ok(),
@@ -241,6 +304,9 @@ impl Edge {
             status,
             response.headers_mut(),
         );
+        if https {
+            self.hsts_extras(site.as_deref(), response.headers_mut());
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
@@ -404,6 +470,81 @@ impl Edge {
                     .inc();
                 proxy::error_page(e.status())
             }
+        }
+    }
+
+    /// The key authorization of a pending HTTP-01 challenge at `path`.
+    fn acme_answer(&self, path: &str) -> Option<Response<EdgeBody>> {
+        let token = path.strip_prefix("/.well-known/acme-challenge/")?;
+        let answer = self.inner.tls.get()?.http_challenge(token)?;
+        let mut response = Response::new(body::full(answer));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(response)
+    }
+
+    /// A plain-HTTP request to `host` (of `site`) with a certificate: the
+    /// site's mode decides between a 308 to HTTPS, a 403, or serving it.
+    fn plain_http_policy<B>(
+        &self,
+        req: &Request<B>,
+        host: &str,
+        site: &str,
+    ) -> Option<Response<EdgeBody>> {
+        let tls = self.inner.tls.get()?;
+        if !tls.has_cert(host) {
+            return None;
+        }
+        match tls.site(site).mode {
+            HttpsMode::Both => None,
+            HttpsMode::HttpsOnly => {
+                let mut page = Response::new(body::full("this site is served over HTTPS only\n"));
+                *page.status_mut() = StatusCode::FORBIDDEN;
+                Some(page)
+            }
+            HttpsMode::Redirect => {
+                let port = match tls.https_port() {
+                    443 => String::new(),
+                    port => format!(":{port}"),
+                };
+                let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                let location = format!("https://{host}{port}{target}");
+                let mut page = Response::new(body::empty());
+                *page.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    page.headers_mut().insert(header::LOCATION, value);
+                }
+                Some(page)
+            }
+        }
+    }
+
+    /// Adds the site's opt-in HSTS directives to the shield's header.
+    fn hsts_extras(&self, site: Option<&str>, headers: &mut http::HeaderMap) {
+        let (Some(site), Some(tls)) = (site, self.inner.tls.get()) else {
+            return;
+        };
+        let settings = tls.site(site);
+        if !(settings.hsts_include_subdomains || settings.hsts_preload) {
+            return;
+        }
+        let Some(base) = headers
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let mut value = base.to_owned();
+        if settings.hsts_include_subdomains && !value.contains("includeSubDomains") {
+            value.push_str("; includeSubDomains");
+        }
+        if settings.hsts_preload && !value.contains("preload") {
+            value.push_str("; preload");
+        }
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, value);
         }
     }
 

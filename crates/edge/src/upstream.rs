@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// A parsed upstream URL: `http://host[:port][/base]`.
+/// A parsed upstream URL: `http[s]://host[:port][/base]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// `host:port`, as sent in the `Host` header.
@@ -23,12 +23,14 @@ pub struct Upstream {
     pub port: u16,
     /// The path prefix requests are placed under, without a trailing `/`.
     pub base_path: String,
+    /// `https://`: the edge speaks TLS to it and verifies its certificate.
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    #[error("upstream must be an absolute http:// URL")]
+    #[error("upstream must be an absolute http:// or https:// URL")]
     NotHttpUrl,
     #[error("upstream URL must not carry credentials, a query or a fragment")]
     ExtraParts,
@@ -41,13 +43,14 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// Parses an operator's upstream URL. Only `http` is supported for now.
-    // Limitation: no https upstreams yet (needs a rustls client connector).
+    /// Parses an operator's upstream URL, `http://` or `https://`.
     pub fn parse(url: &str) -> Result<Upstream, UpstreamError> {
         let uri: http::Uri = url.parse().map_err(|_| UpstreamError::NotHttpUrl)?;
-        if uri.scheme_str() != Some("http") {
-            return Err(UpstreamError::NotHttpUrl);
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(UpstreamError::NotHttpUrl),
+        };
         let authority = uri.authority().ok_or(UpstreamError::NotHttpUrl)?.clone();
         if authority.as_str().contains('@') || uri.query().is_some() || url.contains('#') {
             return Err(UpstreamError::ExtraParts);
@@ -60,13 +63,14 @@ impl Upstream {
         if host.is_empty() {
             return Err(UpstreamError::NotHttpUrl);
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(Upstream {
             authority,
             host,
             port,
             base_path,
+            tls,
         })
     }
 
@@ -81,6 +85,7 @@ impl Upstream {
             host: addr.ip().to_string(),
             port: addr.port(),
             base_path: String::new(),
+            tls: false,
         }
     }
 

@@ -144,6 +144,10 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/incidents/{id}/resolve",
         Needs(P::IncidentManage),
     ),
+    // Certificates and HTTPS (certs_api.rs); ownership checked per site.
+    ("GET", "/api/v1/certs", Needs(P::SitesRead)),
+    ("POST", "/api/v1/certs/{domain}", Needs(P::SitesUpdate)),
+    ("PUT", "/api/v1/sites/{domain}/https", Needs(P::SitesUpdate)),
     // Single sign-on (oidc_api.rs): the login itself, so no credential.
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),

@@ -50,7 +50,8 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::sandbox_api::routes())
         .merge(crate::privacy_api::routes())
         .merge(crate::incident_api::routes())
-        .merge(crate::secrets_api::routes());
+        .merge(crate::secrets_api::routes())
+        .merge(crate::certs_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -111,6 +112,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::sandbox_api::SandboxDoc::openapi());
     doc.merge(crate::privacy_api::PrivacyDoc::openapi());
     doc.merge(crate::secrets_api::SecretsDoc::openapi());
+    doc.merge(crate::certs_api::CertsDoc::openapi());
     doc
 }
 

@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod acme;
 pub mod api;
 pub mod apps;
 pub mod audit_api;
 pub mod bundle;
+pub mod certs;
+pub mod certs_api;
 mod deploy;
 pub mod domain;
 pub mod error;

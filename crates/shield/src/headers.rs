@@ -49,7 +49,9 @@ pub struct HeaderSettings {
 impl Default for HeaderSettings {
     fn default() -> HeaderSettings {
         HeaderSettings {
-            hsts: "max-age=31536000; includeSubDomains".into(),
+            // includeSubDomains and preload are per site and opt-in (the
+            // edge adds them): one tenant must not pin its neighbours.
+            hsts: "max-age=31536000".into(),
             csp_static: "default-src 'self'; img-src 'self' data:; style-src 'self' \
                          'unsafe-inline'; object-src 'none'; base-uri 'self'; \
                          frame-ancestors 'self'"

@@ -169,6 +169,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    // ---- TLS ----
+    /// Upload or list TLS certificates; set a site's HTTPS mode.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
     // ---- shield ----
     /// List, add or lift bans of client addresses at the edge.
     Bans {
@@ -434,6 +442,36 @@ pub enum SandboxCommand {
     },
 }
 
+// ---- TLS ----
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Store a certificate for a site: the chain must match the key,
+    /// cover the domain and be valid now.
+    Upload {
+        domain: String,
+        /// PEM file: the certificate, then its intermediates.
+        #[arg(long)]
+        cert: PathBuf,
+        /// PEM file: the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// List certificates: domain, issuer, expiry, source.
+    List,
+    /// How a site answers plain HTTP once it has a certificate, and its
+    /// opt-in HSTS extras.
+    Https {
+        domain: String,
+        #[arg(long, value_parser = ["redirect", "both", "https-only"], default_value = "redirect")]
+        mode: String,
+        #[arg(long)]
+        hsts_include_subdomains: bool,
+        #[arg(long)]
+        hsts_preload: bool,
+    },
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// A TOML config file. Flags beat SPINFORGE_* variables beat the file.
@@ -445,9 +483,13 @@ pub struct ServeArgs {
     /// The edge's HTTP address [default: 0.0.0.0:8080].
     #[arg(long, env = "SPINFORGE_LISTEN")]
     pub listen: Option<String>,
-    /// The edge's HTTPS address [default: 0.0.0.0:8443] (not served yet).
+    /// The edge's HTTPS address [default: 0.0.0.0:8443].
     #[arg(long, env = "SPINFORGE_TLS_LISTEN")]
     pub tls_listen: Option<String>,
+    /// Development: a local CA (kept in the data directory) issues a
+    /// `*.localhost` certificate; the log says how to trust the CA.
+    #[arg(long)]
+    pub dev_tls: bool,
     /// The API's address [default: 127.0.0.1:9080].
     #[arg(long, env = "SPINFORGE_API_LISTEN")]
     pub api_listen: Option<String>,
@@ -482,6 +524,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => crate::serve::run(args).await,
         Command::Admin(command) => crate::admin::run(command).await,
         Command::Bans { command, api } => crate::shield_cmd::bans(&api, command).await,
+        Command::Certs { command, api } => crate::certs_cmd::run(&api, command).await,
         Command::Emergency { command, api } => crate::shield_cmd::emergency(&api, command).await,
         // --- WAF (issue #7) ---
         Command::Waf(command) => match crate::waf_cli::run(command)? {

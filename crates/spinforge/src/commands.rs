@@ -78,6 +78,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(_)
         | Command::Admin(_)
         | Command::Bans { .. }
+        | Command::Certs { .. }
         | Command::Emergency { .. }
         | Command::Waf(_)
         | Command::Audit(_)

@@ -50,6 +50,9 @@ pub struct FileConfig {
     /// in DATA/secrets/master.key).
     #[serde(default)]
     pub secrets: secrets::SecretsConfig,
+    // ---- TLS ----
+    #[serde(default)]
+    pub acme: AcmeFileConfig,
 }
 
 /// `[identity]`: token lifetimes, lockout and browser sessions.
@@ -213,6 +216,14 @@ pub struct ProxyConfig {
     pub allow_upstream_cidrs: Vec<IpNet>,
     pub connect_timeout_secs: Option<u64>,
     pub response_timeout_secs: Option<u64>,
+    // ---- TLS to upstreams ----
+    /// A PEM CA certificate trusted for `https://` upstreams besides the
+    /// system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// A PEM client certificate (and its key) the edge shows to `https://`
+    /// upstreams that ask for one (mutual TLS).
+    pub upstream_client_cert: Option<PathBuf>,
+    pub upstream_client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +358,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub tls_listen: SocketAddr,
+    /// Set by flag, variable or file: bound at start even with no
+    /// certificate yet (the default address waits for the first one).
+    pub tls_listen_explicit: bool,
     pub hub: hub::HubConfig,
     pub edge: edge::EdgeConfig,
     pub identity: identity::IdentityConfig,
@@ -358,6 +372,7 @@ pub struct Settings {
     pub incidents: incident::IncidentConfig,
     /// `[secrets]` (issue 8).
     pub secrets: secrets::SecretsConfig,
+    pub acme: hub::acme::AcmeConfig,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -405,6 +420,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         .clone()
         .or(file.api_listen)
         .unwrap_or_else(|| "127.0.0.1:9080".into());
+    let tls_listen_explicit = args.tls_listen.is_some() || file.tls_listen.is_some();
     let tls_listen = args
         .tls_listen
         .clone()
@@ -431,6 +447,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = file.limits.max_files {
         hub.bundle.max_files = v;
     }
+    let proxy_tls = upstream_tls(&file.proxy)?;
     let policy = edge::UpstreamPolicy {
         allow: file.proxy.allow_upstream_cidrs,
     };
@@ -453,6 +470,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(secs) = file.proxy.response_timeout_secs {
         edge.proxy.response_timeout = Duration::from_secs(secs.max(1));
     }
+    edge.proxy.upstream_tls = proxy_tls;
 
     hub.supply_chain = supply_chain_policy(&file.supply_chain, &data_dir)?;
     let identity = identity_config(&file.identity)?;
@@ -463,6 +481,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     let audit = resolve_audit(file.audit)?;
     // ---- incidents ----
     file.incidents.validate().map_err(anyhow::Error::msg)?;
+    let acme = resolve_acme(file.acme)?;
 
     Ok(Settings {
         identity,
@@ -471,6 +490,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         listen: addr(&listen, "listen")?,
         api_listen: addr(&api_listen, "api_listen")?,
         tls_listen: addr(&tls_listen, "tls_listen")?,
+        tls_listen_explicit,
         hub,
         edge,
         shield: file.shield,
@@ -478,8 +498,123 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         oidc,
         incidents: file.incidents,
         secrets: file.secrets,
+        acme,
     })
 }
+
+// ---- TLS to upstreams ([proxy] upstream_*) ----------------------------------
+
+fn upstream_tls(
+    file: &ProxyConfig,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let read = |path: &PathBuf, key: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("proxy.{key}: cannot read {}", path.display()))
+    };
+    let ca = match &file.upstream_ca_file {
+        Some(path) => Some(read(path, "upstream_ca_file")?),
+        None => None,
+    };
+    let client = match (&file.upstream_client_cert, &file.upstream_client_key) {
+        (Some(cert), Some(key)) => Some((
+            read(cert, "upstream_client_cert")?,
+            read(key, "upstream_client_key")?,
+        )),
+        (None, None) => None,
+        _ => bail!("proxy.upstream_client_cert and proxy.upstream_client_key go together"),
+    };
+    if ca.is_none() && client.is_none() {
+        return Ok(None);
+    }
+    let config = edge::tls::upstream_client_config(
+        ca.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    )
+    .map_err(|e| match (&ca, e) {
+        (Some(_), edge::tls::TlsError::NoCertificate) => {
+            anyhow::anyhow!("proxy.upstream_ca_file: no PEM certificate in it")
+        }
+        (_, e) => anyhow::anyhow!("proxy.upstream_client_cert/key: {e}"),
+    })?;
+    Ok(Some(std::sync::Arc::new(config)))
+}
+
+// ---- [acme] ------------------------------------------------------------------
+
+/// `[acme]`: automatic certificates. Off by default, so nothing calls a
+/// public CA until the operator turns it on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFileConfig {
+    pub enabled: Option<bool>,
+    /// The directory URL (default: Let's Encrypt production).
+    pub directory: Option<String>,
+    /// Contact URIs, e.g. `["mailto:ops@example.com"]`.
+    pub contact: Option<Vec<String>>,
+    /// A PEM CA certificate to trust for the directory (a test CA).
+    pub ca_bundle: Option<PathBuf>,
+    /// `http-01` (default) or `tls-alpn-01`.
+    pub challenge: Option<hub::acme::Challenge>,
+    /// Renew this long before expiry (default 30 days).
+    pub renew_before_secs: Option<u64>,
+    /// How often every site is checked (default 3600).
+    pub check_interval_secs: Option<u64>,
+    /// First retry delay after a failure, doubling (default 60).
+    pub backoff_initial_secs: Option<u64>,
+    /// Longest retry delay (default 1 day).
+    pub backoff_max_secs: Option<u64>,
+    /// Failures in a row before `cert.renew_failed` is audited (default 3).
+    pub alert_after_failures: Option<u32>,
+}
+
+fn resolve_acme(file: AcmeFileConfig) -> anyhow::Result<hub::acme::AcmeConfig> {
+    let mut config = hub::acme::AcmeConfig::default();
+    if let Some(enabled) = file.enabled {
+        config.enabled = enabled;
+    }
+    if let Some(directory) = file.directory {
+        if !directory.starts_with("https://") {
+            bail!("acme.directory must be an https:// URL");
+        }
+        config.directory = directory;
+    }
+    if let Some(contact) = file.contact {
+        config.contact = contact;
+    }
+    if let Some(path) = file.ca_bundle {
+        if !path.is_file() {
+            bail!("acme.ca_bundle: {} is not a file", path.display());
+        }
+        config.ca_bundle = Some(path);
+    }
+    if let Some(challenge) = file.challenge {
+        config.challenge = challenge;
+    }
+    let secs = |v: Option<u64>, key: &str| -> anyhow::Result<Option<Duration>> {
+        match v {
+            Some(0) => bail!("acme.{key} must be at least 1"),
+            other => Ok(other.map(Duration::from_secs)),
+        }
+    };
+    if let Some(d) = secs(file.renew_before_secs, "renew_before_secs")? {
+        config.renew_before = d;
+    }
+    if let Some(d) = secs(file.check_interval_secs, "check_interval_secs")? {
+        config.check_interval = d;
+    }
+    if let Some(d) = secs(file.backoff_initial_secs, "backoff_initial_secs")? {
+        config.backoff_initial = d;
+    }
+    if let Some(d) = secs(file.backoff_max_secs, "backoff_max_secs")? {
+        config.backoff_max = d;
+    }
+    if let Some(n) = file.alert_after_failures {
+        config.alert_after_failures = n.max(1);
+    }
+    Ok(config)
+}
+
+// ---- end [acme] ----------------------------------------------------------------
 
 /// Applies `[identity]` to the defaults, refusing values outside sane
 /// ranges with the key's name.

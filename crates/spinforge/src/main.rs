@@ -5,6 +5,7 @@
 
 mod admin;
 mod audit_cli;
+mod certs_cmd;
 mod cli;
 mod client;
 mod commands;

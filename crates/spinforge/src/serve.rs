@@ -182,16 +182,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let incidents = start_incidents(&settings, &data_dir, &hub, &shield).await?;
 
+    // ---- TLS: certificates, ACME, dev CA ----------------------------------
+    let tls = edge::tls::Tls::new().map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    edge.set_tls(tls.clone());
+    let certs = Arc::new(hub::certs::Certs::new(store.clone(), tls.clone()));
+    let loaded = certs
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load certificates: {e}"))?;
+    tracing::info!(certificates = loaded, "certificates loaded");
+    if args.dev_tls {
+        start_dev_tls(&tls, &data_dir)?;
+    }
+    if settings.acme.enabled {
+        hub::acme::Acme::start(
+            (*certs).clone(),
+            settings.acme.clone(),
+            edge.routes().clone(),
+        );
+        tracing::info!(directory = %settings.acme.directory, "ACME certificates enabled");
+    }
+    // ---- end TLS -----------------------------------------------------------
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_listener = bind(&settings, settings.listen, "edge").await?;
     let api_listener = bind(&settings, settings.api_listen, "API").await?;
+    // HTTPS is announced first: the test harness reads the addresses in
+    // this order.
+    // ACME's TLS-ALPN-01 and the dev CA need the listener before any
+    // certificate exists.
+    let https_now = args.dev_tls || settings.acme.enabled;
+    let tls_task = start_https(&settings, https_now, &edge, &tls, stop_rx.clone()).await?;
     tracing::info!("edge listening on http://{}", edge_listener.local_addr()?);
     tracing::info!("API listening on http://{}", api_listener.local_addr()?);
-    // Limitation: HTTPS on the TLS address arrives with the TLS issue.
-    tracing::info!(
-        "HTTPS ({}) is not served yet: no certificates exist",
-        settings.tls_listen
-    );
     announce_setup(&hub, &data_dir).await;
 
     let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
@@ -202,7 +225,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .layer(axum::Extension(auditor.reader()))
         .layer(axum::Extension(incidents))
         .layer(axum::Extension(sso))
-        .layer(axum::Extension(secrets.clone()));
+        .layer(axum::Extension(secrets.clone()))
+        .layer(axum::Extension(certs));
     let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up
@@ -237,12 +261,78 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = edge_task.await;
+    let _ = tls_task.await;
     supervisor.shutdown().await;
     let _ = api_task.await;
     let _ = audit::record(audit::AuditEvent::new("system.stop").resource("spinforge")).await;
     auditor.shutdown().await;
     secrets.close().await;
     store.close().await;
+    Ok(())
+}
+
+// ---- TLS ----
+
+/// Binds the HTTPS listener now when its address was configured or a
+/// certificate exists; otherwise once the first certificate arrives.
+async fn start_https(
+    settings: &Settings,
+    now: bool,
+    edge: &Edge,
+    tls: &edge::tls::Tls,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let config = tls
+        .server_config()
+        .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+    let addr = settings.tls_listen;
+    if now || settings.tls_listen_explicit || tls.cert_count() > 0 {
+        let listener = bind(settings, addr, "edge HTTPS").await?;
+        let local = listener.local_addr()?;
+        tls.set_https_port(local.port());
+        tracing::info!("edge listening on https://{local}");
+        return Ok(tokio::spawn(edge.clone().serve_tls(
+            listener,
+            config,
+            wait_for(stop),
+        )));
+    }
+    tracing::info!("HTTPS ({addr}) waits for the first certificate");
+    let (edge, tls) = (edge.clone(), tls.clone());
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        while tls.cert_count() == 0 {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wait_for(stop.clone()) => return,
+            }
+        }
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                if let Ok(local) = listener.local_addr() {
+                    tls.set_https_port(local.port());
+                    tracing::info!("edge listening on https://{local}");
+                }
+                edge.serve_tls(listener, config, wait_for(stop)).await;
+            }
+            Err(e) => tracing::error!(error = %e, %addr, "cannot bind the edge HTTPS listener"),
+        }
+    }))
+}
+
+/// `--dev-tls`: serves `localhost` names with certificates of the local
+/// development CA, and says how to trust that CA.
+fn start_dev_tls(tls: &edge::tls::Tls, data_dir: &Path) -> anyhow::Result<()> {
+    let ca = edge::tls::DevCa::load_or_create(&data_dir.join("dev-ca"))
+        .map_err(|e| anyhow::anyhow!("--dev-tls: {e}"))?;
+    tracing::warn!(
+        "--dev-tls: localhost names are served with certificates of the local development \
+         CA {ca}. To trust it: curl --cacert {ca} ...; system-wide on Debian: \
+         cp {ca} /usr/local/share/ca-certificates/spinforge-dev.crt && update-ca-certificates; \
+         in a browser, import it as an authority. Use it for development only.",
+        ca = ca.ca_path.display()
+    );
+    tls.set_dev_ca(ca);
     Ok(())
 }
 

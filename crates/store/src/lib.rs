@@ -6,6 +6,7 @@
 //! not know about HTTP, files on disk or the edge.
 #![forbid(unsafe_code)]
 
+mod certs;
 mod identity;
 mod model;
 mod privacy;
@@ -13,6 +14,7 @@ mod sqlite;
 mod sqlite_identity;
 mod sqlite_privacy;
 
+pub use certs::{CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
 pub use identity::IdentityStore;
 pub use model::*;
 pub use privacy::{ConsentRecord, Erased, Erasure, PrivacyStore, Purpose};
@@ -48,7 +50,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every method that changes more than one row does so in one transaction,
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
-pub trait Store: IdentityStore + PrivacyStore + Send + Sync + 'static {
+pub trait Store: IdentityStore + PrivacyStore + CertStore + Send + Sync + 'static {
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.

@@ -23,10 +23,16 @@ pub struct Server {
     child: Option<Child>,
     pub edge: SocketAddr,
     pub api: SocketAddr,
+    /// The HTTPS listener, when it was bound at start (TLS tests set
+    /// `tls_listen` in their config).
+    pub tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Holds the data directory and the CLI's config home alive.
     pub root: Arc<tempfile::TempDir>,
     config: String,
+    /// Flags a restart passes again (only [`Server::start_with_flags`]
+    /// sets them).
+    restart_flags: Vec<String>,
     log: Arc<Mutex<String>>,
 }
 
@@ -54,8 +60,23 @@ impl Server {
         Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), &[])
     }
 
+    /// Starts a server with `config` and extra `serve` flags, which a
+    /// restart passes again. A `--listen` among them replaces the free
+    /// port the harness picks otherwise.
+    pub fn start_with_flags(config: &str, flags: &[&str]) -> Server {
+        let root = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut server = Server::spawn(root, config.to_owned(), flags);
+        server.restart_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        server
+    }
+
     fn spawn(root: Arc<tempfile::TempDir>, config: String, flags: &[&str]) -> Server {
         let config = with_roomy_hub_limits(config);
+        let listen: &[&str] = if flags.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let data_dir = root.path().join("data");
         let config_path = root.path().join("spinforge.toml");
         std::fs::write(&config_path, &config).expect("write config");
@@ -65,7 +86,8 @@ impl Server {
             .arg(&config_path)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(listen)
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(flags)
             .current_dir(workspace_root())
             .env("SPINFORGE_LOG", "info")
@@ -84,6 +106,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for (prefix, kind) in [
+                    ("edge listening on https://", "tls"),
                     ("edge listening on http://", "edge"),
                     ("API listening on http://", "api"),
                 ] {
@@ -98,12 +121,14 @@ impl Server {
             }
         });
 
-        let (mut edge, mut api) = (None, None);
+        let (mut edge, mut api, mut tls) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while edge.is_none() || api.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("edge", addr)) => edge = addr.parse().ok(),
+                // Printed before the other two when it is bound at start.
+                Ok(("tls", addr)) => tls = addr.parse().ok(),
                 Ok((_, addr)) => api = addr.parse().ok(),
                 Err(_) => {
                     let _ = child.kill();
@@ -115,9 +140,11 @@ impl Server {
             child: Some(child),
             edge: edge.expect("edge addr"),
             api: api.expect("api addr"),
+            tls,
             data_dir,
             root,
             config,
+            restart_flags: Vec::new(),
             log,
         }
     }
@@ -127,8 +154,12 @@ impl Server {
         self.stop();
         let root = self.root.clone();
         let config = self.config.clone();
+        let flags = std::mem::take(&mut self.restart_flags);
         drop(self);
-        Server::spawn(root, config, &[])
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut server = Server::spawn(root, config, &args);
+        server.restart_flags = flags;
+        server
     }
 
     /// Sends SIGKILL: the process gets no chance to clean up.

@@ -1,0 +1,213 @@
+//! The part of the store that TLS needs: certificates, the ACME account
+//! and each site's HTTPS settings. Kept apart from the site and release
+//! methods of [`crate::Store`], which requires it.
+
+use crate::sqlite::SqliteStore;
+use crate::{Result, StoreError};
+use async_trait::async_trait;
+use sqlx::Row;
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    Acme,
+    Upload,
+}
+
+impl CertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Acme => "acme",
+            CertSource::Upload => "upload",
+        }
+    }
+
+    fn parse(text: &str) -> Result<CertSource> {
+        match text {
+            "acme" => Ok(CertSource::Acme),
+            "upload" => Ok(CertSource::Upload),
+            other => Err(StoreError::Corrupt(format!("certificate source {other:?}"))),
+        }
+    }
+}
+
+/// A stored certificate with its key.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    pub domain: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub source: CertSource,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// How a site answers plain HTTP once it has a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpsMode {
+    /// 308 to the same URL over HTTPS (the default).
+    Redirect,
+    /// Serve the site over both.
+    Both,
+    /// Refuse plain HTTP.
+    HttpsOnly,
+}
+
+impl HttpsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpsMode::Redirect => "redirect",
+            HttpsMode::Both => "both",
+            HttpsMode::HttpsOnly => "https_only",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HttpsMode> {
+        match text {
+            "redirect" => Some(HttpsMode::Redirect),
+            "both" => Some(HttpsMode::Both),
+            "https_only" => Some(HttpsMode::HttpsOnly),
+            _ => None,
+        }
+    }
+}
+
+/// A site's HTTPS settings; sites without a row get the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteTls {
+    pub domain: String,
+    pub mode: HttpsMode,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+}
+
+#[async_trait]
+pub trait CertStore: Send + Sync + 'static {
+    /// Inserts or replaces the certificate of `record.domain`.
+    async fn put_cert(&self, record: &CertRecord) -> Result<()>;
+    async fn cert(&self, domain: &str) -> Result<Option<CertRecord>>;
+    /// Every stored certificate, by domain.
+    async fn list_certs(&self) -> Result<Vec<CertRecord>>;
+
+    /// The serialized ACME account credentials for a directory URL.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
+    async fn put_acme_account(&self, directory: &str, credentials: &str, now: i64) -> Result<()>;
+
+    async fn put_site_tls(&self, settings: &SiteTls) -> Result<()>;
+    /// Every site's stored HTTPS settings.
+    async fn list_site_tls(&self) -> Result<Vec<SiteTls>>;
+}
+
+fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord> {
+    Ok(CertRecord {
+        domain: row.try_get("domain")?,
+        chain_pem: row.try_get("chain_pem")?,
+        key_pem: row.try_get("key_pem")?,
+        issuer: row.try_get("issuer")?,
+        not_after: row.try_get("not_after")?,
+        source: CertSource::parse(row.try_get::<&str, _>("source")?)?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl CertStore for SqliteStore {
+    async fn put_cert(&self, record: &CertRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO certificates \
+             (domain, chain_pem, key_pem, issuer, not_after, source, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (domain) DO UPDATE SET chain_pem = excluded.chain_pem, \
+             key_pem = excluded.key_pem, issuer = excluded.issuer, \
+             not_after = excluded.not_after, source = excluded.source, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&record.domain)
+        .bind(&record.chain_pem)
+        .bind(&record.key_pem)
+        .bind(&record.issuer)
+        .bind(record.not_after)
+        .bind(record.source.as_str())
+        .bind(record.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cert(&self, domain: &str) -> Result<Option<CertRecord>> {
+        let row = sqlx::query("SELECT * FROM certificates WHERE domain = ?")
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    async fn list_certs(&self) -> Result<Vec<CertRecord>> {
+        let rows = sqlx::query("SELECT * FROM certificates ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT credentials FROM acme_accounts WHERE directory = ?")
+            .bind(directory)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("credentials")).transpose()?)
+    }
+
+    async fn put_acme_account(&self, directory: &str, credentials: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory, credentials, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+        )
+        .bind(directory)
+        .bind(credentials)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_site_tls(&self, settings: &SiteTls) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_tls (domain, mode, hsts_include_subdomains, hsts_preload) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET mode = excluded.mode, \
+             hsts_include_subdomains = excluded.hsts_include_subdomains, \
+             hsts_preload = excluded.hsts_preload",
+        )
+        .bind(&settings.domain)
+        .bind(settings.mode.as_str())
+        .bind(settings.hsts_include_subdomains)
+        .bind(settings.hsts_preload)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+            _ => StoreError::Backend(e),
+        })?;
+        Ok(())
+    }
+
+    async fn list_site_tls(&self) -> Result<Vec<SiteTls>> {
+        let rows = sqlx::query("SELECT * FROM site_tls ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let mode: &str = row.try_get("mode")?;
+                Ok(SiteTls {
+                    domain: row.try_get("domain")?,
+                    mode: HttpsMode::parse(mode)
+                        .ok_or_else(|| StoreError::Corrupt(format!("https mode {mode:?}")))?,
+                    hsts_include_subdomains: row.try_get("hsts_include_subdomains")?,
+                    hsts_preload: row.try_get("hsts_preload")?,
+                })
+            })
+            .collect()
+    }
+}
