@@ -229,6 +229,9 @@ pub async fn serve_tls<F, S, B>(
             let info = TlsInfo {
                 server_name: session.server_name().map(str::to_ascii_lowercase),
             };
+            // The same smuggling guard as on plain HTTP, over the
+            // decrypted bytes.
+            let tls = crate::framing::FramingGuard::new(tls, peer);
             if let Some(gauge) = &open {
                 gauge.inc();
             }

@@ -64,6 +64,13 @@ impl RouteTable {
         self.len() == 0
     }
 
+    /// True iff `host` is itself a site's domain; a name that only a
+    /// wildcard site covers is not. On-demand certificate orders use it,
+    /// so random names under a wildcard never create orders.
+    pub fn is_exact(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+    }
+
     /// Finds the route for an already normalised host: an exact name wins,
     /// then the most specific wildcard. `*.example.com` matches any name
     /// under `example.com` but not `example.com` itself.

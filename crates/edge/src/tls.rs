@@ -323,6 +323,23 @@ impl Tls {
         });
     }
 
+    /// Forgets the certificate and HTTPS settings of a deleted site, so a
+    /// later site of the same name (perhaps another customer's) never gets
+    /// them.
+    pub fn forget_site(&self, domain: &str) {
+        let domain = domain.to_ascii_lowercase();
+        self.inner.certs.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(&domain);
+            map
+        });
+        self.inner.sites.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(&domain);
+            map
+        });
+    }
+
     /// True iff a certificate (exact or wildcard) covers `host`.
     pub fn has_cert(&self, host: &str) -> bool {
         lookup(&self.inner.certs.load(), host).is_some()

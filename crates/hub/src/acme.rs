@@ -125,7 +125,7 @@ impl Acme {
         acme.inner.certs.tls().on_missing_cert(
             tx,
             Arc::new(move |name| {
-                routes.snapshot().lookup(name).is_some()
+                routes.snapshot().is_exact(name)
                     || known.lock().map(|n| n.contains(name)).unwrap_or(false)
             }),
         );

@@ -99,6 +99,9 @@ struct HubInner {
     /// Sites an incident isolated, with the incident's id (see
     /// incident_api.rs).
     isolated: Mutex<HashMap<String, i64>>,
+    /// The HTTPS listener's certificates, once `serve` attaches them: a
+    /// deleted site's certificate must go with it.
+    tls: Mutex<Option<edge::tls::Tls>>,
 }
 
 impl Hub {
@@ -134,12 +137,23 @@ impl Hub {
                 setup_token: Mutex::new(None),
                 user_changes: tokio::sync::Mutex::new(()),
                 isolated: Mutex::new(HashMap::new()),
+                tls: Mutex::new(None),
             }),
         };
         let sites = hub.inner.store.list_sites().await?;
         hub.register_apps(&sites).await;
         hub.reload_routes().await?;
         Ok(hub)
+    }
+
+    /// Lets site deletion remove the site's certificate from the HTTPS
+    /// listener too.
+    pub fn attach_tls(&self, tls: edge::tls::Tls) {
+        *self
+            .inner
+            .tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tls);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

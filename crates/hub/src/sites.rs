@@ -280,6 +280,20 @@ impl Hub {
     pub(crate) async fn site_deleted(&self, site: &Site) {
         let domain = &site.domain;
         self.inner.routes.update(|table| table.remove(domain));
+        // Its certificate and key go too: a later site of the same name
+        // may belong to another customer.
+        if let Err(e) = self.inner.store.delete_site_tls(domain).await {
+            tracing::warn!(site = %domain, error = %e, "site certificate not removed");
+        }
+        let tls = self
+            .inner
+            .tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(tls) = tls {
+            tls.forget_site(domain);
+        }
         if site.kind == SiteKind::Process {
             self.inner.supervisor.remove(domain).await;
         }

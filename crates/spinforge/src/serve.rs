@@ -185,6 +185,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // ---- TLS: certificates, ACME, dev CA ----------------------------------
     let tls = edge::tls::Tls::new().map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     edge.set_tls(tls.clone());
+    hub.attach_tls(tls.clone());
     let certs = Arc::new(hub::certs::Certs::new(store.clone(), tls.clone()));
     let loaded = certs
         .load()

@@ -91,6 +91,8 @@ pub trait CertStore: Send + Sync + 'static {
     async fn cert(&self, domain: &str) -> Result<Option<CertRecord>>;
     /// Every stored certificate, by domain.
     async fn list_certs(&self) -> Result<Vec<CertRecord>>;
+    /// Deletes the certificate and HTTPS settings of a deleted site.
+    async fn delete_site_tls(&self, domain: &str) -> Result<()>;
 
     /// The serialized ACME account credentials for a directory URL.
     async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
@@ -150,6 +152,20 @@ impl CertStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn delete_site_tls(&self, domain: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM certificates WHERE domain = ?")
+            .bind(domain)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM site_tls WHERE domain = ?")
+            .bind(domain)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn acme_account(&self, directory: &str) -> Result<Option<String>> {

@@ -266,6 +266,18 @@ pub(super) fn checks(ctx: &Context) -> Vec<Check> {
             detail.push_str(&format!("; {at} sets {v}"));
         }
     }
+    // With PAM, keyboard-interactive asks for the same password: both
+    // must be off. (ChallengeResponseAuthentication is its old name.)
+    let kbd = config
+        .get("kbdinteractiveauthentication")
+        .or_else(|| config.get("challengeresponseauthentication"))
+        .unwrap_or("yes");
+    if kbd != "no" && config.get("usepam").unwrap_or("no") == "yes" {
+        status = Status::Fail;
+        detail.push_str(&format!(
+            "; KbdInteractiveAuthentication {kbd} with UsePAM yes still asks for passwords"
+        ));
+    }
     out.push(verdict("ssh.password_auth", "SSH password login off", PASSWORD_WHY, status, detail, format!("PasswordAuthentication no (and KbdInteractiveAuthentication no) {SSHD_FIX}, after installing your key")));
 
     let raw = config.get("maxauthtries").unwrap_or("6");

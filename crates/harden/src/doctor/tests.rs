@@ -355,6 +355,34 @@ async fn sshd_first_value_wins_and_match_blocks_are_reported() {
 }
 
 #[tokio::test]
+async fn keyboard_interactive_with_pam_counts_as_password_login() {
+    let tree = good_tree();
+    write(
+        tree.path(),
+        "/etc/ssh/sshd_config",
+        "Include sshd_config.d/*.conf\nUsePAM yes\nKbdInteractiveAuthentication yes\n",
+    );
+    let password = report(tree.path()).await;
+    let password = password.get("ssh.password_auth").expect("pw");
+    assert_eq!(password.status, Status::Fail);
+    assert!(
+        password.detail.contains("KbdInteractiveAuthentication yes"),
+        "{}",
+        password.detail
+    );
+
+    write(
+        tree.path(),
+        "/etc/ssh/sshd_config",
+        "Include sshd_config.d/*.conf\nUsePAM yes\nKbdInteractiveAuthentication no\n",
+    );
+    assert_eq!(
+        status(&report(tree.path()).await, "ssh.password_auth"),
+        Status::Pass
+    );
+}
+
+#[tokio::test]
 async fn iptables_rules_and_unexpected_ports_are_read() {
     let tree = good_tree();
     std::fs::remove_file(tree.path().join("etc/nftables.conf")).expect("rm");
