@@ -508,6 +508,89 @@ async fn bad_uploads_get_clear_errors_and_change_nothing() {
 }
 
 #[test]
+fn a_deleted_sites_certificate_is_neither_served_nor_listed() {
+    let ca = TestCa::new();
+    let files = tempfile::tempdir().expect("tmp");
+    let server = two_sites(&ca, files.path());
+    let tls = server.tls.expect("HTTPS listener");
+    assert_ok(&server.cli(&["sites", "delete", "beta.test"], None));
+
+    // A later site of that name may be another customer's: the old key
+    // must not serve it, now or after a restart.
+    let subject = served_subject(tls, &["-servername", "beta.test"]);
+    assert!(
+        subject.contains("SpinForge default certificate"),
+        "{subject}"
+    );
+    let alpha = served_subject(tls, &["-servername", "alpha.test"]);
+    assert!(alpha.contains("CN = alpha.test"), "{alpha}");
+    let listed = server.cli(&["certs", "list", "--json"], None);
+    assert_ok(&listed);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(!listed.contains("beta.test"), "{listed}");
+    assert!(listed.contains("alpha.test"), "{listed}");
+
+    let server = server.restart();
+    let tls = server.tls.expect("HTTPS listener after restart");
+    let subject = served_subject(tls, &["-servername", "beta.test"]);
+    assert!(
+        subject.contains("SpinForge default certificate"),
+        "{subject}"
+    );
+}
+
+/// Sends `request` over TLS with `openssl s_client` and returns what came
+/// back; `-ign_eof` waits for the server to answer and close.
+fn raw_https(addr: SocketAddr, name: &str, request: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-quiet", "-ign_eof"])
+        .args(["-connect", &addr.to_string(), "-servername", name])
+        .args(["-alpn", "http/1.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client (apt package openssl)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.as_bytes())
+        .expect("write request");
+    let out = child.wait_with_output().expect("s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn smuggling_shapes_are_refused_over_https_too() {
+    let ca = TestCa::new();
+    let files = tempfile::tempdir().expect("tmp");
+    let server = two_sites(&ca, files.path());
+    let tls = server.tls.expect("HTTPS listener");
+
+    let good = raw_https(
+        tls,
+        "alpha.test",
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(good.starts_with("HTTP/1.1 200"), "{good}");
+    for (shape, request) in [
+        (
+            "CL+TE",
+            "POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "duplicate CL",
+            "POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ),
+    ] {
+        let answer = raw_https(tls, "alpha.test", request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{shape}: {answer}");
+    }
+}
+
+#[test]
 fn certificates_survive_a_restart() {
     let ca = TestCa::new();
     let files = tempfile::tempdir().expect("tmp");
