@@ -136,6 +136,7 @@ fn serve_args(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ServeArgs {
         demo: false,
         log_format: LogFormat::Text,
         log_pii: crate::cli::LogPii::Full,
+        dev_tls: false,
     }
 }
 
