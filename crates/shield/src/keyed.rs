@@ -38,8 +38,9 @@ impl std::fmt::Display for RateKey {
     }
 }
 
-/// Checks an API key the edge saw and answers its stable id (`key:<id>`)
-/// when the key is valid. `serve` wires it to the identity service.
+/// Checks an API key the edge saw and answers the bucket it counts in when
+/// the key is valid. `serve` wires it to the identity service and answers
+/// the key's account (`user:<id>`), so all keys of one user share a bucket.
 pub type KeyVerifier =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
 

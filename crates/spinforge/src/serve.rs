@@ -142,7 +142,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let identity = verifier_identity.clone();
         Box::pin(async move {
             let principal = identity.authenticate(&key).await.ok()?;
-            principal.api_key.map(|id| format!("key:{id}"))
+            // One bucket per account, not per key: every key of a user
+            // shares it, so minting more keys buys no more requests.
+            principal
+                .api_key
+                .map(|_| format!("user:{}", principal.user_id.0))
         })
     }));
     // ---- end shield2 ----

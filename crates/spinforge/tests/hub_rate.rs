@@ -347,6 +347,17 @@ async fn edge_limits_key_a_valid_api_key_and_fake_keys_gain_nothing() {
         .await
         .expect("edge request");
     assert_eq!(elsewhere.status(), 429);
+    // A second key of the same account shares that bucket: minting keys
+    // buys nothing.
+    let second = create_key(&server, &token, "sites:read").await;
+    let other_key = client_from("127.0.5.3")
+        .get(server.edge_url("/"))
+        .header("host", "site.localhost")
+        .bearer_auth(&second)
+        .send()
+        .await
+        .expect("edge request");
+    assert_eq!(other_key.status(), 429);
     let plain = client_from("127.0.5.2")
         .get(server.edge_url("/"))
         .header("host", "site.localhost")
