@@ -81,40 +81,7 @@ pub async fn serve<F, S, B>(
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    loop {
-        let permit = match &permits {
-            Some(permits) => tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.ok(),
-                () = &mut shutdown => break,
-            },
-            None => None,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let client_permit = match &limits.per_client {
-            Some(gate) => match gate.admit(peer.ip()) {
-                Some(permit) => Some(permit),
-                None => {
-                    tracing::debug!(peer = %peer, "connection refused: too many from this client");
-                    drop(stream);
-                    continue;
-                }
-            },
-            None => None,
-        };
-        let _ = stream.set_nodelay(true);
-        let io = IdleTimeout::new(stream, limits.idle_timeout)
-            .with_first_byte_timeout(limits.header_read_timeout);
+    while let Some((io, peer, held)) = admit(&listener, &permits, &limits, &mut shutdown).await {
         let io = crate::framing::FramingGuard::new(io, peer);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), make(peer))
@@ -131,8 +98,7 @@ pub async fn serve<F, S, B>(
             if let Some(gauge) = open {
                 gauge.dec();
             }
-            drop(permit);
-            drop(client_permit);
+            drop(held);
         });
     }
 
@@ -142,6 +108,60 @@ pub async fn serve<F, S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace ran out with connections still open");
+    }
+}
+
+/// What a connection holds while it is open: its place under the global
+/// cap and under its client's cap. Dropping it frees both.
+type Held = (
+    Option<tokio::sync::OwnedSemaphorePermit>,
+    Option<shield::conn::ConnectionPermit>,
+);
+
+/// The next connection both caps admit, with its timeouts applied; `None`
+/// once `shutdown` resolves. Shared by the HTTP and HTTPS listeners so
+/// neither can skip a cap.
+async fn admit<Sd: Future<Output = ()> + Unpin>(
+    listener: &TcpListener,
+    permits: &Option<Arc<Semaphore>>,
+    limits: &ConnectionLimits,
+    shutdown: &mut Sd,
+) -> Option<(IdleTimeout<tokio::net::TcpStream>, SocketAddr, Held)> {
+    loop {
+        let permit = match permits {
+            Some(permits) => tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.ok(),
+                () = &mut *shutdown => return None,
+            },
+            None => None,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut *shutdown => return None,
+        };
+        let client_permit = match &limits.per_client {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(peer = %peer, "connection refused: too many from this client");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = IdleTimeout::new(stream, limits.idle_timeout)
+            .with_first_byte_timeout(limits.header_read_timeout);
+        return Some((io, peer, (permit, client_permit)));
     }
 }
 
@@ -176,34 +196,10 @@ pub async fn serve_tls<F, S, B>(
     let builder = Arc::new(http_builder(&limits));
     let make = Arc::new(make);
     let graceful = GracefulShutdown::new();
+    let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let client_permit = match &limits.per_client {
-            Some(gate) => match gate.admit(peer.ip()) {
-                Some(permit) => Some(permit),
-                None => {
-                    tracing::debug!(peer = %peer, "connection refused: too many from this client");
-                    drop(stream);
-                    continue;
-                }
-            },
-            None => None,
-        };
-        let _ = stream.set_nodelay(true);
-        let io = IdleTimeout::new(stream, limits.idle_timeout)
-            .with_first_byte_timeout(limits.header_read_timeout);
+    while let Some((io, peer, held)) = admit(&listener, &permits, &limits, &mut shutdown).await {
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let make = make.clone();
@@ -244,7 +240,7 @@ pub async fn serve_tls<F, S, B>(
             if let Some(gauge) = open {
                 gauge.dec();
             }
-            drop(client_permit);
+            drop(held);
         });
     }
 
