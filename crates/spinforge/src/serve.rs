@@ -184,7 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         deploy_examples(&hub, Path::new("examples")).await;
     }
-    let incidents = start_incidents(&settings, &data_dir, &hub, &shield).await?;
+    let incidents = start_incidents(&settings, &data_dir, &hub, &shield, &secrets).await?;
 
     // ---- TLS: certificates, ACME, dev CA ----------------------------------
     let tls = edge::tls::Tls::new().map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
@@ -373,19 +373,25 @@ fn start_shield(settings: &Settings, data_dir: &Path) -> anyhow::Result<shield::
 // ---- incidents ----
 
 /// Starts incident response: detection on the audit tap, containment
-/// through the shield, identity and the hub's site isolation.
+/// through the shield, identity, the hub's site isolation and the secret
+/// store's rotation.
 async fn start_incidents(
     settings: &Settings,
     data_dir: &Path,
     hub: &Hub,
     shield: &shield::Shield,
+    secrets: &secrets::Secrets,
 ) -> anyhow::Result<incident::Incidents> {
+    let rotator = hub::secret_rotation::HubSecretRotator {
+        hub: hub.clone(),
+        secrets: secrets.clone(),
+    };
     let responders = incident::Responders {
         shield: shield.clone(),
         identity: hub.identity().clone(),
         store: hub.store().clone(),
         sites: Arc::new(hub::incident_api::HubSites(hub.clone())),
-        secrets: None,
+        secrets: Some(Arc::new(rotator)),
         ban_ttl: std::time::Duration::from_secs(settings.incidents.policy.ban_ttl_secs),
     };
     let incidents = incident::Incidents::start(data_dir, settings.incidents.clone(), responders)
