@@ -36,9 +36,18 @@ pub fn init_logging(format: LogFormat, pii: LogPii) {
             fmt.fmt_fields(masked_fields()).with_filter(filter).boxed()
         }
         LogFormat::Text => fmt.with_filter(filter).boxed(),
-        // Limitation: the JSON log is not masked (a JSON field formatter
-        // calling audit::pii::mask_log_value would lift it).
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        // JSON log masking (branch rotator).
+        // Secret values inside JSON strings are escaped, and personal
+        // fields need their names: the JSON writer masks each event
+        // object, field by field.
+        LogFormat::Json => {
+            let masked = pii == LogPii::Masked;
+            fmt.json()
+                .flatten_event(true)
+                .with_writer(move || crate::json_log::JsonLogWriter::new(std::io::stderr(), masked))
+                .with_filter(filter)
+                .boxed()
+        }
     };
     // The audit layer has its own filter: SPINFORGE_LOG=warn must not
     // keep audit events out of the audit log.
