@@ -22,6 +22,8 @@ pub mod privacy_api;
 pub mod rate_api;
 pub mod sandbox_api;
 pub mod secrets_api;
+// Incident containment's rotation of a site's secrets (branch rotator).
+pub mod secret_rotation;
 pub mod shield_api;
 pub mod sites;
 

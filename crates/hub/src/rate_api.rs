@@ -4,10 +4,13 @@
 //! - auth endpoints ([`AUTH_ROUTES`]): the auth policy (default 5 per 15
 //!   minutes) per client address, and per account when the request names
 //!   one (the `email` of a login);
-//! - every API route but the health probes: the API policy (default 100 per minute), counted
-//!   against the caller's valid credential (`user:<id>`, `key:<id>`), or
-//!   against the client address for public routes and for requests whose
-//!   credential is missing or invalid, so made-up keys buy nothing.
+//! - every API route but the health probes: the API policy (default 100
+//!   per minute), counted against the account of the caller's valid
+//!   credential (`user:<id>`, whether it shows a token or any of its API
+//!   keys, as the edge counts them), so minting more keys buys no more
+//!   requests; or against the client address for public routes and for
+//!   requests whose credential is missing or invalid, so made-up keys buy
+//!   nothing.
 //!
 //! Refusals are 429 with `Retry-After`, `RateLimit` and `RateLimit-Policy`
 //! ([`crate::error::ApiError::RateLimited`]), distinct from the identity
@@ -104,10 +107,9 @@ pub fn charge(parts: &Parts, principal: Option<&Principal>) -> Result<(), ApiErr
     ) else {
         return Ok(());
     };
-    let credential = principal.map(|p| match &p.api_key {
-        Some(key) => format!("key:{key}"),
-        None => format!("user:{}", p.user_id),
-    });
+    // One bucket per account: a token and every API key of the user
+    // share it.
+    let credential = principal.map(|p| format!("user:{}", p.user_id.0));
     shield
         .check_hub_api(peer.0.ip(), credential.as_deref())
         .map_err(ApiError::RateLimited)

@@ -58,6 +58,11 @@ struct SecretView {
     created_at: i64,
     /// Id of the master key that wraps this version's data key.
     master_key: String,
+    /// True iff an incident rotated this secret: apps start without it
+    /// until a new value is set or the incident lifts its action.
+    rotation_required: bool,
+    /// The (earliest) incident that requires the rotation.
+    rotation_incident: Option<i64>,
 }
 
 impl From<SecretMeta> for SecretView {
@@ -68,6 +73,8 @@ impl From<SecretMeta> for SecretView {
             created_by: m.created_by,
             created_at: m.created_at,
             master_key: m.master_key,
+            rotation_required: m.rotation_incident.is_some(),
+            rotation_incident: m.rotation_incident,
         }
     }
 }
@@ -165,10 +172,16 @@ impl SecretEnv for StoreSecretEnv {
                 .ok_or_else(|| "the site no longer exists".to_owned())?;
             match self.secrets.site_env(record.id.0).await {
                 Ok(env) => {
-                    if !env.is_empty() {
+                    let withheld = self
+                        .secrets
+                        .withheld(record.id.0)
+                        .await
+                        .map_err(|e| format!("cannot read which secrets are withheld: {e}"))?;
+                    if !env.is_empty() || !withheld.is_empty() {
                         let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
                         tracing::info!(target: "spinforge::audit", event = "secret.read",
                             site = %site, count = env.len(), names = %names.join(","),
+                            withheld = %withheld.join(","),
                             "secrets handed to a spinlet start");
                     }
                     Ok(env)

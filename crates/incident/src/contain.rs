@@ -23,12 +23,17 @@ pub trait SiteControl: Send + Sync {
     async fn lift(&self, domain: &str) -> Result<(), String>;
 }
 
-/// Rotates a site's secrets; the secrets store implements it.
+/// Rotates a site's secrets; the hub implements it over the secrets
+/// store. Each step taken comes back as one line for the incident's
+/// timeline, never with a value.
 #[async_trait]
 pub trait SecretRotator: Send + Sync {
-    /// Rotates every secret of the site; returns a summary without values
-    /// (how many were rotated).
-    async fn rotate(&self, domain: &str) -> Result<String, String>;
+    /// Rotates every secret of the site for `incident` (what that means
+    /// is the implementation's to document); returns the steps taken.
+    async fn rotate(&self, domain: &str, incident: i64) -> Result<Vec<String>, String>;
+    /// Undoes what can be undone of [`SecretRotator::rotate`] for
+    /// `incident`; returns the steps taken.
+    async fn lift(&self, domain: &str, incident: i64) -> Result<Vec<String>, String>;
 }
 
 /// What containment acts through.
@@ -38,9 +43,8 @@ pub struct Responders {
     pub identity: identity::Identity,
     pub store: Arc<dyn Store>,
     pub sites: Arc<dyn SiteControl>,
-    // Limitation: secret rotation arrives with the `secrets` branch; until
-    // `serve` passes a rotator here the action answers 503 (wiring one
-    // `SecretRotator` impl over the secrets store lifts this).
+    /// `None` makes the rotation action answer 503 (a server without a
+    /// secret store); `serve` always passes one.
     pub secrets: Option<Arc<dyn SecretRotator>>,
     /// How long a containment ban lasts.
     pub ban_ttl: Duration,
@@ -92,14 +96,16 @@ impl Responders {
         }
     }
 
-    /// Takes the action; the state it leaves (active, or done for a
-    /// rotation that has nothing to undo).
+    /// Takes the action; the state it leaves (active, or done for an
+    /// action with nothing to undo) and the steps worth a timeline line
+    /// of their own.
     pub(crate) async fn apply(
         &self,
         kind: ActionKind,
         target: &str,
         incident: i64,
-    ) -> Result<ActionState, IncidentError> {
+    ) -> Result<(ActionState, Vec<String>), IncidentError> {
+        let mut steps = Vec::new();
         match kind {
             ActionKind::BanIp => {
                 self.shield
@@ -110,7 +116,6 @@ impl Responders {
                         &format!("incident:{incident}"),
                     )
                     .map_err(shield_error)?;
-                Ok(ActionState::Active)
             }
             ActionKind::DisableUser => {
                 let user = self.user(target).await?;
@@ -124,58 +129,66 @@ impl Responders {
                     .revoke_all_api_keys(user.id)
                     .await
                     .map_err(|e| IncidentError::ActionFailed(e.to_string()))?;
-                Ok(ActionState::Active)
             }
             ActionKind::IsolateSite => {
                 self.sites
                     .isolate(target, incident)
                     .await
                     .map_err(IncidentError::ActionFailed)?;
-                Ok(ActionState::Active)
             }
+            // Active: what it withholds is handed back by a lift.
             ActionKind::RotateSecrets => {
-                let rotator = self.secrets.as_ref().ok_or_else(|| {
-                    IncidentError::Unavailable(
-                        "secret rotation is not available: no secrets store is connected".into(),
-                    )
-                })?;
-                rotator
-                    .rotate(target)
+                steps = self
+                    .rotator()?
+                    .rotate(target, incident)
                     .await
                     .map_err(IncidentError::ActionFailed)?;
-                Ok(ActionState::Done)
             }
         }
+        Ok((ActionState::Active, steps))
     }
 
-    /// Undoes an active action. A ban that already expired is fine: the
-    /// goal (no ban) holds.
+    /// Undoes an active action; the steps worth a timeline line of their
+    /// own. A ban that already expired is fine: the goal (no ban) holds.
     pub(crate) async fn lift(
         &self,
         kind: ActionKind,
         target: &str,
         incident: i64,
-    ) -> Result<(), IncidentError> {
+    ) -> Result<Vec<String>, IncidentError> {
         match kind {
             ActionKind::BanIp => match self.shield.lift(target, &format!("incident:{incident}")) {
-                Ok(()) | Err(shield::ShieldError::NotFound(_)) => Ok(()),
+                Ok(()) | Err(shield::ShieldError::NotFound(_)) => Ok(Vec::new()),
                 Err(e) => Err(shield_error(e)),
             },
             ActionKind::DisableUser => {
                 // Revoked sessions and API keys stay revoked: the user
                 // logs in again and makes new keys.
                 let user = self.user(target).await?;
-                self.set_disabled(user.id, false).await
+                self.set_disabled(user.id, false).await?;
+                Ok(Vec::new())
             }
-            ActionKind::IsolateSite => self
-                .sites
-                .lift(target)
+            ActionKind::IsolateSite => {
+                self.sites
+                    .lift(target)
+                    .await
+                    .map_err(IncidentError::ActionFailed)?;
+                Ok(Vec::new())
+            }
+            ActionKind::RotateSecrets => self
+                .rotator()?
+                .lift(target, incident)
                 .await
                 .map_err(IncidentError::ActionFailed),
-            ActionKind::RotateSecrets => Err(IncidentError::Conflict(
-                "a secret rotation cannot be undone".into(),
-            )),
         }
+    }
+
+    fn rotator(&self) -> Result<&Arc<dyn SecretRotator>, IncidentError> {
+        self.secrets.as_ref().ok_or_else(|| {
+            IncidentError::Unavailable(
+                "secret rotation is not available: no secrets store is connected".into(),
+            )
+        })
     }
 
     /// Finds a user by e-mail address or `id:N`.

@@ -367,7 +367,7 @@ impl Incidents {
             if held {
                 continue;
             }
-            let state = responders.apply(kind, &target, id).await?;
+            let (state, steps) = responders.apply(kind, &target, id).await?;
             let mut tx = db::begin(&self.inner.pool).await?;
             db::insert_action(&mut tx, id, kind, &target, state, &label).await?;
             let summary = format!("{} {target}", kind.as_str());
@@ -378,6 +378,7 @@ impl Incidents {
                 event: None,
             };
             db::add_timeline(&mut tx, id, line).await?;
+            add_steps(&mut tx, id, "contain", &label, &summary, &steps).await?;
             db::set_status(&mut tx, id, Status::Contained).await?;
             tx.commit().await?;
             taken += 1;
@@ -413,7 +414,8 @@ impl Incidents {
             )));
         }
         let _guard = self.inner.changes.lock().await;
-        self.inner
+        let steps = self
+            .inner
             .responders
             .lift(taken.kind, &taken.target, id)
             .await?;
@@ -428,6 +430,7 @@ impl Incidents {
             event: None,
         };
         db::add_timeline(&mut tx, id, line).await?;
+        add_steps(&mut tx, id, "lift", &label, &summary, &steps).await?;
         let still_active = incident
             .actions
             .iter()
@@ -538,6 +541,29 @@ impl Incidents {
             incident,
         });
     }
+}
+
+/// One timeline line per step of an action, after the action's own line
+/// (`action: step`).
+async fn add_steps(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    kind: &str,
+    actor: &str,
+    action: &str,
+    steps: &[String],
+) -> Result<(), IncidentError> {
+    for step in steps {
+        let summary = format!("{action}: {step}");
+        let line = Line {
+            kind,
+            actor,
+            summary: &summary,
+            event: None,
+        };
+        db::add_timeline(tx, id, line).await?;
+    }
+    Ok(())
 }
 
 fn check_text(text: &str, field: &'static str, max: usize) -> Result<String, IncidentError> {

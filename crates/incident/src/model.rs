@@ -193,7 +193,8 @@ pub enum ActionState {
     Active,
     /// Undone by a lift (or by resolving the incident).
     Lifted,
-    /// Done once and nothing to undo (a secret rotation).
+    /// Done once with nothing to undo (no action of this version ends
+    /// so; kept so stored rows stay readable).
     Done,
 }
 

@@ -53,7 +53,9 @@ fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow> {
     })
 }
 
-/// The current (highest) version of each name, of one site or of all.
+/// The current (highest) version of each name: of one site without the
+/// names an incident withholds (what an app start gets), or of all sites
+/// with every name (the start-up check).
 pub(crate) async fn current_rows(pool: &SqlitePool, site: Option<i64>) -> Result<Vec<StoredRow>> {
     // Two statements rather than `?1 IS NULL OR ...`, so the one-site
     // query (every spinlet start) is a primary-key range scan.
@@ -61,7 +63,10 @@ pub(crate) async fn current_rows(pool: &SqlitePool, site: Option<i64>) -> Result
         Some(site) => {
             sqlx::query(
                 "SELECT site_id, name, MAX(version) AS version, kek_id, wrapped_key, ciphertext
-                 FROM secret_versions WHERE site_id = ? GROUP BY name ORDER BY name",
+                 FROM secret_versions
+                 WHERE site_id = ?1
+                   AND name NOT IN (SELECT name FROM secret_rotations WHERE site_id = ?1)
+                 GROUP BY name ORDER BY name",
             )
             .bind(site)
             .fetch_all(pool)
@@ -127,7 +132,9 @@ pub(crate) async fn insert(
 
 pub(crate) async fn list(pool: &SqlitePool, site_id: i64) -> Result<Vec<SecretMeta>> {
     let rows = sqlx::query(
-        "SELECT s.name, s.version, s.created_by, s.created_at, s.kek_id
+        "SELECT s.name, s.version, s.created_by, s.created_at, s.kek_id,
+                (SELECT MIN(r.incident) FROM secret_rotations r
+                 WHERE r.site_id = s.site_id AND r.name = s.name) AS rotation_incident
          FROM secret_versions s
          WHERE s.site_id = ?1
            AND s.version = (SELECT MAX(version) FROM secret_versions t
@@ -145,20 +152,132 @@ pub(crate) async fn list(pool: &SqlitePool, site_id: i64) -> Result<Vec<SecretMe
                 created_by: r.try_get("created_by")?,
                 created_at: r.try_get("created_at")?,
                 master_key: r.try_get("kek_id")?,
+                rotation_incident: r.try_get("rotation_incident")?,
             })
         })
         .collect()
 }
 
+/// Deletes every version of a name and what withholds it; how many
+/// versions went.
 pub(crate) async fn delete(pool: &SqlitePool, site_id: i64, name: &str) -> Result<u64> {
-    Ok(
-        sqlx::query("DELETE FROM secret_versions WHERE site_id = ? AND name = ?")
-            .bind(site_id)
-            .bind(name)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let gone = sqlx::query("DELETE FROM secret_versions WHERE site_id = ? AND name = ?")
+        .bind(site_id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    clear_rotation(&mut tx, site_id, name).await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+// ---- rotation by incident containment (issue 9) ----
+
+/// Every stored version of one site's secrets.
+pub(crate) async fn site_versions(
+    tx: &mut Transaction<'_, Sqlite>,
+    site_id: i64,
+) -> Result<Vec<StoredRow>> {
+    let rows = sqlx::query(
+        "SELECT site_id, name, version, kek_id, wrapped_key, ciphertext
+         FROM secret_versions WHERE site_id = ? ORDER BY name, version",
     )
+    .bind(site_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(stored).collect()
+}
+
+/// Replaces a version's sealed value and wrapped data key (the same row,
+/// so the same associated data).
+pub(crate) async fn reseal(
+    tx: &mut Transaction<'_, Sqlite>,
+    row: &RowId,
+    kek_id: &str,
+    wrapped: &[u8],
+    ciphertext: &[u8],
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE secret_versions SET kek_id = ?, wrapped_key = ?, ciphertext = ?
+         WHERE site_id = ? AND name = ? AND version = ?",
+    )
+    .bind(kek_id)
+    .bind(wrapped)
+    .bind(ciphertext)
+    .bind(row.site_id)
+    .bind(&row.name)
+    .bind(row.version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Withholds `name` of the site for `incident` (kept if already held).
+pub(crate) async fn require_rotation(
+    tx: &mut Transaction<'_, Sqlite>,
+    site_id: i64,
+    name: &str,
+    incident: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO secret_rotations (site_id, name, incident, required_at)
+         VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(site_id)
+    .bind(name)
+    .bind(incident)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Hands `name` of the site back to app starts, whatever withheld it.
+pub(crate) async fn clear_rotation(
+    tx: &mut Transaction<'_, Sqlite>,
+    site_id: i64,
+    name: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM secret_rotations WHERE site_id = ? AND name = ?")
+        .bind(site_id)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Drops what `incident` withholds of the site; the names it held.
+pub(crate) async fn release_rotation(
+    pool: &SqlitePool,
+    site_id: i64,
+    incident: i64,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "DELETE FROM secret_rotations WHERE site_id = ? AND incident = ? RETURNING name",
+    )
+    .bind(site_id)
+    .bind(incident)
+    .fetch_all(pool)
+    .await?;
+    let mut names = rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<Vec<String>, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// The names of the site that some incident withholds, sorted.
+pub(crate) async fn withheld(pool: &SqlitePool, site_id: i64) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT name FROM secret_rotations WHERE site_id = ? ORDER BY name",
+    )
+    .bind(site_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Every version's wrapped data key, for rotation.

@@ -18,9 +18,11 @@ pub mod crypto;
 mod db;
 pub mod master;
 pub mod redact;
+mod rotation;
 pub mod transit;
 
 pub use master::{Keyring, SecretsConfig};
+pub use rotation::SiteRotation;
 
 use crypto::{KeyBytes, RowId};
 use secrecy::{ExposeSecret, SecretString};
@@ -107,6 +109,10 @@ pub struct SecretMeta {
     pub created_at: i64,
     /// The master key that wraps the current version's data key.
     pub master_key: String,
+    /// The (earliest) incident whose containment rotated this secret: it
+    /// is withheld from app starts until a new value is set or the
+    /// incident lifts the action. `None` while the value is in use.
+    pub rotation_incident: Option<i64>,
 }
 
 /// The secret store of one data directory; cheap to clone.
@@ -214,6 +220,8 @@ impl Secrets {
         let (kek_id, wrapped) = self.wrap(&row, &data_key).await?;
         let now = unix_now();
         db::insert(&mut tx, &row, &kek_id, &wrapped, &ciphertext, by, now).await?;
+        // A new value is the rotation an incident asked for.
+        db::clear_rotation(&mut tx, site_id, name).await?;
         tx.commit().await?;
         self.cache().insert(row, data_key);
         Ok(SecretMeta {
@@ -222,6 +230,7 @@ impl Secrets {
             created_by: by,
             created_at: now,
             master_key: kek_id,
+            rotation_incident: None,
         })
     }
 
@@ -242,8 +251,9 @@ impl Secrets {
     }
 
     /// The site's secrets as environment variables for a spinlet start,
-    /// each value registered for log masking. Fails as a whole if any one
-    /// does not decrypt: an app never starts with part of its secrets.
+    /// each value registered for log masking, without the ones an
+    /// incident withholds ([`Secrets::withheld`]). Fails as a whole if any
+    /// one does not decrypt: an app never starts with part of its secrets.
     pub async fn site_env(&self, site_id: i64) -> Result<Vec<(String, SecretString)>> {
         let rows = db::current_rows(&self.inner.pool, Some(site_id)).await?;
         let mut env = Vec::with_capacity(rows.len());

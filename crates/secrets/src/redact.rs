@@ -29,15 +29,29 @@ struct Masks {
 
 static MASKS: LazyLock<RwLock<Masks>> = LazyLock::new(|| RwLock::new(Masks::default()));
 
-/// Adds `value` to the values masked in this process's log lines.
+/// Adds `value` to the values masked in this process's log lines, as
+/// written and as it looks escaped inside a JSON string or a `{:?}` of a
+/// string (the JSON log and debug-formatted fields print those forms).
 pub fn register(value: &str) {
     if value.len() < MIN_MASKED_LEN {
         return;
     }
+    let mut forms = vec![Zeroizing::new(value.to_owned())];
+    let json = Zeroizing::new(serde_json::to_string(value).unwrap_or_default());
+    let debug = Zeroizing::new(format!("{value:?}"));
+    for quoted in [&json, &debug] {
+        if let Some(inner) = quoted.get(1..quoted.len().saturating_sub(1)) {
+            if inner != value && !inner.is_empty() {
+                forms.push(Zeroizing::new(inner.to_owned()));
+            }
+        }
+    }
     let mut masks = MASKS.write().unwrap_or_else(PoisonError::into_inner);
-    if !masks.values.iter().any(|m| m.as_str() == value) {
-        masks.values.push(Zeroizing::new(value.to_owned()));
-        masks.matcher = None;
+    for form in forms {
+        if !masks.values.iter().any(|m| m.as_str() == form.as_str()) {
+            masks.values.push(form);
+            masks.matcher = None;
+        }
     }
 }
 
@@ -123,6 +137,16 @@ mod tests {
             String::from_utf8(out).expect("utf-8"),
             "token=[redacted] ab"
         );
+    }
+
+    #[test]
+    fn escaped_forms_of_a_value_are_masked_too() {
+        let value = "pa\"ss\\wo\nrd-escaped";
+        register(value);
+        let json = serde_json::to_string(value).expect("json");
+        assert_eq!(redact(&format!("v={json}")), "v=\"[redacted]\"");
+        assert_eq!(redact(&format!("v={value:?}")), "v=\"[redacted]\"");
+        assert_eq!(redact(&format!("v={value}")), "v=[redacted]");
     }
 
     #[test]

@@ -500,7 +500,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     // ---- privacy (issue #9) ----
-    /// Personal data in the text log: `full`, or `masked` (client IPs cut
+    /// Personal data in the log (text or JSON): `full`, or `masked` (client IPs cut
     /// to /24 and /48, e-mail addresses to `a***@example.com`, user
     /// agents left out).
     #[arg(long, env = "SPINFORGE_LOG_PII", value_enum, default_value_t = LogPii::Full)]

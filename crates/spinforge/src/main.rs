@@ -13,6 +13,7 @@ mod config;
 mod harden_cli;
 mod identity_commands;
 mod incident_cli;
+mod json_log;
 mod pack;
 mod privacy_cli;
 mod sandbox;

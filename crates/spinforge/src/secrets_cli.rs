@@ -109,7 +109,7 @@ pub async fn secrets(api: &ApiFlags, command: SecretsCommand) -> anyhow::Result<
             }
             let mut table = Table::new();
             table.load_preset(UTF8_BORDERS_ONLY);
-            table.set_header(["NAME", "VERSION", "SET BY", "SET AT", "MASTER KEY"]);
+            table.set_header(["NAME", "VERSION", "SET BY", "SET AT", "MASTER KEY", "STATE"]);
             for s in &list {
                 table.add_row([
                     s["name"].as_str().unwrap_or("-").to_owned(),
@@ -119,6 +119,10 @@ pub async fn secrets(api: &ApiFlags, command: SecretsCommand) -> anyhow::Result<
                         .map_or("-".into(), |u| format!("user {u}")),
                     rfc3339(s["created_at"].as_i64().unwrap_or(0)),
                     s["master_key"].as_str().unwrap_or("-").to_owned(),
+                    match s["rotation_incident"].as_i64() {
+                        Some(id) => format!("rotation required (incident {id})"),
+                        None => "in use".into(),
+                    },
                 ]);
             }
             println!("{table}");

@@ -36,9 +36,18 @@ pub fn init_logging(format: LogFormat, pii: LogPii) {
             fmt.fmt_fields(masked_fields()).with_filter(filter).boxed()
         }
         LogFormat::Text => fmt.with_filter(filter).boxed(),
-        // Limitation: the JSON log is not masked (a JSON field formatter
-        // calling audit::pii::mask_log_value would lift it).
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        // JSON log masking (branch rotator).
+        // Secret values inside JSON strings are escaped, and personal
+        // fields need their names: the JSON writer masks each event
+        // object, field by field.
+        LogFormat::Json => {
+            let masked = pii == LogPii::Masked;
+            fmt.json()
+                .flatten_event(true)
+                .with_writer(move || crate::json_log::JsonLogWriter::new(std::io::stderr(), masked))
+                .with_filter(filter)
+                .boxed()
+        }
     };
     // The audit layer has its own filter: SPINFORGE_LOG=warn must not
     // keep audit events out of the audit log.
@@ -184,7 +193,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         deploy_examples(&hub, Path::new("examples")).await;
     }
-    let incidents = start_incidents(&settings, &data_dir, &hub, &shield).await?;
+    let incidents = start_incidents(&settings, &data_dir, &hub, &shield, &secrets).await?;
 
     // ---- TLS: certificates, ACME, dev CA ----------------------------------
     let tls = edge::tls::Tls::new().map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
@@ -373,19 +382,25 @@ fn start_shield(settings: &Settings, data_dir: &Path) -> anyhow::Result<shield::
 // ---- incidents ----
 
 /// Starts incident response: detection on the audit tap, containment
-/// through the shield, identity and the hub's site isolation.
+/// through the shield, identity, the hub's site isolation and the secret
+/// store's rotation.
 async fn start_incidents(
     settings: &Settings,
     data_dir: &Path,
     hub: &Hub,
     shield: &shield::Shield,
+    secrets: &secrets::Secrets,
 ) -> anyhow::Result<incident::Incidents> {
+    let rotator = hub::secret_rotation::HubSecretRotator {
+        hub: hub.clone(),
+        secrets: secrets.clone(),
+    };
     let responders = incident::Responders {
         shield: shield.clone(),
         identity: hub.identity().clone(),
         store: hub.store().clone(),
         sites: Arc::new(hub::incident_api::HubSites(hub.clone())),
-        secrets: None,
+        secrets: Some(Arc::new(rotator)),
         ban_ttl: std::time::Duration::from_secs(settings.incidents.policy.ban_ttl_secs),
     };
     let incidents = incident::Incidents::start(data_dir, settings.incidents.clone(), responders)

@@ -1,8 +1,9 @@
 //! The hub's rate limits through the real binary, at their defaults
 //! (auth endpoints 5 per 15 minutes per address and per account, the API
-//! 100 per minute per valid credential, else per address), with the debug
-//! build's test clock instead of sleeping; and the edge's limits keyed by
-//! a valid API key. Each boundary is shown both ways, and the limit's
+//! 100 per minute per account of a valid credential, else per address),
+//! with the debug build's test clock instead of sleeping; and the edge's
+//! limits keyed by a valid API key's account. Each boundary is shown both
+//! ways, and the limit's
 //! 429 (`rate_limited`, with the IETF headers) is told apart from the
 //! identity lockout's 429 (`locked`).
 //!
@@ -190,26 +191,35 @@ async fn one_account_gets_five_attempts_from_any_addresses_and_the_lockout_still
 }
 
 #[tokio::test]
-async fn the_api_allows_a_hundred_a_minute_per_credential_and_invalid_keys_count_against_the_address(
-) {
+async fn the_api_allows_a_hundred_a_minute_per_account_and_invalid_keys_count_against_the_address()
+{
     let server = server("");
     let token = admin(&server).await;
-    freeze(&server, &token).await; // the user's call 1
+    freeze(&server, &token).await; // the account's call 1
     let api = |source: &str, bearer: &str, path: &str| {
         let request = client_from(source)
             .get(format!("{}{path}", server.api_url()))
             .bearer_auth(bearer.to_owned());
         async move { request.send().await.expect("api call") }
     };
-    // Two keys of the admin's (calls 2 and 3), each its own credential.
+    // Two keys of the admin's (calls 2 and 3) and a second admin (call 4),
+    // whose own account stays untouched.
     let clock_key = create_key(&server, &token, "shield:manage").await;
     let key = create_key(&server, &token, "sites:read").await;
-    for n in 4..=100 {
+    let other = second_admin(&server, &token).await;
+    // The rest of the hundred, split between the token and a key, from
+    // many addresses: all of it lands in the account's one bucket.
+    for n in 5..=100 {
         let source = format!("127.0.2.{}", n % 200 + 1);
-        let r = api(&source, &token, "/api/v1/whoami").await;
+        let r = if n % 2 == 0 {
+            api(&source, &token, "/api/v1/whoami").await
+        } else {
+            api(&source, &key, "/api/v1/sites").await
+        };
         assert_eq!(r.status(), 200, "call {n}");
     }
-    // The 101st of the user, from yet another address: keyed by the user.
+    // The 101st of the account, from yet another address: keyed by the
+    // account.
     let refused = api("127.0.2.250", &token, "/api/v1/whoami").await;
     assert_eq!(
         header(&refused, "ratelimit-policy"),
@@ -218,13 +228,19 @@ async fn the_api_allows_a_hundred_a_minute_per_credential_and_invalid_keys_count
     // One call is earned back every 60 s / 100 = 0.6 s, rounded up.
     assert_eq!(header(&refused, "retry-after"), "1");
     assert_eq!(code(refused).await, (429, "rate_limited".into()));
-    // The key is another credential with its own hundred.
-    let r = api("127.0.2.250", &key, "/api/v1/sites").await;
+    // Every key of the account is refused too: minting keys buys no more
+    // requests.
+    for bearer in [&key, &clock_key] {
+        let r = api("127.0.2.251", bearer, "/api/v1/sites").await;
+        assert_eq!(code(r).await, (429, "rate_limited".into()));
+    }
+    // Another account has its own hundred.
+    let r = api("127.0.2.250", &other, "/api/v1/whoami").await;
     assert_eq!(r.status(), 200);
 
     // Made-up keys: 100 from one address get 401, each a new key; the
-    // next is refused whatever key it shows, yet a valid key from the
-    // same address still passes.
+    // next is refused whatever key it shows, yet a valid credential from
+    // the same address still passes.
     for n in 0..100 {
         let fake = format!("sf_{n:064x}");
         let r = api("127.0.3.1", &fake, "/api/v1/sites").await;
@@ -238,24 +254,53 @@ async fn the_api_allows_a_hundred_a_minute_per_credential_and_invalid_keys_count
         429,
         "no credential counts against the address too"
     );
-    let r = api("127.0.3.1", &key, "/api/v1/sites").await;
-    assert_eq!(r.status(), 200, "a valid key is not held by its address");
+    let r = api("127.0.3.1", &other, "/api/v1/sites").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a valid credential is not held by its address"
+    );
     let r = api("127.0.3.1", "", "/healthz").await;
     assert_eq!(r.status(), 200, "health probes are never limited");
 
-    // A minute later the user has its full hundred again, and no more.
-    advance_clock(&server, &clock_key, 60).await;
+    // A minute later the account has its full hundred again, shared by
+    // its token and keys, and no more.
+    advance_clock(&server, &other, 60).await;
     for n in 1..=100 {
+        let (bearer, path) = if n % 2 == 0 {
+            (&token, "/api/v1/whoami")
+        } else {
+            (&key, "/api/v1/sites")
+        };
         assert_eq!(
-            api("127.0.2.1", &token, "/api/v1/whoami").await.status(),
+            api("127.0.2.1", bearer, path).await.status(),
             200,
             "call {n}"
         );
     }
     assert_eq!(
-        api("127.0.2.1", &token, "/api/v1/whoami").await.status(),
+        api("127.0.2.1", &clock_key, "/api/v1/sites").await.status(),
         429
     );
+}
+
+/// Creates a second admin (one call of `token`'s account) and returns its
+/// access token, obtained from 127.0.1.1.
+async fn second_admin(server: &Server, token: &str) -> String {
+    let (email, password) = ("second@example.com", "another long passphrase");
+    let response = http()
+        .post(format!("{}/api/v1/users", server.api_url()))
+        .bearer_auth(token)
+        .json(&json!({"email": email, "password": password, "role": "admin"}))
+        .send()
+        .await
+        .expect("create user");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 201, "{body}");
+    let response = login_from(server, "127.0.1.1", email, password).await;
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
 }
 
 /// Creates an API key of the admin's with one permission.

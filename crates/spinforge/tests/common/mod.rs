@@ -111,7 +111,13 @@ impl Server {
                     ("API listening on http://", "api"),
                 ] {
                     if let Some(rest) = line.split(prefix).nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        // Ends at a space, or at the closing quote of a
+                        // JSON log line's message.
+                        let addr = rest
+                            .split(|c: char| c.is_whitespace() || c == '"')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
                         let _ = tx.send((kind, addr));
                     }
                 }
