@@ -185,19 +185,40 @@ fn cvss_v3_vectors_score_like_the_specification() {
 fn cvss_v4_vectors_score_like_the_published_calculator() {
     for (vector, score) in [
         // Remote code execution, no user action: 9.3 CRITICAL.
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N", 9.3),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            9.3,
+        ),
         // ...that also takes the systems behind it: the maximum.
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:H/SI:H/SA:H", 10.0),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:H/SI:H/SA:H",
+            10.0,
+        ),
         // Remote denial of service: 8.7 HIGH.
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N", 8.7),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N",
+            8.7,
+        ),
         // Local privilege escalation: 8.5 HIGH.
-        ("CVSS:4.0/AV:L/AC:L/AT:N/PR:L/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N", 8.5),
+        (
+            "CVSS:4.0/AV:L/AC:L/AT:N/PR:L/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            8.5,
+        ),
         // Cross-site scripting, passive user action: 5.3 MEDIUM...
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:P/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N", 5.3),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:P/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N",
+            5.3,
+        ),
         // ...and with an active one: 5.1.
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:A/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N", 5.1),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:A/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N",
+            5.1,
+        ),
         // No impact at all.
-        ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:N/SC:N/SI:N/SA:N", 0.0),
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:N/SC:N/SI:N/SA:N",
+            0.0,
+        ),
     ] {
         assert_eq!(cvss4_score(vector), Some(score), "{vector}");
     }
@@ -238,7 +259,11 @@ fn cvss_v4_vectors_score_like_the_published_calculator() {
         ),
         record("v4-broken", "CVSS:4.0/AV:N", None),
     ]);
-    let severity = |name: &str| db.lookup(Ecosystem::Npm, name, "1.0.0")[0].advisory.severity;
+    let severity = |name: &str| {
+        db.lookup(Ecosystem::Npm, name, "1.0.0")[0]
+            .advisory
+            .severity
+    };
     assert_eq!(severity("v4-only"), Severity::Critical);
     assert_eq!(severity("v4-label"), Severity::High);
     assert_eq!(severity("v4-broken"), Severity::Unknown);
