@@ -324,3 +324,5 @@ pub(crate) fn processes(ctx: &Context) -> Result<Vec<Process>, String> {
 mod tests;
 #[cfg(test)]
 mod tests_service_user;
+#[cfg(test)]
+mod tests_sshd_match;
