@@ -87,6 +87,9 @@ fn build_deb(out_dir: &Path) -> PathBuf {
     });
     assert!(version.contains(CARGO_DEB), "cargo-deb {version}");
     // target/debug/spinforge → `--profile dev`; target/<p>/ → `<p>`.
+    // cargo-deb warns that it may refuse dev profiles one day; the
+    // version is pinned, and release packages come from the release
+    // profile (docs/HARDENING.md).
     let profile_dir = Path::new(BIN)
         .parent()
         .and_then(Path::file_name)
