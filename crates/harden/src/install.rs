@@ -10,6 +10,23 @@ use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// The capabilities a root `serve` keeps for the spinlet sandbox, in the
+/// unit's order; the unit explains each one. `doctor` holds a running
+/// serve's bounding set against this list.
+pub const SUPERVISOR_CAPS: &[&str] = &[
+    "CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_DAC_OVERRIDE",
+    "CAP_KILL",
+    "CAP_SYS_RESOURCE",
+    "CAP_NET_BIND_SERVICE",
+];
+
 /// Where and how SpinForge is installed.
 #[derive(Debug, Clone)]
 pub struct InstallSpec {
@@ -193,7 +210,7 @@ pub fn unit(spec: &InstallSpec) -> Result<String, HardenError> {
             "#   CAP_SYS_RESOURCE     set app rlimits above the supervisor's own"
         );
         let _ = writeln!(w, "#   CAP_NET_BIND_SERVICE listen on ports 80 and 443");
-        let _ = writeln!(w, "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_KILL CAP_SYS_RESOURCE CAP_NET_BIND_SERVICE");
+        let _ = writeln!(w, "CapabilityBoundingSet={}", SUPERVISOR_CAPS.join(" "));
         let _ = writeln!(
             w,
             "# Limitation: serve itself stays root while the sandbox needs it (a"

@@ -10,7 +10,7 @@ mod import;
 
 use crate::scan::version::{Ecosystem, Version};
 use crate::HardenError;
-pub use cvss::cvss3_base_score;
+pub use cvss::{cvss3_base_score, cvss4_score};
 pub use import::{import, ImportReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -298,7 +298,8 @@ fn a_name(package: &OsvPackage) -> String {
     format!("{} {}", package.ecosystem, package.name)
 }
 
-/// The worst of a GHSA-style `severity` label and any CVSS v3 vector.
+/// The worst of a GHSA-style `severity` label and any CVSS v3 or v4
+/// vector.
 fn severity_of(scores: &[OsvSeverity], specific: Option<&serde_json::Value>) -> Severity {
     let label = specific
         .and_then(|v| v.get("severity"))
@@ -307,13 +308,14 @@ fn severity_of(scores: &[OsvSeverity], specific: Option<&serde_json::Value>) -> 
         .unwrap_or(Severity::Unknown);
     let vector = scores
         .iter()
-        .filter(|s| s.kind == "CVSS_V3")
-        .filter_map(|s| cvss3_base_score(&s.score))
+        .filter_map(|s| match s.kind.as_str() {
+            "CVSS_V3" => cvss3_base_score(&s.score),
+            "CVSS_V4" => cvss4_score(&s.score),
+            _ => None,
+        })
         .map(Severity::from_score)
         .max()
         .unwrap_or(Severity::Unknown);
-    // Limitation: CVSS v4 vectors are not scored (a v4 calculator would
-    // lift it); such records rely on their severity label.
     label.max(vector)
 }
 

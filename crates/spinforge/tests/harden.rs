@@ -517,3 +517,83 @@ async fn doctor_verifies_a_real_audit_chain_and_fails_when_it_is_edited() {
     let out = spinforge(&["doctor", "--root", path(&root), "--data-dir", "/data"]);
     assert!(stdout(&out).contains("score "), "{}", stdout(&out));
 }
+
+/// The pid of the `spinforge serve` whose data directory is `data_dir`.
+fn serve_pid(data_dir: &Path) -> u32 {
+    let wanted = path(data_dir);
+    for entry in std::fs::read_dir("/proc").expect("ls /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "serve") && args.iter().any(|a| a == wanted) {
+            return pid;
+        }
+    }
+    panic!("no serve process for {wanted}");
+}
+
+#[test]
+fn doctor_judges_the_running_serve_by_its_own_proc_status() {
+    let server = Server::start();
+    let pid = serve_pid(&server.data_dir);
+    // A tree whose /proc is this host's, so doctor sees the real process
+    // (and no unit file, so the process is all it can go by).
+    let tree = tempfile::tempdir().expect("tmp");
+    std::os::unix::fs::symlink("/proc", tree.path().join("proc")).expect("symlink");
+    let out = spinforge(&["doctor", "--root", path(tree.path()), "--json"]);
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("json report");
+    let check = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["id"] == "spinforge.service_user")
+        .cloned()
+        .expect("service_user");
+    let detail = check["detail"].as_str().expect("detail");
+    // Other tests' servers may run too; find this one's verdict.
+    let ours = detail
+        .split("; ")
+        .find(|d| d.starts_with(&format!("serve (pid {pid}) ")))
+        .unwrap_or_else(|| panic!("pid {pid} not judged: {detail}"));
+
+    // What the kernel says about that process, read here independently.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .expect(key)
+            .to_owned()
+    };
+    let uid: u32 = field("Uid:")
+        .split_whitespace()
+        .nth(1)
+        .expect("euid")
+        .parse()
+        .expect("uid");
+    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).expect("CapBnd");
+    let every = (1u64 << 38) - 1;
+    if uid == 0 && bounding & every == every {
+        // A test server started by root keeps every capability: not the
+        // hardened unit, and doctor says so.
+        assert_eq!(
+            ours,
+            format!(
+                "serve (pid {pid}) runs as root with every capability (CapBnd {bounding:016x})"
+            )
+        );
+        assert_eq!(check["status"], "warn", "{check}");
+    } else if uid == 0 {
+        assert!(ours.contains("runs as root"), "{ours}");
+    } else {
+        assert!(ours.contains(&format!("runs as uid {uid}")), "{ours}");
+    }
+}

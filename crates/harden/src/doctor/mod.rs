@@ -260,9 +260,15 @@ pub(crate) fn tool(program: &str, args: &[&str]) -> Option<String> {
 /// A running process seen in `<root>/proc`.
 #[derive(Debug, Clone)]
 pub(crate) struct Process {
+    pub pid: u32,
     pub comm: String,
     pub cmdline: Vec<String>,
+    /// Effective uid (`Uid:` in status, second field).
     pub uid: Option<u32>,
+    /// Effective and bounding capability sets (`CapEff:`, `CapBnd:`),
+    /// one bit per capability number.
+    pub cap_eff: Option<u64>,
+    pub cap_bnd: Option<u64>,
 }
 
 /// The processes in `<root>/proc`, or why they cannot be listed.
@@ -288,17 +294,24 @@ pub(crate) fn processes(ctx: &Context) -> Result<Vec<Process>, String> {
                     .collect()
             })
             .unwrap_or_default();
-        let uid = std::fs::read_to_string(dir.join("status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            });
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue; // the process ended meanwhile
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let uid = field("Uid").and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+        let caps = |key| field(key).and_then(|hex| u64::from_str_radix(hex, 16).ok());
         out.push(Process {
+            pid: name.to_string_lossy().parse().unwrap_or(0),
             comm: comm.trim().to_owned(),
             cmdline,
             uid,
+            cap_eff: caps("CapEff"),
+            cap_bnd: caps("CapBnd"),
         });
     }
     if out.is_empty() {
@@ -309,3 +322,7 @@ pub(crate) fn processes(ctx: &Context) -> Result<Vec<Process>, String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_service_user;
+#[cfg(test)]
+mod tests_sshd_match;

@@ -2,7 +2,7 @@
 //! directory and master key, the service user and the sandbox. The checks
 //! of what the data directory holds are in `stored`. Never writes.
 
-use super::{processes, stored, verdict, Check, Context, Status};
+use super::{processes, stored, verdict, Check, Context, Process, Status};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::ConnectOptions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -194,6 +194,27 @@ fn service_user(ctx: &Context) -> Check {
         "runs as its own user where possible",
     );
     let fix = "spinforge install --systemd (bounded capabilities) or --unprivileged (own user, no app sandbox)";
+    let sandbox_on = ctx.serve.as_ref().map(|s| s.sandbox_enabled).ok();
+
+    // The running serve is the truth; the unit only says what the next
+    // start will do.
+    let running: Vec<Process> = processes(ctx)
+        .map(|list| list.into_iter().filter(is_serve).collect())
+        .unwrap_or_default();
+    if !running.is_empty() {
+        let verdicts: Vec<(Status, String)> = running
+            .iter()
+            .map(|p| judge_process(p, sandbox_on))
+            .collect();
+        let status = verdicts
+            .iter()
+            .map(|(s, _)| *s)
+            .max_by_key(|s| severity_rank(*s))
+            .unwrap_or(Status::Unknown);
+        let detail: Vec<String> = verdicts.into_iter().map(|(_, d)| d).collect();
+        return verdict(id, title, USER_WHY, status, detail.join("; "), fix);
+    }
+
     let unit = [
         "/etc/systemd/system/spinforge.service",
         "/lib/systemd/system/spinforge.service",
@@ -202,34 +223,14 @@ fn service_user(ctx: &Context) -> Check {
     .iter()
     .map(|p| ctx.path(p))
     .find_map(|p| Some((std::fs::read_to_string(&p).ok()?, p)));
-    let running = processes(ctx).ok().and_then(|list| {
-        list.into_iter().find(|p| {
-            p.cmdline.first().is_some_and(|a| a.ends_with("spinforge"))
-                && p.cmdline.iter().any(|a| a == "serve")
-        })
-    });
-    let sandbox_on = ctx.serve.as_ref().map(|s| s.sandbox_enabled).ok();
-    let bounded = unit
-        .as_ref()
-        .and_then(|(text, _)| unit_value(text, "CapabilityBoundingSet"))
-        .filter(|v| !v.is_empty());
-    let (root, source) = match (&running, &unit) {
-        (Some(p), _) => match p.uid {
-            Some(uid) => (uid == 0, format!("serve runs as uid {uid}")),
-            None => (true, "serve runs, uid unknown".to_owned()),
-        },
-        (None, Some((text, path))) => {
-            let user = unit_value(text, "User").unwrap_or("root");
-            (
-                user == "root" || user == "0",
-                format!("{} has User={user}", path.display()),
-            )
-        }
-        (None, None) => {
-            let detail = "no spinforge.service unit and no running `spinforge serve` found";
-            return verdict(id, title, USER_WHY, Status::Unknown, detail, fix);
-        }
+    let Some((text, path)) = unit else {
+        let detail = "no spinforge.service unit and no running `spinforge serve` found";
+        return verdict(id, title, USER_WHY, Status::Unknown, detail, fix);
     };
+    let user = unit_value(&text, "User").unwrap_or("root");
+    let root = user == "root" || user == "0";
+    let source = format!("serve is not running; {} has User={user}", path.display());
+    let bounded = unit_value(&text, "CapabilityBoundingSet").filter(|v| !v.is_empty());
     let (status, detail) = match (root, sandbox_on, bounded) {
         (false, _, _) => (Status::Pass, source),
         (true, Some(false), _) => (
@@ -243,6 +244,113 @@ fn service_user(ctx: &Context) -> Check {
         (true, _, None) => (Status::Warn, format!("{source} with every capability")),
     };
     verdict(id, title, USER_WHY, status, detail, fix)
+}
+
+/// True for a `spinforge serve` process.
+fn is_serve(p: &Process) -> bool {
+    let program = p.cmdline.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    program == Some("spinforge") && p.cmdline.iter().skip(1).any(|a| a == "serve")
+}
+
+/// Orders verdicts from best to worst, "could not check" counting as
+/// worse than a warning and better than a failure.
+fn severity_rank(status: Status) -> u8 {
+    match status {
+        Status::Pass => 0,
+        Status::Warn => 1,
+        Status::Unknown => 2,
+        Status::Fail => 3,
+    }
+}
+
+/// A running serve judged by its `/proc/PID/status`: its effective uid,
+/// and the capabilities it holds (non-root: `CapEff`) or could ever hold
+/// (root: `CapBnd`, the bounding set).
+fn judge_process(p: &Process, sandbox_on: Option<bool>) -> (Status, String) {
+    let who = format!("serve (pid {})", p.pid);
+    let (Some(uid), Some(eff), Some(bnd)) = (p.uid, p.cap_eff, p.cap_bnd) else {
+        return (
+            Status::Unknown,
+            format!("{who}: /proc/{}/status lacks Uid, CapEff or CapBnd", p.pid),
+        );
+    };
+    if uid != 0 {
+        let bind = capability_bit("CAP_NET_BIND_SERVICE");
+        let extra = eff & !bind;
+        return if extra == 0 {
+            let held = if eff == 0 {
+                "none".to_owned()
+            } else {
+                capability_names(eff).join(" ")
+            };
+            (
+                Status::Pass,
+                format!("{who} runs as uid {uid}; effective capabilities: {held}"),
+            )
+        } else {
+            (
+                Status::Warn,
+                format!(
+                    "{who} runs as uid {uid} but holds {}",
+                    capability_names(extra).join(" ")
+                ),
+            )
+        };
+    }
+    if sandbox_on == Some(false) {
+        return (
+            Status::Fail,
+            format!("{who} runs as root, but the sandbox is off: nothing needs root"),
+        );
+    }
+    let needed = crate::install::SUPERVISOR_CAPS
+        .iter()
+        .fold(0, |mask, name| mask | capability_bit(name));
+    let extra = bnd & !needed;
+    // Every capability up to CAP_AUDIT_READ (Linux 3.16): an unbounded
+    // root process.
+    let everything = (1u64 << 38) - 1;
+    if extra == 0 {
+        (
+            Status::Pass,
+            format!(
+                "{who} runs as root for the spinlet sandbox; bounding set: {}",
+                capability_names(bnd).join(" ")
+            ),
+        )
+    } else if bnd & everything == everything {
+        (
+            Status::Warn,
+            format!("{who} runs as root with every capability (CapBnd {bnd:016x})"),
+        )
+    } else {
+        (
+            Status::Warn,
+            format!(
+                "{who} runs as root; its bounding set also holds {}, which the sandbox does not need",
+                capability_names(extra).join(" ")
+            ),
+        )
+    }
+}
+
+/// The bit of a capability named like `CAP_KILL` (0 if unknown).
+fn capability_bit(name: &str) -> u64 {
+    name.parse::<caps::Capability>()
+        .map_or(0, |c| 1u64 << c.index())
+}
+
+/// The names of the capabilities set in `mask`, by number; bits the
+/// `caps` crate does not know are shown as `cap_N`.
+fn capability_names(mask: u64) -> Vec<String> {
+    let known: std::collections::HashMap<u8, String> = caps::all()
+        .into_iter()
+        .map(|c| (c.index(), c.to_string()))
+        .collect();
+    (0..64u8)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .map(|bit| known.get(&bit).cloned().unwrap_or(format!("cap_{bit}")))
+        .collect()
 }
 
 /// The sandbox layers this host lacks, or why they cannot be probed.

@@ -1,6 +1,8 @@
-//! CVSS v3.0/v3.1 base scores from a vector string, per the FIRST
-//! specification (section 7.1 formulas and its "round up" rule), so that
-//! advisories that carry only a vector still get a severity.
+//! CVSS base scores from a vector string, so that advisories that carry
+//! only a vector still get a severity: v3.0/v3.1 by the FIRST
+//! specification's formulas (section 7.1 and its "round up" rule), v4.0
+//! through the RustSec `cvss` crate, which implements the v4.0 macro-vector
+//! lookup table and its interpolation.
 
 use std::collections::HashMap;
 
@@ -72,4 +74,18 @@ pub fn cvss3_base_score(vector: &str) -> Option<f64> {
     } else {
         ((scaled / 10_000) + 1) as f64 / 10.0
     })
+}
+
+/// The CVSS v4.0 score of a vector such as
+/// `CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N`;
+/// `None` if it is not a well-formed v4.0 vector (every base metric
+/// present, each once, with a value the specification defines). Threat
+/// and environmental metrics in the vector count, as in FIRST's
+/// calculator.
+pub fn cvss4_score(vector: &str) -> Option<f64> {
+    if !vector.starts_with("CVSS:4.0/") {
+        return None;
+    }
+    let parsed: cvss::v4::Vector = vector.parse().ok()?;
+    Some(parsed.score().value())
 }

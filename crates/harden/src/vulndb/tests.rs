@@ -179,6 +179,96 @@ fn cvss_v3_vectors_score_like_the_specification() {
     );
 }
 
+/// Vectors and the scores FIRST's v4.0 calculator (and the GitHub and NVD
+/// advisories that carry them) publish for them.
+#[test]
+fn cvss_v4_vectors_score_like_the_published_calculator() {
+    for (vector, score) in [
+        // Remote code execution, no user action: 9.3 CRITICAL.
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            9.3,
+        ),
+        // ...that also takes the systems behind it: the maximum.
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:H/SI:H/SA:H",
+            10.0,
+        ),
+        // Remote denial of service: 8.7 HIGH.
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N",
+            8.7,
+        ),
+        // Local privilege escalation: 8.5 HIGH.
+        (
+            "CVSS:4.0/AV:L/AC:L/AT:N/PR:L/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            8.5,
+        ),
+        // Cross-site scripting, passive user action: 5.3 MEDIUM...
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:P/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N",
+            5.3,
+        ),
+        // ...and with an active one: 5.1.
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:A/VC:N/VI:N/VA:N/SC:L/SI:L/SA:N",
+            5.1,
+        ),
+        // No impact at all.
+        (
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:N/SC:N/SI:N/SA:N",
+            0.0,
+        ),
+    ] {
+        assert_eq!(cvss4_score(vector), Some(score), "{vector}");
+    }
+    for broken in [
+        // A base metric missing, an undefined value, a repeated metric,
+        // another version's prefix.
+        "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N",
+        "CVSS:4.0/AV:Q/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+        "CVSS:4.0/AV:N/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+    ] {
+        assert_eq!(cvss4_score(broken), None, "{broken}");
+    }
+
+    // A record that carries only a v4 vector gets its severity from it,
+    // and the worse of a label and a vector wins.
+    let record = |id: &str, vector: &str, label: Option<&str>| {
+        let mut record = json!({
+            "id": id,
+            "severity": [{"type": "CVSS_V4", "score": vector}],
+            "affected": [{"package": {"ecosystem": "npm", "name": id}, "versions": ["1.0.0"]}],
+        });
+        if let Some(label) = label {
+            record["database_specific"] = json!({"severity": label});
+        }
+        serde_json::to_string(&record).expect("json")
+    };
+    let db = db(&[
+        record(
+            "v4-only",
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            None,
+        ),
+        record(
+            "v4-label",
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N",
+            Some("MODERATE"),
+        ),
+        record("v4-broken", "CVSS:4.0/AV:N", None),
+    ]);
+    let severity = |name: &str| {
+        db.lookup(Ecosystem::Npm, name, "1.0.0")[0]
+            .advisory
+            .severity
+    };
+    assert_eq!(severity("v4-only"), Severity::Critical);
+    assert_eq!(severity("v4-label"), Severity::High);
+    assert_eq!(severity("v4-broken"), Severity::Unknown);
+}
+
 #[test]
 fn malformed_records_name_the_file_and_line() {
     let broken = "{\n  \"id\": \"X\",\n  \"affected\": [\n    oops\n  ]\n}";
