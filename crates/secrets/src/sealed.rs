@@ -281,3 +281,155 @@ pub(crate) async fn truncate_wal(pool: &SqlitePool) -> Result<bool> {
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Secrets, SecretsConfig};
+
+    /// A migrated store in a temporary data directory and its secrets.
+    async fn fixture() -> (tempfile::TempDir, Secrets) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        store::SqliteStore::open(dir.path())
+            .await
+            .expect("store")
+            .close()
+            .await;
+        let secrets = Secrets::open(dir.path(), &SecretsConfig::default())
+            .await
+            .expect("secrets");
+        (dir, secrets)
+    }
+
+    /// Writes a signing key row the way a version before 0013 did.
+    async fn plant_plain_signing_key(secrets: &Secrets, kid: &str, plain: &[u8]) {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, legacy_plaintext, public_key, created_at, active)
+             VALUES (?, ?, x'00', 0, 0)",
+        )
+        .bind(kid)
+        .bind(plain)
+        .execute(&secrets.inner.pool)
+        .await
+        .expect("plant");
+    }
+
+    /// A signing key row's plain and sealed columns.
+    async fn stored_signing_key(pool: &SqlitePool, kid: &str) -> (Option<Vec<u8>>, Option<Sealed>) {
+        let row = sqlx::query("SELECT * FROM signing_keys WHERE kid = ?")
+            .bind(kid)
+            .fetch_one(pool)
+            .await
+            .expect("row");
+        let sealed = match row.try_get::<Option<Vec<u8>>, _>("ciphertext").expect("col") {
+            Some(ciphertext) => Some(Sealed {
+                kek_id: row.try_get("kek_id").expect("kek"),
+                wrapped_key: row.try_get("wrapped_key").expect("wrapped"),
+                ciphertext,
+            }),
+            None => None,
+        };
+        (row.try_get("legacy_plaintext").expect("legacy"), sealed)
+    }
+
+    #[tokio::test]
+    async fn a_sealed_key_opens_only_under_its_own_kind_and_name() {
+        let (_dir, secrets) = fixture().await;
+        let alpha = KeyId::new(KeyKind::CertificateKey, "alpha.test");
+        let sealed = secrets.seal_key(&alpha, b"-----BEGIN PRIVATE KEY-----").await.expect("seal");
+        assert_eq!(
+            &secrets.open_key(&alpha, &sealed).await.expect("open")[..],
+            b"-----BEGIN PRIVATE KEY-----"
+        );
+
+        let beta = KeyId::new(KeyKind::CertificateKey, "beta.test");
+        let err = secrets.open_key(&beta, &sealed).await.expect_err("moved");
+        assert_eq!(
+            err.to_string(),
+            "the certificate key of beta.test does not open: the stored row was altered \
+             or moved, or the master key is wrong"
+        );
+        let other_kind = KeyId::new(KeyKind::AcmeAccount, "alpha.test");
+        assert!(secrets.open_key(&other_kind, &sealed).await.is_err());
+
+        // The data key of one row with the ciphertext of another: refused.
+        let beta_sealed = secrets.seal_key(&beta, b"beta key").await.expect("seal");
+        let mixed = Sealed {
+            ciphertext: beta_sealed.ciphertext.clone(),
+            ..sealed.clone()
+        };
+        assert!(secrets.open_key(&alpha, &mixed).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_rows_are_sealed_at_open_and_a_failure_midway_keeps_every_row_plain() {
+        let (dir, secrets) = fixture().await;
+        plant_plain_signing_key(&secrets, "k-first", b"first pkcs8").await;
+        plant_plain_signing_key(&secrets, "k-second", b"second pkcs8").await;
+        // A crash stand-in: the second row's rewrite fails after the first
+        // one's succeeded inside the transaction.
+        sqlx::query(
+            "CREATE TRIGGER fail_second BEFORE UPDATE ON signing_keys
+             WHEN OLD.kid = 'k-second' BEGIN SELECT RAISE(ABORT, 'disk gone'); END",
+        )
+        .execute(&secrets.inner.pool)
+        .await
+        .expect("trigger");
+        secrets.close().await;
+
+        let err = Secrets::open(dir.path(), &SecretsConfig::default())
+            .await
+            .err()
+            .expect("the rewrite fails");
+        assert!(err.to_string().contains("disk gone"), "{err}");
+        let pool = crate::db::open(dir.path()).await.expect("pool");
+        for (kid, plain) in [("k-first", &b"first pkcs8"[..]), ("k-second", b"second pkcs8")] {
+            let (legacy, sealed) = stored_signing_key(&pool, kid).await;
+            assert_eq!(legacy.as_deref(), Some(plain), "{kid} kept its key");
+            assert!(sealed.is_none(), "{kid} is not half sealed");
+        }
+        sqlx::query("DROP TRIGGER fail_second")
+            .execute(&pool)
+            .await
+            .expect("drop trigger");
+        pool.close().await;
+
+        let secrets = Secrets::open(dir.path(), &SecretsConfig::default())
+            .await
+            .expect("open seals");
+        for (kid, plain) in [("k-first", &b"first pkcs8"[..]), ("k-second", b"second pkcs8")] {
+            let (legacy, sealed) = stored_signing_key(&secrets.inner.pool, kid).await;
+            assert!(legacy.is_none(), "{kid} has no plain copy");
+            let id = KeyId::new(KeyKind::SigningKey, kid);
+            let opened = secrets
+                .open_key(&id, &sealed.expect("sealed"))
+                .await
+                .expect("opens");
+            assert_eq!(&opened[..], plain);
+        }
+        assert!(!any_legacy(&secrets.inner.pool).await.expect("query"));
+    }
+
+    #[tokio::test]
+    async fn rotation_rewraps_sealed_keys_and_retirement_waits_for_them() {
+        let (_dir, secrets) = fixture().await;
+        plant_plain_signing_key(&secrets, "k-rotate", b"rotating pkcs8").await;
+        secrets.seal_legacy_keys().await.expect("seal");
+        let old = secrets.active_master_key().expect("active");
+        let usage = secrets.master_key_usage().await.expect("usage");
+        assert_eq!(usage, vec![(old.clone(), 1)]);
+        let err = secrets.retire_master(&old).await.expect_err("in use");
+        assert!(err.to_string().contains("still wraps 1 data keys"), "{err}");
+
+        let (new, moved) = secrets.rotate_master().await.expect("rotate");
+        assert_eq!(moved, 1);
+        let (_, sealed) = stored_signing_key(&secrets.inner.pool, "k-rotate").await;
+        let sealed = sealed.expect("sealed");
+        assert_eq!(sealed.kek_id, new);
+        secrets.retire_master(&old).await.expect("retired");
+        let id = KeyId::new(KeyKind::SigningKey, "k-rotate");
+        let opened = secrets.open_key(&id, &sealed).await.expect("opens");
+        assert_eq!(&opened[..], b"rotating pkcs8");
+        assert_eq!(secrets.check_keys().await.expect("check"), 1);
+    }
+}
