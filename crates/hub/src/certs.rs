@@ -8,9 +8,9 @@
 //! and the error names the domain.
 
 use crate::error::ApiError;
-use secrets::{KeyId, KeyKind, Secrets};
 use edge::tls::{self, HttpsMode as EdgeMode, SiteHttps, Tls};
 use rustls_pki_types::{CertificateDer, ServerName};
+use secrets::{KeyId, KeyKind, Secrets};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,18 +193,10 @@ impl Certs {
             .open_key(&id, &record.key)
             .await
             .map_err(|e| e.to_string())?;
-        let key_pem = std::str::from_utf8(&plain).map_err(|_| {
-            format!(
-                "the certificate key of {} is not PEM text",
-                record.domain
-            )
-        })?;
-        tls::certified_key(&record.chain_pem, key_pem).map_err(|e| {
-            format!(
-                "the certificate of {} is unusable: {e}",
-                record.domain
-            )
-        })
+        let key_pem = std::str::from_utf8(&plain)
+            .map_err(|_| format!("the certificate key of {} is not PEM text", record.domain))?;
+        tls::certified_key(&record.chain_pem, key_pem)
+            .map_err(|e| format!("the certificate of {} is unusable: {e}", record.domain))
     }
 
     async fn reload_sites(&self) -> Result<(), ApiError> {

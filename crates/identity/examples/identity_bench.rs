@@ -30,8 +30,7 @@ fn rss_kib(field: &str) -> u64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path()).await?);
-    let secrets =
-        secrets::Secrets::open(dir.path(), &secrets::SecretsConfig::default()).await?;
+    let secrets = secrets::Secrets::open(dir.path(), &secrets::SecretsConfig::default()).await?;
     let config = IdentityConfig::default();
     let id = Identity::new(store, config.clone(), secrets).await?;
     id.create_user(UserSpec {

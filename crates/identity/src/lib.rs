@@ -26,16 +26,16 @@ pub use second_factor::{SecondFactor, TotpEnrolment};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use rand::RngCore;
+use secrets::{KeyId, KeyKind};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::SigningKeyRecord;
 use store::{
     CustomerId, NewUser, Role, Session, SessionKind, Store, StoreError, TokenKind, TokenRecord,
     User, UserChange, UserId,
 };
-use secrets::{KeyId, KeyKind};
-use store::SigningKeyRecord;
 use subtle::ConstantTimeEq;
 
 /// Why an identity operation failed, and whose fault it is.

@@ -226,8 +226,7 @@ impl Secrets {
         let data_key = self
             .unwrap_key(id, &sealed.kek_id, &sealed.wrapped_key)
             .await?;
-        crypto::open(&data_key, &id.value_aad(), &sealed.ciphertext)
-            .ok_or_else(|| id.corrupt())
+        crypto::open(&data_key, &id.value_aad(), &sealed.ciphertext).ok_or_else(|| id.corrupt())
     }
 
     /// Opens every sealed key once (a restore's check); the first that
@@ -535,12 +534,7 @@ impl Secrets {
         }
     }
 
-    async fn unwrap_key(
-        &self,
-        row: &impl Bound,
-        kek_id: &str,
-        wrapped: &[u8],
-    ) -> Result<KeyBytes> {
+    async fn unwrap_key(&self, row: &impl Bound, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
         let corrupt = || row.corrupt();
         let ring = match &self.inner.kek {
             Kek::Local(ring) => ring,

@@ -112,9 +112,7 @@ impl crate::Bound for KeyId {
     }
 
     fn corrupt(&self) -> SecretsError {
-        self.unsealable(
-            "the stored row was altered or moved, or the master key is wrong".into(),
-        )
+        self.unsealable("the stored row was altered or moved, or the master key is wrong".into())
     }
 
     fn unknown_master(&self, needed: &str, have: String) -> SecretsError {
@@ -321,14 +319,12 @@ mod tests {
             .fetch_one(pool)
             .await
             .expect("row");
-        let sealed = match row.try_get::<Option<Vec<u8>>, _>("ciphertext").expect("col") {
-            Some(ciphertext) => Some(Sealed {
-                kek_id: row.try_get("kek_id").expect("kek"),
-                wrapped_key: row.try_get("wrapped_key").expect("wrapped"),
-                ciphertext,
-            }),
-            None => None,
-        };
+        let ciphertext: Option<Vec<u8>> = row.try_get("ciphertext").expect("col");
+        let sealed = ciphertext.map(|ciphertext| Sealed {
+            kek_id: row.try_get("kek_id").expect("kek"),
+            wrapped_key: row.try_get("wrapped_key").expect("wrapped"),
+            ciphertext,
+        });
         (row.try_get("legacy_plaintext").expect("legacy"), sealed)
     }
 
@@ -336,7 +332,10 @@ mod tests {
     async fn a_sealed_key_opens_only_under_its_own_kind_and_name() {
         let (_dir, secrets) = fixture().await;
         let alpha = KeyId::new(KeyKind::CertificateKey, "alpha.test");
-        let sealed = secrets.seal_key(&alpha, b"-----BEGIN PRIVATE KEY-----").await.expect("seal");
+        let sealed = secrets
+            .seal_key(&alpha, b"-----BEGIN PRIVATE KEY-----")
+            .await
+            .expect("seal");
         assert_eq!(
             &secrets.open_key(&alpha, &sealed).await.expect("open")[..],
             b"-----BEGIN PRIVATE KEY-----"
@@ -383,7 +382,10 @@ mod tests {
             .expect("the rewrite fails");
         assert!(err.to_string().contains("disk gone"), "{err}");
         let pool = crate::db::open(dir.path()).await.expect("pool");
-        for (kid, plain) in [("k-first", &b"first pkcs8"[..]), ("k-second", b"second pkcs8")] {
+        for (kid, plain) in [
+            ("k-first", &b"first pkcs8"[..]),
+            ("k-second", b"second pkcs8"),
+        ] {
             let (legacy, sealed) = stored_signing_key(&pool, kid).await;
             assert_eq!(legacy.as_deref(), Some(plain), "{kid} kept its key");
             assert!(sealed.is_none(), "{kid} is not half sealed");
@@ -397,7 +399,10 @@ mod tests {
         let secrets = Secrets::open(dir.path(), &SecretsConfig::default())
             .await
             .expect("open seals");
-        for (kid, plain) in [("k-first", &b"first pkcs8"[..]), ("k-second", b"second pkcs8")] {
+        for (kid, plain) in [
+            ("k-first", &b"first pkcs8"[..]),
+            ("k-second", b"second pkcs8"),
+        ] {
             let (legacy, sealed) = stored_signing_key(&secrets.inner.pool, kid).await;
             assert!(legacy.is_none(), "{kid} has no plain copy");
             let id = KeyId::new(KeyKind::SigningKey, kid);

@@ -140,13 +140,7 @@ fn serve_refuses(data_dir: &Path) -> String {
 
 /// Swaps `columns` between the rows of `table` whose `key` is `pair.0`
 /// and `pair.1`, as an attacker with write access to the file would.
-async fn swap_rows(
-    data_dir: &Path,
-    table: &str,
-    key: &str,
-    pair: (&str, &str),
-    columns: &[&str],
-) {
+async fn swap_rows(data_dir: &Path, table: &str, key: &str, pair: (&str, &str), columns: &[&str]) {
     use sqlx::Row;
     let db = data_dir.join("spinforge.db");
     let writer = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
@@ -199,7 +193,9 @@ async fn keys_are_sealed_on_disk_and_serve_again_after_rotation_and_restart() {
     let kid = kid_of(&token);
     let signing = open_stored(&server.data_dir, KeyKind::SigningKey, &kid).await;
     let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(&signing).expect("Ed25519");
-    let public = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+    let public = aws_lc_rs::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
     let check = jsonwebtoken::DecodingKey::from_ed_der(&public);
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.validate_aud = false;
@@ -214,7 +210,10 @@ async fn keys_are_sealed_on_disk_and_serve_again_after_rotation_and_restart() {
 
     // Rotation re-wraps these keys too: the old master key retires.
     let rotated = host_cli(&server, &["keys", "rotate-master"]);
-    assert!(rotated["rewrapped"].as_u64().expect("count") >= 2, "{rotated}");
+    assert!(
+        rotated["rewrapped"].as_u64().expect("count") >= 2,
+        "{rotated}"
+    );
     let old = rotated["unused"][0].as_str().expect("old key").to_owned();
     let retired = host_cli(&server, &["keys", "retire-master", &old]);
     assert_eq!(retired["retired"], old.as_str());
@@ -279,7 +278,14 @@ async fn serve_refuses_to_start_when_the_signing_key_does_not_open() {
     // The two keys' ciphertexts change places: the active one no longer
     // opens under its own kid.
     let pair = (first.as_str(), second.as_str());
-    swap_rows(&server.data_dir, "signing_keys", "kid", pair, &["ciphertext"]).await;
+    swap_rows(
+        &server.data_dir,
+        "signing_keys",
+        "kid",
+        pair,
+        &["ciphertext"],
+    )
+    .await;
     let err = serve_refuses(&server.data_dir);
     assert!(err.contains("cannot open the token signing key"), "{err}");
     assert!(
@@ -288,7 +294,14 @@ async fn serve_refuses_to_start_when_the_signing_key_does_not_open() {
     );
 
     // Another data directory's keyring: a well-formed, wrong master key.
-    swap_rows(&server.data_dir, "signing_keys", "kid", pair, &["ciphertext"]).await;
+    swap_rows(
+        &server.data_dir,
+        "signing_keys",
+        "kid",
+        pair,
+        &["ciphertext"],
+    )
+    .await;
     let mut other = Server::start();
     other.stop();
     std::fs::copy(
@@ -311,7 +324,11 @@ async fn old_version_store(data_dir: &Path) -> sqlx::SqlitePool {
     let old = tempfile::tempdir().expect("old migrations");
     for entry in std::fs::read_dir(&source).expect("migrations") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         let number: u32 = name[..4].parse().expect("numbered");
         if number < 13 {
             std::fs::copy(&path, old.path().join(&name)).expect("copy");
@@ -340,13 +357,14 @@ async fn plain_keys_from_an_older_version_are_sealed_at_start() {
     let pool = old_version_store(&data_dir).await;
 
     let (chain, key_pem) = self_signed("old.test");
-    let document = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
-        &aws_lc_rs::rand::SystemRandom::new(),
-    )
-    .expect("Ed25519");
+    let document =
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .expect("Ed25519");
     let signing = document.as_ref().to_vec();
     let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(&signing).expect("pair");
-    let public = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+    let public = aws_lc_rs::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
     let account_key = rcgen::KeyPair::generate().expect("account key");
     let account_b64 = {
         use base64::Engine as _;
@@ -387,7 +405,10 @@ async fn plain_keys_from_an_older_version_are_sealed_at_start() {
     let mut needles = pem_needles("certificate key", &key_pem);
     needles.extend(der_needles("signing key", &signing));
     needles.extend(der_needles("account key", &account_key.serialize_der()));
-    needles.push(("account credentials".into(), account_b64.clone().into_bytes()));
+    needles.push((
+        "account credentials".into(),
+        account_b64.clone().into_bytes(),
+    ));
 
     // The search finds the plain keys where the old version left them.
     let mut planted: Vec<(String, Vec<u8>)> = pem_needles("certificate key", &key_pem)
@@ -395,11 +416,18 @@ async fn plain_keys_from_an_older_version_are_sealed_at_start() {
         .filter(|(label, _)| label.contains("PEM line"))
         .collect();
     planted.push(("signing key DER".into(), signing.clone()));
-    planted.push(("account credentials".into(), account_b64.clone().into_bytes()));
+    planted.push((
+        "account credentials".into(),
+        account_b64.clone().into_bytes(),
+    ));
     keys_support::assert_present(&data_dir, &planted);
 
     let server = Server::start_at_with(root, &tls_config());
-    assert!(server.log_shows("keys.sealed_legacy").await, "{}", server.log());
+    assert!(
+        server.log_shows("keys.sealed_legacy").await,
+        "{}",
+        server.log()
+    );
     assert_absent(&server.data_dir, &needles);
 
     // The same keys, now sealed, do their work.
@@ -428,7 +456,11 @@ async fn plain_keys_from_an_older_version_are_sealed_at_start() {
 
     // Sealed once: a restart seals nothing more and still serves.
     let server = server.restart();
-    assert!(!server.log().contains("keys.sealed_legacy"), "{}", server.log());
+    assert!(
+        !server.log().contains("keys.sealed_legacy"),
+        "{}",
+        server.log()
+    );
     let tls = server.tls.expect("HTTPS listener");
     assert!(served_subject(tls, "old.test").contains("old.test"));
     assert_eq!(whoami(&server, &token).await, 200);
@@ -473,5 +505,8 @@ async fn a_backup_restores_sealed_keys_that_serve_in_the_new_data_dir() {
     let tls = restored.tls.expect("HTTPS listener");
     assert!(served_subject(tls, "kept.test").contains("kept.test"));
     assert_eq!(whoami(&restored, &token).await, 200, "{}", restored.log());
-    assert_absent(&restored.data_dir, &pem_needles("certificate key", &key_pem));
+    assert_absent(
+        &restored.data_dir,
+        &pem_needles("certificate key", &key_pem),
+    );
 }
