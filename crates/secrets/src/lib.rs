@@ -126,6 +126,17 @@ pub struct SecretMeta {
     pub master_key: String,
 }
 
+/// What a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The id of the master key that is now active.
+    pub active: String,
+    /// Data keys of site secrets re-wrapped to it.
+    pub secrets: usize,
+    /// Data keys of sealed keys (certificates, ACME, signing) re-wrapped.
+    pub keys: usize,
+}
+
 /// The secret store of one data directory; cheap to clone.
 #[derive(Clone)]
 pub struct Secrets {
@@ -344,11 +355,11 @@ impl Secrets {
         Ok(env)
     }
 
-    /// Re-wraps every data key under a new master key, in one transaction.
-    /// The new key is written to the keyring (old keys kept) before the
-    /// transaction, so a server running meanwhile reads both. Returns the
-    /// new key's id and how many data keys moved to it.
-    pub async fn rotate_master(&self) -> Result<(String, usize)> {
+    /// Re-wraps every data key (of site secrets and of sealed keys) under
+    /// a new master key, in one transaction. The new key is written to the
+    /// keyring (old keys kept) before the transaction, so a server running
+    /// meanwhile reads both.
+    pub async fn rotate_master(&self) -> Result<Rotated> {
         let ring = match &self.inner.kek {
             Kek::Local(ring) => ring,
             Kek::Transit(transit) => return self.rotate_transit(transit).await,
@@ -356,7 +367,11 @@ impl Secrets {
         let new_id = lock(ring).add_active()?;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = db::all_wrapped(&mut tx).await?;
-        let mut moved = 0;
+        let mut moved = Rotated {
+            active: new_id.clone(),
+            secrets: 0,
+            keys: 0,
+        };
         for row in &rows {
             if row.kek_id == new_id {
                 continue;
@@ -365,7 +380,7 @@ impl Secrets {
                 .rewrap_local(ring, &new_id, &row.id, &row.kek_id, &row.wrapped)
                 .await?;
             db::rewrap(&mut tx, &row.id, &new_id, &wrapped).await?;
-            moved += 1;
+            moved.secrets += 1;
         }
         for key in sealed::all_sealed(&mut tx).await? {
             if key.sealed.kek_id == new_id {
@@ -381,10 +396,10 @@ impl Secrets {
                 )
                 .await?;
             sealed::rewrap(&mut tx, &key.id, &new_id, &wrapped).await?;
-            moved += 1;
+            moved.keys += 1;
         }
         tx.commit().await?;
-        Ok((new_id, moved))
+        Ok(moved)
     }
 
     /// A data key unwrapped from `kek_id` and wrapped again by the local
@@ -408,25 +423,29 @@ impl Secrets {
     /// Transit: a new key version in the service, then every wrapped key
     /// re-wrapped by the service (the key never leaves it), in one
     /// transaction.
-    async fn rotate_transit(&self, transit: &transit::Transit) -> Result<(String, usize)> {
+    async fn rotate_transit(&self, transit: &transit::Transit) -> Result<Rotated> {
         transit.rotate().await?;
         let id = transit.kek_id();
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = db::all_wrapped(&mut tx).await?;
-        let mut moved = 0;
+        let mut moved = Rotated {
+            active: id.clone(),
+            secrets: 0,
+            keys: 0,
+        };
         for row in rows.iter().filter(|r| r.kek_id == id) {
             let wrapped = transit.rewrap(&row.wrapped).await?;
             db::rewrap(&mut tx, &row.id, &id, &wrapped).await?;
-            moved += 1;
+            moved.secrets += 1;
         }
         let keys = sealed::all_sealed(&mut tx).await?;
         for key in keys.iter().filter(|k| k.sealed.kek_id == id) {
             let wrapped = transit.rewrap(&key.sealed.wrapped_key).await?;
             sealed::rewrap(&mut tx, &key.id, &id, &wrapped).await?;
-            moved += 1;
+            moved.keys += 1;
         }
         tx.commit().await?;
-        Ok((id, moved))
+        Ok(moved)
     }
 
     /// How many data keys each master key of the keyring wraps (those of

@@ -426,8 +426,9 @@ mod tests {
         let err = secrets.retire_master(&old).await.expect_err("in use");
         assert!(err.to_string().contains("still wraps 1 data keys"), "{err}");
 
-        let (new, moved) = secrets.rotate_master().await.expect("rotate");
-        assert_eq!(moved, 1);
+        let rotated = secrets.rotate_master().await.expect("rotate");
+        assert_eq!((rotated.secrets, rotated.keys), (0, 1));
+        let new = rotated.active;
         let (_, sealed) = stored_signing_key(&secrets.inner.pool, "k-rotate").await;
         let sealed = sealed.expect("sealed");
         assert_eq!(sealed.kek_id, new);
