@@ -173,6 +173,10 @@ impl Certs {
                     self.tls.set_cert(&record.domain, Arc::new(key));
                     loaded += 1;
                 }
+                // Limitation: `certs list` still shows a certificate that is
+                // not served here, and ACME orders it again only in its
+                // renewal window (recording the failure with the row would
+                // let both see it).
                 Err(reason) => {
                     tracing::error!(target: "spinforge::audit", event = "cert.unusable",
                         result = "failure", site = %record.domain, reason = %reason,
