@@ -13,6 +13,7 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use rand::Rng;
+use secrets::{KeyId, KeyKind};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -241,8 +242,10 @@ impl Acme {
         }
     }
 
-    /// The account for the directory: stored credentials, or a new
-    /// account that is stored before it is used.
+    /// The account for the directory: stored credentials (sealed, bound to
+    /// the directory URL), or a new account that is sealed and stored
+    /// before it is used. Stored credentials that do not open are an
+    /// error naming the directory: a new account never replaces them.
     async fn account(&self) -> Result<Account, String> {
         let mut slot = self.inner.account.lock().await;
         if let Some(account) = slot.as_ref() {
@@ -254,14 +257,20 @@ impl Acme {
             None => Account::builder(),
         };
         let store = self.inner.certs.store();
+        let secrets = self.inner.certs.secrets();
+        let id = KeyId::new(KeyKind::AcmeAccount, &config.directory);
         let stored = store
             .acme_account(&config.directory)
             .await
             .map_err(|e| e.to_string())?;
         let account = match stored {
-            Some(json) => {
-                let credentials: AccountCredentials =
-                    serde_json::from_str(&json).map_err(|e| format!("stored account: {e}"))?;
+            Some(sealed) => {
+                let json = secrets
+                    .open_key(&id, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let credentials: AccountCredentials = serde_json::from_slice(&json)
+                    .map_err(|e| format!("stored account of {}: {e}", config.directory))?;
                 builder()
                     .map_err(|e| e.to_string())?
                     .from_credentials(credentials)
@@ -283,9 +292,15 @@ impl Acme {
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                let json = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+                let json = zeroize::Zeroizing::new(
+                    serde_json::to_vec(&credentials).map_err(|e| e.to_string())?,
+                );
+                let sealed = secrets
+                    .seal_key(&id, &json)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 store
-                    .put_acme_account(&config.directory, &json, certs::now())
+                    .put_acme_account(&config.directory, &sealed, certs::now())
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!(directory = %config.directory, "ACME account created");

@@ -3,12 +3,14 @@
 //! the store. ACME issuance lives in [`crate::acme`] and installs through
 //! [`Certs::install`].
 //!
-//! Limitation: private keys are stored in plain text in the store (the
-//! secrets branch's envelope encryption would wrap them).
+//! Private keys are stored only sealed ([`secrets::Secrets::seal_key`],
+//! bound to the domain). A key that does not open at start is not served,
+//! and the error names the domain.
 
 use crate::error::ApiError;
 use edge::tls::{self, HttpsMode as EdgeMode, SiteHttps, Tls};
 use rustls_pki_types::{CertificateDer, ServerName};
+use secrets::{KeyId, KeyKind, Secrets};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,11 +136,21 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: i64) -> Result<C
 pub struct Certs {
     store: Arc<dyn Store>,
     tls: Tls,
+    secrets: Secrets,
 }
 
 impl Certs {
-    pub fn new(store: Arc<dyn Store>, tls: Tls) -> Certs {
-        Certs { store, tls }
+    pub fn new(store: Arc<dyn Store>, tls: Tls, secrets: Secrets) -> Certs {
+        Certs {
+            store,
+            tls,
+            secrets,
+        }
+    }
+
+    /// Seals and opens the private keys (and the ACME account).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     pub fn tls(&self) -> &Tls {
@@ -150,21 +162,45 @@ impl Certs {
     }
 
     /// Loads every stored certificate and site setting into the edge. A
-    /// stored certificate that no longer parses is logged and skipped.
+    /// certificate whose key does not open (wrong master key, a sealed key
+    /// moved from another domain) or no longer parses is not served: it is
+    /// logged and audited as `cert.unusable`, naming the domain.
     pub async fn load(&self) -> Result<usize, ApiError> {
         let mut loaded = 0;
         for record in self.store.list_certs().await? {
-            match tls::certified_key(&record.chain_pem, &record.key_pem) {
+            match self.open(&record).await {
                 Ok(key) => {
                     self.tls.set_cert(&record.domain, Arc::new(key));
                     loaded += 1;
                 }
-                Err(e) => tracing::warn!(domain = %record.domain, error = %e,
-                    "stored certificate is unusable; skipped"),
+                // Limitation: `certs list` still shows a certificate that is
+                // not served here, and ACME orders it again only in its
+                // renewal window (recording the failure with the row would
+                // let both see it).
+                Err(reason) => {
+                    tracing::error!(target: "spinforge::audit", event = "cert.unusable",
+                        result = "failure", site = %record.domain, reason = %reason,
+                        "stored certificate is not served");
+                }
             }
         }
         self.reload_sites().await?;
         Ok(loaded)
+    }
+
+    /// The servable key of a stored certificate. The error names the
+    /// domain and the rule, never key material.
+    async fn open(&self, record: &CertRecord) -> Result<rustls::sign::CertifiedKey, String> {
+        let id = KeyId::new(KeyKind::CertificateKey, &record.domain);
+        let plain = self
+            .secrets
+            .open_key(&id, &record.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let key_pem = std::str::from_utf8(&plain)
+            .map_err(|_| format!("the certificate key of {} is not PEM text", record.domain))?;
+        tls::certified_key(&record.chain_pem, key_pem)
+            .map_err(|e| format!("the certificate of {} is unusable: {e}", record.domain))
     }
 
     async fn reload_sites(&self) -> Result<(), ApiError> {
@@ -216,10 +252,16 @@ impl Certs {
         checked: Checked,
         source: CertSource,
     ) -> Result<CertInfo, ApiError> {
+        let id = KeyId::new(KeyKind::CertificateKey, domain);
+        let key = self
+            .secrets
+            .seal_key(&id, key_pem.as_bytes())
+            .await
+            .map_err(crate::secrets_api::api_error)?;
         let record = CertRecord {
             domain: domain.to_owned(),
             chain_pem: chain_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
+            key,
             issuer: checked.issuer,
             not_after: checked.not_after,
             source,

@@ -37,7 +37,7 @@ pub struct SecretsDoc;
 
 /// The one place secret-store errors become API errors. Messages name
 /// rows and keys, never values.
-fn api_error(e: SecretsError) -> ApiError {
+pub(crate) fn api_error(e: SecretsError) -> ApiError {
     match e {
         SecretsError::Invalid { field, message } => ApiError::Invalid { field, message },
         SecretsError::NotFound => ApiError::NotFound("secret"),

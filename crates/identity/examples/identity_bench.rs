@@ -30,8 +30,9 @@ fn rss_kib(field: &str) -> u64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path()).await?);
+    let secrets = secrets::Secrets::open(dir.path(), &secrets::SecretsConfig::default()).await?;
     let config = IdentityConfig::default();
-    let id = Identity::new(store, config.clone()).await?;
+    let id = Identity::new(store, config.clone(), secrets).await?;
     id.create_user(UserSpec {
         email: "bench@example.com".into(),
         password: PASSWORD.into(),
@@ -43,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = ClientInfo::default();
 
     // 1. Signature and claims only.
-    let key = identity::jwt::generate_key(0)?;
+    let key = identity::jwt::generate_key()?;
     let ring = identity::jwt::KeyRing::new(&[key], &config.issuer, &config.audience);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

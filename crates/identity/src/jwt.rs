@@ -11,7 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
-use store::{SigningKeyRecord, UserId};
+use store::UserId;
+use zeroize::Zeroizing;
 
 /// The `typ` header of an access token (RFC 9068).
 pub const ACCESS_TYP: &str = "at+jwt";
@@ -51,6 +52,21 @@ pub enum TokenRejected {
     IssuedInFuture,
 }
 
+/// One key of the ring, as the caller opened it from the store: the
+/// public half always, the private half (PKCS#8) only where it signs.
+#[derive(Clone)]
+pub struct RingKey {
+    pub kid: String,
+    /// The raw 32-byte public key.
+    pub public_key: Vec<u8>,
+    pub active: bool,
+    /// When the key stops verifying; `None` while active.
+    pub retired_at: Option<i64>,
+    /// The PKCS#8 document; the ring signs only with an active key that
+    /// has it.
+    pub private_key: Option<Zeroizing<Vec<u8>>>,
+}
+
 /// The signing keys that are valid now: the active one signs, all verify.
 pub struct KeyRing {
     active: Option<(String, EncodingKey)>,
@@ -63,7 +79,7 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// Builds the ring from stored keys (the active one first).
-    pub fn new(keys: &[SigningKeyRecord], issuer: &str, audience: &str) -> KeyRing {
+    pub fn new(keys: &[RingKey], issuer: &str, audience: &str) -> KeyRing {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut verify = HashMap::new();
         let mut jwks = Vec::new();
@@ -82,8 +98,8 @@ impl KeyRing {
                 "kid": key.kid,
                 "x": b64.encode(&key.public_key),
             }));
-            if key.active && active.is_none() {
-                active = Some((key.kid.clone(), EncodingKey::from_ed_der(&key.private_key)));
+            if let (true, None, Some(private)) = (key.active, &active, &key.private_key) {
+                active = Some((key.kid.clone(), EncodingKey::from_ed_der(private)));
             }
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -145,18 +161,17 @@ impl KeyRing {
     }
 }
 
-/// A new Ed25519 key for the ring, with a random `kid`.
-pub fn generate_key(now: i64) -> Result<SigningKeyRecord, String> {
+/// A new active Ed25519 key for the ring, with a random `kid`.
+pub fn generate_key() -> Result<RingKey, String> {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     let document = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
         .map_err(|e| format!("key generation failed: {e}"))?;
     let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
         .map_err(|e| format!("generated key does not load: {e}"))?;
-    Ok(SigningKeyRecord {
+    Ok(RingKey {
         kid: format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        private_key: document.as_ref().to_vec(),
+        private_key: Some(Zeroizing::new(document.as_ref().to_vec())),
         public_key: pair.public_key().as_ref().to_vec(),
-        created_at: now,
         active: true,
         retired_at: None,
     })
@@ -190,12 +205,12 @@ mod tests {
     const ISS: &str = "spinforge";
     const AUD: &str = "spinforge-api";
 
-    fn ring_with(key: &SigningKeyRecord) -> KeyRing {
+    fn ring_with(key: &RingKey) -> KeyRing {
         KeyRing::new(std::slice::from_ref(key), ISS, AUD)
     }
 
-    fn fixture() -> (SigningKeyRecord, KeyRing) {
-        let key = generate_key(crate::now()).expect("key");
+    fn fixture() -> (RingKey, KeyRing) {
+        let key = generate_key().expect("key");
         let ring = ring_with(&key);
         (key, ring)
     }
@@ -207,9 +222,9 @@ mod tests {
     }
 
     /// Signs arbitrary claims with the ring's key, to forge bad tokens.
-    fn sign_raw(key: &SigningKeyRecord, header: Header, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&key.private_key))
-            .expect("sign")
+    fn sign_raw(key: &RingKey, header: Header, claims: &serde_json::Value) -> String {
+        let private = key.private_key.as_ref().expect("private key");
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(private)).expect("sign")
     }
 
     fn header(kid: &str) -> Header {
@@ -279,7 +294,7 @@ mod tests {
         let (_, new_ring) = fixture();
         assert_eq!(new_ring.verify(&token), Err(TokenRejected::UnknownKey));
         // Both keys in the ring: the old token still verifies.
-        let mut new = generate_key(crate::now()).expect("key");
+        let mut new = generate_key().expect("key");
         let mut retiring = old.clone();
         retiring.active = false;
         new.active = true;

@@ -26,10 +26,12 @@ pub use second_factor::{SecondFactor, TotpEnrolment};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use rand::RngCore;
+use secrets::{KeyId, KeyKind};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::SigningKeyRecord;
 use store::{
     CustomerId, NewUser, Role, Session, SessionKind, Store, StoreError, TokenKind, TokenRecord,
     User, UserChange, UserId,
@@ -72,6 +74,11 @@ pub enum IdentityError {
     /// Our side.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The operator's setup or stored data: a token signing key cannot be
+    /// sealed or opened (wrong master key, altered row, key service
+    /// down). Names the key, never its material.
+    #[error("{0}")]
+    SigningKey(#[from] secrets::SecretsError),
 }
 
 impl From<StoreError> for IdentityError {
@@ -203,15 +210,44 @@ struct Inner {
     /// miss costs the same as a wrong password.
     decoy_hash: String,
     keys: ArcSwap<jwt::KeyRing>,
+    /// Seals and opens the signing keys' private halves; `None` for host
+    /// commands that manage users and never sign a token.
+    secrets: Option<secrets::Secrets>,
     ip_failures: throttle::IpThrottle,
 }
 
 impl Identity {
-    /// Loads the signing keys (creating the first one on a new data
-    /// directory) and prepares the login decoy.
+    /// Opens the signing keys with `secrets` (creating the first one on a
+    /// new data directory) and prepares the login decoy. Fails if the
+    /// active signing key does not open: a server must not run with a
+    /// key it cannot use, nor replace one it cannot read.
     pub async fn new(
         store: Arc<dyn Store>,
         config: IdentityConfig,
+        secrets: secrets::Secrets,
+    ) -> Result<Identity, IdentityError> {
+        let identity = Identity::build(store, config, Some(secrets)).await?;
+        identity.reload_keys().await?;
+        if !identity.inner.keys.load().has_active_key() {
+            identity.rotate_signing_key().await?;
+        }
+        Ok(identity)
+    }
+
+    /// For host commands (`admin create`) that manage users on a data
+    /// directory and never sign tokens: no signing key is opened or made,
+    /// so no master key is needed.
+    pub async fn without_signing(
+        store: Arc<dyn Store>,
+        config: IdentityConfig,
+    ) -> Result<Identity, IdentityError> {
+        Identity::build(store, config, None).await
+    }
+
+    async fn build(
+        store: Arc<dyn Store>,
+        config: IdentityConfig,
+        secrets: Option<secrets::Secrets>,
     ) -> Result<Identity, IdentityError> {
         let mut decoy = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut decoy);
@@ -224,12 +260,9 @@ impl Identity {
                 config,
                 decoy_hash,
                 keys: ArcSwap::from_pointee(ring),
+                secrets,
             }),
         };
-        identity.reload_keys().await?;
-        if !identity.inner.keys.load().has_active_key() {
-            identity.rotate_signing_key().await?;
-        }
         Ok(identity)
     }
 
@@ -674,22 +707,61 @@ impl Identity {
     /// until every token they signed has expired, then retire.
     pub async fn rotate_signing_key(&self) -> Result<String, IdentityError> {
         let at = now();
-        let key = jwt::generate_key(at).map_err(IdentityError::Internal)?;
+        let key = jwt::generate_key().map_err(IdentityError::Internal)?;
         let kid = key.kid.clone();
+        let private = key
+            .private_key
+            .as_ref()
+            .ok_or_else(|| IdentityError::Internal("a new key has no private half".into()))?;
+        let sealed = self
+            .sealer()?
+            .seal_key(&KeyId::new(KeyKind::SigningKey, &kid), private)
+            .await?;
+        let record = SigningKeyRecord {
+            kid: kid.clone(),
+            private_key: sealed,
+            public_key: key.public_key.clone(),
+            created_at: at,
+            active: true,
+            retired_at: None,
+        };
         let retire_at = at + self.inner.config.access_ttl.as_secs() as i64 + 60;
-        self.store().rotate_signing_key(key, retire_at).await?;
+        self.store().rotate_signing_key(record, retire_at).await?;
         self.reload_keys().await?;
         tracing::info!(kid = %kid, "token signing key rotated");
         Ok(kid)
     }
 
-    /// Re-reads the signing keys, dropping retired ones.
+    /// Re-reads the signing keys, dropping retired ones. Only the active
+    /// key's private half is opened; the others only verify.
     pub async fn reload_keys(&self) -> Result<(), IdentityError> {
-        let keys = self.store().signing_keys(now()).await?;
+        let records = self.store().signing_keys(now()).await?;
+        let mut keys = Vec::with_capacity(records.len());
+        for record in records {
+            let private_key = if record.active {
+                let id = KeyId::new(KeyKind::SigningKey, &record.kid);
+                Some(self.sealer()?.open_key(&id, &record.private_key).await?)
+            } else {
+                None
+            };
+            keys.push(jwt::RingKey {
+                kid: record.kid,
+                public_key: record.public_key,
+                active: record.active,
+                retired_at: record.retired_at,
+                private_key,
+            });
+        }
         let config = &self.inner.config;
         let ring = jwt::KeyRing::new(&keys, &config.issuer, &config.audience);
         self.inner.keys.store(Arc::new(ring));
         Ok(())
+    }
+
+    fn sealer(&self) -> Result<&secrets::Secrets, IdentityError> {
+        self.inner.secrets.as_ref().ok_or_else(|| {
+            IdentityError::Internal("signing keys are managed by `spinforge serve`".into())
+        })
     }
 
     fn new_pair(

@@ -6,7 +6,10 @@ const PASSWORD: &str = "correct horse battery";
 async fn fixture() -> (tempfile::TempDir, Identity) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).await.expect("store");
-    let identity = Identity::new(Arc::new(store), IdentityConfig::default())
+    let secrets = secrets::Secrets::open(dir.path(), &secrets::SecretsConfig::default())
+        .await
+        .expect("secrets");
+    let identity = Identity::new(Arc::new(store), IdentityConfig::default(), secrets)
         .await
         .expect("id");
     (dir, identity)

@@ -5,7 +5,8 @@
 //! audit keys and the manifest of every other file's SHA-256.
 //!
 //! Restore unpacks into a fresh folder beside the target, checks every
-//! hash against the sealed manifest and decrypts every secret, and only
+//! hash against the sealed manifest, decrypts every secret and opens
+//! every sealed key (certificates, ACME account, signing keys), and only
 //! then renames the folder into place: a wrong passphrase or a damaged
 //! file changes nothing.
 
@@ -215,10 +216,19 @@ pub async fn restore(
         ));
     }
 
-    // Every secret must decrypt before the folder goes into place.
-    // Without a configured key source the sealed keyring is the key.
+    // Today's schema first: a backup from an older version gets its
+    // migrations (and its plain keys sealed by `Secrets::open`) here.
+    store::SqliteStore::open(staging.path())
+        .await
+        .map_err(|e| SecretsError::Backup(format!("the store in the backup does not open: {e}")))?
+        .close()
+        .await;
+    // Every secret and sealed key must decrypt before the folder goes
+    // into place. Without a configured key source the sealed keyring is
+    // the key.
     let secrets = Secrets::open(staging.path(), config).await?;
     let checked = secrets.check_all().await?;
+    secrets.check_keys().await?;
     secrets.close().await;
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(staging.path().join(format!("{}{suffix}", store::DB_FILE)));

@@ -33,6 +33,9 @@ pub(crate) async fn open(data_dir: &Path) -> Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
+        // Sealing an old plain key overwrites it; secure_delete zeroes the
+        // space it leaves instead of keeping a copy in free space.
+        .pragma("secure_delete", "on")
         .busy_timeout(Duration::from_secs(10));
     Ok(SqlitePoolOptions::new()
         .max_connections(4)

@@ -6,11 +6,15 @@
 //! the active master key, whose id the row records. This crate never
 //! returns a value except to the spinlet start path ([`Secrets::site_env`])
 //! and never logs one. Who may call what is the hub's business.
+//!
+//! The platform's own keys (certificate keys, the ACME account, token
+//! signing keys) are sealed the same way through [`Secrets::seal_key`]
+//! and [`Secrets::open_key`]; see [`sealed`].
 //
-// Limitation: the identity crate's token signing keys (in the store) and
-// the audit log's HMAC and checkpoint keys (files in DATA/audit) are still
-// kept in plain form; wrapping them with `Secrets` would lift it, but that
-// is a change to those crates.
+// Limitation: the audit log's HMAC and checkpoint keys (files in
+// DATA/audit) are still kept in plain form (sealing them with
+// `Secrets::seal_key` would lift it, but the audit log starts before the
+// secret store and must not depend on it).
 #![forbid(unsafe_code)]
 
 pub mod backup;
@@ -19,10 +23,13 @@ mod db;
 pub mod master;
 pub mod redact;
 mod rotation;
+pub mod sealed;
 pub mod transit;
 
 pub use master::{Keyring, SecretsConfig};
 pub use rotation::SiteRotation;
+pub use sealed::{KeyId, KeyKind};
+pub use store::Sealed;
 
 use crypto::{KeyBytes, RowId};
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +37,7 @@ use sqlx::sqlite::SqlitePool;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use zeroize::Zeroizing;
 
 /// Longest secret value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -73,6 +81,15 @@ pub enum SecretsError {
         name: String,
         version: i64,
     },
+    /// Stored data or the operator's setup: one of the platform's sealed
+    /// keys (a certificate key, the ACME account, a token signing key)
+    /// does not open. Names the key, never its material.
+    #[error("{what} {name} does not open: {reason}")]
+    KeyUnsealable {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     /// An upstream: the key service (OpenBao/Vault) cannot be reached or
     /// failed. Nothing was written.
     #[error("the key service is unavailable: {0}")]
@@ -115,6 +132,17 @@ pub struct SecretMeta {
     pub rotation_incident: Option<i64>,
 }
 
+/// What a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The id of the master key that is now active.
+    pub active: String,
+    /// Data keys of site secrets re-wrapped to it.
+    pub secrets: usize,
+    /// Data keys of sealed keys (certificates, ACME, signing) re-wrapped.
+    pub keys: usize,
+}
+
 /// The secret store of one data directory; cheap to clone.
 #[derive(Clone)]
 pub struct Secrets {
@@ -154,8 +182,80 @@ impl Secrets {
                 data_keys: Mutex::new(HashMap::new()),
             }),
         };
+        secrets.seal_legacy_keys().await?;
         secrets.check_all().await?;
         Ok(secrets)
+    }
+
+    /// Seals every key a version before migration 0013 stored in plain
+    /// form, in one transaction (a crash leaves every row as it was, never
+    /// a key lost), then empties the WAL so no page image of a plain key
+    /// is left there. Returns how many keys were sealed.
+    async fn seal_legacy_keys(&self) -> Result<usize> {
+        let pool = &self.inner.pool;
+        if !sealed::any_legacy(pool).await? {
+            return Ok(0);
+        }
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let legacy = sealed::legacy_rows(&mut tx).await?;
+        let mut counts: HashMap<KeyKind, usize> = HashMap::new();
+        for (id, plain) in &legacy {
+            let sealed = self.seal_key(id, plain).await?;
+            sealed::store_sealed(&mut tx, id, &sealed).await?;
+            *counts.entry(id.kind).or_insert(0) += 1;
+        }
+        tx.commit().await?;
+        let wal_empty = sealed::truncate_wal(pool).await?;
+        let count = |kind| counts.get(&kind).copied().unwrap_or(0);
+        tracing::info!(target: "spinforge::audit", event = "keys.sealed_legacy",
+            certificate_keys = count(KeyKind::CertificateKey),
+            acme_accounts = count(KeyKind::AcmeAccount),
+            signing_keys = count(KeyKind::SigningKey),
+            master_key = %self.active_master_key()?,
+            "keys stored in plain form by an older version are now sealed");
+        if !wal_empty {
+            tracing::warn!(
+                "the write-ahead log could not be emptied (a reader held it); the plain \
+                 keys' old page images leave it at the next checkpoint"
+            );
+        }
+        Ok(legacy.len())
+    }
+
+    /// Seals one of the platform's keys under a fresh data key bound to
+    /// `id`, wrapped by the active master key. Touches no row: the caller
+    /// stores the result.
+    pub async fn seal_key(&self, id: &KeyId, plaintext: &[u8]) -> Result<Sealed> {
+        let data_key = KeyBytes::random()?;
+        let ciphertext = crypto::seal(&data_key, &id.value_aad(), plaintext)?;
+        let (kek_id, wrapped_key) = self.wrap(id, &data_key).await?;
+        Ok(Sealed {
+            kek_id,
+            wrapped_key,
+            ciphertext,
+        })
+    }
+
+    /// Opens a key sealed by [`Secrets::seal_key`] for the same `id`. A
+    /// blob from another row, another table or another master key fails
+    /// with [`SecretsError::KeyUnsealable`] naming `id`.
+    pub async fn open_key(&self, id: &KeyId, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>> {
+        let data_key = self
+            .unwrap_key(id, &sealed.kek_id, &sealed.wrapped_key)
+            .await?;
+        crypto::open(&data_key, &id.value_aad(), &sealed.ciphertext).ok_or_else(|| id.corrupt())
+    }
+
+    /// Opens every sealed key once (a restore's check); the first that
+    /// does not open is the error. Returns how many opened.
+    pub async fn check_keys(&self) -> Result<usize> {
+        let mut tx = self.inner.pool.begin().await?;
+        let rows = sealed::all_sealed(&mut tx).await?;
+        tx.rollback().await?;
+        for row in &rows {
+            self.open_key(&row.id, &row.sealed).await?;
+        }
+        Ok(rows.len())
     }
 
     /// The id of the master key new secrets are wrapped with.
@@ -265,11 +365,11 @@ impl Secrets {
         Ok(env)
     }
 
-    /// Re-wraps every data key under a new master key, in one transaction.
-    /// The new key is written to the keyring (old keys kept) before the
-    /// transaction, so a server running meanwhile reads both. Returns the
-    /// new key's id and how many data keys moved to it.
-    pub async fn rotate_master(&self) -> Result<(String, usize)> {
+    /// Re-wraps every data key (of site secrets and of sealed keys) under
+    /// a new master key, in one transaction. The new key is written to the
+    /// keyring (old keys kept) before the transaction, so a server running
+    /// meanwhile reads both.
+    pub async fn rotate_master(&self) -> Result<Rotated> {
         let ring = match &self.inner.kek {
             Kek::Local(ring) => ring,
             Kek::Transit(transit) => return self.rotate_transit(transit).await,
@@ -277,47 +377,91 @@ impl Secrets {
         let new_id = lock(ring).add_active()?;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = db::all_wrapped(&mut tx).await?;
-        let mut moved = 0;
+        let mut moved = Rotated {
+            active: new_id.clone(),
+            secrets: 0,
+            keys: 0,
+        };
         for row in &rows {
             if row.kek_id == new_id {
                 continue;
             }
-            let data_key = self.unwrap_key(&row.id, &row.kek_id, &row.wrapped).await?;
-            let wrapped = {
-                let keyring = lock(ring);
-                let kek = keyring.get(&new_id).ok_or_else(|| {
-                    SecretsError::MasterKey("the new key vanished from the keyring".into())
-                })?;
-                crypto::seal(kek, &row.id.key_aad(&new_id), data_key.expose())?
-            };
+            let wrapped = self
+                .rewrap_local(ring, &new_id, &row.id, &row.kek_id, &row.wrapped)
+                .await?;
             db::rewrap(&mut tx, &row.id, &new_id, &wrapped).await?;
-            moved += 1;
+            moved.secrets += 1;
+        }
+        for key in sealed::all_sealed(&mut tx).await? {
+            if key.sealed.kek_id == new_id {
+                continue;
+            }
+            let wrapped = self
+                .rewrap_local(
+                    ring,
+                    &new_id,
+                    &key.id,
+                    &key.sealed.kek_id,
+                    &key.sealed.wrapped_key,
+                )
+                .await?;
+            sealed::rewrap(&mut tx, &key.id, &new_id, &wrapped).await?;
+            moved.keys += 1;
         }
         tx.commit().await?;
-        Ok((new_id, moved))
+        Ok(moved)
+    }
+
+    /// A data key unwrapped from `kek_id` and wrapped again by the local
+    /// master key `new_id`.
+    async fn rewrap_local(
+        &self,
+        ring: &Mutex<Keyring>,
+        new_id: &str,
+        id: &impl Bound,
+        kek_id: &str,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>> {
+        let data_key = self.unwrap_key(id, kek_id, wrapped).await?;
+        let keyring = lock(ring);
+        let kek = keyring.get(new_id).ok_or_else(|| {
+            SecretsError::MasterKey("the new key vanished from the keyring".into())
+        })?;
+        crypto::seal(kek, &id.key_aad(new_id), data_key.expose())
     }
 
     /// Transit: a new key version in the service, then every wrapped key
     /// re-wrapped by the service (the key never leaves it), in one
     /// transaction.
-    async fn rotate_transit(&self, transit: &transit::Transit) -> Result<(String, usize)> {
+    async fn rotate_transit(&self, transit: &transit::Transit) -> Result<Rotated> {
         transit.rotate().await?;
         let id = transit.kek_id();
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = db::all_wrapped(&mut tx).await?;
-        let mut moved = 0;
+        let mut moved = Rotated {
+            active: id.clone(),
+            secrets: 0,
+            keys: 0,
+        };
         for row in rows.iter().filter(|r| r.kek_id == id) {
             let wrapped = transit.rewrap(&row.wrapped).await?;
             db::rewrap(&mut tx, &row.id, &id, &wrapped).await?;
-            moved += 1;
+            moved.secrets += 1;
+        }
+        let keys = sealed::all_sealed(&mut tx).await?;
+        for key in keys.iter().filter(|k| k.sealed.kek_id == id) {
+            let wrapped = transit.rewrap(&key.sealed.wrapped_key).await?;
+            sealed::rewrap(&mut tx, &key.id, &id, &wrapped).await?;
+            moved.keys += 1;
         }
         tx.commit().await?;
-        Ok((id, moved))
+        Ok(moved)
     }
 
-    /// How many data keys each master key of the keyring wraps.
+    /// How many data keys each master key of the keyring wraps (those of
+    /// site secrets and of sealed keys).
     pub async fn master_key_usage(&self) -> Result<Vec<(String, i64)>> {
-        let used = db::usage(&self.inner.pool).await?;
+        let used = self.usage().await?;
         if let Kek::Transit(t) = &self.inner.kek {
             let id = t.kek_id();
             let mut out = vec![(id.clone(), used.get(&id).copied().unwrap_or(0))];
@@ -343,7 +487,7 @@ impl Secrets {
 
     /// Removes an old master key from the keyring once no data key uses it.
     pub async fn retire_master(&self, id: &str) -> Result<()> {
-        let used = db::usage(&self.inner.pool).await?;
+        let used = self.usage().await?;
         if let Some(n) = used.get(id).filter(|n| **n > 0) {
             return Err(SecretsError::Invalid {
                 field: "key",
@@ -360,6 +504,15 @@ impl Secrets {
                 message: "transit key versions are retired in the key service".into(),
             }),
         }
+    }
+
+    /// Data keys per master key id: site secrets and sealed keys.
+    async fn usage(&self) -> Result<HashMap<String, i64>> {
+        let mut used = db::usage(&self.inner.pool).await?;
+        for (id, n) in sealed::usage(&self.inner.pool).await? {
+            *used.entry(id).or_insert(0) += n;
+        }
+        Ok(used)
     }
 
     /// Forgets every unwrapped data key, so the next read unwraps again
@@ -394,7 +547,7 @@ impl Secrets {
     }
 
     /// Wraps a fresh data key with the active master key.
-    async fn wrap(&self, row: &RowId, data_key: &KeyBytes) -> Result<(String, Vec<u8>)> {
+    async fn wrap(&self, row: &impl Bound, data_key: &KeyBytes) -> Result<(String, Vec<u8>)> {
         match &self.inner.kek {
             Kek::Local(_) => {
                 let keyring = self.keyring()?;
@@ -410,20 +563,13 @@ impl Secrets {
         }
     }
 
-    async fn unwrap_key(&self, row: &RowId, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
-        let corrupt = || SecretsError::Corrupt {
-            site_id: row.site_id,
-            name: row.name.clone(),
-            version: row.version,
-        };
+    async fn unwrap_key(&self, row: &impl Bound, kek_id: &str, wrapped: &[u8]) -> Result<KeyBytes> {
+        let corrupt = || row.corrupt();
         let ring = match &self.inner.kek {
             Kek::Local(ring) => ring,
             Kek::Transit(transit) => {
                 if kek_id != transit.kek_id() {
-                    return Err(SecretsError::UnknownMasterKey {
-                        needed: kek_id.to_owned(),
-                        have: transit.kek_id(),
-                    });
+                    return Err(row.unknown_master(kek_id, transit.kek_id()));
                 }
                 return transit
                     .unwrap(&row.key_aad(kek_id), wrapped)
@@ -436,10 +582,7 @@ impl Secrets {
             keyring.refresh()?;
         }
         let Some(kek) = keyring.get(kek_id) else {
-            return Err(SecretsError::UnknownMasterKey {
-                needed: kek_id.to_owned(),
-                have: keyring.ids().join(", "),
-            });
+            return Err(row.unknown_master(kek_id, keyring.ids().join(", ")));
         };
         let bytes = crypto::open(kek, &row.key_aad(kek_id), wrapped).ok_or_else(corrupt)?;
         KeyBytes::from_slice(&bytes).ok_or_else(corrupt)
@@ -462,6 +605,38 @@ impl Secrets {
             .data_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a wrapped data key is bound to: a secret's row or a sealed key.
+/// It gives the associated data and the errors that name the place.
+pub(crate) trait Bound {
+    /// Associated data of the data key wrapped by master key `kek_id`.
+    fn key_aad(&self, kek_id: &str) -> Vec<u8>;
+    /// The error when the blob does not open here.
+    fn corrupt(&self) -> SecretsError;
+    /// The error when master key `needed` is not among `have`.
+    fn unknown_master(&self, needed: &str, have: String) -> SecretsError;
+}
+
+impl Bound for RowId {
+    fn key_aad(&self, kek_id: &str) -> Vec<u8> {
+        RowId::key_aad(self, kek_id)
+    }
+
+    fn corrupt(&self) -> SecretsError {
+        SecretsError::Corrupt {
+            site_id: self.site_id,
+            name: self.name.clone(),
+            version: self.version,
+        }
+    }
+
+    fn unknown_master(&self, needed: &str, have: String) -> SecretsError {
+        SecretsError::UnknownMasterKey {
+            needed: needed.to_owned(),
+            have,
+        }
     }
 }
 

@@ -18,7 +18,9 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("cannot create {}", data_dir.display()))?;
             let store = Arc::new(SqliteStore::open(&data_dir).await?);
-            let identity = Identity::new(store.clone(), IdentityConfig::default()).await?;
+            // Users only: signing keys stay with serve and its master key.
+            let identity =
+                Identity::without_signing(store.clone(), IdentityConfig::default()).await?;
             let spec = UserSpec {
                 email,
                 password,

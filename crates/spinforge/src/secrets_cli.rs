@@ -154,16 +154,26 @@ pub async fn master_keys(api: &ApiFlags, command: KeysCommand) -> anyhow::Result
     let secrets = open_secrets(host).await?;
     let done = match command {
         KeysCommand::RotateMaster(_) => {
-            let (id, moved) = secrets.rotate_master().await?;
+            let rotated = secrets.rotate_master().await?;
+            let (id, moved) = (rotated.active, rotated.secrets);
             let usage = secrets.master_key_usage().await?;
             let unused: Vec<String> = usage
                 .iter()
                 .filter(|(k, n)| *k != id && *n == 0)
                 .map(|(k, _)| k.clone())
                 .collect();
-            let out = json!({ "active": id, "rewrapped": moved, "unused": unused });
+            let keys = rotated.keys;
+            let out = json!({
+                "active": id,
+                "rewrapped": moved,
+                "rewrapped_keys": keys,
+                "unused": unused,
+            });
             if !api.json {
-                println!("master key {id} is active; {moved} data keys re-wrapped");
+                println!(
+                    "master key {id} is active; {moved} data keys of secrets and {keys} of \
+                     sealed keys (certificates, ACME account, signing keys) re-wrapped"
+                );
                 for old in &unused {
                     println!(
                         "{old} is no longer used; retire it with \

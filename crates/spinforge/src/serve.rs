@@ -141,7 +141,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     // ---- end secrets -----------------------------------------------------
 
-    let identity = Identity::new(store.clone(), settings.identity.clone()).await?;
+    // The active token signing key must open with this master key.
+    let identity = Identity::new(store.clone(), settings.identity.clone(), secrets.clone())
+        .await
+        .context("cannot open the token signing key; serve does not start without it")?;
     let mut registry = Registry::default();
     let routes = Routes::default();
     let shield = start_shield(&settings, &data_dir)?;
@@ -199,7 +202,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = edge::tls::Tls::new().map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     edge.set_tls(tls.clone());
     hub.attach_tls(tls.clone());
-    let certs = Arc::new(hub::certs::Certs::new(store.clone(), tls.clone()));
+    let certs = Arc::new(hub::certs::Certs::new(
+        store.clone(),
+        tls.clone(),
+        secrets.clone(),
+    ));
     let loaded = certs
         .load()
         .await

@@ -5,6 +5,7 @@
 //! handshake with its TLS port. Everything listens on 127.0.0.1 only.
 
 mod common;
+mod keys_support;
 
 use common::{assert_ok, write_tree, Server};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -373,4 +374,65 @@ async fn failing_validation_backs_off_exponentially_and_is_audited() {
         .expect("cert.renew_failed audit event");
     assert!(alert.contains("broken.test"), "{alert}");
     assert!(listed(&server, "broken.test").is_none());
+}
+
+#[tokio::test]
+async fn the_account_and_issued_keys_are_sealed_and_a_restart_reuses_the_account() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, tls_port, 90 * 24 * 3600);
+    let server = acme_server(
+        &pebble,
+        http_port,
+        tls_port,
+        "challenge = \"http-01\"\ncheck_interval_secs = 1\n",
+    );
+    deploy_static(&server, "sealed.test");
+    eventually(60, "issuance", &server, || {
+        listed(&server, "sealed.test").is_some()
+    })
+    .await;
+    assert_eq!(server.log().matches("ACME account created").count(), 1);
+
+    // Opened as an attacker holding the master key would: the account's
+    // credentials and the issued key are real, and only sealed on disk.
+    use secrets::KeyKind;
+    let data = server.data_dir.clone();
+    let credentials =
+        keys_support::open_stored(&data, KeyKind::AcmeAccount, &pebble.directory).await;
+    let credentials: serde_json::Value = serde_json::from_slice(&credentials).expect("json");
+    let account_key = credentials["key_pkcs8"]
+        .as_str()
+        .expect("key_pkcs8")
+        .to_owned();
+    let account_der = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&account_key)
+            .expect("base64url")
+    };
+    let cert_key = keys_support::open_stored(&data, KeyKind::CertificateKey, "sealed.test").await;
+    let cert_key = String::from_utf8(cert_key).expect("PEM");
+    let mut needles = keys_support::pem_needles("certificate key", &cert_key);
+    needles.extend(keys_support::der_needles("account key", &account_der));
+    keys_support::assert_absent(&data, &needles);
+
+    // After a restart the sealed account is opened and used again.
+    let server = server.restart();
+    // The CLI keeps its login per API address, which a restart changes.
+    let login = server.cli(
+        &["login", "--email", common::ADMIN_EMAIL, "--password-stdin"],
+        Some(common::ADMIN_PASSWORD),
+    );
+    assert_ok(&login);
+    deploy_static(&server, "second.test");
+    eventually(60, "issuance after restart", &server, || {
+        listed(&server, "second.test").is_some()
+    })
+    .await;
+    assert!(
+        !server.log().contains("ACME account created"),
+        "{}",
+        server.log()
+    );
+    keys_support::assert_absent(&server.data_dir, &needles);
 }

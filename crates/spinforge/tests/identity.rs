@@ -268,9 +268,9 @@ async fn no_one_can_raise_their_own_rights() {
 
 // ---- tokens ----------------------------------------------------------------
 
-/// The active signing key, read from the store as an attacker who stole
-/// it would; used to forge tokens that differ from a real one in exactly
-/// one claim.
+/// The active signing key, read from the store and opened with the
+/// master key as an attacker who stole both would; used to forge tokens
+/// that differ from a real one in exactly one claim.
 async fn signing_key(server: &Server) -> (String, Vec<u8>, Vec<u8>) {
     let store = store::SqliteStore::open(&server.data_dir)
         .await
@@ -284,7 +284,16 @@ async fn signing_key(server: &Server) -> (String, Vec<u8>, Vec<u8>) {
         .expect("keys");
     store.close().await;
     let key = keys.into_iter().find(|k| k.active).expect("active key");
-    (key.kid, key.private_key, key.public_key)
+    let secrets = secrets::Secrets::open(&server.data_dir, &secrets::SecretsConfig::default())
+        .await
+        .expect("secrets");
+    let id = secrets::KeyId::new(secrets::KeyKind::SigningKey, &key.kid);
+    let private = secrets
+        .open_key(&id, &key.private_key)
+        .await
+        .expect("open the signing key");
+    secrets.close().await;
+    (key.kid, private.to_vec(), key.public_key)
 }
 
 fn claims_of(token: &str) -> Value {

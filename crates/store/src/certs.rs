@@ -2,8 +2,9 @@
 //! and each site's HTTPS settings. Kept apart from the site and release
 //! methods of [`crate::Store`], which requires it.
 
+use crate::sealed::sealed_from_row;
 use crate::sqlite::SqliteStore;
-use crate::{Result, StoreError};
+use crate::{Result, Sealed, StoreError};
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -31,12 +32,14 @@ impl CertSource {
     }
 }
 
-/// A stored certificate with its key.
+/// A stored certificate with its sealed key.
 #[derive(Debug, Clone)]
 pub struct CertRecord {
     pub domain: String,
     pub chain_pem: String,
-    pub key_pem: String,
+    /// The PEM private key, sealed (purpose `certificate-key`, name =
+    /// domain).
+    pub key: Sealed,
     pub issuer: String,
     /// Unix seconds.
     pub not_after: i64,
@@ -94,9 +97,11 @@ pub trait CertStore: Send + Sync + 'static {
     /// Deletes the certificate and HTTPS settings of a deleted site.
     async fn delete_site_tls(&self, domain: &str) -> Result<()>;
 
-    /// The serialized ACME account credentials for a directory URL.
-    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
-    async fn put_acme_account(&self, directory: &str, credentials: &str, now: i64) -> Result<()>;
+    /// The ACME account credentials for a directory URL, sealed (purpose
+    /// `acme-account`, name = directory).
+    async fn acme_account(&self, directory: &str) -> Result<Option<Sealed>>;
+    async fn put_acme_account(&self, directory: &str, credentials: &Sealed, now: i64)
+        -> Result<()>;
 
     async fn put_site_tls(&self, settings: &SiteTls) -> Result<()>;
     /// Every site's stored HTTPS settings.
@@ -104,10 +109,11 @@ pub trait CertStore: Send + Sync + 'static {
 }
 
 fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord> {
+    let domain: String = row.try_get("domain")?;
     Ok(CertRecord {
-        domain: row.try_get("domain")?,
+        key: sealed_from_row(row, &format!("the certificate key of {domain}"))?,
+        domain,
         chain_pem: row.try_get("chain_pem")?,
-        key_pem: row.try_get("key_pem")?,
         issuer: row.try_get("issuer")?,
         not_after: row.try_get("not_after")?,
         source: CertSource::parse(row.try_get::<&str, _>("source")?)?,
@@ -119,17 +125,21 @@ fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord> {
 impl CertStore for SqliteStore {
     async fn put_cert(&self, record: &CertRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO certificates \
-             (domain, chain_pem, key_pem, issuer, not_after, source, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO certificates (domain, chain_pem, kek_id, wrapped_key, ciphertext, \
+             issuer, not_after, source, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (domain) DO UPDATE SET chain_pem = excluded.chain_pem, \
-             key_pem = excluded.key_pem, issuer = excluded.issuer, \
+             legacy_plaintext = NULL, kek_id = excluded.kek_id, \
+             wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext, \
+             issuer = excluded.issuer, \
              not_after = excluded.not_after, source = excluded.source, \
              updated_at = excluded.updated_at",
         )
         .bind(&record.domain)
         .bind(&record.chain_pem)
-        .bind(&record.key_pem)
+        .bind(&record.key.kek_id)
+        .bind(&record.key.wrapped_key)
+        .bind(&record.key.ciphertext)
         .bind(&record.issuer)
         .bind(record.not_after)
         .bind(record.source.as_str())
@@ -168,21 +178,33 @@ impl CertStore for SqliteStore {
         Ok(())
     }
 
-    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT credentials FROM acme_accounts WHERE directory = ?")
-            .bind(directory)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("credentials")).transpose()?)
-    }
-
-    async fn put_acme_account(&self, directory: &str, credentials: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO acme_accounts (directory, credentials, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+    async fn acme_account(&self, directory: &str) -> Result<Option<Sealed>> {
+        let row = sqlx::query(
+            "SELECT kek_id, wrapped_key, ciphertext FROM acme_accounts WHERE directory = ?",
         )
         .bind(directory)
-        .bind(credentials)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| sealed_from_row(&r, &format!("the ACME account key of {directory}")))
+            .transpose()
+    }
+
+    async fn put_acme_account(
+        &self,
+        directory: &str,
+        credentials: &Sealed,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory, kek_id, wrapped_key, ciphertext, created_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (directory) DO UPDATE SET \
+             legacy_plaintext = NULL, kek_id = excluded.kek_id, \
+             wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext",
+        )
+        .bind(directory)
+        .bind(&credentials.kek_id)
+        .bind(&credentials.wrapped_key)
+        .bind(&credentials.ciphertext)
         .bind(now)
         .execute(&self.pool)
         .await?;

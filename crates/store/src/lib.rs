@@ -10,6 +10,7 @@ mod certs;
 mod identity;
 mod model;
 mod privacy;
+mod sealed;
 mod sqlite;
 mod sqlite_identity;
 mod sqlite_privacy;
@@ -18,6 +19,7 @@ pub use certs::{CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
 pub use identity::IdentityStore;
 pub use model::*;
 pub use privacy::{ConsentRecord, Erased, Erasure, PrivacyStore, Purpose};
+pub use sealed::Sealed;
 pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;

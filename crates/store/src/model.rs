@@ -184,8 +184,8 @@ pub struct ApiKeyRecord {
 #[derive(Debug, Clone)]
 pub struct SigningKeyRecord {
     pub kid: String,
-    /// PKCS#8 document.
-    pub private_key: Vec<u8>,
+    /// The PKCS#8 document, sealed (purpose `signing-key`, name = kid).
+    pub private_key: crate::Sealed,
     /// The raw 32-byte public key.
     pub public_key: Vec<u8>,
     pub created_at: i64,

@@ -55,9 +55,10 @@ fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
 }
 
 fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRecord> {
+    let kid: String = row.try_get("kid")?;
     Ok(SigningKeyRecord {
-        kid: row.try_get("kid")?,
-        private_key: row.try_get("private_key")?,
+        private_key: crate::sealed::sealed_from_row(row, &format!("token signing key {kid}"))?,
+        kid,
         public_key: row.try_get("public_key")?,
         created_at: row.try_get("created_at")?,
         active: row.try_get("active")?,
@@ -470,11 +471,14 @@ impl IdentityStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO signing_keys (kid, private_key, public_key, created_at, active)
-             VALUES (?, ?, ?, ?, 1)",
+            "INSERT INTO signing_keys
+             (kid, kek_id, wrapped_key, ciphertext, public_key, created_at, active)
+             VALUES (?, ?, ?, ?, ?, ?, 1)",
         )
         .bind(&key.kid)
-        .bind(&key.private_key)
+        .bind(&key.private_key.kek_id)
+        .bind(&key.private_key.wrapped_key)
+        .bind(&key.private_key.ciphertext)
         .bind(&key.public_key)
         .bind(key.created_at)
         .execute(&mut *tx)

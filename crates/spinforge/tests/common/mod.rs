@@ -60,6 +60,12 @@ impl Server {
         Server::spawn(root, LOOPBACK_UPSTREAMS.to_owned(), &[])
     }
 
+    /// Starts a server on `root/data` as it is, with `config` (for
+    /// example an HTTPS listener for a restored data directory).
+    pub fn start_at_with(root: Arc<tempfile::TempDir>, config: &str) -> Server {
+        Server::spawn(root, config.to_owned(), &[])
+    }
+
     /// Starts a server with `config` and extra `serve` flags, which a
     /// restart passes again. A `--listen` among them replaces the free
     /// port the harness picks otherwise.
