@@ -329,13 +329,14 @@ mod tests {
     #[test]
     fn claim_refuses_wildcards_localhost_and_other_customers_names() {
         let foreign = ["b.localhost", "example.com"];
-        assert_eq!(
-            claim("*.a.localhost", foreign),
-            Err(ClaimError::Wildcard)
-        );
+        assert_eq!(claim("*.a.localhost", foreign), Err(ClaimError::Wildcard));
         assert_eq!(claim("localhost", foreign), Err(ClaimError::Localhost));
         for taken in ["www.b.localhost", "b.localhost", "shop.example.com"] {
-            assert_eq!(claim(taken, foreign), Err(ClaimError::OtherCustomer), "{taken}");
+            assert_eq!(
+                claim(taken, foreign),
+                Err(ClaimError::OtherCustomer),
+                "{taken}"
+            );
         }
         assert_eq!(claim("a.localhost", foreign), Ok(()));
         assert_eq!(claim("example.org", foreign), Ok(()));

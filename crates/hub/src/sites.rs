@@ -254,7 +254,9 @@ impl Hub {
                 });
             }
         }
-        let site = self.create_site(Some(caller.user_id), customer, spec).await?;
+        let site = self
+            .create_site(Some(caller.user_id), customer, spec)
+            .await?;
         tracing::info!(
             target: "spinforge::audit", event = "site.create", user = %caller.user_id,
             role = caller.role.as_str(),

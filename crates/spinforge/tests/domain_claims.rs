@@ -106,7 +106,12 @@ async fn a_developer_cannot_claim_wildcards_suffixes_or_other_customers_names() 
         ("co.uk", 400, "invalid", "`co.uk` is a public suffix"),
         ("*.localhost", 400, "invalid", "public suffix `localhost`"),
         ("*.b.localhost", 403, "forbidden", "reserved for admins"),
-        ("*.initech.localhost", 403, "forbidden", "reserved for admins"),
+        (
+            "*.initech.localhost",
+            403,
+            "forbidden",
+            "reserved for admins",
+        ),
         ("localhost", 403, "forbidden", "reserved for admins"),
         ("www.a.localhost", 409, "conflict", "another customer"),
         ("deep.www.b.localhost", 409, "conflict", "another customer"),
@@ -115,7 +120,14 @@ async fn a_developer_cannot_claim_wildcards_suffixes_or_other_customers_names() 
     ];
     for (domain, status, code, rule) in refused {
         let body = json!({ "domain": domain });
-        let (got, error) = call(&server, Method::POST, "/api/v1/sites", &attacker, Some(body)).await;
+        let (got, error) = call(
+            &server,
+            Method::POST,
+            "/api/v1/sites",
+            &attacker,
+            Some(body),
+        )
+        .await;
         assert_eq!(got, *status, "{domain}: {error}");
         assert_eq!(error["error"]["code"], *code, "{domain}: {error}");
         assert_eq!(error["error"]["field"], "domain", "{domain}: {error}");
@@ -135,9 +147,18 @@ async fn a_developer_cannot_claim_wildcards_suffixes_or_other_customers_names() 
     domains.sort_unstable();
     assert_eq!(domains, ["a.localhost", "b.localhost", "shop.example.com"]);
     for host in ["a.localhost", "b.localhost", "shop.example.com"] {
-        assert_eq!(page_at(&server, host).await, (200, "victim".into()), "{host}");
+        assert_eq!(
+            page_at(&server, host).await,
+            (200, "victim".into()),
+            "{host}"
+        );
     }
-    for host in ["www.a.localhost", "x.b.localhost", "unclaimed.localhost", "localhost"] {
+    for host in [
+        "www.a.localhost",
+        "x.b.localhost",
+        "unclaimed.localhost",
+        "localhost",
+    ] {
         assert_eq!(page_at(&server, host).await.0, 404, "{host}");
     }
 
@@ -197,8 +218,13 @@ async fn ordinary_names_still_work_and_an_admin_can_create_a_wildcard() {
     let body = json!({ "domain": "*.initech.localhost", "customer": "initech" });
     let (status, site) = call(&server, Method::POST, "/api/v1/sites", &admin, Some(body)).await;
     assert_eq!(status, 201, "{site}");
-    let (status, release) =
-        upload(&server, &dev, "*.initech.localhost", bundle("initech wildcard")).await;
+    let (status, release) = upload(
+        &server,
+        &dev,
+        "*.initech.localhost",
+        bundle("initech wildcard"),
+    )
+    .await;
     assert_eq!(status, 201, "{release}");
     assert_eq!(
         page_at(&server, "any.initech.localhost").await,
@@ -211,7 +237,14 @@ async fn ordinary_names_still_work_and_an_admin_can_create_a_wildcard() {
     // Now the developer of that customer may add names under it; the
     // other customer may not.
     let body = json!({ "domain": "api.initech.localhost" });
-    let (status, _) = call(&server, Method::POST, "/api/v1/sites", &dev, Some(body.clone())).await;
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        "/api/v1/sites",
+        &dev,
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 201);
     let body = json!({ "domain": "evil.initech.localhost" });
     let (status, _) = call(&server, Method::POST, "/api/v1/sites", &other, Some(body)).await;
@@ -220,7 +253,8 @@ async fn ordinary_names_still_work_and_an_admin_can_create_a_wildcard() {
     // Even an admin gets no wildcard over a public suffix.
     for domain in ["*.co.uk", "*.localhost", "*.github.io"] {
         let body = json!({ "domain": domain });
-        let (status, error) = call(&server, Method::POST, "/api/v1/sites", &admin, Some(body)).await;
+        let (status, error) =
+            call(&server, Method::POST, "/api/v1/sites", &admin, Some(body)).await;
         assert_eq!(status, 400, "{domain}: {error}");
         assert_eq!(error["error"]["field"], "domain", "{error}");
     }
