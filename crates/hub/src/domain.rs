@@ -179,6 +179,9 @@ impl ClaimError {
 /// Decides whether a non-admin caller may take `domain` (already
 /// [`validate`]d). `foreign` lists the domains of sites that belong to
 /// anyone other than the caller's customer, platform sites included.
+// Limitation: a name nobody holds yet goes to the first customer that
+// claims it; control of the DNS name is not proven (a DNS TXT token
+// checked before the claim, behind an admin switch, would lift it).
 pub fn claim<'a>(
     domain: &str,
     foreign: impl IntoIterator<Item = &'a str>,

@@ -227,6 +227,9 @@ impl Hub {
         let domain = self.check_domain(&spec.domain)?;
         // One claim at a time: the check reads every site, and a parallel
         // create of an overlapping name must see this one.
+        // Limitation: the lock is this process's; hubs sharing one
+        // PostgreSQL store could race (a store-side advisory lock around
+        // check and insert would lift it).
         let _claims = self.inner.claims.lock().await;
         if caller.role != Role::Admin {
             let sites = self.inner.store.list_sites().await?;
