@@ -10,7 +10,7 @@ use crate::body::{self, BoxError, EdgeBody};
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
 use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
-use crate::routes::{Routes, Target};
+use crate::routes::{Route, Routes, Target};
 use crate::tls::{HttpsMode, Tls};
 use crate::upstream::UpstreamPolicy;
 use crate::{host, static_files};
@@ -166,10 +166,17 @@ impl Edge {
         let open = Some(self.inner.metrics.open_connections.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let edge = self.clone();
-        let make = move |peer: SocketAddr, _info: listener::TlsInfo| {
+        let make = move |peer: SocketAddr, info: listener::TlsInfo| {
             let edge = edge.clone();
-            service_fn(move |req| {
+            let sni = info
+                .server_name
+                .and_then(|name| host::normalize(&name))
+                .map(|name| TlsServerName(name.into()));
+            service_fn(move |mut req: Request<Incoming>| {
                 let edge = edge.clone();
+                if let Some(sni) = &sni {
+                    req.extensions_mut().insert(sni.clone());
+                }
                 async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer, true).await) }
             })
         };
@@ -238,6 +245,9 @@ impl Edge {
             }
             (Ok(_), None) => (not_found(), Origin::Edge),
             (Ok(admitted), Some(route)) => 'routed: {
+                if let Some(page) = self.misdirected(&req, requested_host.as_deref(), &route) {
+                    break 'routed (page, Origin::Edge);
+                }
                 if !https {
                     let host = requested_host.as_deref().unwrap_or(&route.site);
                     if let Some(page) = self.plain_http_policy(&req, host, &route.site) {
@@ -333,6 +343,32 @@ impl Edge {
             duration_us = elapsed.as_micros() as u64,
         );
         response
+    }
+
+    /// 421 Misdirected Request iff the request came over a TLS
+    /// connection whose SNI names another site than its Host: the
+    /// certificate the client checked was not the one of the site it asks
+    /// for. Host equal to the SNI, or both served by the same site (two
+    /// names under one wildcard), pass; so does a connection without SNI.
+    /// A client that reused a connection for another name (HTTP/2
+    /// coalescing) retries on a fresh one.
+    fn misdirected(
+        &self,
+        req: &Request<Incoming>,
+        host: Option<&str>,
+        route: &Route,
+    ) -> Option<Response<EdgeBody>> {
+        let TlsServerName(sni) = req.extensions().get::<TlsServerName>()?;
+        let host = host?;
+        if **sni == *host {
+            return None;
+        }
+        let snapshot = self.inner.routes.snapshot();
+        if snapshot.lookup(sni).is_some_and(|r| r.site == route.site) {
+            return None;
+        }
+        tracing::debug!(sni = %sni, host, site = %route.site, "SNI and Host name different sites");
+        Some(proxy::error_page(StatusCode::MISDIRECTED_REQUEST))
     }
 
     /// The WAF stage: buffers the body up to the site's inspection limit
@@ -628,6 +664,11 @@ fn waf_page(request_id: &str) -> Response<EdgeBody> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// The SNI of the TLS connection a request came over, normalised like a
+/// Host; a request extension set by [`Edge::serve_tls`].
+#[derive(Debug, Clone)]
+struct TlsServerName(Arc<str>);
 
 fn not_found() -> Response<EdgeBody> {
     let mut response = Response::new(body::full("404 Not Found\n"));

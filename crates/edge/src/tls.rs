@@ -164,9 +164,31 @@ pub fn self_signed(names: &[&str], common_name: &str) -> Result<(String, String)
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The distinguished name and CA settings of the development CA; the same
-/// every run, so a stored key re-creates the same issuer.
-fn dev_ca_params() -> Result<rcgen::CertificateParams, TlsError> {
+/// How long a development CA is valid from its creation.
+const DEV_CA_LIFETIME: time::Duration = time::Duration::days(365);
+
+/// A stored development CA with less than this left is replaced at start,
+/// so each leaf it signs can get its whole lifetime.
+const DEV_CA_RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// How long a development leaf certificate is valid (at most: never past
+/// its CA).
+const DEV_LEAF_LIFETIME: time::Duration = time::Duration::days(30);
+
+/// A leaf with less than this left is issued anew on its next hello.
+const DEV_LEAF_RENEW_BEFORE: time::Duration = time::Duration::days(10);
+
+/// The distinguished name, CA settings and limits of the development CA;
+/// the same every run, so a stored key re-creates the same issuer.
+///
+/// Its Name Constraints permit only `localhost` and names under it (a DNS
+/// constraint covers the name and every name below it) and the loopback
+/// addresses: were its key ever stolen from a machine that trusts it, it
+/// could not vouch for any real site.
+fn dev_ca_params(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> Result<rcgen::CertificateParams, TlsError> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     params
@@ -177,6 +199,19 @@ fn dev_ca_params() -> Result<rcgen::CertificateParams, TlsError> {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![
+            rcgen::GeneralSubtree::DnsName("localhost".into()),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                [0xff; 16],
+            )),
+        ],
+        excluded_subtrees: Vec::new(),
+    });
+    params.not_before = not_before;
+    params.not_after = not_after;
     Ok(params)
 }
 
@@ -189,14 +224,30 @@ const DEV_CERTS_MAX: usize = 1024;
 /// signs a certificate for each `localhost` name on its first hello: a
 /// `*.localhost` wildcard would not do, since TLS clients refuse
 /// wildcards directly under a one-label name.
+///
+/// The CA lives a year and is name-constrained to `localhost`; leaves
+/// live 30 days and are issued anew before they run out.
 pub struct DevCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_pem: String,
     /// Where the CA certificate is, for the operator to trust.
     pub ca_path: std::path::PathBuf,
+    /// The end of the CA's validity; no leaf outlives it.
+    not_after: time::OffsetDateTime,
+    /// The leaves issued so far: name → end of validity.
+    leaves: Mutex<HashMap<String, time::OffsetDateTime>>,
+}
+
+/// Why a stored development CA is not used again.
+enum Stale {
+    Expiring(time::OffsetDateTime),
+    Unconstrained,
 }
 
 impl DevCa {
+    /// Loads the CA from `dir`, or makes one there. A stored CA that has
+    /// (nearly) run out, or that predates the Name Constraints, is
+    /// replaced, with a log line saying so.
     pub fn load_or_create(dir: &std::path::Path) -> Result<DevCa, TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         let io = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", dir.display()));
@@ -204,43 +255,124 @@ impl DevCa {
         let ca_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
         std::fs::create_dir_all(dir).map_err(io)?;
-        let ca_key = if key_path.is_file() && ca_path.is_file() {
-            let pem = std::fs::read_to_string(&key_path).map_err(io)?;
-            rcgen::KeyPair::from_pem(&pem).map_err(gen)?
-        } else {
-            let key = rcgen::KeyPair::generate().map_err(gen)?;
-            let cert = dev_ca_params()?.self_signed(&key).map_err(gen)?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key_path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes()).map_err(io)?;
-            std::fs::write(&ca_path, cert.pem()).map_err(io)?;
-            key
+
+        let now = time::OffsetDateTime::now_utc();
+        let mut stored = None;
+        if key_path.is_file() && ca_path.is_file() {
+            let ca_pem = std::fs::read_to_string(&ca_path).map_err(io)?;
+            let (not_after, constrained) = dev_ca_facts(&ca_pem)?;
+            let stale = if not_after - now < DEV_CA_RENEW_BEFORE {
+                Some(Stale::Expiring(not_after))
+            } else if !constrained {
+                Some(Stale::Unconstrained)
+            } else {
+                None
+            };
+            match stale {
+                None => {
+                    let pem = std::fs::read_to_string(&key_path).map_err(io)?;
+                    let key = rcgen::KeyPair::from_pem(&pem).map_err(gen)?;
+                    stored = Some((key, ca_pem, not_after));
+                }
+                Some(Stale::Expiring(end)) => tracing::warn!(
+                    ca = %ca_path.display(), not_after = %end,
+                    "--dev-tls: the development CA has expired or expires within 30 days; \
+                     generating a new one. Trust the new CA and remove the old one from \
+                     your trust stores"
+                ),
+                Some(Stale::Unconstrained) => tracing::warn!(
+                    ca = %ca_path.display(),
+                    "--dev-tls: the development CA predates the localhost-only name \
+                     constraint, so it could vouch for any site; generating a new one. \
+                     Remove the old one from every trust store you added it to"
+                ),
+            }
+        }
+        let (ca_key, ca_pem, not_after) = match stored {
+            Some(stored) => stored,
+            None => {
+                let key = rcgen::KeyPair::generate().map_err(gen)?;
+                let not_after = now + DEV_CA_LIFETIME;
+                let cert = dev_ca_params(now - time::Duration::hours(1), not_after)?
+                    .self_signed(&key)
+                    .map_err(gen)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&key_path)
+                    .map_err(io)?;
+                std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes()).map_err(io)?;
+                std::fs::write(&ca_path, cert.pem()).map_err(io)?;
+                tracing::info!(ca = %ca_path.display(), not_after = %not_after,
+                    "--dev-tls: new development CA");
+                (key, cert.pem(), not_after)
+            }
         };
-        let ca_pem = std::fs::read_to_string(&ca_path).map_err(io)?;
+        // The issuer only lends its name and key to the leaves; the
+        // validity given here is not used.
         Ok(DevCa {
-            issuer: rcgen::Issuer::new(dev_ca_params()?, ca_key),
+            issuer: rcgen::Issuer::new(dev_ca_params(now, not_after)?, ca_key),
             ca_pem,
             ca_path,
+            not_after,
+            leaves: Mutex::default(),
         })
     }
 
-    /// A certificate for `name`, signed by this CA, chain included.
+    /// A certificate for `name`, signed by this CA, chain included, valid
+    /// for [`DEV_LEAF_LIFETIME`] or until the CA ends, whichever is first.
     pub fn issue(&self, name: &str) -> Result<CertifiedKey, TlsError> {
         let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let now = time::OffsetDateTime::now_utc();
+        if self.not_after <= now + time::Duration::hours(1) {
+            // Limitation: a server left running past its CA's end serves
+            // no new development leaves (a restart makes a new CA; renewing
+            // the CA in place would lift it).
+            return Err(TlsError::Generate(
+                "the development CA has expired; restart serve --dev-tls to replace it".into(),
+            ));
+        }
+        let not_after = (now + DEV_LEAF_LIFETIME).min(self.not_after);
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(gen)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = not_after;
         let key = rcgen::KeyPair::generate().map_err(gen)?;
         let leaf = params.signed_by(&key, &self.issuer).map_err(gen)?;
         let chain = format!("{}{}", leaf.pem(), self.ca_pem);
-        certified_key(&chain, &key.serialize_pem())
+        let certified = certified_key(&chain, &key.serialize_pem())?;
+        if let Ok(mut leaves) = self.leaves.lock() {
+            leaves.insert(name.to_owned(), not_after);
+        }
+        Ok(certified)
     }
+
+    /// True iff this CA issued the certificate of `name` and it is due
+    /// for renewal.
+    fn renewal_due(&self, name: &str) -> bool {
+        let now = time::OffsetDateTime::now_utc();
+        self.leaves
+            .lock()
+            .ok()
+            .and_then(|leaves| leaves.get(name).copied())
+            .is_some_and(|end| end - now < DEV_LEAF_RENEW_BEFORE)
+    }
+}
+
+/// The end of validity of a stored CA certificate, and whether it carries
+/// Name Constraints.
+fn dev_ca_facts(pem: &str) -> Result<(time::OffsetDateTime, bool), TlsError> {
+    let unreadable = || TlsError::Generate("the stored development CA is unreadable".into());
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| unreadable())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| unreadable())?;
+    let end = cert.validity().not_after.timestamp();
+    let not_after = time::OffsetDateTime::from_unix_timestamp(end).map_err(|_| unreadable())?;
+    let constrained = cert.name_constraints().ok().flatten().is_some();
+    Ok((not_after, constrained))
 }
 
 /// True iff `name` is `localhost` or under it (RFC 6761).
@@ -297,7 +429,8 @@ impl Tls {
     /// Issues and keeps a development certificate for a `localhost` name.
     fn dev_cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let ca = self.inner.dev_ca.get()?;
-        if !is_localhost(name) || self.inner.certs.load().len() >= DEV_CERTS_MAX {
+        let certs = self.inner.certs.load();
+        if !is_localhost(name) || (certs.len() >= DEV_CERTS_MAX && !certs.contains_key(name)) {
             return None;
         }
         match ca.issue(name) {
@@ -542,7 +675,13 @@ impl ResolvesServerCert for Tls {
         let Some(name) = name else {
             return Some(self.inner.fallback.clone());
         };
+        let dev_ca = self.inner.dev_ca.get();
         match lookup(&self.inner.certs.load(), &name) {
+            // A development leaf near its end is issued anew; should that
+            // fail, the old one serves while it lasts.
+            Some(key) if dev_ca.is_some_and(|ca| ca.renewal_due(&name)) => {
+                Some(self.dev_cert(&name).unwrap_or(key))
+            }
             Some(key) => Some(key),
             None if self.inner.dev_ca.get().is_some() && is_localhost(&name) => Some(
                 self.dev_cert(&name)

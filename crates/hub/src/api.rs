@@ -281,7 +281,7 @@ async fn list_sites(
 
 #[utoipa::path(post, path = "/api/v1/sites", request_body = CreateSiteRequest, tag = "sites",
     responses((status = 201, body = SiteView), (status = 400, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_site(
     State(hub): State<Hub>,
     caller: Caller,
@@ -323,9 +323,7 @@ async fn create_site(
         balancer: Some(balancer),
         spa: req.spa,
     };
-    let site = hub
-        .create_site(Some(caller.0.user_id), customer, spec)
-        .await?;
+    let site = hub.create_claimed_site(&caller.0, customer, spec).await?;
     Ok((StatusCode::CREATED, Json(site.into())))
 }
 

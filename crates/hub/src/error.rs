@@ -38,6 +38,13 @@ pub enum ApiError {
     /// token or from a foreign origin.
     #[error("{0}")]
     Csrf(&'static str),
+    /// The client may not take this value of `field` (a domain it may not
+    /// claim, say); the message names the rule.
+    #[error("{field}: {message}")]
+    Denied {
+        field: &'static str,
+        message: String,
+    },
     /// The client's password was right but the second factor is missing
     /// (`second_factor_required`) or wrong (`second_factor_failed`).
     #[error("{message}")]
@@ -112,6 +119,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::Escalation(_) | ApiError::Refused(_) => {
                 (StatusCode::FORBIDDEN, "forbidden", None)
             }
+            ApiError::Denied { field, .. } => (StatusCode::FORBIDDEN, "forbidden", Some(field)),
             ApiError::Csrf(_) => (StatusCode::FORBIDDEN, "csrf_failed", None),
             ApiError::SecondFactor { code, .. } => (StatusCode::UNAUTHORIZED, code, Some("totp")),
             ApiError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "locked", None),

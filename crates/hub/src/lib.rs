@@ -104,6 +104,9 @@ struct HubInner {
     /// The HTTPS listener's certificates, once `serve` attaches them: a
     /// deleted site's certificate must go with it.
     tls: Mutex<Option<edge::tls::Tls>>,
+    /// Held from a non-admin's domain claim check to its insert, so two
+    /// creates of overlapping names cannot both pass (see sites.rs).
+    claims: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -140,6 +143,7 @@ impl Hub {
                 user_changes: tokio::sync::Mutex::new(()),
                 isolated: Mutex::new(HashMap::new()),
                 tls: Mutex::new(None),
+                claims: tokio::sync::Mutex::new(()),
             }),
         };
         let sites = hub.inner.store.list_sites().await?;

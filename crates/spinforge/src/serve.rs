@@ -348,7 +348,8 @@ fn start_dev_tls(tls: &edge::tls::Tls, data_dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--dev-tls: {e}"))?;
     tracing::warn!(
         "--dev-tls: localhost names are served with certificates of the local development \
-         CA {ca}. To trust it: curl --cacert {ca} ...; system-wide on Debian: \
+         CA {ca}, which can vouch only for localhost names and loopback addresses and is \
+         replaced after a year. To trust it: curl --cacert {ca} ...; system-wide on Debian: \
          cp {ca} /usr/local/share/ca-certificates/spinforge-dev.crt && update-ca-certificates; \
          in a browser, import it as an authority. Use it for development only.",
         ca = ca.ca_path.display()
