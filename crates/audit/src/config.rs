@@ -39,6 +39,8 @@ pub struct AuditConfig {
     pub ip_mode: IpMode,
     /// How e-mail addresses in the metadata are kept.
     pub email_mode: EmailMode,
+    /// What events that name no known person keep of the client.
+    pub unattributed: Unattributed,
     pub edge: EdgeOverflow,
     /// Where every stored event is forwarded.
     pub sink: SinkConfig,
@@ -63,6 +65,7 @@ impl Default for AuditConfig {
             retry_interval: Duration::from_secs(1),
             ip_mode: IpMode::Truncated,
             email_mode: EmailMode::Full,
+            unattributed: Unattributed::Anonymise,
             edge: EdgeOverflow::default(),
             sink: SinkConfig::default(),
             critical_sink: SinkConfig::default(),
@@ -95,6 +98,21 @@ pub enum EmailMode {
     Full,
     /// `a***@example.com`.
     Masked,
+}
+
+/// What an event keeps of its client when it names no known person (no
+/// acting user, no address): nobody's erasure can reach its fields, so
+/// by default they are cut to what identifies nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unattributed {
+    /// The client IP cut to its /24 (IPv4) or /48 (IPv6) even when
+    /// `ip_mode` keeps full addresses, and the user agent cut to its
+    /// first product token (`curl/8.5.0`). The default.
+    #[default]
+    Anonymise,
+    /// The client IP as `ip_mode` says and the whole user agent, in
+    /// clear and for good (for forensics that outweigh erasure).
+    Keep,
 }
 
 /// What happens to edge-only events (WAF, rate limits) when the queue is
