@@ -134,8 +134,20 @@ struct RawVariant {
     cache_mib: u32,
     rows_per_insert: usize,
     rows_per_txn: usize,
-    filter_indexes: bool,
+    /// Filter indexes dropped before inserting.
+    dropped: &'static [&'static str],
+    /// `wal_autocheckpoint` in pages; `None` keeps SQLite's 1,000.
+    autocheckpoint: Option<u32>,
 }
+
+const ALL_FILTER_INDEXES: &[&str] = &[
+    "audit_events_kind",
+    "audit_events_category",
+    "audit_events_actor",
+    "audit_events_resource",
+    "audit_events_customer",
+    "audit_events_time",
+];
 
 /// The rows the writer would store for `n` bench events (no sealing),
 /// with their MACs; also returns the MAC rate in rows/s.
@@ -191,25 +203,20 @@ async fn raw_insert(rows: &[Row], variant: &RawVariant) -> f64 {
             SqliteSynchronous::Normal
         })
         .pragma("cache_size", format!("-{}", variant.cache_mib * 1024));
+    let options = match variant.autocheckpoint {
+        Some(pages) => options.pragma("wal_autocheckpoint", pages.to_string()),
+        None => options,
+    };
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await
         .expect("open");
-    if !variant.filter_indexes {
-        for index in [
-            "audit_events_kind",
-            "audit_events_category",
-            "audit_events_actor",
-            "audit_events_resource",
-            "audit_events_customer",
-            "audit_events_time",
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {index}")))
-                .execute(&pool)
-                .await
-                .expect("drop index");
-        }
+    for index in variant.dropped {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {index}")))
+            .execute(&pool)
+            .await
+            .expect("drop index");
     }
     let started = Instant::now();
     for batch in rows.chunks(variant.rows_per_txn) {
@@ -257,7 +264,8 @@ async fn where_append_time_goes() {
         cache_mib: 2,
         rows_per_insert: 64,
         rows_per_txn: 1024,
-        filter_indexes: true,
+        dropped: &[],
+        autocheckpoint: None,
     };
     let variants = [
         RawVariant {
@@ -294,7 +302,49 @@ async fn where_append_time_goes() {
             name: "… NORMAL, 32 MiB, without the 6 filter indexes",
             full_sync: false,
             cache_mib: 32,
-            filter_indexes: false,
+            dropped: ALL_FILTER_INDEXES,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, checkpoint every 16,384 WAL pages",
+            full_sync: false,
+            cache_mib: 32,
+            autocheckpoint: Some(16_384),
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, 8,192 rows/txn",
+            full_sync: false,
+            cache_mib: 32,
+            rows_per_txn: 8192,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 128 MiB cache",
+            full_sync: false,
+            cache_mib: 128,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, without the kind index",
+            full_sync: false,
+            cache_mib: 32,
+            dropped: &["audit_events_kind"],
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 128 MiB, 8,192 rows/txn, checkpoint every 16,384 pages",
+            full_sync: false,
+            cache_mib: 128,
+            rows_per_txn: 8192,
+            autocheckpoint: Some(16_384),
+            ..writer
+        },
+        RawVariant {
+            name: "… FULL, 128 MiB, 8,192 rows/txn, checkpoint every 16,384 pages",
+            cache_mib: 128,
+            rows_per_txn: 8192,
+            autocheckpoint: Some(16_384),
             ..writer
         },
     ];
@@ -327,34 +377,33 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    // `raw` runs only the write-path breakdown (for quick experiments).
+    let section = std::env::args().nth(2).unwrap_or_default();
+    if section == "raw" {
+        where_append_time_goes().await;
+        return;
+    }
 
     println!("### Append throughput ({APPEND_EVENTS} events, 4 producers, the real writer)\n");
     println!("| settings | fsync on (FULL) | fsync off (NORMAL) |\n|---|---:|---:|");
     let defaults = AuditConfig::default();
-    let cases: [(&str, AuditConfig, MakeEvent); 4] = [
+    let cases: [(&str, AuditConfig, MakeEvent); 3] = [
         (
-            "before: 2 MiB page cache, batches up to 1,024",
+            "old defaults: batches up to 1,024, 32 MiB cache",
             AuditConfig {
-                cache_mib: 2,
+                batch_max: 1024,
+                cache_mib: 32,
                 ..defaults.clone()
             },
             event,
         ),
         (
-            "default now: 32 MiB page cache, batches up to 1,024",
+            "default now: batches up to 8,192, 128 MiB writer cache",
             defaults.clone(),
             event,
         ),
         (
-            "32 MiB, batches up to 4,096",
-            AuditConfig {
-                batch_max: 4096,
-                ..defaults.clone()
-            },
-            event,
-        ),
-        (
-            "32 MiB, events naming no user (nothing to seal)",
+            "default now, events naming no user (nothing to seal)",
             defaults.clone(),
             anonymous_event,
         ),
@@ -370,7 +419,9 @@ async fn main() {
         }
         println!("| {name} | {:.0} | {:.0} |", rates[0], rates[1]);
     }
-    where_append_time_goes().await;
+    if section != "noraw" {
+        where_append_time_goes().await;
+    }
 
     println!("\n### One `record` at a time (1,000 calls, each waits for its commit)\n");
     println!("| fsync | p50 | p99 |\n|---|---:|---:|");

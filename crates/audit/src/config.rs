@@ -14,13 +14,15 @@ pub struct AuditConfig {
     /// Fsync every committed batch (SQLite `synchronous = FULL`). Off,
     /// a killed process loses nothing, a power loss the last batches.
     pub fsync: bool,
-    /// Most events written in one transaction.
+    /// Most events written in one transaction. Under load a batch takes
+    /// whatever has queued, up to this; the larger it is, the more rows
+    /// share each index page a commit writes (see docs/BENCHMARKS.md).
     pub batch_max: usize,
-    /// SQLite page cache of each of the log's connections, in MiB. The
-    /// writer touches one leaf page per distinct user, resource and
-    /// customer in a batch; when those do not fit, every insert reads a
-    /// page back and spills dirty ones mid-transaction (see
-    /// docs/BENCHMARKS.md, audit section).
+    /// SQLite page cache of the writer's connection, in MiB (readers
+    /// keep at most 32 each). The writer touches one leaf page per
+    /// distinct user, resource and customer in a batch; when those do not
+    /// fit, every insert reads a page back and spills dirty ones
+    /// mid-transaction (see docs/BENCHMARKS.md, audit section).
     pub cache_mib: u32,
     /// How long the writer waits for more events before committing a
     /// batch that is not full. Zero commits at once (group commit still
@@ -55,8 +57,8 @@ impl Default for AuditConfig {
         AuditConfig {
             key_dir: None,
             fsync: true,
-            batch_max: 1024,
-            cache_mib: 32,
+            batch_max: 8192,
+            cache_mib: 128,
             batch_delay: Duration::ZERO,
             queue_capacity: 65_536,
             checkpoint_every: 10_000,

@@ -71,9 +71,12 @@ impl Auditor {
             OpenMode::Write {
                 fsync: config.fsync,
             },
-            Some(config.cache_mib),
+            Some(db::READER_CACHE_MIB.min(config.cache_mib)),
         )
         .await?;
+        // The writer appends through its own connection; readers (and
+        // the erasure-side key lookups) use the pool above.
+        let writer_pool = db::open_writer(data_dir, config.fsync, config.cache_mib).await?;
         let key_dir = config
             .key_dir
             .clone()
@@ -84,7 +87,7 @@ impl Auditor {
         let head_time = db::time_at(&pool, head_seq).await?.unwrap_or(0);
         let sinks = Sinks::start(&config);
         let mut writer = Writer {
-            pool: pool.clone(),
+            pool: writer_pool,
             keys,
             vault: vault.clone(),
             key_dir,
@@ -96,7 +99,7 @@ impl Auditor {
             config: config.clone(),
             sinks,
         };
-        db::refresh_statistics(&pool).await;
+        db::refresh_statistics(&writer.pool).await;
         let startup = writer.startup_events().await?;
         if !startup.is_empty() {
             writer.write(&startup).await?;
