@@ -135,6 +135,11 @@ pub(crate) async fn resolve(
 
 /// The plan of `event`, with `resolved` from [`resolve`] over its
 /// addresses.
+// Limitation: a name in free text (an incident title) is not recognised,
+// only names under personal keys (a per-user list of names to look for
+// would lift it); and an address that was Bob's neither when written nor
+// at erasure stays under its own subject (an address history per user
+// would lift it).
 pub(crate) fn plan(event: &AuditEvent, resolved: &HashMap<String, String>) -> Plan {
     let of_address = |text: &str| -> Option<String> {
         addresses_in(text)
