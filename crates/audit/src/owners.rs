@@ -125,9 +125,9 @@ pub(crate) async fn resolve(
         }
     }
     for address in addresses {
-        if !out.contains_key(&address) {
-            let subject = vault.email_subject(&address);
-            out.insert(address, subject);
+        if let std::collections::hash_map::Entry::Vacant(slot) = out.entry(address) {
+            let subject = vault.email_subject(slot.key());
+            slot.insert(subject);
         }
     }
     out
