@@ -72,6 +72,29 @@ async fn data_dir() -> tempfile::TempDir {
     dir
 }
 
+/// CPU time this process has used so far (user + system, all threads),
+/// from /proc: comparable across runs on a shared host, where the wall
+/// clock mostly measures the other processes.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 here
+    // (counted from 0 after the name);
+    // the kernel counts them in 1/100 s on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Events per CPU-second of the last [`append_with`] call.
+static CPU_RATE: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
+
 /// Appends `n` events from `producers` tasks; returns events per second
 /// until the last one is committed.
 async fn append(n: u64, producers: u64, config: AuditConfig) -> (f64, tempfile::TempDir) {
@@ -87,6 +110,7 @@ async fn append_with(
     let dir = data_dir().await;
     let auditor = Auditor::start(dir.path(), config).await.expect("start");
     let started = Instant::now();
+    let cpu_started = cpu_time();
     let mut tasks = Vec::new();
     for p in 0..producers {
         let auditor = auditor.clone();
@@ -103,6 +127,8 @@ async fn append_with(
     }
     auditor.checkpoint().await.expect("checkpoint");
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu_started).as_secs_f64().max(0.01);
+    *CPU_RATE.lock().expect("cpu rate") = n as f64 / cpu;
     auditor.shutdown().await;
     (rate, dir)
 }
@@ -134,8 +160,20 @@ struct RawVariant {
     cache_mib: u32,
     rows_per_insert: usize,
     rows_per_txn: usize,
-    filter_indexes: bool,
+    /// Filter indexes dropped before inserting.
+    dropped: &'static [&'static str],
+    /// `wal_autocheckpoint` in pages; `None` keeps SQLite's 1,000.
+    autocheckpoint: Option<u32>,
 }
+
+const ALL_FILTER_INDEXES: &[&str] = &[
+    "audit_events_kind",
+    "audit_events_category",
+    "audit_events_actor",
+    "audit_events_resource",
+    "audit_events_customer",
+    "audit_events_time",
+];
 
 /// The rows the writer would store for `n` bench events (no sealing),
 /// with their MACs; also returns the MAC rate in rows/s.
@@ -191,25 +229,20 @@ async fn raw_insert(rows: &[Row], variant: &RawVariant) -> f64 {
             SqliteSynchronous::Normal
         })
         .pragma("cache_size", format!("-{}", variant.cache_mib * 1024));
+    let options = match variant.autocheckpoint {
+        Some(pages) => options.pragma("wal_autocheckpoint", pages.to_string()),
+        None => options,
+    };
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await
         .expect("open");
-    if !variant.filter_indexes {
-        for index in [
-            "audit_events_kind",
-            "audit_events_category",
-            "audit_events_actor",
-            "audit_events_resource",
-            "audit_events_customer",
-            "audit_events_time",
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {index}")))
-                .execute(&pool)
-                .await
-                .expect("drop index");
-        }
+    for index in variant.dropped {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {index}")))
+            .execute(&pool)
+            .await
+            .expect("drop index");
     }
     let started = Instant::now();
     for batch in rows.chunks(variant.rows_per_txn) {
@@ -257,7 +290,8 @@ async fn where_append_time_goes() {
         cache_mib: 2,
         rows_per_insert: 64,
         rows_per_txn: 1024,
-        filter_indexes: true,
+        dropped: &[],
+        autocheckpoint: None,
     };
     let variants = [
         RawVariant {
@@ -294,7 +328,49 @@ async fn where_append_time_goes() {
             name: "… NORMAL, 32 MiB, without the 6 filter indexes",
             full_sync: false,
             cache_mib: 32,
-            filter_indexes: false,
+            dropped: ALL_FILTER_INDEXES,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, checkpoint every 16,384 WAL pages",
+            full_sync: false,
+            cache_mib: 32,
+            autocheckpoint: Some(16_384),
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, 8,192 rows/txn",
+            full_sync: false,
+            cache_mib: 32,
+            rows_per_txn: 8192,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 128 MiB cache",
+            full_sync: false,
+            cache_mib: 128,
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 32 MiB, without the kind index",
+            full_sync: false,
+            cache_mib: 32,
+            dropped: &["audit_events_kind"],
+            ..writer
+        },
+        RawVariant {
+            name: "… NORMAL, 128 MiB, 8,192 rows/txn, checkpoint every 16,384 pages",
+            full_sync: false,
+            cache_mib: 128,
+            rows_per_txn: 8192,
+            autocheckpoint: Some(16_384),
+            ..writer
+        },
+        RawVariant {
+            name: "… FULL, 128 MiB, 8,192 rows/txn, checkpoint every 16,384 pages",
+            cache_mib: 128,
+            rows_per_txn: 8192,
+            autocheckpoint: Some(16_384),
             ..writer
         },
     ];
@@ -327,50 +403,62 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    // `raw` runs only the write-path breakdown (for quick experiments).
+    let section = std::env::args().nth(2).unwrap_or_default();
+    if section == "raw" {
+        where_append_time_goes().await;
+        return;
+    }
 
     println!("### Append throughput ({APPEND_EVENTS} events, 4 producers, the real writer)\n");
-    println!("| settings | fsync on (FULL) | fsync off (NORMAL) |\n|---|---:|---:|");
+    println!(
+        "| settings | fsync on (FULL) | fsync off (NORMAL) | per CPU-second, on / off |\n\
+         |---|---:|---:|---:|"
+    );
     let defaults = AuditConfig::default();
-    let cases: [(&str, AuditConfig, MakeEvent); 4] = [
+    let cases: [(&str, AuditConfig, MakeEvent); 3] = [
         (
-            "before: 2 MiB page cache, batches up to 1,024",
+            "old defaults: batches up to 1,024, 32 MiB cache",
             AuditConfig {
-                cache_mib: 2,
+                batch_max: 1024,
+                cache_mib: 32,
                 ..defaults.clone()
             },
             event,
         ),
         (
-            "default now: 32 MiB page cache, batches up to 1,024",
+            "default now: batches up to 8,192, 128 MiB writer cache",
             defaults.clone(),
             event,
         ),
         (
-            "32 MiB, batches up to 4,096",
-            AuditConfig {
-                batch_max: 4096,
-                ..defaults.clone()
-            },
-            event,
-        ),
-        (
-            "32 MiB, events naming no user (nothing to seal)",
+            "default now, events naming no user (nothing to seal)",
             defaults.clone(),
             anonymous_event,
         ),
     ];
     for (name, config, make) in cases {
         let mut rates = Vec::new();
+        let mut cpu_rates = Vec::new();
         for fsync in [true, false] {
             let config = AuditConfig {
                 fsync,
                 ..config.clone()
             };
             rates.push(append_with(APPEND_EVENTS, 4, config, make).await.0);
+            cpu_rates.push(*CPU_RATE.lock().expect("cpu rate"));
         }
-        println!("| {name} | {:.0} | {:.0} |", rates[0], rates[1]);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} / {:.0} |",
+            rates[0], rates[1], cpu_rates[0], cpu_rates[1]
+        );
     }
-    where_append_time_goes().await;
+    if section == "append" {
+        return;
+    }
+    if section != "noraw" {
+        where_append_time_goes().await;
+    }
 
     println!("\n### One `record` at a time (1,000 calls, each waits for its commit)\n");
     println!("| fsync | p50 | p99 |\n|---|---:|---:|");

@@ -14,13 +14,15 @@ pub struct AuditConfig {
     /// Fsync every committed batch (SQLite `synchronous = FULL`). Off,
     /// a killed process loses nothing, a power loss the last batches.
     pub fsync: bool,
-    /// Most events written in one transaction.
+    /// Most events written in one transaction. Under load a batch takes
+    /// whatever has queued, up to this; the larger it is, the more rows
+    /// share each index page a commit writes (see docs/BENCHMARKS.md).
     pub batch_max: usize,
-    /// SQLite page cache of each of the log's connections, in MiB. The
-    /// writer touches one leaf page per distinct user, resource and
-    /// customer in a batch; when those do not fit, every insert reads a
-    /// page back and spills dirty ones mid-transaction (see
-    /// docs/BENCHMARKS.md, audit section).
+    /// SQLite page cache of the writer's connection, in MiB (readers
+    /// keep at most 32 each). The writer touches one leaf page per
+    /// distinct user, resource and customer in a batch; when those do not
+    /// fit, every insert reads a page back and spills dirty ones
+    /// mid-transaction (see docs/BENCHMARKS.md, audit section).
     pub cache_mib: u32,
     /// How long the writer waits for more events before committing a
     /// batch that is not full. Zero commits at once (group commit still
@@ -39,6 +41,8 @@ pub struct AuditConfig {
     pub ip_mode: IpMode,
     /// How e-mail addresses in the metadata are kept.
     pub email_mode: EmailMode,
+    /// What events that name no known person keep of the client.
+    pub unattributed: Unattributed,
     pub edge: EdgeOverflow,
     /// Where every stored event is forwarded.
     pub sink: SinkConfig,
@@ -53,8 +57,8 @@ impl Default for AuditConfig {
         AuditConfig {
             key_dir: None,
             fsync: true,
-            batch_max: 1024,
-            cache_mib: 32,
+            batch_max: 8192,
+            cache_mib: 128,
             batch_delay: Duration::ZERO,
             queue_capacity: 65_536,
             checkpoint_every: 10_000,
@@ -63,6 +67,7 @@ impl Default for AuditConfig {
             retry_interval: Duration::from_secs(1),
             ip_mode: IpMode::Truncated,
             email_mode: EmailMode::Full,
+            unattributed: Unattributed::Anonymise,
             edge: EdgeOverflow::default(),
             sink: SinkConfig::default(),
             critical_sink: SinkConfig::default(),
@@ -95,6 +100,21 @@ pub enum EmailMode {
     Full,
     /// `a***@example.com`.
     Masked,
+}
+
+/// What an event keeps of its client when it names no known person (no
+/// acting user, no address): nobody's erasure can reach its fields, so
+/// by default they are cut to what identifies nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unattributed {
+    /// The client IP cut to its /24 (IPv4) or /48 (IPv6) even when
+    /// `ip_mode` keeps full addresses, and the user agent cut to its
+    /// first product token (`curl/8.5.0`). The default.
+    #[default]
+    Anonymise,
+    /// The client IP as `ip_mode` says and the whole user agent, in
+    /// clear and for good (for forensics that outweigh erasure).
+    Keep,
 }
 
 /// What happens to edge-only events (WAF, rate limits) when the queue is

@@ -16,6 +16,7 @@ mod event;
 pub mod http;
 pub mod keys;
 mod layer;
+mod owners;
 pub mod pii;
 mod query;
 mod sink;
@@ -23,7 +24,9 @@ mod tap;
 mod verify;
 mod writer;
 
-pub use config::{AuditConfig, EdgeOverflow, EmailMode, SinkConfig, SyslogTarget, WebhookSink};
+pub use config::{
+    AuditConfig, EdgeOverflow, EmailMode, SinkConfig, SyslogTarget, Unattributed, WebhookSink,
+};
 pub use db::OpenMode;
 pub use event::{
     anonymise_ip, is_secret_key, type_matches, valid_type, Actor, AuditEvent, IpMode, Outcome,

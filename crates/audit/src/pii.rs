@@ -1,18 +1,20 @@
 //! Personal fields of the log, encrypted per subject so they can be
 //! erased without touching the chain (crypto-shredding).
 //!
-//! Each event about a known person gets that person's key: `user:ID` for
-//! an acting user, else `email:HMAC` for an address named in the event
-//! (a failed login). The client IP, the user agent and the personal
-//! metadata values (e-mail, names) are stored as
-//! `pii:v1:SUBJECT:BASE64` (AES-256-GCM), and the chain MAC covers that
-//! ciphertext. Subject keys live wrapped in `audit_pii_keys`, under a
-//! master key kept as a file beside the chain key; deleting a subject's
-//! row destroys what its fields said, and the chain still verifies.
+//! Each personal field is sealed under the key of the person it belongs
+//! to (decided in [`crate::owners`]): `user:ID` for a known user, else
+//! `email:HMAC` for an address with no user. The client IP, the user
+//! agent and personal metadata values (addresses, names) are stored as
+//! `pii:v1:SUBJECT:BASE64` (AES-256-GCM; a value naming several people
+//! is sealed once per person, outermost last), and the chain MAC covers
+//! that ciphertext. Subject keys live wrapped in `audit_pii_keys`, under
+//! a master key kept as a file beside the chain key; deleting a
+//! subject's row destroys what its fields said, and the chain still
+//! verifies.
 
 use crate::chain::Row;
-use crate::event::AuditEvent;
 use crate::keys;
+use crate::owners::{Plan, MAX_LAYERS};
 use crate::AuditError;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hmac;
@@ -33,6 +35,9 @@ const SEALED: &str = "pii:v1:";
 /// What a reader sees in place of a field whose key was destroyed.
 pub const ERASED: &str = "[erased]";
 
+/// What an export shows in place of another person's field.
+pub const WITHHELD: &str = "[withheld]";
+
 /// Metadata keys whose string values are personal: addresses and names.
 const PERSONAL_META: &[&str] = &[
     "subject",
@@ -42,6 +47,7 @@ const PERSONAL_META: &[&str] = &[
     "name",
     "display_name",
     "full_name",
+    "target_name",
 ];
 
 /// True iff a metadata value under `key` is personal data.
@@ -147,18 +153,6 @@ impl Vault {
         }
     }
 
-    /// The subject whose key protects `event`, if it names a person.
-    pub(crate) fn subject_of(&self, event: &AuditEvent) -> Option<String> {
-        if let Some(user) = event.actor.user_id {
-            return Some(format!("user:{user}"));
-        }
-        ["subject", "email", "user_email"]
-            .iter()
-            .filter_map(|k| event.metadata.get(*k)?.as_str())
-            .find(|v| v.contains('@'))
-            .map(|email| self.email_subject(email))
-    }
-
     /// Keys for `subjects`, from the cache or the table; subjects that
     /// have none get a fresh key, returned wrapped in the second list so
     /// the caller stores it with the rows it protects.
@@ -238,112 +232,115 @@ impl Vault {
         })
     }
 
-    /// Encrypts the personal fields of `row` under `key`.
+    /// Encrypts the personal fields of `row` as `plan` says, each under
+    /// the key of the person it belongs to; `keys` holds every subject of
+    /// the plan.
     pub(crate) fn seal_row(
         &self,
         row: &mut Row,
-        subject: &str,
-        key: &LessSafeKey,
+        plan: &Plan,
+        keys: &HashMap<String, Arc<LessSafeKey>>,
     ) -> Result<(), AuditError> {
-        let seal_text = |field: &str, text: &mut String| -> Result<(), AuditError> {
+        let seal_text = |subject: &str, field: &str, text: &mut String| {
+            let key = keys
+                .get(subject)
+                .ok_or_else(|| AuditError::Unavailable(format!("no audit key for {subject}")))?;
             let aad = format!("{subject}|{field}");
             let sealed = seal(key, aad.as_bytes(), text.as_bytes())?;
             *text = format!("{SEALED}{subject}:{}", B64.encode(sealed));
-            Ok(())
+            Ok::<(), AuditError>(())
         };
-        if let Some(ip) = row.client_ip.as_mut() {
-            seal_text("client_ip", ip)?;
+        if let Some(actor) = &plan.actor {
+            if let Some(ip) = row.client_ip.as_mut() {
+                seal_text(actor, "client_ip", ip)?;
+            }
+            if let Some(agent) = row.user_agent.as_mut().filter(|a| !a.is_empty()) {
+                seal_text(actor, "user_agent", agent)?;
+            }
         }
-        if let Some(agent) = row.user_agent.as_mut().filter(|a| !a.is_empty()) {
-            seal_text("user_agent", agent)?;
-        }
-        // Most events hold no personal metadata: skip parsing those (a
-        // value that merely contains a key's name costs only a parse).
-        let named = PERSONAL_META.iter().any(|key| row.metadata.contains(key));
-        if !named {
+        if plan.fields.is_empty() {
             return Ok(());
         }
         let mut meta: serde_json::Map<String, Value> =
             serde_json::from_str(&row.metadata).unwrap_or_default();
-        let mut changed = false;
-        for (name, value) in meta.iter_mut() {
-            if let Value::String(text) = value {
-                if is_personal_key(name) && !text.is_empty() {
-                    seal_text(&format!("metadata.{name}"), text)?;
-                    changed = true;
+        for (name, subjects) in &plan.fields {
+            if let Some(Value::String(text)) = meta.get_mut(name) {
+                let field = format!("metadata.{name}");
+                for subject in subjects {
+                    seal_text(subject, &field, text)?;
                 }
             }
         }
-        if changed {
-            row.metadata = Value::Object(meta).to_string();
-        }
+        row.metadata = Value::Object(meta).to_string();
         Ok(())
     }
 
-    /// Decrypts the personal fields of `rows` in place; a field whose key
-    /// is gone reads [`ERASED`].
+    /// Decrypts the personal fields of `rows` in place, every layer of
+    /// them. A field whose key is gone reads [`ERASED`]; with `only`, a
+    /// field sealed for anyone else reads [`WITHHELD`] (an export shows
+    /// its subject their own data, not other people's).
     pub(crate) async fn open_rows(
         &self,
         pool: &SqlitePool,
         rows: &mut [Row],
+        only: Option<&[String]>,
     ) -> Result<(), AuditError> {
         let mut keys: HashMap<String, Option<Arc<LessSafeKey>>> = HashMap::new();
-        for row in rows.iter() {
-            for subject in sealed_subjects(row) {
-                if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(subject) {
-                    let key = self.load_key(pool, slot.key()).await?;
-                    slot.insert(key);
-                }
-            }
-        }
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let open_text = |field: &str, text: &mut String| {
-            if let Some(plain) = open_sealed(&keys, field, text) {
-                *text = plain;
-            }
-        };
-        for row in rows.iter_mut() {
-            if let Some(ip) = row.client_ip.as_mut() {
-                open_text("client_ip", ip);
-            }
-            if let Some(agent) = row.user_agent.as_mut() {
-                open_text("user_agent", agent);
-            }
-            if row.metadata.contains(SEALED) {
-                let mut meta: serde_json::Map<String, Value> =
-                    serde_json::from_str(&row.metadata).unwrap_or_default();
-                for (name, value) in meta.iter_mut() {
-                    if let Value::String(text) = value {
-                        open_text(&format!("metadata.{name}"), text);
+        // One layer per round: a value sealed for several people is
+        // opened from the outside in.
+        for _ in 0..=MAX_LAYERS {
+            let mut wanted = Vec::new();
+            for row in rows.iter_mut() {
+                for_each_field(row, |_, text| {
+                    if let Some((subject, _)) = split_sealed(text) {
+                        wanted.push(subject.to_owned());
                     }
+                });
+            }
+            if wanted.is_empty() {
+                break;
+            }
+            for subject in wanted {
+                let allowed = only.is_none_or(|o| o.contains(&subject));
+                if allowed && !keys.contains_key(&subject) {
+                    let key = self.load_key(pool, &subject).await?;
+                    keys.insert(subject, key);
                 }
-                row.metadata = Value::Object(meta).to_string();
+            }
+            for row in rows.iter_mut() {
+                for_each_field(row, |field, text| {
+                    if let Some(plain) = open_sealed(&keys, only, field, text) {
+                        *text = plain;
+                    }
+                });
             }
         }
         Ok(())
     }
 }
 
-/// The subjects named by sealed fields of `row`.
-fn sealed_subjects(row: &Row) -> Vec<String> {
-    let mut out = Vec::new();
-    for text in [&row.client_ip, &row.user_agent].into_iter().flatten() {
-        if let Some((subject, _)) = split_sealed(text) {
-            out.push(subject.to_owned());
+/// Calls `f` with the name and text of every field of `row` that may be
+/// sealed; the metadata is parsed and written back only if it holds a
+/// sealed value.
+fn for_each_field(row: &mut Row, mut f: impl FnMut(&str, &mut String)) {
+    if let Some(ip) = row.client_ip.as_mut() {
+        f("client_ip", ip);
+    }
+    if let Some(agent) = row.user_agent.as_mut() {
+        f("user_agent", agent);
+    }
+    if !row.metadata.contains(SEALED) {
+        return;
+    }
+    let Ok(Value::Object(mut meta)) = serde_json::from_str::<Value>(&row.metadata) else {
+        return;
+    };
+    for (name, value) in meta.iter_mut() {
+        if let Value::String(text) = value {
+            f(&format!("metadata.{name}"), text);
         }
     }
-    if row.metadata.contains(SEALED) {
-        if let Ok(Value::Object(meta)) = serde_json::from_str::<Value>(&row.metadata) {
-            for value in meta.values() {
-                if let Some((subject, _)) = value.as_str().and_then(split_sealed) {
-                    out.push(subject.to_owned());
-                }
-            }
-        }
-    }
-    out
+    row.metadata = Value::Object(meta).to_string();
 }
 
 /// `pii:v1:SUBJECT:DATA` → (SUBJECT, DATA). Subjects contain one colon.
@@ -355,14 +352,20 @@ fn split_sealed(text: &str) -> Option<(&str, &str)> {
     Some((subject, data))
 }
 
-/// The plaintext of a sealed `text`, or [`ERASED`] when its key is gone
-/// or the ciphertext does not open; `None` for text that is not sealed.
+/// One layer of a sealed `text` opened: the plaintext (which may be
+/// sealed again), [`WITHHELD`] when its subject is not in `only`, or
+/// [`ERASED`] when its key is gone or the ciphertext does not open;
+/// `None` for text that is not sealed.
 fn open_sealed(
     keys: &HashMap<String, Option<Arc<LessSafeKey>>>,
+    only: Option<&[String]>,
     field: &str,
     text: &str,
 ) -> Option<String> {
     let (subject, data) = split_sealed(text)?;
+    if only.is_some_and(|o| !o.iter().any(|s| s == subject)) {
+        return Some(WITHHELD.to_owned());
+    }
     let Some(Some(key)) = keys.get(subject) else {
         return Some(ERASED.to_owned());
     };

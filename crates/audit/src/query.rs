@@ -198,8 +198,33 @@ impl AuditReader {
         ))
     }
 
-    /// One page of events matching `query`.
+    /// One page of events matching `query`, every personal field opened
+    /// whose key still exists.
     pub async fn query(&self, query: &AuditQuery) -> Result<Page, AuditError> {
+        self.query_opening(query, None).await
+    }
+
+    /// [`AuditReader::query`] as the person `user` (with address
+    /// `email`) may see it: only their own personal fields are opened,
+    /// everyone else's read [`crate::pii::WITHHELD`]. For exports.
+    pub async fn query_as_subject(
+        &self,
+        query: &AuditQuery,
+        user: i64,
+        email: &str,
+    ) -> Result<Page, AuditError> {
+        let subjects = match &self.pii {
+            Some(pii) => pii.subjects_of(user, email),
+            None => Vec::new(),
+        };
+        self.query_opening(query, Some(&subjects)).await
+    }
+
+    async fn query_opening(
+        &self,
+        query: &AuditQuery,
+        only: Option<&[String]>,
+    ) -> Result<Page, AuditError> {
         if !(1..=MAX_LIMIT).contains(&query.limit) {
             return Err(AuditError::invalid(
                 "limit",
@@ -285,7 +310,7 @@ impl AuditReader {
         let rows = sql.build().fetch_all(&self.pool).await?;
         let mut rows: Vec<Row> = rows.iter().map(db::row_from).collect::<Result<_, _>>()?;
         if let Some(pii) = &self.pii {
-            pii.open_rows(&self.pool, &mut rows).await?;
+            pii.open_rows(&self.pool, &mut rows, only).await?;
         }
         let events: Vec<EventView> = rows.into_iter().map(EventView::from).collect();
         let next_cursor = (events.len() == query.limit as usize)

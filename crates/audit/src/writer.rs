@@ -6,10 +6,11 @@
 //! callers of that batch are told at once.
 
 use crate::chain::{Row, GENESIS};
-use crate::config::AuditConfig;
+use crate::config::{AuditConfig, Unattributed};
 use crate::db::{self, OpenMode};
 use crate::event::{now_us, AuditEvent, Outcome};
 use crate::keys::{self, Keys};
+use crate::owners::{self, Plan};
 use crate::pii::{self, Vault};
 use crate::query::AuditReader;
 use crate::sink::Sinks;
@@ -70,9 +71,12 @@ impl Auditor {
             OpenMode::Write {
                 fsync: config.fsync,
             },
-            Some(config.cache_mib),
+            Some(db::READER_CACHE_MIB.min(config.cache_mib)),
         )
         .await?;
+        // The writer appends through its own connection; readers (and
+        // the erasure-side key lookups) use the pool above.
+        let writer_pool = db::open_writer(data_dir, config.fsync, config.cache_mib).await?;
         let key_dir = config
             .key_dir
             .clone()
@@ -83,7 +87,7 @@ impl Auditor {
         let head_time = db::time_at(&pool, head_seq).await?.unwrap_or(0);
         let sinks = Sinks::start(&config);
         let mut writer = Writer {
-            pool: pool.clone(),
+            pool: writer_pool,
             keys,
             vault: vault.clone(),
             key_dir,
@@ -95,7 +99,7 @@ impl Auditor {
             config: config.clone(),
             sinks,
         };
-        db::refresh_statistics(&pool).await;
+        db::refresh_statistics(&writer.pool).await;
         let startup = writer.startup_events().await?;
         if !startup.is_empty() {
             writer.write(&startup).await?;
@@ -355,20 +359,24 @@ impl Writer {
     /// The head moves only if the commit succeeds.
     async fn write(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
         let ip_mode = self.config.ip_mode;
-        let subjects: Vec<Option<String>> =
-            events.iter().map(|e| self.vault.subject_of(e)).collect();
-        let (subject_keys, fresh_keys) = self
-            .vault
-            .keys_for_writing(&self.pool, subjects.iter().flatten().cloned())
-            .await?;
+        // Whose each personal field is, decided on the events as given
+        // (before any masking hides the addresses).
+        let resolved = owners::resolve(&self.vault, &self.pool, owners::addresses_of(events)).await;
+        let plans: Vec<Plan> = events.iter().map(|e| owners::plan(e, &resolved)).collect();
+        let subjects: Vec<String> = plans.iter().flat_map(Plan::subjects).cloned().collect();
+        let (subject_keys, fresh_keys) = self.vault.keys_for_writing(&self.pool, subjects).await?;
         let mut plain_rows = Vec::new();
         let mut rows = Vec::with_capacity(events.len());
         let mut prev = self.head_mac.clone();
         let mut seq = self.head_seq;
         let mut time = self.head_time;
-        for (event, subject) in events.iter().zip(&subjects) {
+        for (event, plan) in events.iter().zip(&plans) {
             seq += 1;
             let mut event = event.clone().sanitise(ip_mode);
+            if plan.actor.is_none() && self.config.unattributed == Unattributed::Anonymise {
+                event.client_ip = event.client_ip.map(crate::anonymise_ip);
+                event.user_agent = event.user_agent.as_deref().map(owners::product_token);
+            }
             if self.config.email_mode == crate::EmailMode::Masked {
                 for (name, value) in event.metadata.iter_mut() {
                     if let serde_json::Value::String(text) = value {
@@ -394,11 +402,7 @@ impl Writer {
             }
             // The MAC covers the ciphertext: erasing a key later leaves
             // every stored byte, and so the chain, as it was.
-            if let Some(subject) = subject {
-                if let Some(key) = subject_keys.get(subject) {
-                    self.vault.seal_row(&mut row, subject, key)?;
-                }
-            }
+            self.vault.seal_row(&mut row, plan, &subject_keys)?;
             row.mac = self.keys.chain.mac(&row.prev_mac, &row).to_vec();
             prev = row.mac.clone();
             rows.push(row);

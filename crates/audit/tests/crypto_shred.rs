@@ -116,3 +116,142 @@ async fn masked_mode_stores_only_a_masked_address() {
     assert_eq!(page.events[0].metadata["subject"], "e***@example.net");
     auditor.shutdown().await;
 }
+
+/// Deletes the key rows of `subjects` as an erasure does, through a
+/// plain connection, and clears the writer's cache.
+async fn erase(dir: &std::path::Path, auditor: &Auditor, subjects: &[String]) {
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join(store::DB_FILE).display()))
+            .await
+            .unwrap();
+    for subject in subjects {
+        sqlx::query("DELETE FROM audit_pii_keys WHERE subject = ?")
+            .bind(subject)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    auditor.pii().forget(subjects);
+}
+
+#[tokio::test]
+async fn another_persons_fields_are_sealed_under_their_key_not_the_actors() {
+    let dir = data_dir().await;
+    let auditor = Auditor::start(dir.path(), quick_config()).await.unwrap();
+    // Admin 1 edits user 2 (Bob), then contains an incident naming Bob's
+    // address and a stranger's in one value.
+    let edit = AuditEvent::new("user.updated")
+        .user(1)
+        .client_ip("192.0.2.10".parse().unwrap())
+        .user_agent("admin-agent/1")
+        .resource("user:2")
+        .meta("target_user", 2)
+        .meta("target_email", "bob.target@example.org")
+        .meta("target_name", "Bob Target-Person");
+    let contain = AuditEvent::new("incident.contain")
+        .user(1)
+        .meta("target", "bob.target@example.org")
+        .meta(
+            "message",
+            "bob.target@example.org and eve.other@example.net",
+        );
+    auditor.record(edit).await.unwrap();
+    auditor.record(contain).await.unwrap();
+    auditor.checkpoint().await.unwrap();
+    let db = std::fs::read(dir.path().join(store::DB_FILE)).unwrap();
+    let wal = std::fs::read(dir.path().join(format!("{}-wal", store::DB_FILE))).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        let text = String::from_utf8_lossy(bytes);
+        for needle in ["bob.target@", "Bob Target-Person", "eve.other@"] {
+            assert!(!text.contains(needle), "{needle} in clear");
+        }
+    }
+
+    // Before: everything reads, and Bob's view withholds the admin's.
+    let reader = auditor.reader();
+    let page = reader.query(&query_user(1)).await.unwrap();
+    let (contain, edit) = (&page.events[0], &page.events[1]);
+    assert_eq!(edit.metadata["target_email"], "bob.target@example.org");
+    assert_eq!(edit.metadata["target_name"], "Bob Target-Person");
+    assert_eq!(
+        contain.metadata["message"],
+        "bob.target@example.org and eve.other@example.net"
+    );
+    let bob_view = reader
+        .query_as_subject(&query_user(1), 2, "bob.target@example.org")
+        .await
+        .unwrap();
+    let edit_for_bob = &bob_view.events[1];
+    assert_eq!(edit_for_bob.metadata["target_name"], "Bob Target-Person");
+    assert_eq!(
+        edit_for_bob.client_ip.as_deref(),
+        Some(audit::pii::WITHHELD)
+    );
+    assert_eq!(
+        edit_for_bob.user_agent.as_deref(),
+        Some(audit::pii::WITHHELD)
+    );
+    assert_eq!(
+        bob_view.events[0].metadata["message"],
+        audit::pii::WITHHELD,
+        "the stranger's address seals it too"
+    );
+
+    // Erase Bob: his fields go, the admin's stay.
+    let subjects = auditor.pii().subjects_of(2, "bob.target@example.org");
+    erase(dir.path(), &auditor, &subjects).await;
+    let page = reader.query(&query_user(1)).await.unwrap();
+    let (contain, edit) = (&page.events[0], &page.events[1]);
+    assert_eq!(edit.metadata["target_email"], audit::pii::ERASED);
+    assert_eq!(edit.metadata["target_name"], audit::pii::ERASED);
+    assert_eq!(edit.client_ip.as_deref(), Some("192.0.2.0"));
+    assert_eq!(edit.user_agent.as_deref(), Some("admin-agent/1"));
+    assert_eq!(contain.metadata["target"], audit::pii::ERASED);
+    assert_eq!(contain.metadata["message"], audit::pii::ERASED);
+    assert_eq!(
+        edit.resource.as_deref(),
+        Some("user:2"),
+        "a pseudonym stays"
+    );
+
+    auditor.shutdown().await;
+    let report = verify(dir.path(), None).await.unwrap();
+    assert_eq!(report.fault, None);
+}
+
+#[tokio::test]
+async fn an_event_naming_nobody_keeps_only_an_anonymised_client() {
+    for (mode, ip, agent) in [
+        (audit::Unattributed::Anonymise, "198.51.100.0", "sqlmap/1.7"),
+        (
+            audit::Unattributed::Keep,
+            "198.51.100.23",
+            "sqlmap/1.7 (https://sqlmap.org)",
+        ),
+    ] {
+        let dir = data_dir().await;
+        let config = audit::AuditConfig {
+            ip_mode: audit::IpMode::Full,
+            unattributed: mode,
+            ..quick_config()
+        };
+        let auditor = Auditor::start(dir.path(), config).await.unwrap();
+        let event = AuditEvent::new("waf.block")
+            .client_ip("198.51.100.23".parse().unwrap())
+            .user_agent("sqlmap/1.7 (https://sqlmap.org)");
+        auditor.record(event).await.unwrap();
+        let page = auditor
+            .reader()
+            .query(&AuditQuery {
+                kind: Some(audit::TypeFilter::parse("waf.block").unwrap()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.events[0].client_ip.as_deref(), Some(ip), "{mode:?}");
+        assert_eq!(page.events[0].user_agent.as_deref(), Some(agent));
+        auditor.shutdown().await;
+    }
+}

@@ -360,6 +360,25 @@ async fn keep_an_admin(hub: &Hub, target: &User, stays_admin: bool) -> Result<()
     Ok(())
 }
 
+/// An identity change about the user `target`: the resource names them
+/// by id (a pseudonym once they are erased), and with `details` the
+/// event also keeps the address and name they were given, which the
+/// audit log seals under the target's own key, not the actor's.
+fn audit_user_change(event: &'static str, actor: &Caller, target: &User, details: bool) {
+    let (email, name) = if details {
+        (Some(target.email.as_str()), target.display_name.as_deref())
+    } else {
+        (None, None)
+    };
+    tracing::info!(
+        target: "spinforge::audit", event, user = %actor.0.user_id,
+        api_key = actor.0.api_key.as_deref().unwrap_or(""), target = %target.id,
+        resource = %format!("user:{}", target.id), target_user = target.id.0,
+        target_email = email, target_name = name,
+        "identity change"
+    );
+}
+
 fn audit_change(event: &'static str, actor: &Caller, target: impl std::fmt::Display) {
     tracing::info!(
         target: "spinforge::audit", event, user = %actor.0.user_id,
@@ -581,7 +600,7 @@ async fn create_user(
             display_name: req.name,
         })
         .await?;
-    audit_change("user.created", &caller, user.id);
+    audit_user_change("user.created", &caller, &user, true);
     Ok((StatusCode::CREATED, Json(user_view(&hub, user).await?)))
 }
 
@@ -639,7 +658,7 @@ async fn update_me(
         .identity()
         .update_user(user.id, req.email.as_deref(), req.password, change)
         .await?;
-    audit_change("user.updated", &caller, user.id);
+    audit_user_change("user.updated", &caller, &user, true);
     Ok(Json(user_view(&hub, user).await?))
 }
 
@@ -695,7 +714,7 @@ async fn update_user(
         .identity()
         .update_user(target.id, req.email.as_deref(), req.password, change)
         .await?;
-    audit_change("user.updated", &caller, user.id);
+    audit_user_change("user.updated", &caller, &user, true);
     Ok(Json(user_view(&hub, user).await?))
 }
 
@@ -710,7 +729,7 @@ async fn delete_user(
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     keep_an_admin(&hub, &target, false).await?;
     hub.store().delete_user(target.id).await?;
-    audit_change("user.deleted", &caller, target.id);
+    audit_user_change("user.deleted", &caller, &target, false);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -724,7 +743,7 @@ async fn revoke_user_sessions(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     let revoked = hub.identity().revoke_all_sessions(target.id).await?;
-    audit_change("session.revoked_all", &caller, target.id);
+    audit_user_change("session.revoked_all", &caller, &target, false);
     Ok(Json(serde_json::json!({ "revoked": revoked })))
 }
 
@@ -738,7 +757,7 @@ async fn unlock_user(
 ) -> Result<StatusCode, ApiError> {
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     hub.identity().unlock(&target.email).await?;
-    audit_change("auth.unlocked", &caller, target.id);
+    audit_user_change("auth.unlocked", &caller, &target, false);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -752,7 +771,7 @@ async fn remove_user_totp(
 ) -> Result<StatusCode, ApiError> {
     let target = user_or_404(&hub, parse_user_id(&id)?).await?;
     hub.identity().totp_remove(&target).await?;
-    audit_change("auth.totp_reset", &caller, target.id);
+    audit_user_change("auth.totp_reset", &caller, &target, false);
     Ok(StatusCode::NO_CONTENT)
 }
 

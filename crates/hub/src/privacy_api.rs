@@ -208,7 +208,7 @@ async fn my_activity(
     caller: Caller,
     axum::extract::Extension(reader): axum::extract::Extension<audit::AuditReader>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let events = own_events(&reader, caller.0.user_id, 10_000).await?;
+    let events = own_events(&reader, caller.0.user_id, None, 10_000).await?;
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     for event in &events {
         *by_type.entry(event.kind.clone()).or_default() += 1;
@@ -221,10 +221,14 @@ async fn my_activity(
     })))
 }
 
-/// The user's audit events, newest first, at most `max`.
+/// The user's audit events, newest first, at most `max`. With `email`
+/// (an export), only the user's own personal fields are opened: another
+/// person named in them (someone the user administered) reads
+/// `[withheld]`.
 async fn own_events(
     reader: &audit::AuditReader,
     user: UserId,
+    email: Option<&str>,
     max: usize,
 ) -> Result<Vec<audit::EventView>, ApiError> {
     let mut out = Vec::new();
@@ -234,7 +238,11 @@ async fn own_events(
         ..audit::AuditQuery::default()
     };
     loop {
-        let page = reader.query(&query).await.map_err(ApiError::internal)?;
+        let page = match email {
+            Some(email) => reader.query_as_subject(&query, user.0, email).await,
+            None => reader.query(&query).await,
+        }
+        .map_err(ApiError::internal)?;
         out.extend(page.events);
         match page.next_cursor {
             Some(cursor) if out.len() < max => query.before = cursor.parse().ok(),
@@ -320,7 +328,7 @@ async fn export(
             sites.push(SiteView::from(site));
         }
     }
-    let mut audit_events = own_events(reader, id, EXPORT_MAX_EVENTS + 1).await?;
+    let mut audit_events = own_events(reader, id, Some(&user.email), EXPORT_MAX_EVENTS + 1).await?;
     let audit_events_truncated = audit_events.len() > EXPORT_MAX_EVENTS;
     audit_events.truncate(EXPORT_MAX_EVENTS);
     let data = ExportData {

@@ -699,6 +699,9 @@ pub struct AuditFileConfig {
     /// `full` (the default) or `masked` (`a***@example.com`): addresses
     /// in audit metadata. Either way they are encrypted per subject.
     pub email: Option<String>,
+    /// `anonymise` (the default) or `keep`: the client IP and user agent
+    /// of events that name no known person (audit2, issue #9).
+    pub unattributed: Option<String>,
     /// Under flood keep one in N edge-only events; 0 never samples.
     pub edge_sample_one_in: Option<u64>,
     pub edge_types: Option<Vec<String>>,
@@ -763,6 +766,12 @@ fn resolve_audit(file: AuditFileConfig) -> anyhow::Result<audit::AuditConfig> {
         None | Some("full") => audit::EmailMode::Full,
         Some("masked") => audit::EmailMode::Masked,
         Some(other) => bail!("audit.email: `{other}` is not `full` or `masked`"),
+    };
+    // ---- erasure (issue #9, audit2): events that name nobody ----
+    config.unattributed = match file.unattributed.as_deref() {
+        None | Some("anonymise") => audit::Unattributed::Anonymise,
+        Some("keep") => audit::Unattributed::Keep,
+        Some(other) => bail!("audit.unattributed: `{other}` is not `anonymise` or `keep`"),
     };
     if let Some(n) = file.edge_sample_one_in {
         config.edge.sample_one_in = (n > 0).then_some(n);
