@@ -394,7 +394,7 @@ async fn authenticate(hub: &Hub, parts: &Parts) -> Result<Principal, ApiError> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(shield::bearer_credential);
     if let Some(bearer) = bearer {
         return hub
             .identity()

@@ -83,8 +83,17 @@ impl KeyCache {
 /// sf_...` (bounded in length; a longer one is not a key).
 pub fn bearer_api_key(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let key = value.strip_prefix("Bearer ")?.trim();
+    let key = bearer_credential(value)?;
     (key.starts_with("sf_") && key.len() <= 128).then_some(key)
+}
+
+/// The credential of an `Authorization: Bearer ...` value. The scheme name
+/// is case-insensitive (RFC 9110, section 11.1), so `bearer` works too.
+pub fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
 }
 
 /// The hub's limits: auth endpoints per address and per account, and the
@@ -170,6 +179,16 @@ mod tests {
         h.insert("authorization", "Bearer eyJhbGciOi".parse().expect("value"));
         assert_eq!(bearer_api_key(&h), None, "a JWT is not an API key");
         h.insert("authorization", "Basic sf_abc".parse().expect("value"));
+        assert_eq!(bearer_api_key(&h), None);
+        h.insert("authorization", "bearer sf_abc".parse().expect("value"));
+        assert_eq!(
+            bearer_api_key(&h),
+            Some("sf_abc"),
+            "the scheme is case-insensitive"
+        );
+        h.insert("authorization", "BEARER  sf_abc ".parse().expect("value"));
+        assert_eq!(bearer_api_key(&h), Some("sf_abc"));
+        h.insert("authorization", "Bearersf_abc".parse().expect("value"));
         assert_eq!(bearer_api_key(&h), None);
         let long = format!("Bearer sf_{}", "a".repeat(200));
         h.insert("authorization", long.parse().expect("value"));

@@ -27,6 +27,6 @@ pub use clock::ShieldClock;
 pub use config::ShieldConfig;
 pub use error::{Refusal, ShieldError};
 pub use headers::Origin;
-pub use keyed::{bearer_api_key, KeyVerifier, RateKey};
+pub use keyed::{bearer_api_key, bearer_credential, KeyVerifier, RateKey};
 pub use pipeline::{Admitted, Shield, SitePolicy, Stage, REQUEST_STAGES};
 pub use rate::RateLimited;

@@ -71,6 +71,34 @@ async fn whoami(server: &Server, token: &str) -> u16 {
         .0
 }
 
+// ---- the bearer scheme -------------------------------------------------------
+
+#[tokio::test]
+async fn the_bearer_scheme_name_is_case_insensitive() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let url = format!("{}/api/v1/whoami", server.api_url());
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = http()
+            .get(&url)
+            .header("authorization", format!("{scheme} {admin}"))
+            .send()
+            .await
+            .expect("whoami");
+        assert_eq!(response.status().as_u16(), 200, "scheme {scheme}");
+    }
+    // Another scheme, or no separator, is not a bearer credential.
+    for value in [format!("Basic {admin}"), format!("Bearer{admin}")] {
+        let response = http()
+            .get(&url)
+            .header("authorization", value)
+            .send()
+            .await
+            .expect("whoami");
+        assert_eq!(response.status().as_u16(), 401);
+    }
+}
+
 // ---- roles and ownership ---------------------------------------------------
 
 #[tokio::test]
