@@ -537,6 +537,15 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     assert!(text.contains("96 MiB"), "{text}");
     assert!(text.contains("isolation: sandboxed"), "{text}");
 
+    // The edge reaches the app through one long-lived dialer thread in
+    // serve (it made the requests above), not a thread per connection.
+    let dialers_before = dialer_threads(server.pid());
+    assert!(dialers_before >= 1, "no dialer thread in serve");
+    for _ in 0..5 {
+        assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    }
+    assert_eq!(dialer_threads(server.pid()), dialers_before);
+
     // A stop leaves no process and no cgroup behind.
     assert_ok(&server.cli(&["restart", SITE], None));
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -548,6 +557,27 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ... and its dialer thread ends with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dialer_threads(server.pid()) >= dialers_before {
+        assert!(
+            Instant::now() < deadline,
+            "the dialer thread outlived the instance"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many of serve's threads are instance dialers (`spinlet-dialer`).
+fn dialer_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("serve's threads")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "spinlet-dialer")
+        })
+        .count()
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ mod sys;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
+pub use net::Dialer;
 pub use profile::{Profile as SeccompProfile, ProfileError};
 pub use quota::private_mounts;
 
@@ -294,6 +295,8 @@ pub struct SandboxUsage {
 #[derive(Debug)]
 pub struct Confinement {
     netns: Option<Arc<OwnedFd>>,
+    /// Opens the edge's and the probe's connections inside `netns`.
+    dialer: Option<Arc<net::Dialer>>,
     cgroup: Option<Cgroup>,
     limits: LimitsInForce,
     missing: Vec<String>,
@@ -331,6 +334,9 @@ impl Confinement {
     /// Kills anything left of the instance and removes its cgroup.
     /// Blocking (it waits for the kernel); call off the async threads.
     pub fn release(&self) {
+        if let Some(dialer) = &self.dialer {
+            dialer.stop();
+        }
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             cgroup.remove();
@@ -341,21 +347,22 @@ impl Confinement {
         }
     }
 
-    /// A connector to `addr` inside the instance's network namespace, or
-    /// `None` when the instance shares the host's network.
-    pub fn dialer(&self) -> Option<Arc<OwnedFd>> {
-        self.netns.clone()
+    /// The connector into the instance's network namespace, or `None`
+    /// when the instance shares the host's network. It stops working
+    /// once the instance is released.
+    pub fn dialer(&self) -> Option<Arc<Dialer>> {
+        self.dialer.clone()
     }
 }
 
 /// Connects to an app instance: inside its namespace when it has one.
 pub async fn connect(
-    netns: Option<Arc<OwnedFd>>,
+    dialer: Option<&Dialer>,
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<tokio::net::TcpStream> {
-    match netns {
-        Some(netns) => net::connect_in(netns, addr, timeout).await,
+    match dialer {
+        Some(dialer) => dialer.connect(addr, timeout).await,
         None => {
             let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
                 .await
@@ -595,8 +602,8 @@ impl Spawner for SandboxSpawner {
         } else {
             None
         };
-        let netns = if skipped("network namespace") {
-            None
+        let (netns, dialer) = if skipped("network namespace") {
+            (None, None)
         } else {
             let made = net::new_namespace_with(link.as_ref())
                 .and_then(|ns| {
@@ -611,7 +618,8 @@ impl Spawner for SandboxSpawner {
                         self.links.give_back(link);
                     }
                 })?;
-            Some(Arc::new(made))
+            let (netns, dialer) = made;
+            (Some(Arc::new(netns)), Some(Arc::new(dialer)))
         };
         let cgroup = match (&self.cgroups, skipped("cgroups")) {
             (Some(host), false) => {
@@ -633,6 +641,7 @@ impl Spawner for SandboxSpawner {
         };
         let confinement = Confinement {
             netns,
+            dialer,
             cgroup,
             limits: limits.clone(),
             missing: missing.iter().map(|l| l.layer.to_owned()).collect(),

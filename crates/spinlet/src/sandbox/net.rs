@@ -1,9 +1,11 @@
 //! Network isolation: each spinlet gets a network namespace with only a
 //! loopback interface, so from inside it can reach nothing but itself (no
 //! hub API, no other spinlet, no host loopback service, no metadata
-//! address, no internet unless an admin turned it on for the site). The edge and the health probe reach the app by
-//! creating their socket inside that namespace: a socket stays in the
-//! namespace it was made in, wherever its descriptor is used afterwards.
+//! address, no internet unless an admin turned it on for the site). The
+//! edge and the health probe reach the app through the instance's
+//! [`Dialer`], which creates their sockets inside that namespace: a socket
+//! stays in the namespace it was made in, wherever its descriptor is used
+//! afterwards.
 //!
 //! Outbound internet, per site and only when an admin turned it on: the
 //! namespace gets a veth pair to the host with a /30 from [`POOL`], a
@@ -19,41 +21,143 @@
 //! the app's reach: the app has no capability to change its own.
 
 use super::sys;
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Makes a new network namespace with `lo` up and returns a descriptor
-/// that keeps it alive. The namespace goes away with the last descriptor
-/// and the last process in it.
-pub(crate) fn new_namespace() -> io::Result<OwnedFd> {
+/// Makes a new network namespace with `lo` up. Returns a descriptor
+/// that keeps it alive (the namespace goes away with the last descriptor
+/// and the last process or thread in it) and the [`Dialer`] whose thread
+/// lives in it.
+pub(crate) fn new_namespace() -> io::Result<(OwnedFd, Dialer)> {
     new_namespace_with(None)
 }
 
 /// As [`new_namespace`], plus a link to the host for outbound traffic
 /// when `outbound` is given.
-pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<OwnedFd> {
+pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<(OwnedFd, Dialer)> {
     let outbound = outbound.cloned();
-    // Network namespaces belong to threads: a short-lived thread enters
-    // the new one, so no thread of serve ever leaves the host's.
+    let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
+    let (requests, queue) = std::sync::mpsc::channel::<DialRequest>();
+    // Network namespaces belong to threads. This thread unshares into the
+    // new one and stays there for the instance's lifetime as its dialer,
+    // so no thread of serve ever leaves the host's, and no connection to
+    // the app has to start a thread of its own.
     std::thread::Builder::new()
-        .name("spinlet-netns".into())
-        .spawn(move || -> io::Result<OwnedFd> {
-            unshare(CloneFlags::CLONE_NEWNET)?;
-            sys::loopback_up()?;
-            if let Some(link) = &outbound {
-                // A program started from this thread runs in the new
-                // namespace; `netns PID` names serve's (the host's).
-                link.set_up_inside()?;
+        .name("spinlet-dialer".into())
+        .stack_size(DIALER_STACK)
+        .spawn(move || {
+            let made = (|| -> io::Result<OwnedFd> {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                sys::loopback_up()?;
+                if let Some(link) = &outbound {
+                    // A program started from this thread runs in the new
+                    // namespace; `netns PID` names serve's (the host's).
+                    link.set_up_inside()?;
+                }
+                let file = std::fs::File::open("/proc/thread-self/ns/net")?;
+                Ok(OwnedFd::from(file))
+            })();
+            let ok = made.is_ok();
+            if made_tx.send(made).is_err() || !ok {
+                return;
             }
-            let file = std::fs::File::open("/proc/thread-self/ns/net")?;
-            Ok(OwnedFd::from(file))
-        })?
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+            serve_dials(&queue);
+        })?;
+    let netns = made_rx
+        .recv()
+        .map_err(|_| io::Error::other("the namespace thread ended without an answer"))??;
+    Ok((
+        netns,
+        Dialer {
+            requests: std::sync::Mutex::new(Some(requests)),
+        },
+    ))
+}
+
+/// The dialer thread does little besides `socket(2)`; glibc's default of
+/// 8 MiB of (mostly untouched) stack would be pure address space.
+const DIALER_STACK: usize = 128 * 1024;
+
+/// A request for a TCP socket of the address family of the address, with
+/// where to send it.
+type DialRequest = (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
+);
+
+/// The dialer thread's loop: it ends when the [`Dialer`] is stopped or
+/// dropped, and with it the thread's hold on the namespace.
+fn serve_dials(queue: &std::sync::mpsc::Receiver<DialRequest>) {
+    while let Ok((addr, reply)) = queue.recv() {
+        let family = if addr.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let made = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from);
+        let _ = reply.send(made);
+    }
+}
+
+/// Opens connections inside one instance's network namespace.
+///
+/// A socket belongs to the namespace it was created in, wherever its
+/// descriptor is used afterwards. So one long-lived thread that entered
+/// the namespace once only creates sockets, on request over a channel,
+/// and the caller connects them on its own (async) thread: a connection
+/// costs one round trip to that thread, no thread start and no `setns`.
+#[derive(Debug)]
+pub struct Dialer {
+    /// `None` once stopped: the thread has then ended or is ending.
+    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<DialRequest>>>,
+}
+
+impl Dialer {
+    /// Connects to `addr` inside the namespace.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<tokio::net::TcpStream> {
+        let (reply, made) = tokio::sync::oneshot::channel();
+        {
+            let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let stopped =
+                || io::Error::new(io::ErrorKind::NotConnected, "the instance has stopped");
+            requests
+                .as_ref()
+                .ok_or_else(stopped)?
+                .send((addr, reply))
+                .map_err(|_| stopped())?;
+        }
+        let fd = made
+            .await
+            .map_err(|_| io::Error::other("the dialer thread ended without an answer"))??;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        let stream = tokio::time::timeout(timeout, socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Ends the thread; later connects fail. Idempotent.
+    pub(crate) fn stop(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 /// Spinlet links take their /30s from here (shared address space, RFC
@@ -212,30 +316,4 @@ impl Slots {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         taken.remove(&link.slot);
     }
-}
-
-/// Connects to `addr` from inside the namespace `netns`.
-pub(crate) async fn connect_in(
-    netns: Arc<OwnedFd>,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<tokio::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A thread of its own, which ends after the connect: it never has to
-    // switch back, and no pooled thread is ever left in the wrong namespace.
-    std::thread::Builder::new()
-        .name("spinlet-dial".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let connected = setns(&*netns, CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)
-                .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout));
-            let _ = tx.send(connected);
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| io::Error::other("the dial thread ended without an answer"))??;
-    stream.set_nonblocking(true)?;
-    stream.set_nodelay(true)?;
-    tokio::net::TcpStream::from_std(stream)
 }
