@@ -537,14 +537,15 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     assert!(text.contains("96 MiB"), "{text}");
     assert!(text.contains("isolation: sandboxed"), "{text}");
 
-    // The edge reaches the app through one long-lived dialer thread in
-    // serve (it made the requests above), not a thread per connection.
-    let dialers_before = dialer_threads(server.pid());
-    assert!(dialers_before >= 1, "no dialer thread in serve");
+    // The edge reaches the app through a long-lived dialer thread in
+    // serve, not a thread per connection: the dialers seen before these
+    // requests are all still there after them.
+    let dialers = dialer_threads(server.pid());
+    assert!(!dialers.is_empty(), "no dialer thread in serve");
     for _ in 0..5 {
         assert_eq!(ask(&server, SITE, "/").await["ok"], true);
     }
-    assert_eq!(dialer_threads(server.pid()), dialers_before);
+    assert!(dialers.is_subset(&dialer_threads(server.pid())));
 
     // A stop leaves no process and no cgroup behind.
     assert_ok(&server.cli(&["restart", SITE], None));
@@ -557,19 +558,46 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // ... and its dialer thread ends with it.
+    // ... and its dialer thread ends with it (a warm helper's, made for
+    // the next start, stays).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while dialer_threads(server.pid()) >= dialers_before {
+    while dialers.is_subset(&dialer_threads(server.pid())) {
         assert!(
             Instant::now() < deadline,
             "the dialer thread outlived the instance"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The next start takes the helper made ahead of time (see
+    // sandbox/warm.rs), and the app's own limits are in force in it.
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    let status = status_of(&server, SITE);
+    let pid = status["pid"].as_u64().expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("(warm)"),
+        "not a warm helper: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let cgroup = pids_cgroup(pid);
+    let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
+    assert_eq!(max.trim(), "42", "a warm start has the app's limits too");
+    assert_eq!(status["sandbox"]["limits"]["memory_bytes"], 96u64 << 20);
+    // Every layer is there as on a cold start.
+    let who = ask(&server, SITE, "/whoami").await["value"].clone();
+    assert!(who["uid"].as_u64().expect("uid") >= 65_536, "{who}");
+    assert_eq!(who["caps"]["CapEff"], "0000000000000000", "{who}");
+    assert_eq!(who["caps"]["CapBnd"], "0000000000000000", "{who}");
+    assert_eq!(who["no_new_privs"], "1", "{who}");
+    assert_eq!(who["seccomp"], "2", "{who}");
+    assert_eq!(who["hostname"], SITE, "{who}");
+    let pids = who["pids"].as_array().expect("pids");
+    assert!(pids.len() <= 3, "the app sees other processes: {pids:?}");
 }
 
-/// How many of serve's threads are instance dialers (`spinlet-dialer`).
-fn dialer_threads(pid: u32) -> usize {
+/// Thread ids of serve's dialer threads (`spinlet-dialer`).
+fn dialer_threads(pid: u32) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("serve's threads")
         .filter_map(Result::ok)
@@ -577,7 +605,8 @@ fn dialer_threads(pid: u32) -> usize {
             std::fs::read_to_string(task.path().join("comm"))
                 .is_ok_and(|name| name.trim() == "spinlet-dialer")
         })
-        .count()
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[tokio::test]

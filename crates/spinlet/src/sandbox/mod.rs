@@ -15,6 +15,7 @@ mod profile;
 mod quota;
 mod seccomp;
 mod sys;
+mod warm;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
@@ -386,6 +387,9 @@ pub struct SandboxSpawner {
     host_ready: Mutex<bool>,
     /// `allow_degraded` on a host that cannot make namespaces at all.
     plain: Option<PlainSpawner>,
+    /// The next start's helper, made ahead of time (see `warm.rs`); none
+    /// on a host without the network or cgroup layer.
+    warm: Option<Arc<warm::WarmPool>>,
 }
 
 impl SandboxSpawner {
@@ -431,6 +435,18 @@ impl SandboxSpawner {
             .iter()
             .any(|l| l.layer == "pid namespace" && !l.supported);
         let plain = (no_namespaces && config.allow_degraded).then_some(PlainSpawner);
+        let warm_possible = plain.is_none()
+            && layers
+                .iter()
+                .all(|l| l.supported || !["network namespace", "cgroups"].contains(&l.layer));
+        let warm = match &cgroups {
+            Some(host) if warm_possible => Some(Arc::new(warm::WarmPool::new(
+                config.helper.clone(),
+                config.state_dir.clone(),
+                host.clone(),
+            ))),
+            _ => None,
+        };
         Ok(SandboxSpawner {
             uids: UidTable::open(
                 config.state_dir.join("uids.json"),
@@ -444,6 +460,7 @@ impl SandboxSpawner {
             links: Arc::new(net::Slots::default()),
             host_ready: Mutex::new(false),
             plain,
+            warm,
         })
     }
 
@@ -519,6 +536,64 @@ impl SandboxSpawner {
             .state_dir
             .join("volumes")
             .join(format!("{site}.ext4"))
+    }
+
+    /// A new network namespace (with the site's link to the host, if it
+    /// has one) and its dialer, made on the start's path; none when the
+    /// host lacks the layer.
+    fn cold_namespace(
+        &self,
+        link: Option<&net::Link>,
+        skipped: bool,
+    ) -> io::Result<(Option<Arc<OwnedFd>>, Option<Arc<net::Dialer>>)> {
+        if skipped {
+            return Ok((None, None));
+        }
+        let (netns, dialer) = net::new_namespace_with(link)
+            .and_then(|made| {
+                if let Some(link) = link {
+                    link.set_up_host()?;
+                }
+                Ok(made)
+            })
+            .inspect_err(|_| {
+                if let Some(link) = link {
+                    link.remove();
+                    self.links.give_back(link);
+                }
+            })?;
+        Ok((Some(Arc::new(netns)), Some(Arc::new(dialer))))
+    }
+
+    /// Starts the helper for `plan` (a cold start).
+    fn spawn_helper(
+        &self,
+        launch: &Launch,
+        plan: &Plan,
+        confinement: &Confinement,
+    ) -> io::Result<tokio::process::Child> {
+        let mut command = tokio::process::Command::new(&self.config.helper);
+        // The app's command line follows, for `ps` and operators only (the
+        // helper reads its plan from stdin); the helper's working folder is
+        // the release, as a plain app's would be.
+        command
+            .arg(HELPER_ARG)
+            .arg("--")
+            .arg(&plan.program)
+            .args(&plan.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            // Lets a restarted serve recognise the helper as ours.
+            .env("SPINFORGE_SPINLET", &launch.tag)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(netns) = &confinement.netns {
+            sys::pass_fd(&mut command, netns.as_raw_fd(), NETNS_FD);
+        }
+        command.spawn()
     }
 }
 
@@ -602,42 +677,62 @@ impl Spawner for SandboxSpawner {
         } else {
             None
         };
-        let (netns, dialer) = if skipped("network namespace") {
-            (None, None)
-        } else {
-            let made = net::new_namespace_with(link.as_ref())
-                .and_then(|ns| {
-                    if let Some(link) = &link {
-                        link.set_up_host()?;
-                    }
-                    Ok(ns)
-                })
-                .inspect_err(|_| {
-                    if let Some(link) = &link {
-                        link.remove();
-                        self.links.give_back(link);
-                    }
-                })?;
-            let (netns, dialer) = made;
-            (Some(Arc::new(netns)), Some(Arc::new(dialer)))
+        let cgroup_limits = CgroupLimits {
+            memory_bytes: limits.memory_bytes,
+            // The helper and the namespace init count too.
+            pids: limits.max_processes + 2,
+            cpu_percent: limits.cpu_percent,
+            io_weight: self.config.io_weight,
         };
-        let cgroup = match (&self.cgroups, skipped("cgroups")) {
-            (Some(host), false) => {
-                let cgroup_limits = CgroupLimits {
-                    memory_bytes: limits.memory_bytes,
-                    // The helper and the namespace init count too.
-                    pids: limits.max_processes + 2,
-                    cpu_percent: limits.cpu_percent,
-                    io_weight: self.config.io_weight,
-                };
-                let name = format!(
-                    "{}-{}",
-                    launch.site,
-                    &launch.tag[..12.min(launch.tag.len())]
-                );
-                Some(host.create(&name, &cgroup_limits)?)
+        // A warm helper fits any site without a link to the host.
+        let warm_pool = self
+            .warm
+            .as_ref()
+            .filter(|_| link.is_none() && !skipped("network namespace") && !skipped("cgroups"));
+        let warm = warm_pool.and_then(|pool| pool.take()).and_then(|warm| {
+            // The app's limits are in force before the helper has its plan,
+            // so before anything of the app runs.
+            let host = self.cgroups.as_ref()?;
+            match host.limit(&warm.cgroup, &cgroup_limits) {
+                Ok(()) => Some(warm),
+                Err(e) => {
+                    tracing::warn!(error = %e, "warm sandbox helper not used");
+                    warm.discard();
+                    None
+                }
             }
-            _ => None,
+        });
+        let (netns, dialer, cgroup, warm_child) = match warm {
+            Some(warm) => (
+                Some(Arc::new(warm.netns)),
+                Some(Arc::new(warm.dialer)),
+                Some(warm.cgroup),
+                Some(warm.child),
+            ),
+            None => {
+                let (netns, dialer) =
+                    self.cold_namespace(link.as_ref(), skipped("network namespace"))?;
+                let cgroup = match (&self.cgroups, skipped("cgroups")) {
+                    (Some(host), false) => {
+                        let name = format!(
+                            "{}-{}",
+                            launch.site,
+                            &launch.tag[..12.min(launch.tag.len())]
+                        );
+                        Some(host.create(&name, &cgroup_limits).inspect_err(|_| {
+                            if let Some(dialer) = &dialer {
+                                dialer.stop();
+                            }
+                            if let Some(link) = &link {
+                                link.remove();
+                                self.links.give_back(link);
+                            }
+                        })?)
+                    }
+                    _ => None,
+                };
+                (netns, dialer, cgroup, None)
+            }
         };
         let confinement = Confinement {
             netns,
@@ -670,11 +765,11 @@ impl Spawner for SandboxSpawner {
             gid: uid,
             tmp_bytes: limits.tmp_bytes,
             open_files: limits.open_files,
-            cgroups: confinement
-                .cgroup
-                .as_ref()
-                .map(Cgroup::dirs)
-                .unwrap_or_default(),
+            // A warm helper is in its cgroup already.
+            cgroups: match (&warm_child, &confinement.cgroup) {
+                (None, Some(cgroup)) => cgroup.dirs(),
+                _ => Vec::new(),
+            },
             netns: confinement.netns.is_some(),
             landlock: !skipped("landlock"),
             seccomp: !skipped("seccomp"),
@@ -684,33 +779,20 @@ impl Spawner for SandboxSpawner {
             helper_pid: 0,
         };
 
-        let mut command = tokio::process::Command::new(&self.config.helper);
-        // The app's command line follows, for `ps` and operators only (the
-        // helper reads its plan from stdin); the helper's working folder is
-        // the release, as a plain app's would be.
-        command
-            .arg(HELPER_ARG)
-            .arg("--")
-            .arg(&plan.program)
-            .args(&plan.args)
-            .current_dir(&launch.dir)
-            .env_clear()
-            // Lets a restarted serve recognise the helper as ours.
-            .env("SPINFORGE_SPINLET", &launch.tag)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(netns) = &confinement.netns {
-            sys::pass_fd(&mut command, netns.as_raw_fd(), NETNS_FD);
-        }
-        let mut child = command.spawn().inspect_err(|_| confinement.release())?;
+        let mut child = match warm_child {
+            Some(child) => child,
+            None => self
+                .spawn_helper(launch, &plan, &confinement)
+                .inspect_err(|_| confinement.release())?,
+        };
         let sent = write_plan(&mut child, &plan);
         if let Err(e) = sent {
             let _ = child.start_kill();
             confinement.release();
             return Err(e);
+        }
+        if let Some(pool) = warm_pool {
+            pool.refill();
         }
         Ok(Spawned {
             child,
