@@ -807,7 +807,8 @@ fn ip(args: &[&str]) {
 /// The test's stand-in for the internet: a named network namespace of
 /// its own behind a veth pair, with an HTTP server on 198.18.0.2:8080
 /// (a benchmarking address) and a fake metadata address 169.254.169.254
-/// on the same server, so that a packet that slipped through could only
+/// and two LAN addresses (10.77.0.2, 192.168.77.2) on the same server,
+/// routed through it, so that a packet that slipped through could only
 /// ever reach this server. Removed on drop.
 struct FakeInternet {
     name: String,
@@ -826,6 +827,8 @@ impl FakeInternet {
         for args in [
             &["addr", "add", "198.18.0.2/24", "dev", "eth0"][..],
             &["addr", "add", "169.254.169.254/32", "dev", "eth0"],
+            &["addr", "add", "10.77.0.2/32", "dev", "eth0"],
+            &["addr", "add", "192.168.77.2/32", "dev", "eth0"],
             &["link", "set", "eth0", "up"],
             &["link", "set", "lo", "up"],
         ] {
@@ -833,7 +836,9 @@ impl FakeInternet {
             all.extend_from_slice(args);
             ip(&all);
         }
-        ip(&["route", "add", "169.254.169.254/32", "via", "198.18.0.2"]);
+        for address in ["169.254.169.254/32", "10.77.0.2/32", "192.168.77.2/32"] {
+            ip(&["route", "add", address, "via", "198.18.0.2"]);
+        }
         let server = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -916,6 +921,62 @@ async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_a
         ("100.88.0.1", api_port.as_str()),
         ("127.0.0.1", api_port.as_str()),
         ("127.0.0.1", host_port.as_str()),
+        // Private LAN ranges, by default.
+        ("10.77.0.2", "8080"),
+        ("192.168.77.2", "8080"),
+    ] {
+        refused(&server, SITE, &to(host, port), &[]).await;
+    }
+
+    // An admin's LAN allowlist: only private ranges, clear of the
+    // spinlets' own links, and only with outbound internet on. A refused
+    // one changes nothing.
+    for (body, rule) in [
+        (
+            serde_json::json!({ "outbound_internet": true, "outbound_allow": ["8.8.8.0/24"] }),
+            "outbound_allow[0]: 8.8.8.0/24 is not inside a private range",
+        ),
+        (
+            serde_json::json!({ "outbound_internet": true,
+                "outbound_allow": ["10.77.0.0/24", "100.88.4.0/24"] }),
+            "outbound_allow[1]: 100.88.4.0/24 overlaps 100.88.0.0/16",
+        ),
+        (
+            serde_json::json!({ "outbound_allow": ["10.77.0.0/24"] }),
+            "outbound_allow: needs outbound_internet = true",
+        ),
+        (
+            serde_json::json!({ "outbound_internet": true, "outbound_allow": ["10.77.0.0"] }),
+            "outbound_allow[0]: `10.77.0.0` is not an IPv4 network",
+        ),
+    ] {
+        let (status, answer) = put_sandbox(&server, &admin, SITE, body.clone()).await;
+        assert_eq!(status, 400, "{body} was accepted: {answer}");
+        let text = answer.to_string();
+        assert!(
+            text.contains("outbound_allow") && text.contains(rule),
+            "{body}: {text}"
+        );
+    }
+    assert!(server.log_shows("sandbox.outbound_allow_refused").await);
+    refused(&server, SITE, &to("10.77.0.2", "8080"), &[]).await;
+
+    let (status, body) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "outbound_internet": true, "outbound_allow": ["10.77.0.0/24"] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = ask(&server, SITE, &to("10.77.0.2", "8080")).await;
+    assert_eq!(out["ok"], true, "the allowlisted range: {out}");
+    assert!(lan_allowed().contains("10.77.0.0/24"), "{}", lan_allowed());
+    // Only that range: the rest of the LAN, metadata and the host stay shut.
+    for (host, port) in [
+        ("192.168.77.2", "8080"),
+        ("169.254.169.254", "8080"),
+        ("100.88.0.1", host_port.as_str()),
     ] {
         refused(&server, SITE, &to(host, port), &[]).await;
     }
@@ -924,4 +985,25 @@ async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_a
     let (status, _) = put_sandbox(&server, &admin, SITE, serde_json::json!({})).await;
     assert_eq!(status, 200);
     refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
+    // The stopped instance's allowlist entry left with its link, so a
+    // later site on the same link slot does not inherit it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lan_allowed().contains("10.77.0.0/24") {
+        assert!(
+            Instant::now() < deadline,
+            "entry left behind: {}",
+            lan_allowed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The host's LAN allowlist set (serve's nftables), as `nft` lists it.
+fn lan_allowed() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "set", "inet", "spinforge_outbound", "lan_allowed"])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

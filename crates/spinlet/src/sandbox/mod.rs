@@ -104,6 +104,44 @@ pub struct SiteSandbox {
     /// built-in allowlist (see `profile.rs`: it can only take away).
     #[serde(default)]
     pub seccomp_profile: Option<serde_json::Value>,
+    /// Private (LAN) ranges the app may reach despite outbound internet
+    /// refusing them; see [`check_outbound_allow`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound_allow: Vec<ipnet::Ipv4Net>,
+}
+
+/// Checks an admin's LAN allowlist: only with outbound internet on, and
+/// each entry inside one of the private ranges outbound internet refuses
+/// ([`net::LAN`]) and clear of the spinlets' own link pool, so no entry can
+/// open the host, loopback, link-local, metadata or another spinlet.
+/// The error names the entry (`outbound_allow[1]`) and the rule.
+pub fn check_outbound_allow(settings: &SiteSandbox) -> Result<(), (String, String)> {
+    if !settings.outbound_allow.is_empty() && !settings.outbound_internet {
+        return Err((
+            "outbound_allow".into(),
+            "needs outbound_internet = true".into(),
+        ));
+    }
+    let pool = net::pool();
+    for (i, allowed) in settings.outbound_allow.iter().enumerate() {
+        let field = format!("outbound_allow[{i}]");
+        if !net::LAN.iter().any(|lan| lan.contains(allowed)) {
+            return Err((
+                field,
+                format!(
+                    "{allowed} is not inside a private range outbound internet refuses ({})",
+                    net::LAN.map(|n| n.to_string()).join(", ")
+                ),
+            ));
+        }
+        if allowed.contains(&pool) || pool.contains(allowed) {
+            return Err((
+                field,
+                format!("{allowed} overlaps {pool}, the spinlets' own links"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One row of `spinforge sandbox check`.
@@ -343,8 +381,9 @@ impl Confinement {
             cgroup.remove();
         }
         if let Some((link, slots)) = &self.link {
-            link.remove();
-            slots.give_back(link);
+            if link.remove() {
+                slots.give_back(link);
+            }
         }
     }
 
@@ -558,8 +597,9 @@ impl SandboxSpawner {
             })
             .inspect_err(|_| {
                 if let Some(link) = link {
-                    link.remove();
-                    self.links.give_back(link);
+                    if link.remove() {
+                        self.links.give_back(link);
+                    }
                 }
             })?;
         Ok((Some(Arc::new(netns)), Some(Arc::new(dialer))))
@@ -672,8 +712,15 @@ impl Spawner for SandboxSpawner {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
 
         let settings = self.read_settings(&launch.site)?;
+        // Written through the hub, which checks it; checked again so a
+        // hand-edited file cannot open more than the API would.
+        check_outbound_allow(&settings).map_err(|(field, message)| {
+            io::Error::other(format!("site sandbox settings: {field}: {message}"))
+        })?;
         let link = if settings.outbound_internet && !skipped("network namespace") {
-            Some(self.outbound_link()?)
+            let mut link = self.outbound_link()?;
+            link.allow = settings.outbound_allow.clone();
+            Some(link)
         } else {
             None
         };
@@ -724,8 +771,9 @@ impl Spawner for SandboxSpawner {
                                 dialer.stop();
                             }
                             if let Some(link) = &link {
-                                link.remove();
-                                self.links.give_back(link);
+                                if link.remove() {
+                                    self.links.give_back(link);
+                                }
                             }
                         })?)
                     }

@@ -15,12 +15,15 @@
 //! (every packet a spinlet's veth delivers to the host is dropped: hub
 //! API, host services, whatever address it aims at), from loopback,
 //! link-local and metadata addresses (169.254.0.0/16; IPv6 is not routed
-//! at all, so fd00:ec2::254 is unreachable too), from other spinlets (the
-//! whole pool), and lets nothing from outside open a connection into a
-//! spinlet. Rules live in the host's (serve's) network namespace, out of
+//! at all, so fd00:ec2::254 and fc00::/7 are unreachable too), from other
+//! spinlets (the whole pool), from private LAN ranges ([`LAN`]) except
+//! those an admin allowlisted for the site (set `lan_allowed`, one entry
+//! per link and range), and lets nothing from outside open a connection
+//! into a spinlet. Rules live in the host's (serve's) network namespace, out of
 //! the app's reach: the app has no capability to change its own.
 
 use super::sys;
+use ipnet::Ipv4Net;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use std::io;
@@ -166,6 +169,22 @@ impl Dialer {
 // with outbound internet (a `sandbox.outbound_pool` setting and
 // per-serve interface prefixes would lift both).
 pub(crate) const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 88, 0, 0), 16);
+
+/// [`POOL`] as a network.
+pub(crate) fn pool() -> Ipv4Net {
+    Ipv4Net::new_assert(POOL.0, POOL.1)
+}
+
+/// Private ranges outbound internet refuses, unless an admin allowlisted
+/// a part of one for the site (`SiteSandbox::outbound_allow`): the LAN
+/// (RFC 1918) and shared address space (RFC 6598, the pool's own range).
+/// IPv6, and with it fc00::/7, is not routed for spinlets at all.
+pub(crate) const LAN: [Ipv4Net; 4] = [
+    Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Ipv4Net::new_assert(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Ipv4Net::new_assert(Ipv4Addr::new(192, 168, 0, 0), 16),
+    Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10),
+];
 /// Host-side interface names: `sfo` and the slot number.
 const PREFIX: &str = "sfo";
 
@@ -173,6 +192,9 @@ const PREFIX: &str = "sfo";
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     pub slot: u32,
+    /// LAN ranges this link may reach (checked by
+    /// `check_outbound_allow`).
+    pub allow: Vec<Ipv4Net>,
 }
 
 impl Link {
@@ -205,12 +227,43 @@ impl Link {
             "addr add {}/30 dev {name}\nlink set {name} up\n",
             self.address(1),
             name = self.host_name()
-        ))
+        ))?;
+        if self.allow.is_empty() {
+            return Ok(());
+        }
+        run_with_input("nft", &["-f", "-"], &self.allow_elements("add"))
     }
 
-    /// Deletes the pair (both ends); quiet if the namespace took it.
-    pub(crate) fn remove(&self) {
+    /// `add`/`delete element` of this link's LAN allowlist.
+    fn allow_elements(&self, verb: &str) -> String {
+        let elements: Vec<String> = self
+            .allow
+            .iter()
+            .map(|net| format!("\"{}\" . {net}", self.host_name()))
+            .collect();
+        format!(
+            "{verb} element inet spinforge_outbound lan_allowed {{ {} }}\n",
+            elements.join(", ")
+        )
+    }
+
+    /// Deletes the pair (both ends; quiet if the namespace took it) and
+    /// the link's allowlist entries. False if the entries may remain: the
+    /// slot must then not be handed out again, or the next site on it
+    /// would inherit them.
+    pub(crate) fn remove(&self) -> bool {
         let _ = ip_batch(&format!("link del {}\n", self.host_name()));
+        if self.allow.is_empty() {
+            return true;
+        }
+        match run_with_input("nft", &["-f", "-"], &self.allow_elements("delete")) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(link = %self.host_name(), error = %e,
+                    "outbound LAN allowlist entries not removed; the link slot is retired");
+                false
+            }
+        }
     }
 }
 
@@ -263,12 +316,15 @@ pub(crate) fn outbound_supported() -> Result<(), String> {
 
 /// Turns on forwarding and (re)loads the host's rules; idempotent.
 pub(crate) fn prepare_host() -> io::Result<()> {
-    let (net, bits) = POOL;
-    let pool = format!("{net}/{bits}");
+    let pool = pool();
+    let lan = LAN.map(|n| n.to_string()).join(", ");
     let rules = format!(
         "table inet spinforge_outbound\n\
          delete table inet spinforge_outbound\n\
          table inet spinforge_outbound {{\n\
+           set lan_allowed {{\n\
+             type ifname . ipv4_addr; flags interval;\n\
+           }}\n\
            chain input {{\n\
              type filter hook input priority filter; policy accept;\n\
              iifname \"{PREFIX}*\" drop\n\
@@ -278,6 +334,8 @@ pub(crate) fn prepare_host() -> io::Result<()> {
              iifname \"{PREFIX}*\" meta nfproto ipv6 drop\n\
              iifname \"{PREFIX}*\" ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, \
                224.0.0.0/3, {pool} }} drop\n\
+             iifname . ip daddr @lan_allowed accept\n\
+             iifname \"{PREFIX}*\" ip daddr {{ {lan} }} drop\n\
              oifname \"{PREFIX}*\" ct state established,related accept\n\
              oifname \"{PREFIX}*\" drop\n\
            }}\n\
@@ -309,7 +367,10 @@ impl Slots {
             .find(|s| !taken.contains(s))
             .ok_or_else(|| io::Error::other("no free outbound link left in the pool"))?;
         taken.insert(slot);
-        Ok(Link { slot })
+        Ok(Link {
+            slot,
+            allow: Vec::new(),
+        })
     }
 
     pub(crate) fn give_back(&self, link: &Link) {
