@@ -36,7 +36,13 @@ class Serve:
             # limit (6000/min), which would turn the throughput rounds into
             # a measure of 429s; both sides lift it alike.
             f.write("[shield]\nrate_per_minute = 0\n")
-            f.write("" if sandbox else "[sandbox]\nenabled = false\n")
+            # The sandbox's default CPU quota is one core; the plain
+            # process may use every core. To measure the sandbox's cost
+            # rather than that limit, the quota defaults to all cores here
+            # (SANDBOX_CPU_PERCENT=100 measures the default limit).
+            cpu = os.environ.get("SANDBOX_CPU_PERCENT", str(100 * os.cpu_count()))
+            f.write(f"[sandbox]\ncpu_percent = {int(cpu)}\n" if sandbox
+                    else "[sandbox]\nenabled = false\n")
         self.env = dict(os.environ, SPINFORGE_LOG="info", HOME=self.root,
                         XDG_CONFIG_HOME=os.path.join(self.root, "cfg"))
         self.proc = subprocess.Popen(
@@ -250,6 +256,7 @@ def main():
 `{'SANDBOX_PROFILE=debug ' if args.profile == 'debug' else ''}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {kernel},
 load average at start {LOADAVG},
 {os.cpu_count()} cores shared with other work, cgroup v1; app: {os.path.relpath(args.app)};
+sandboxed app's CPU quota {os.environ.get('SANDBOX_CPU_PERCENT', str(100 * os.cpu_count()))}% of one core;
 both servers on this host, requests through the edge on 127.0.0.1).
 
 | measure | sandboxed | plain | result | target |

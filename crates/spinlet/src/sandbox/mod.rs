@@ -413,6 +413,10 @@ pub async fn connect(
     }
 }
 
+/// An instance's network namespace and its dialer (none without the
+/// layer).
+type NamespaceParts = (Option<Arc<OwnedFd>>, Option<Arc<net::Dialer>>);
+
 /// Starts apps in the sandbox.
 pub struct SandboxSpawner {
     config: SandboxConfig,
@@ -584,7 +588,7 @@ impl SandboxSpawner {
         &self,
         link: Option<&net::Link>,
         skipped: bool,
-    ) -> io::Result<(Option<Arc<OwnedFd>>, Option<Arc<net::Dialer>>)> {
+    ) -> io::Result<NamespaceParts> {
         if skipped {
             return Ok((None, None));
         }

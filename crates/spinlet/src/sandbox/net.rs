@@ -19,8 +19,8 @@
 //! spinlets (the whole pool), from private LAN ranges ([`LAN`]) except
 //! those an admin allowlisted for the site (set `lan_allowed`, one entry
 //! per link and range), and lets nothing from outside open a connection
-//! into a spinlet. Rules live in the host's (serve's) network namespace, out of
-//! the app's reach: the app has no capability to change its own.
+//! into a spinlet. Rules live in the host's (serve's) network namespace,
+//! out of the app's reach: the app has no capability to change its own.
 
 use super::sys;
 use ipnet::Ipv4Net;
