@@ -574,15 +574,30 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     assert_eq!(ask(&server, SITE, "/").await["ok"], true);
     let status = status_of(&server, SITE);
     let pid = status["pid"].as_u64().expect("pid");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-    assert!(
-        String::from_utf8_lossy(&cmdline).contains("(warm)"),
-        "not a warm helper: {}",
-        String::from_utf8_lossy(&cmdline)
-    );
     let cgroup = pids_cgroup(pid);
+    assert!(
+        cgroup
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("warm-")),
+        "not a warm helper's cgroup: {}",
+        cgroup.display()
+    );
     let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
     assert_eq!(max.trim(), "42", "a warm start has the app's limits too");
+    // It ran itself again as a cold start's helper: the app's command
+    // line and the instance's tag, as operators and a restarted serve
+    // expect.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("__spinlet-init -- ") && cmdline.contains("python3 app.py"),
+        "{cmdline}"
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        String::from_utf8_lossy(&environ).starts_with("SPINFORGE_SPINLET="),
+        "the helper carries the instance's tag"
+    );
     assert_eq!(status["sandbox"]["limits"]["memory_bytes"], 96u64 << 20);
     // Every layer is there as on a cold start.
     let who = ask(&server, SITE, "/whoami").await["value"].clone();
@@ -765,7 +780,8 @@ async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
         .expect("json");
     assert_eq!(
         stored,
-        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null })
+        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null,
+            "outbound_allow": [] })
     );
 
     // The admin's profile: the app's uname(2) now fails with EPERM; the

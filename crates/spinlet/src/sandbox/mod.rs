@@ -829,6 +829,7 @@ impl Spawner for SandboxSpawner {
             outbound: confinement.link.is_some(),
             allow_degraded: self.config.allow_degraded,
             helper_pid: 0,
+            reexec: warm_child.is_some(),
         };
 
         let mut child = match warm_child {
