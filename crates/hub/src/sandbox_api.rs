@@ -42,6 +42,16 @@ struct SandboxView {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     seccomp_profile: Option<serde_json::Value>,
+    /// Private IPv4 ranges (inside 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16 or 100.64.0.0/10) the app may reach although
+    /// outbound internet refuses the LAN; needs `outbound_internet`.
+    #[serde(default)]
+    outbound_allow: Vec<String>,
+}
+
+/// The allowlist as the audit event records it.
+fn settings_allow(view: &SandboxView) -> Vec<&str> {
+    view.outbound_allow.iter().map(String::as_str).collect()
 }
 
 fn unavailable() -> ApiError {
@@ -69,6 +79,11 @@ async fn site_sandbox(
     Ok(Json(SandboxView {
         outbound_internet: settings.outbound_internet,
         seccomp_profile: settings.seccomp_profile,
+        outbound_allow: settings
+            .outbound_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }))
 }
 
@@ -96,10 +111,32 @@ async fn set_site_sandbox(
             });
         }
     }
+    let mut outbound_allow = Vec::new();
+    for (i, text) in view.outbound_allow.iter().enumerate() {
+        let net = text
+            .parse::<ipnet::Ipv4Net>()
+            .map_err(|_| ApiError::Invalid {
+                field: "outbound_allow",
+                message: format!(
+                    "outbound_allow[{i}]: `{text}` is not an IPv4 network such as 10.1.2.0/24"
+                ),
+            })?;
+        outbound_allow.push(net);
+    }
     let settings = SiteSandbox {
         outbound_internet: view.outbound_internet,
         seccomp_profile: view.seccomp_profile.clone(),
+        outbound_allow,
     };
+    if let Err((field, message)) = spinlet::sandbox::check_outbound_allow(&settings) {
+        tracing::warn!(target: "spinforge::audit", event = "sandbox.outbound_allow_refused",
+            user = %admin.0.user_id, site = %site.domain, field = %field,
+            "outbound LAN allowlist refused");
+        return Err(ApiError::Invalid {
+            field: "outbound_allow",
+            message: format!("{field}: {message}"),
+        });
+    }
     let supervisor = hub.supervisor().clone();
     let domain = site.domain.clone();
     tokio::task::spawn_blocking(move || supervisor.set_site_sandbox(&domain, &settings))
@@ -111,7 +148,8 @@ async fn set_site_sandbox(
         })?;
     tracing::info!(target: "spinforge::audit", event = "sandbox.settings_changed",
         user = %admin.0.user_id, site = %site.domain,
-        outbound_internet = view.outbound_internet, seccomp_profile = view.seccomp_profile.is_some(), "site sandbox settings changed");
+        outbound_internet = view.outbound_internet, seccomp_profile = view.seccomp_profile.is_some(),
+        outbound_allow = ?settings_allow(&view), "site sandbox settings changed");
     // In force from the next start: stop the running app now (a site
     // without a running app has nothing to restart).
     let _ = hub.supervisor().restart(&site.domain).await;

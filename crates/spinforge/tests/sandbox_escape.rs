@@ -537,6 +537,16 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     assert!(text.contains("96 MiB"), "{text}");
     assert!(text.contains("isolation: sandboxed"), "{text}");
 
+    // The edge reaches the app through a long-lived dialer thread in
+    // serve, not a thread per connection: the dialers seen before these
+    // requests are all still there after them.
+    let dialers = dialer_threads(server.pid());
+    assert!(!dialers.is_empty(), "no dialer thread in serve");
+    for _ in 0..5 {
+        assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    }
+    assert!(dialers.is_subset(&dialer_threads(server.pid())));
+
     // A stop leaves no process and no cgroup behind.
     assert_ok(&server.cli(&["restart", SITE], None));
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -548,6 +558,70 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ... and its dialer thread ends with it (a warm helper's, made for
+    // the next start, stays).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dialers.is_subset(&dialer_threads(server.pid())) {
+        assert!(
+            Instant::now() < deadline,
+            "the dialer thread outlived the instance"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The next start takes the helper made ahead of time (see
+    // sandbox/warm.rs), and the app's own limits are in force in it.
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+    let status = status_of(&server, SITE);
+    let pid = status["pid"].as_u64().expect("pid");
+    let cgroup = pids_cgroup(pid);
+    assert!(
+        cgroup
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("warm-")),
+        "not a warm helper's cgroup: {}",
+        cgroup.display()
+    );
+    let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
+    assert_eq!(max.trim(), "42", "a warm start has the app's limits too");
+    // It ran itself again as a cold start's helper: the app's command
+    // line and the instance's tag, as operators and a restarted serve
+    // expect.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("__spinlet-init -- ") && cmdline.contains("python3 app.py"),
+        "{cmdline}"
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        String::from_utf8_lossy(&environ).starts_with("SPINFORGE_SPINLET="),
+        "the helper carries the instance's tag"
+    );
+    assert_eq!(status["sandbox"]["limits"]["memory_bytes"], 96u64 << 20);
+    // Every layer is there as on a cold start.
+    let who = ask(&server, SITE, "/whoami").await["value"].clone();
+    assert!(who["uid"].as_u64().expect("uid") >= 65_536, "{who}");
+    assert_eq!(who["caps"]["CapEff"], "0000000000000000", "{who}");
+    assert_eq!(who["caps"]["CapBnd"], "0000000000000000", "{who}");
+    assert_eq!(who["no_new_privs"], "1", "{who}");
+    assert_eq!(who["seccomp"], "2", "{who}");
+    assert_eq!(who["hostname"], SITE, "{who}");
+    let pids = who["pids"].as_array().expect("pids");
+    assert!(pids.len() <= 3, "the app sees other processes: {pids:?}");
+}
+
+/// Thread ids of serve's dialer threads (`spinlet-dialer`).
+fn dialer_threads(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("serve's threads")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "spinlet-dialer")
+        })
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -706,7 +780,8 @@ async fn an_admin_gives_a_site_its_own_seccomp_profile_and_nobody_else_can() {
         .expect("json");
     assert_eq!(
         stored,
-        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null })
+        serde_json::json!({ "outbound_internet": false, "seccomp_profile": null,
+            "outbound_allow": [] })
     );
 
     // The admin's profile: the app's uname(2) now fails with EPERM; the
@@ -748,7 +823,8 @@ fn ip(args: &[&str]) {
 /// The test's stand-in for the internet: a named network namespace of
 /// its own behind a veth pair, with an HTTP server on 198.18.0.2:8080
 /// (a benchmarking address) and a fake metadata address 169.254.169.254
-/// on the same server, so that a packet that slipped through could only
+/// and two LAN addresses (10.77.0.2, 192.168.77.2) on the same server,
+/// routed through it, so that a packet that slipped through could only
 /// ever reach this server. Removed on drop.
 struct FakeInternet {
     name: String,
@@ -767,6 +843,8 @@ impl FakeInternet {
         for args in [
             &["addr", "add", "198.18.0.2/24", "dev", "eth0"][..],
             &["addr", "add", "169.254.169.254/32", "dev", "eth0"],
+            &["addr", "add", "10.77.0.2/32", "dev", "eth0"],
+            &["addr", "add", "192.168.77.2/32", "dev", "eth0"],
             &["link", "set", "eth0", "up"],
             &["link", "set", "lo", "up"],
         ] {
@@ -774,7 +852,9 @@ impl FakeInternet {
             all.extend_from_slice(args);
             ip(&all);
         }
-        ip(&["route", "add", "169.254.169.254/32", "via", "198.18.0.2"]);
+        for address in ["169.254.169.254/32", "10.77.0.2/32", "192.168.77.2/32"] {
+            ip(&["route", "add", address, "via", "198.18.0.2"]);
+        }
         let server = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -857,6 +937,62 @@ async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_a
         ("100.88.0.1", api_port.as_str()),
         ("127.0.0.1", api_port.as_str()),
         ("127.0.0.1", host_port.as_str()),
+        // Private LAN ranges, by default.
+        ("10.77.0.2", "8080"),
+        ("192.168.77.2", "8080"),
+    ] {
+        refused(&server, SITE, &to(host, port), &[]).await;
+    }
+
+    // An admin's LAN allowlist: only private ranges, clear of the
+    // spinlets' own links, and only with outbound internet on. A refused
+    // one changes nothing.
+    for (body, rule) in [
+        (
+            serde_json::json!({ "outbound_internet": true, "outbound_allow": ["8.8.8.0/24"] }),
+            "outbound_allow[0]: 8.8.8.0/24 is not inside a private range",
+        ),
+        (
+            serde_json::json!({ "outbound_internet": true,
+                "outbound_allow": ["10.77.0.0/24", "100.88.4.0/24"] }),
+            "outbound_allow[1]: 100.88.4.0/24 overlaps 100.88.0.0/16",
+        ),
+        (
+            serde_json::json!({ "outbound_allow": ["10.77.0.0/24"] }),
+            "outbound_allow: needs outbound_internet = true",
+        ),
+        (
+            serde_json::json!({ "outbound_internet": true, "outbound_allow": ["10.77.0.0"] }),
+            "outbound_allow[0]: `10.77.0.0` is not an IPv4 network",
+        ),
+    ] {
+        let (status, answer) = put_sandbox(&server, &admin, SITE, body.clone()).await;
+        assert_eq!(status, 400, "{body} was accepted: {answer}");
+        let text = answer.to_string();
+        assert!(
+            text.contains("outbound_allow") && text.contains(rule),
+            "{body}: {text}"
+        );
+    }
+    assert!(server.log_shows("sandbox.outbound_allow_refused").await);
+    refused(&server, SITE, &to("10.77.0.2", "8080"), &[]).await;
+
+    let (status, body) = put_sandbox(
+        &server,
+        &admin,
+        SITE,
+        serde_json::json!({ "outbound_internet": true, "outbound_allow": ["10.77.0.0/24"] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = ask(&server, SITE, &to("10.77.0.2", "8080")).await;
+    assert_eq!(out["ok"], true, "the allowlisted range: {out}");
+    assert!(lan_allowed().contains("10.77.0.0/24"), "{}", lan_allowed());
+    // Only that range: the rest of the LAN, metadata and the host stay shut.
+    for (host, port) in [
+        ("192.168.77.2", "8080"),
+        ("169.254.169.254", "8080"),
+        ("100.88.0.1", host_port.as_str()),
     ] {
         refused(&server, SITE, &to(host, port), &[]).await;
     }
@@ -865,4 +1001,25 @@ async fn outbound_internet_is_off_by_default_and_when_on_still_avoids_the_host_a
     let (status, _) = put_sandbox(&server, &admin, SITE, serde_json::json!({})).await;
     assert_eq!(status, 200);
     refused(&server, SITE, &to("198.18.0.2", "8080"), &[]).await;
+    // The stopped instance's allowlist entry left with its link, so a
+    // later site on the same link slot does not inherit it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lan_allowed().contains("10.77.0.0/24") {
+        assert!(
+            Instant::now() < deadline,
+            "entry left behind: {}",
+            lan_allowed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The host's LAN allowlist set (serve's nftables), as `nft` lists it.
+fn lan_allowed() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "set", "inet", "spinforge_outbound", "lan_allowed"])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -19,7 +19,6 @@ use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,10 +155,10 @@ impl Lease {
     /// How to reach the instance when it lives in its own network
     /// namespace; `None` when `addr` is reachable from the host.
     pub fn dial(&self) -> Option<AppDial> {
-        let netns = self.instance.confinement.as_ref()?.dialer()?;
+        let dialer = self.instance.confinement.as_ref()?.dialer()?;
         Some(AppDial {
             key: self.instance.serial,
-            netns,
+            dialer,
             addr: self.addr(),
         })
     }
@@ -185,13 +184,13 @@ pub struct AppDial {
     /// Unique per instance for the supervisor's lifetime; a connection
     /// pool keyed by it never hands one instance's connection to another.
     pub key: u64,
-    netns: Arc<OwnedFd>,
+    dialer: Arc<sandbox::Dialer>,
     addr: SocketAddr,
 }
 
 impl AppDial {
     pub async fn connect(&self, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
-        sandbox::connect(Some(self.netns.clone()), self.addr, timeout).await
+        sandbox::connect(Some(&self.dialer), self.addr, timeout).await
     }
 }
 
@@ -1171,13 +1170,13 @@ async fn wait_healthy(
     deadline: Instant,
 ) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, instance.port));
-    let netns = instance.confinement.as_ref().and_then(|c| c.dialer());
+    let dialer = instance.confinement.as_ref().and_then(|c| c.dialer());
     let started = Instant::now();
     loop {
         if instance.has_exited() {
             return Err("the app exited before it became healthy".into());
         }
-        if probe(netns.clone(), addr, health_path).await {
+        if probe(dialer.as_deref(), addr, health_path).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -1198,9 +1197,13 @@ async fn wait_healthy(
     }
 }
 
-async fn probe(netns: Option<Arc<OwnedFd>>, addr: SocketAddr, health_path: Option<&str>) -> bool {
+async fn probe(
+    dialer: Option<&sandbox::Dialer>,
+    addr: SocketAddr,
+    health_path: Option<&str>,
+) -> bool {
     let attempt = async {
-        let mut stream = sandbox::connect(netns, addr, Duration::from_secs(2))
+        let mut stream = sandbox::connect(dialer, addr, Duration::from_secs(2))
             .await
             .ok()?;
         let Some(path) = health_path else {

@@ -200,6 +200,11 @@ impl Server {
         }
     }
 
+    /// The running serve's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("serve is running").id()
+    }
+
     /// `path` (absolute) as the running serve sees it: serve has its own
     /// mount namespace, where the sandbox mounts each site's data image.
     pub fn seen_by_serve(&self, path: &Path) -> PathBuf {

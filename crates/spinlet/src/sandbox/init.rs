@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
@@ -65,6 +65,9 @@ fn helper() -> Result<Never, String> {
         .read_to_end(&mut text)
         .map_err(|e| format!("cannot read the plan: {e}"))?;
     let mut plan: Plan = serde_json::from_slice(&text).map_err(|e| format!("bad plan: {e}"))?;
+    if plan.reexec {
+        return reexec(plan);
+    }
     plan.helper_pid = std::process::id();
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
@@ -112,6 +115,45 @@ fn helper() -> Result<Never, String> {
             }
         },
     }
+}
+
+/// A warm helper, now that it has its plan: runs this program again as
+/// a cold start would have (the app's command line for `ps`, the release
+/// as working folder, only the instance's tag in the environment), with
+/// the plan on a fresh pipe as stdin. The namespace descriptor stays at
+/// [`NETNS_FD`] (not close-on-exec) and the cgroup membership stays too.
+fn reexec(mut plan: Plan) -> Result<Never, String> {
+    plan.reexec = false;
+    let bytes = serde_json::to_vec(&plan).map_err(|e| format!("plan: {e}"))?;
+    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // The plan is far smaller than a pipe's buffer: this does not block.
+    std::fs::File::from(write)
+        .write_all(&bytes)
+        .map_err(|e| format!("cannot pass the plan on: {e}"))?;
+    nix::unistd::dup2_stdin(&read).map_err(|e| format!("cannot pass the plan on: {e}"))?;
+    drop(read);
+    nix::unistd::chdir(&plan.release).map_err(|e| format!("cannot enter the release: {e}"))?;
+    // argv[0] as a cold start's: the binary's path.
+    let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let mut argv = vec![
+        cstring(&path.to_string_lossy())?,
+        cstring(super::HELPER_ARG)?,
+        cstring("--")?,
+    ];
+    argv.push(cstring(&plan.program)?);
+    for arg in &plan.args {
+        argv.push(cstring(arg)?);
+    }
+    let env: Vec<CString> = plan
+        .env
+        .iter()
+        .filter(|(name, _)| name == "SPINFORGE_SPINLET")
+        .map(|(name, value)| cstring(&format!("{name}={value}")))
+        .collect::<Result<_, _>>()?;
+    // The running binary itself, even if a newer one replaced its file.
+    let exe = cstring("/proc/self/exe")?;
+    let Err(e) = nix::unistd::execve(&exe, &argv, &env);
+    Err(format!("cannot run the helper again: {e}"))
 }
 
 /// Adopts a descriptor the spawner passed at a fixed number: opening its

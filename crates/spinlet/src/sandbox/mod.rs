@@ -15,9 +15,11 @@ mod profile;
 mod quota;
 mod seccomp;
 mod sys;
+mod warm;
 
 pub use cgroup::Version as CgroupVersion;
 pub use init::helper_main;
+pub use net::Dialer;
 pub use profile::{Profile as SeccompProfile, ProfileError};
 pub use quota::private_mounts;
 
@@ -102,6 +104,44 @@ pub struct SiteSandbox {
     /// built-in allowlist (see `profile.rs`: it can only take away).
     #[serde(default)]
     pub seccomp_profile: Option<serde_json::Value>,
+    /// Private (LAN) ranges the app may reach despite outbound internet
+    /// refusing them; see [`check_outbound_allow`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound_allow: Vec<ipnet::Ipv4Net>,
+}
+
+/// Checks an admin's LAN allowlist: only with outbound internet on, and
+/// each entry inside one of the private ranges outbound internet refuses
+/// ([`net::LAN`]) and clear of the spinlets' own link pool, so no entry can
+/// open the host, loopback, link-local, metadata or another spinlet.
+/// The error names the entry (`outbound_allow[1]`) and the rule.
+pub fn check_outbound_allow(settings: &SiteSandbox) -> Result<(), (String, String)> {
+    if !settings.outbound_allow.is_empty() && !settings.outbound_internet {
+        return Err((
+            "outbound_allow".into(),
+            "needs outbound_internet = true".into(),
+        ));
+    }
+    let pool = net::pool();
+    for (i, allowed) in settings.outbound_allow.iter().enumerate() {
+        let field = format!("outbound_allow[{i}]");
+        if !net::LAN.iter().any(|lan| lan.contains(allowed)) {
+            return Err((
+                field,
+                format!(
+                    "{allowed} is not inside a private range outbound internet refuses ({})",
+                    net::LAN.map(|n| n.to_string()).join(", ")
+                ),
+            ));
+        }
+        if allowed.contains(&pool) || pool.contains(allowed) {
+            return Err((
+                field,
+                format!("{allowed} overlaps {pool}, the spinlets' own links"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One row of `spinforge sandbox check`.
@@ -294,6 +334,8 @@ pub struct SandboxUsage {
 #[derive(Debug)]
 pub struct Confinement {
     netns: Option<Arc<OwnedFd>>,
+    /// Opens the edge's and the probe's connections inside `netns`.
+    dialer: Option<Arc<net::Dialer>>,
     cgroup: Option<Cgroup>,
     limits: LimitsInForce,
     missing: Vec<String>,
@@ -331,31 +373,36 @@ impl Confinement {
     /// Kills anything left of the instance and removes its cgroup.
     /// Blocking (it waits for the kernel); call off the async threads.
     pub fn release(&self) {
+        if let Some(dialer) = &self.dialer {
+            dialer.stop();
+        }
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             cgroup.remove();
         }
         if let Some((link, slots)) = &self.link {
-            link.remove();
-            slots.give_back(link);
+            if link.remove() {
+                slots.give_back(link);
+            }
         }
     }
 
-    /// A connector to `addr` inside the instance's network namespace, or
-    /// `None` when the instance shares the host's network.
-    pub fn dialer(&self) -> Option<Arc<OwnedFd>> {
-        self.netns.clone()
+    /// The connector into the instance's network namespace, or `None`
+    /// when the instance shares the host's network. It stops working
+    /// once the instance is released.
+    pub fn dialer(&self) -> Option<Arc<Dialer>> {
+        self.dialer.clone()
     }
 }
 
 /// Connects to an app instance: inside its namespace when it has one.
 pub async fn connect(
-    netns: Option<Arc<OwnedFd>>,
+    dialer: Option<&Dialer>,
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<tokio::net::TcpStream> {
-    match netns {
-        Some(netns) => net::connect_in(netns, addr, timeout).await,
+    match dialer {
+        Some(dialer) => dialer.connect(addr, timeout).await,
         None => {
             let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
                 .await
@@ -365,6 +412,10 @@ pub async fn connect(
         }
     }
 }
+
+/// An instance's network namespace and its dialer (none without the
+/// layer).
+type NamespaceParts = (Option<Arc<OwnedFd>>, Option<Arc<net::Dialer>>);
 
 /// Starts apps in the sandbox.
 pub struct SandboxSpawner {
@@ -379,6 +430,9 @@ pub struct SandboxSpawner {
     host_ready: Mutex<bool>,
     /// `allow_degraded` on a host that cannot make namespaces at all.
     plain: Option<PlainSpawner>,
+    /// The next start's helper, made ahead of time (see `warm.rs`); none
+    /// on a host without the network or cgroup layer.
+    warm: Option<Arc<warm::WarmPool>>,
 }
 
 impl SandboxSpawner {
@@ -424,6 +478,18 @@ impl SandboxSpawner {
             .iter()
             .any(|l| l.layer == "pid namespace" && !l.supported);
         let plain = (no_namespaces && config.allow_degraded).then_some(PlainSpawner);
+        let warm_possible = plain.is_none()
+            && layers
+                .iter()
+                .all(|l| l.supported || !["network namespace", "cgroups"].contains(&l.layer));
+        let warm = match &cgroups {
+            Some(host) if warm_possible => Some(Arc::new(warm::WarmPool::new(
+                config.helper.clone(),
+                config.state_dir.clone(),
+                host.clone(),
+            ))),
+            _ => None,
+        };
         Ok(SandboxSpawner {
             uids: UidTable::open(
                 config.state_dir.join("uids.json"),
@@ -437,6 +503,7 @@ impl SandboxSpawner {
             links: Arc::new(net::Slots::default()),
             host_ready: Mutex::new(false),
             plain,
+            warm,
         })
     }
 
@@ -512,6 +579,65 @@ impl SandboxSpawner {
             .state_dir
             .join("volumes")
             .join(format!("{site}.ext4"))
+    }
+
+    /// A new network namespace (with the site's link to the host, if it
+    /// has one) and its dialer, made on the start's path; none when the
+    /// host lacks the layer.
+    fn cold_namespace(
+        &self,
+        link: Option<&net::Link>,
+        skipped: bool,
+    ) -> io::Result<NamespaceParts> {
+        if skipped {
+            return Ok((None, None));
+        }
+        let (netns, dialer) = net::new_namespace_with(link)
+            .and_then(|made| {
+                if let Some(link) = link {
+                    link.set_up_host()?;
+                }
+                Ok(made)
+            })
+            .inspect_err(|_| {
+                if let Some(link) = link {
+                    if link.remove() {
+                        self.links.give_back(link);
+                    }
+                }
+            })?;
+        Ok((Some(Arc::new(netns)), Some(Arc::new(dialer))))
+    }
+
+    /// Starts the helper for `plan` (a cold start).
+    fn spawn_helper(
+        &self,
+        launch: &Launch,
+        plan: &Plan,
+        confinement: &Confinement,
+    ) -> io::Result<tokio::process::Child> {
+        let mut command = tokio::process::Command::new(&self.config.helper);
+        // The app's command line follows, for `ps` and operators only (the
+        // helper reads its plan from stdin); the helper's working folder is
+        // the release, as a plain app's would be.
+        command
+            .arg(HELPER_ARG)
+            .arg("--")
+            .arg(&plan.program)
+            .args(&plan.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            // Lets a restarted serve recognise the helper as ours.
+            .env("SPINFORGE_SPINLET", &launch.tag)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(netns) = &confinement.netns {
+            sys::pass_fd(&mut command, netns.as_raw_fd(), NETNS_FD);
+        }
+        command.spawn()
     }
 }
 
@@ -590,49 +716,79 @@ impl Spawner for SandboxSpawner {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
 
         let settings = self.read_settings(&launch.site)?;
+        // Written through the hub, which checks it; checked again so a
+        // hand-edited file cannot open more than the API would.
+        check_outbound_allow(&settings).map_err(|(field, message)| {
+            io::Error::other(format!("site sandbox settings: {field}: {message}"))
+        })?;
         let link = if settings.outbound_internet && !skipped("network namespace") {
-            Some(self.outbound_link()?)
+            let mut link = self.outbound_link()?;
+            link.allow = settings.outbound_allow.clone();
+            Some(link)
         } else {
             None
         };
-        let netns = if skipped("network namespace") {
-            None
-        } else {
-            let made = net::new_namespace_with(link.as_ref())
-                .and_then(|ns| {
-                    if let Some(link) = &link {
-                        link.set_up_host()?;
-                    }
-                    Ok(ns)
-                })
-                .inspect_err(|_| {
-                    if let Some(link) = &link {
-                        link.remove();
-                        self.links.give_back(link);
-                    }
-                })?;
-            Some(Arc::new(made))
+        let cgroup_limits = CgroupLimits {
+            memory_bytes: limits.memory_bytes,
+            // The helper and the namespace init count too.
+            pids: limits.max_processes + 2,
+            cpu_percent: limits.cpu_percent,
+            io_weight: self.config.io_weight,
         };
-        let cgroup = match (&self.cgroups, skipped("cgroups")) {
-            (Some(host), false) => {
-                let cgroup_limits = CgroupLimits {
-                    memory_bytes: limits.memory_bytes,
-                    // The helper and the namespace init count too.
-                    pids: limits.max_processes + 2,
-                    cpu_percent: limits.cpu_percent,
-                    io_weight: self.config.io_weight,
-                };
-                let name = format!(
-                    "{}-{}",
-                    launch.site,
-                    &launch.tag[..12.min(launch.tag.len())]
-                );
-                Some(host.create(&name, &cgroup_limits)?)
+        // A warm helper fits any site without a link to the host.
+        let warm_pool = self
+            .warm
+            .as_ref()
+            .filter(|_| link.is_none() && !skipped("network namespace") && !skipped("cgroups"));
+        let warm = warm_pool.and_then(|pool| pool.take()).and_then(|warm| {
+            // The app's limits are in force before the helper has its plan,
+            // so before anything of the app runs.
+            let host = self.cgroups.as_ref()?;
+            match host.limit(&warm.cgroup, &cgroup_limits) {
+                Ok(()) => Some(warm),
+                Err(e) => {
+                    tracing::warn!(error = %e, "warm sandbox helper not used");
+                    warm.discard();
+                    None
+                }
             }
-            _ => None,
+        });
+        let (netns, dialer, cgroup, warm_child) = match warm {
+            Some(warm) => (
+                Some(Arc::new(warm.netns)),
+                Some(Arc::new(warm.dialer)),
+                Some(warm.cgroup),
+                Some(warm.child),
+            ),
+            None => {
+                let (netns, dialer) =
+                    self.cold_namespace(link.as_ref(), skipped("network namespace"))?;
+                let cgroup = match (&self.cgroups, skipped("cgroups")) {
+                    (Some(host), false) => {
+                        let name = format!(
+                            "{}-{}",
+                            launch.site,
+                            &launch.tag[..12.min(launch.tag.len())]
+                        );
+                        Some(host.create(&name, &cgroup_limits).inspect_err(|_| {
+                            if let Some(dialer) = &dialer {
+                                dialer.stop();
+                            }
+                            if let Some(link) = &link {
+                                if link.remove() {
+                                    self.links.give_back(link);
+                                }
+                            }
+                        })?)
+                    }
+                    _ => None,
+                };
+                (netns, dialer, cgroup, None)
+            }
         };
         let confinement = Confinement {
             netns,
+            dialer,
             cgroup,
             limits: limits.clone(),
             missing: missing.iter().map(|l| l.layer.to_owned()).collect(),
@@ -661,11 +817,11 @@ impl Spawner for SandboxSpawner {
             gid: uid,
             tmp_bytes: limits.tmp_bytes,
             open_files: limits.open_files,
-            cgroups: confinement
-                .cgroup
-                .as_ref()
-                .map(Cgroup::dirs)
-                .unwrap_or_default(),
+            // A warm helper is in its cgroup already.
+            cgroups: match (&warm_child, &confinement.cgroup) {
+                (None, Some(cgroup)) => cgroup.dirs(),
+                _ => Vec::new(),
+            },
             netns: confinement.netns.is_some(),
             landlock: !skipped("landlock"),
             seccomp: !skipped("seccomp"),
@@ -673,35 +829,23 @@ impl Spawner for SandboxSpawner {
             outbound: confinement.link.is_some(),
             allow_degraded: self.config.allow_degraded,
             helper_pid: 0,
+            reexec: warm_child.is_some(),
         };
 
-        let mut command = tokio::process::Command::new(&self.config.helper);
-        // The app's command line follows, for `ps` and operators only (the
-        // helper reads its plan from stdin); the helper's working folder is
-        // the release, as a plain app's would be.
-        command
-            .arg(HELPER_ARG)
-            .arg("--")
-            .arg(&plan.program)
-            .args(&plan.args)
-            .current_dir(&launch.dir)
-            .env_clear()
-            // Lets a restarted serve recognise the helper as ours.
-            .env("SPINFORGE_SPINLET", &launch.tag)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(netns) = &confinement.netns {
-            sys::pass_fd(&mut command, netns.as_raw_fd(), NETNS_FD);
-        }
-        let mut child = command.spawn().inspect_err(|_| confinement.release())?;
+        let mut child = match warm_child {
+            Some(child) => child,
+            None => self
+                .spawn_helper(launch, &plan, &confinement)
+                .inspect_err(|_| confinement.release())?,
+        };
         let sent = write_plan(&mut child, &plan);
         if let Err(e) = sent {
             let _ = child.start_kill();
             confinement.release();
             return Err(e);
+        }
+        if let Some(pool) = warm_pool {
+            pool.refill();
         }
         Ok(Spawned {
             child,

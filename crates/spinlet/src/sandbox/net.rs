@@ -1,9 +1,11 @@
 //! Network isolation: each spinlet gets a network namespace with only a
 //! loopback interface, so from inside it can reach nothing but itself (no
 //! hub API, no other spinlet, no host loopback service, no metadata
-//! address, no internet unless an admin turned it on for the site). The edge and the health probe reach the app by
-//! creating their socket inside that namespace: a socket stays in the
-//! namespace it was made in, wherever its descriptor is used afterwards.
+//! address, no internet unless an admin turned it on for the site). The
+//! edge and the health probe reach the app through the instance's
+//! [`Dialer`], which creates their sockets inside that namespace: a socket
+//! stays in the namespace it was made in, wherever its descriptor is used
+//! afterwards.
 //!
 //! Outbound internet, per site and only when an admin turned it on: the
 //! namespace gets a veth pair to the host with a /30 from [`POOL`], a
@@ -13,47 +15,152 @@
 //! (every packet a spinlet's veth delivers to the host is dropped: hub
 //! API, host services, whatever address it aims at), from loopback,
 //! link-local and metadata addresses (169.254.0.0/16; IPv6 is not routed
-//! at all, so fd00:ec2::254 is unreachable too), from other spinlets (the
-//! whole pool), and lets nothing from outside open a connection into a
-//! spinlet. Rules live in the host's (serve's) network namespace, out of
-//! the app's reach: the app has no capability to change its own.
+//! at all, so fd00:ec2::254 and fc00::/7 are unreachable too), from other
+//! spinlets (the whole pool), from private LAN ranges ([`LAN`]) except
+//! those an admin allowlisted for the site (set `lan_allowed`, one entry
+//! per link and range), and lets nothing from outside open a connection
+//! into a spinlet. Rules live in the host's (serve's) network namespace,
+//! out of the app's reach: the app has no capability to change its own.
 
 use super::sys;
-use nix::sched::{setns, unshare, CloneFlags};
+use ipnet::Ipv4Net;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Makes a new network namespace with `lo` up and returns a descriptor
-/// that keeps it alive. The namespace goes away with the last descriptor
-/// and the last process in it.
-pub(crate) fn new_namespace() -> io::Result<OwnedFd> {
+/// Makes a new network namespace with `lo` up. Returns a descriptor
+/// that keeps it alive (the namespace goes away with the last descriptor
+/// and the last process or thread in it) and the [`Dialer`] whose thread
+/// lives in it.
+pub(crate) fn new_namespace() -> io::Result<(OwnedFd, Dialer)> {
     new_namespace_with(None)
 }
 
 /// As [`new_namespace`], plus a link to the host for outbound traffic
 /// when `outbound` is given.
-pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<OwnedFd> {
+pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<(OwnedFd, Dialer)> {
     let outbound = outbound.cloned();
-    // Network namespaces belong to threads: a short-lived thread enters
-    // the new one, so no thread of serve ever leaves the host's.
+    let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
+    let (requests, queue) = std::sync::mpsc::channel::<DialRequest>();
+    // Network namespaces belong to threads. This thread unshares into the
+    // new one and stays there for the instance's lifetime as its dialer,
+    // so no thread of serve ever leaves the host's, and no connection to
+    // the app has to start a thread of its own.
     std::thread::Builder::new()
-        .name("spinlet-netns".into())
-        .spawn(move || -> io::Result<OwnedFd> {
-            unshare(CloneFlags::CLONE_NEWNET)?;
-            sys::loopback_up()?;
-            if let Some(link) = &outbound {
-                // A program started from this thread runs in the new
-                // namespace; `netns PID` names serve's (the host's).
-                link.set_up_inside()?;
+        .name("spinlet-dialer".into())
+        .stack_size(DIALER_STACK)
+        .spawn(move || {
+            let made = (|| -> io::Result<OwnedFd> {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                sys::loopback_up()?;
+                if let Some(link) = &outbound {
+                    // A program started from this thread runs in the new
+                    // namespace; `netns PID` names serve's (the host's).
+                    link.set_up_inside()?;
+                }
+                let file = std::fs::File::open("/proc/thread-self/ns/net")?;
+                Ok(OwnedFd::from(file))
+            })();
+            let ok = made.is_ok();
+            if made_tx.send(made).is_err() || !ok {
+                return;
             }
-            let file = std::fs::File::open("/proc/thread-self/ns/net")?;
-            Ok(OwnedFd::from(file))
-        })?
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+            serve_dials(&queue);
+        })?;
+    let netns = made_rx
+        .recv()
+        .map_err(|_| io::Error::other("the namespace thread ended without an answer"))??;
+    Ok((
+        netns,
+        Dialer {
+            requests: std::sync::Mutex::new(Some(requests)),
+        },
+    ))
+}
+
+/// The dialer thread does little besides `socket(2)`; glibc's default of
+/// 8 MiB of (mostly untouched) stack would be pure address space.
+const DIALER_STACK: usize = 128 * 1024;
+
+/// A request for a TCP socket of the address family of the address, with
+/// where to send it.
+type DialRequest = (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
+);
+
+/// The dialer thread's loop: it ends when the [`Dialer`] is stopped or
+/// dropped, and with it the thread's hold on the namespace.
+fn serve_dials(queue: &std::sync::mpsc::Receiver<DialRequest>) {
+    while let Ok((addr, reply)) = queue.recv() {
+        let family = if addr.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let made = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from);
+        let _ = reply.send(made);
+    }
+}
+
+/// Opens connections inside one instance's network namespace.
+///
+/// A socket belongs to the namespace it was created in, wherever its
+/// descriptor is used afterwards. So one long-lived thread that entered
+/// the namespace once only creates sockets, on request over a channel,
+/// and the caller connects them on its own (async) thread: a connection
+/// costs one round trip to that thread, no thread start and no `setns`.
+#[derive(Debug)]
+pub struct Dialer {
+    /// `None` once stopped: the thread has then ended or is ending.
+    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<DialRequest>>>,
+}
+
+impl Dialer {
+    /// Connects to `addr` inside the namespace.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<tokio::net::TcpStream> {
+        let (reply, made) = tokio::sync::oneshot::channel();
+        {
+            let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let stopped =
+                || io::Error::new(io::ErrorKind::NotConnected, "the instance has stopped");
+            requests
+                .as_ref()
+                .ok_or_else(stopped)?
+                .send((addr, reply))
+                .map_err(|_| stopped())?;
+        }
+        let fd = made
+            .await
+            .map_err(|_| io::Error::other("the dialer thread ended without an answer"))??;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        let stream = tokio::time::timeout(timeout, socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Ends the thread; later connects fail. Idempotent.
+    pub(crate) fn stop(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 /// Spinlet links take their /30s from here (shared address space, RFC
@@ -62,6 +169,22 @@ pub(crate) fn new_namespace_with(outbound: Option<&Link>) -> io::Result<OwnedFd>
 // with outbound internet (a `sandbox.outbound_pool` setting and
 // per-serve interface prefixes would lift both).
 pub(crate) const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 88, 0, 0), 16);
+
+/// [`POOL`] as a network.
+pub(crate) fn pool() -> Ipv4Net {
+    Ipv4Net::new_assert(POOL.0, POOL.1)
+}
+
+/// Private ranges outbound internet refuses, unless an admin allowlisted
+/// a part of one for the site (`SiteSandbox::outbound_allow`): the LAN
+/// (RFC 1918) and shared address space (RFC 6598, the pool's own range).
+/// IPv6, and with it fc00::/7, is not routed for spinlets at all.
+pub(crate) const LAN: [Ipv4Net; 4] = [
+    Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Ipv4Net::new_assert(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Ipv4Net::new_assert(Ipv4Addr::new(192, 168, 0, 0), 16),
+    Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10),
+];
 /// Host-side interface names: `sfo` and the slot number.
 const PREFIX: &str = "sfo";
 
@@ -69,6 +192,9 @@ const PREFIX: &str = "sfo";
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     pub slot: u32,
+    /// LAN ranges this link may reach (checked by
+    /// `check_outbound_allow`).
+    pub allow: Vec<Ipv4Net>,
 }
 
 impl Link {
@@ -101,12 +227,43 @@ impl Link {
             "addr add {}/30 dev {name}\nlink set {name} up\n",
             self.address(1),
             name = self.host_name()
-        ))
+        ))?;
+        if self.allow.is_empty() {
+            return Ok(());
+        }
+        run_with_input("nft", &["-f", "-"], &self.allow_elements("add"))
     }
 
-    /// Deletes the pair (both ends); quiet if the namespace took it.
-    pub(crate) fn remove(&self) {
+    /// `add`/`delete element` of this link's LAN allowlist.
+    fn allow_elements(&self, verb: &str) -> String {
+        let elements: Vec<String> = self
+            .allow
+            .iter()
+            .map(|net| format!("\"{}\" . {net}", self.host_name()))
+            .collect();
+        format!(
+            "{verb} element inet spinforge_outbound lan_allowed {{ {} }}\n",
+            elements.join(", ")
+        )
+    }
+
+    /// Deletes the pair (both ends; quiet if the namespace took it) and
+    /// the link's allowlist entries. False if the entries may remain: the
+    /// slot must then not be handed out again, or the next site on it
+    /// would inherit them.
+    pub(crate) fn remove(&self) -> bool {
         let _ = ip_batch(&format!("link del {}\n", self.host_name()));
+        if self.allow.is_empty() {
+            return true;
+        }
+        match run_with_input("nft", &["-f", "-"], &self.allow_elements("delete")) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(link = %self.host_name(), error = %e,
+                    "outbound LAN allowlist entries not removed; the link slot is retired");
+                false
+            }
+        }
     }
 }
 
@@ -159,12 +316,15 @@ pub(crate) fn outbound_supported() -> Result<(), String> {
 
 /// Turns on forwarding and (re)loads the host's rules; idempotent.
 pub(crate) fn prepare_host() -> io::Result<()> {
-    let (net, bits) = POOL;
-    let pool = format!("{net}/{bits}");
+    let pool = pool();
+    let lan = LAN.map(|n| n.to_string()).join(", ");
     let rules = format!(
         "table inet spinforge_outbound\n\
          delete table inet spinforge_outbound\n\
          table inet spinforge_outbound {{\n\
+           set lan_allowed {{\n\
+             type ifname . ipv4_addr; flags interval;\n\
+           }}\n\
            chain input {{\n\
              type filter hook input priority filter; policy accept;\n\
              iifname \"{PREFIX}*\" drop\n\
@@ -174,6 +334,8 @@ pub(crate) fn prepare_host() -> io::Result<()> {
              iifname \"{PREFIX}*\" meta nfproto ipv6 drop\n\
              iifname \"{PREFIX}*\" ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, \
                224.0.0.0/3, {pool} }} drop\n\
+             iifname . ip daddr @lan_allowed accept\n\
+             iifname \"{PREFIX}*\" ip daddr {{ {lan} }} drop\n\
              oifname \"{PREFIX}*\" ct state established,related accept\n\
              oifname \"{PREFIX}*\" drop\n\
            }}\n\
@@ -205,37 +367,14 @@ impl Slots {
             .find(|s| !taken.contains(s))
             .ok_or_else(|| io::Error::other("no free outbound link left in the pool"))?;
         taken.insert(slot);
-        Ok(Link { slot })
+        Ok(Link {
+            slot,
+            allow: Vec::new(),
+        })
     }
 
     pub(crate) fn give_back(&self, link: &Link) {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         taken.remove(&link.slot);
     }
-}
-
-/// Connects to `addr` from inside the namespace `netns`.
-pub(crate) async fn connect_in(
-    netns: Arc<OwnedFd>,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<tokio::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A thread of its own, which ends after the connect: it never has to
-    // switch back, and no pooled thread is ever left in the wrong namespace.
-    std::thread::Builder::new()
-        .name("spinlet-dial".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let connected = setns(&*netns, CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)
-                .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout));
-            let _ = tx.send(connected);
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| io::Error::other("the dial thread ended without an answer"))??;
-    stream.set_nonblocking(true)?;
-    stream.set_nodelay(true)?;
-    tokio::net::TcpStream::from_std(stream)
 }

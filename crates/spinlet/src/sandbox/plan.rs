@@ -54,4 +54,9 @@ pub(crate) struct Plan {
     /// The helper's pid on the host; filled in by the helper itself.
     #[serde(default)]
     pub helper_pid: u32,
+    /// Set for a warm helper (`warm.rs`): it first runs itself again with
+    /// the app's command line, working folder and tag, so it looks like,
+    /// and is recognised as, a cold start's helper.
+    #[serde(default)]
+    pub reexec: bool,
 }

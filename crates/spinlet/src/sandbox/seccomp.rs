@@ -10,10 +10,10 @@
 //! changes and kcmp. `clone` is allowed only without namespace flags, and
 //! `clone3` (whose flags live in memory a filter cannot read) answers
 //! ENOSYS, so the C library falls back to `clone`.
-
-// Limitation: one profile for every site; a per-site custom profile in
-// Docker's seccomp JSON format (admin only) is not read yet (a translation
-// of that format into seccompiler rules would add it).
+//!
+//! This allowlist is the same for every site. A site may also get its own
+//! profile in Docker's seccomp JSON format (admin only, `profile.rs`),
+//! installed on top of this one, so it can only take more away.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
