@@ -151,7 +151,9 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     // Single sign-on (oidc_api.rs): the login itself, so no credential.
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
-    ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
+    // The CLI's code exchange: the one-time code and the PKCE verifier
+    // are the credential.
+    ("POST", "/api/v1/auth/oidc/token", Public),
     // A site's own sandbox settings (sandbox_api.rs): admins only.
     (
         "GET",
