@@ -279,19 +279,27 @@ fn client_info(parts: &Parts) -> ClientInfo {
         .headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    ClientInfo::new(ip, user_agent)
+    ClientInfo::new(ip, user_agent).with_device(named_cookie(
+        &parts.headers,
+        identity::lockout::DEVICE_COOKIE,
+    ))
 }
 
-/// The value of the session cookie, if the request carries one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name`, if the request carries one.
+pub fn named_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, SESSION_COOKIE)
 }
 
 /// The middleware: looks the route up in [`ROUTES`], authenticates the
