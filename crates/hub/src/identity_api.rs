@@ -508,12 +508,12 @@ async fn browser_login(
         csrf_token: login.csrf_token,
         expires_at: rfc3339(login.session.expires_at),
     };
-    Ok((
-        StatusCode::CREATED,
-        [(header::SET_COOKIE, cookie), (header::SET_COOKIE, device)],
-        Json(body),
-    )
-        .into_response())
+    // Appended, not inserted: an array of header pairs would keep only
+    // the last `Set-Cookie`.
+    let mut cookies = HeaderMap::new();
+    cookies.append(header::SET_COOKIE, cookie);
+    cookies.append(header::SET_COOKIE, device);
+    Ok((StatusCode::CREATED, cookies, Json(body)).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth",

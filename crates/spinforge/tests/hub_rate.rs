@@ -243,6 +243,7 @@ async fn a_stranger_naming_an_account_cannot_lock_its_owner_out() {
         .expect("browser login");
     assert_eq!(r.status(), 201);
     assert!(cookie(&r, "sf_device").is_some());
+    assert!(cookie(&r, "sf_session").is_some(), "both cookies are set");
 
     // A distributed guesser: five failures each from three more /24s
     // reach the account-wide ceiling of 20 (each address stays within
