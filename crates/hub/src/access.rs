@@ -151,7 +151,9 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     // Single sign-on (oidc_api.rs): the login itself, so no credential.
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),
-    ("GET", "/api/v1/auth/oidc/poll/{login_id}", Public),
+    // The CLI's code exchange: the one-time code and the PKCE verifier
+    // are the credential.
+    ("POST", "/api/v1/auth/oidc/token", Public),
     // A site's own sandbox settings (sandbox_api.rs): admins only.
     (
         "GET",
@@ -277,19 +279,27 @@ fn client_info(parts: &Parts) -> ClientInfo {
         .headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    ClientInfo::new(ip, user_agent)
+    ClientInfo::new(ip, user_agent).with_device(named_cookie(
+        &parts.headers,
+        identity::lockout::DEVICE_COOKIE,
+    ))
 }
 
-/// The value of the session cookie, if the request carries one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name`, if the request carries one.
+pub fn named_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, SESSION_COOKIE)
 }
 
 /// The middleware: looks the route up in [`ROUTES`], authenticates the

@@ -1,9 +1,16 @@
 //! The hub's rate limits, counted by the shield (GCRA, with its clock,
 //! allowlist and emergency factor):
 //!
-//! - auth endpoints ([`AUTH_ROUTES`]): the auth policy (default 5 per 15
-//!   minutes) per client address, and per account when the request names
-//!   one (the `email` of a login);
+//! - auth endpoints ([`AUTH_ROUTES`]): a failure budget per client address
+//!   (the auth policy, default 5 *failures* per 15 minutes). Each attempt
+//!   is charged before it runs and given back when it succeeded, so a
+//!   team behind one NAT that types its passwords right is never refused.
+//!   Accounts are guarded by the identity lockout (keyed by account and
+//!   source network), not here, so naming someone's e-mail costs them
+//!   nothing;
+//! - `POST /auth/refresh`: its own, roomier limit per address
+//!   (`hub_refresh_limit`, default 300 per 15 minutes), every attempt
+//!   counted;
 //! - every API route but the health probes: the API policy (default 100
 //!   per minute), counted against the account of the caller's valid
 //!   credential (`user:<id>`, whether it shows a token or any of its API
@@ -32,8 +39,6 @@ use identity::Principal;
 use shield::Shield;
 
 /// Routes under the auth policy: each one is a guess at a credential.
-/// The OIDC poll is left out: a CLI waiting for its browser polls it, and
-/// it holds no secret to guess (the API policy still counts it).
 pub const AUTH_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/setup"),
     ("POST", "/api/v1/auth/login"),
@@ -41,11 +46,14 @@ pub const AUTH_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/auth/refresh"),
     ("POST", "/api/v1/users/me/totp/confirm"),
     ("GET", "/api/v1/auth/oidc/{provider}/callback"),
+    ("POST", "/api/v1/auth/oidc/token"),
 ];
 
-/// Largest body read to find the account a login names (the API's JSON
-/// limit is the same).
-const BODY_LIMIT: usize = 64 * 1024;
+/// The refresh route: its own limit, not the failure budget.
+const REFRESH_ROUTE: &str = "/api/v1/auth/refresh";
+/// Largest error body read to tell "password right, second factor
+/// missing" from a failure (error bodies are small JSON).
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
 /// Middleware: the auth policy for [`AUTH_ROUTES`]. Runs before the
 /// access check, so a refused guess costs no password hash.
@@ -68,29 +76,54 @@ pub async fn auth_limit(
         // has no limits; `serve` always adds it.
         return next.run(request).await;
     };
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(bytes) => bytes,
-        Err(_) => return ApiError::BodyTooLarge.into_response(),
-    };
-    let account = login_account(&bytes);
-    if let Err(limit) = shield.check_hub_auth(peer.0.ip(), account.as_deref()) {
-        return ApiError::RateLimited(limit).into_response();
+    let ip = peer.0.ip();
+    if route == REFRESH_ROUTE {
+        if let Err(limit) = shield.check_hub_refresh(ip) {
+            return ApiError::RateLimited(limit).into_response();
+        }
+        return next.run(request).await;
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let receipt = match shield.charge_hub_auth(ip) {
+        Ok(receipt) => receipt,
+        Err(limit) => return ApiError::RateLimited(limit).into_response(),
+    };
+    let response = next.run(request).await;
+    let (succeeded, response) = succeeded(response).await;
+    if succeeded {
+        shield.hub_auth_succeeded(receipt);
+    }
+    response
 }
 
-/// The account a login body names: its `email`, trimmed and lower-cased
-/// (the identity service's key for lockouts too), at most 254 characters.
-fn login_account(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        email: Option<String>,
+/// Whether an auth attempt succeeded: a 2xx, a redirect that carries no
+/// `error` (single sign-on), or the 401 that asks for the second factor
+/// after a right password (its follow-up is charged on its own).
+async fn succeeded(response: Response) -> (bool, Response) {
+    let status = response.status();
+    if status.is_success() {
+        return (true, response);
     }
-    let email = serde_json::from_slice::<Named>(body).ok()?.email?;
-    let email: String = email.trim().to_lowercase().chars().take(254).collect();
-    (!email.is_empty()).then_some(email)
+    if status.is_redirection() {
+        let to_error = response
+            .headers()
+            .get(axum::http::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .is_some_and(|l| l.contains("?error=") || l.contains("&error="));
+        return (!to_error, response);
+    }
+    if status != axum::http::StatusCode::UNAUTHORIZED {
+        return (false, response);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_LIMIT).await else {
+        let failed = Response::from_parts(parts, Body::empty());
+        return (false, failed);
+    };
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    let ok = code.as_deref() == Some("second_factor_required");
+    (ok, Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// The API policy, called by the access check: `principal` is the caller
@@ -118,17 +151,6 @@ pub fn charge(parts: &Parts, principal: Option<&Principal>) -> Result<(), ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_account_is_the_normalised_email_of_the_body() {
-        assert_eq!(
-            login_account(br#"{"email": " Admin@Example.COM ", "password": "x"}"#).as_deref(),
-            Some("admin@example.com")
-        );
-        assert_eq!(login_account(br#"{"refresh_token": "t"}"#), None);
-        assert_eq!(login_account(br#"{"email": "  "}"#), None);
-        assert_eq!(login_account(b"not json"), None);
-    }
 
     #[test]
     fn every_auth_route_is_a_declared_route() {

@@ -9,6 +9,7 @@
 
 mod apikey;
 pub mod jwt;
+pub mod lockout;
 pub mod oidc;
 mod password;
 pub mod permission;
@@ -115,6 +116,9 @@ pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     /// Already cut to a sane length by [`ClientInfo::new`].
     pub user_agent: Option<String>,
+    /// The `sf_device` cookie, if the request carried one (see
+    /// [`lockout`]).
+    pub device: Option<lockout::DeviceProof>,
 }
 
 impl ClientInfo {
@@ -125,7 +129,17 @@ impl ClientInfo {
                 .take(256)
                 .collect::<String>()
         });
-        ClientInfo { ip, user_agent }
+        ClientInfo {
+            ip,
+            user_agent,
+            device: None,
+        }
+    }
+
+    /// This client with the device proof it sent.
+    pub fn with_device(mut self, proof: Option<&str>) -> ClientInfo {
+        self.device = proof.and_then(lockout::DeviceProof::new);
+        self
     }
 
     fn ip_text(&self) -> String {
@@ -214,6 +228,7 @@ struct Inner {
     /// commands that manage users and never sign a token.
     secrets: Option<secrets::Secrets>,
     ip_failures: throttle::IpThrottle,
+    device_key: lockout::DeviceKey,
 }
 
 impl Identity {
@@ -256,6 +271,7 @@ impl Identity {
         let identity = Identity {
             inner: Arc::new(Inner {
                 ip_failures: throttle::IpThrottle::new(config.lockout.window),
+                device_key: lockout::DeviceKey::generate(),
                 store,
                 config,
                 decoy_hash,
@@ -354,7 +370,9 @@ impl Identity {
 
     /// Checks an email and password under the brute-force rules and, on
     /// success, starts a session. Unknown emails and wrong passwords fail
-    /// the same way, take the same time and lock the same way.
+    /// the same way, take the same time and lock the same way. Failures
+    /// lock per account *and source network*; an account-wide ceiling
+    /// then admits only devices with a proof (see [`lockout`]).
     async fn check_login(
         &self,
         email: &str,
@@ -363,43 +381,45 @@ impl Identity {
     ) -> Result<User, IdentityError> {
         let lockout = &self.inner.config.lockout;
         let window = lockout.window.as_secs() as i64;
+        let lock_for = lockout.lock_for.as_secs() as i64;
         // A malformed address is counted like any unknown one.
         let subject = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
         let subject: String = subject.chars().take(254).collect();
+        let net = lockout::source_net(client.ip);
+        let at_net = lockout::network_subject(&subject, &net);
+
+        // The account-wide guard: past its ceiling, only a device that
+        // logged in to this account before may try.
+        let account = self.store().login_failures(&subject, now(), window).await?;
+        if let Some(until) = account.locked_until {
+            let known_device = client
+                .device
+                .as_ref()
+                .is_some_and(|d| self.inner.device_key.verify(d, &subject, now()));
+            if !known_device {
+                audit_lock("auth.failed", &subject, &net, "account", client);
+                return Err(IdentityError::Locked {
+                    retry_after: (until - now()).max(1) as u64,
+                });
+            }
+        }
 
         // The attempt is counted before the password is checked: a burst
-        // of parallel guesses gets at most `max_failures` checks. The lock
-        // is set by the first attempt past the limit.
+        // of parallel guesses from one network gets at most
+        // `max_failures` checks. The lock is set by the first attempt
+        // past the limit.
         let max = i64::from(lockout.max_failures);
         let attempt = self
             .store()
-            .record_login_failure(
-                &subject,
-                now(),
-                window,
-                max + 1,
-                lockout.lock_for.as_secs() as i64,
-            )
+            .record_login_failure(&at_net, now(), window, max + 1, lock_for)
             .await?;
         if attempt.failures > max || attempt.locked_until.is_some() {
             if attempt.failures == max + 1 {
-                audit_auth(
-                    "auth.locked",
-                    &subject,
-                    client,
-                    "account locked after failures",
-                );
+                audit_lock("auth.locked", &subject, &net, "network", client);
             } else {
-                audit_auth(
-                    "auth.failed",
-                    &subject,
-                    client,
-                    "login refused: account is locked",
-                );
+                audit_lock("auth.failed", &subject, &net, "network", client);
             }
-            let until = attempt
-                .locked_until
-                .unwrap_or(now() + lockout.lock_for.as_secs() as i64);
+            let until = attempt.locked_until.unwrap_or(now() + lock_for);
             return Err(IdentityError::Locked {
                 retry_after: (until - now()).max(1) as u64,
             });
@@ -407,8 +427,8 @@ impl Identity {
         let ip_failures = client
             .ip
             .map_or(0, |ip| self.inner.ip_failures.failures(ip));
-        let account_failures = u32::try_from(attempt.failures - 1).unwrap_or(0);
-        let delay = throttle::delay_after(ip_failures.max(account_failures));
+        let network_failures = u32::try_from(attempt.failures - 1).unwrap_or(0);
+        let delay = throttle::delay_after(ip_failures.max(network_failures));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -421,7 +441,7 @@ impl Identity {
         let matches = verify_password(password, hash).await?;
         match user {
             Some(user) if matches && !user.disabled => {
-                self.store().clear_login_failures(&subject, now()).await?;
+                self.store().clear_login_failures(&at_net, now()).await?;
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.clear(ip);
                 }
@@ -431,10 +451,27 @@ impl Identity {
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.record_failure(ip);
                 }
+                // Counted after the check, failures only: a burst is
+                // already bounded per network above.
+                let ceiling = i64::from(lockout::account_ceiling(lockout.max_failures));
+                let account = self
+                    .store()
+                    .record_login_failure(&subject, now(), window, ceiling, lock_for)
+                    .await?;
+                if account.failures == ceiling {
+                    audit_lock("auth.locked", &subject, &net, "account", client);
+                }
                 audit_auth("auth.failed", &subject, client, "login failed");
                 Err(IdentityError::BadCredentials)
             }
         }
+    }
+
+    /// A device proof for the account `email` (the `sf_device` cookie),
+    /// to hand out after a successful password login; see [`lockout`].
+    pub fn issue_device_proof(&self, email: &str) -> String {
+        let subject = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+        self.inner.device_key.issue(&subject, now())
     }
 
     /// Checks the password of a signed-in user (before a change that needs
@@ -830,6 +867,19 @@ pub(crate) fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo
     tracing::info!(
         target: "spinforge::audit", event, subject = ?subject, client_ip = %client.ip_text(),
         user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
+    );
+}
+
+/// A login refused, or a lock set, for `subject`: `scope` says which
+/// counter (`network`: this account from this network; `account`: the
+/// account-wide ceiling, which devices with a proof pass).
+fn audit_lock(event: &'static str, subject: &str, net: &str, scope: &str, client: &ClientInfo) {
+    let subject = normalize_email(subject).unwrap_or_else(|_| "(malformed email)".to_owned());
+    tracing::info!(
+        target: "spinforge::audit", event, subject = ?subject, scope, network = %net,
+        client_ip = %client.ip_text(),
+        user_agent = client.user_agent.as_deref().unwrap_or(""),
+        "login refused: locked ({scope})"
     );
 }
 

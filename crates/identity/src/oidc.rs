@@ -45,6 +45,7 @@
 //! (`oidc.login.refused`, `oidc.login.verified`); the HTTP layer adds the
 //! client IP to its own `auth.*` events.
 
+pub mod cli;
 mod config;
 mod error;
 mod generic;

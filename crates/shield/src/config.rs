@@ -71,11 +71,17 @@ pub struct ShieldConfig {
     pub waf_ban_on_critical: bool,
 
     // ---- hub limits and sustained abuse (issue #6, branch shield2) ----
-    /// Hub auth endpoints (login, browser login, refresh, setup, TOTP
-    /// confirmation, single sign-on callback): this many requests per
-    /// `hub_auth_window_secs`, per client address and per account.
+    /// Hub auth endpoints (login, browser login, setup, TOTP
+    /// confirmation, single sign-on callback and code exchange): this many
+    /// *failed* requests per `hub_auth_window_secs`, per client address.
+    /// Successes cost nothing; accounts are guarded by the identity
+    /// lockout.
     pub hub_auth_limit: u32,
     pub hub_auth_window_secs: u64,
+    /// `POST /auth/refresh`: this many requests per `hub_auth_window_secs`
+    /// per client address, successful or not (a client refreshes about
+    /// once per access-token life, so a busy NAT needs room).
+    pub hub_refresh_limit: u32,
     /// Every hub API route: this many requests per minute, per valid
     /// credential, else per client address.
     pub hub_api_per_minute: u32,
@@ -123,6 +129,7 @@ impl Default for ShieldConfig {
             waf_ban_on_critical: false,
             hub_auth_limit: 5,
             hub_auth_window_secs: 15 * 60,
+            hub_refresh_limit: 300,
             hub_api_per_minute: 100,
             abuse_refusals_per_minute: 60,
             state_file: None,
@@ -185,6 +192,7 @@ impl ShieldConfig {
             ),
             ("hub_auth_limit", u64::from(self.hub_auth_limit)),
             ("hub_auth_window_secs", self.hub_auth_window_secs),
+            ("hub_refresh_limit", u64::from(self.hub_refresh_limit)),
             ("hub_api_per_minute", u64::from(self.hub_api_per_minute)),
             (
                 "abuse_refusals_per_minute",

@@ -7,6 +7,7 @@
 //! client's address. So rotating made-up keys buys nothing: they all land
 //! in the one bucket of the address that sends them.
 
+use crate::budget::FailureBudget;
 use crate::client_ip::IpKey;
 use crate::clock::ShieldClock;
 use crate::rate::{Decision, KeyedLimiter, Policy, RateLimited};
@@ -96,26 +97,34 @@ pub fn bearer_credential(value: &str) -> Option<&str> {
         .then(|| credential.trim())
 }
 
-/// The hub's limits: auth endpoints per address and per account, and the
-/// API per credential or address.
+/// The hub's limits: the auth endpoints' failure budget and the refresh
+/// limit per address, and the API per credential or address. Accounts
+/// are the identity service's business (its lockout is keyed by account
+/// and source network, so a stranger cannot lock the owner out).
 pub(crate) struct HubLimits {
-    pub(crate) auth_ip: KeyedLimiter<RateKey>,
-    pub(crate) auth_account: KeyedLimiter<RateKey>,
+    pub(crate) auth_failures: FailureBudget<RateKey>,
+    pub(crate) refresh: KeyedLimiter<RateKey>,
     pub(crate) api: KeyedLimiter<RateKey>,
 }
 
 impl HubLimits {
-    pub(crate) fn new(auth: Policy, api: Policy, factor: f64, clock: &ShieldClock) -> HubLimits {
+    pub(crate) fn new(
+        auth: Policy,
+        refresh: Policy,
+        api: Policy,
+        factor: f64,
+        clock: &ShieldClock,
+    ) -> HubLimits {
         HubLimits {
-            auth_ip: KeyedLimiter::new(auth, factor, clock.clone()),
-            auth_account: KeyedLimiter::new(auth, factor, clock.clone()),
+            auth_failures: FailureBudget::new(auth, factor, clock.clone()),
+            refresh: KeyedLimiter::new(refresh, factor, clock.clone()),
             api: KeyedLimiter::new(api, factor, clock.clone()),
         }
     }
 
     pub(crate) fn forget_idle(&self) {
-        self.auth_ip.forget_idle();
-        self.auth_account.forget_idle();
+        self.auth_failures.forget_idle();
+        self.refresh.forget_idle();
         self.api.forget_idle();
     }
 }

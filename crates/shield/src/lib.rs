@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bans;
+pub mod budget;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
@@ -28,5 +29,5 @@ pub use config::ShieldConfig;
 pub use error::{Refusal, ShieldError};
 pub use headers::Origin;
 pub use keyed::{bearer_api_key, bearer_credential, KeyVerifier, RateKey};
-pub use pipeline::{Admitted, Shield, SitePolicy, Stage, REQUEST_STAGES};
+pub use pipeline::{Admitted, AuthReceipt, Shield, SitePolicy, Stage, REQUEST_STAGES};
 pub use rate::RateLimited;

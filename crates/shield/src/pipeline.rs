@@ -124,6 +124,11 @@ pub struct SiteShield {
     waf: WafSite,
 }
 
+/// A hub auth attempt's charge, from [`Shield::charge_hub_auth`]; hand it
+/// to [`Shield::hub_auth_succeeded`] when the attempt succeeded.
+#[derive(Debug)]
+pub struct AuthReceipt(Option<(RateKey, crate::budget::Charge)>);
+
 /// The outcome of screening an admitted request.
 pub struct Admitted {
     /// Stop the body after this many bytes (`u64::MAX`: no cap).
@@ -284,6 +289,10 @@ impl Shield {
                 hub: HubLimits::new(
                     Policy {
                         limit: config.hub_auth_limit,
+                        window: Duration::from_secs(config.hub_auth_window_secs),
+                    },
+                    Policy {
+                        limit: config.hub_refresh_limit,
                         window: Duration::from_secs(config.hub_auth_window_secs),
                     },
                     Policy::per_minute(config.hub_api_per_minute),
@@ -655,32 +664,55 @@ impl Shield {
         match limiter.check(key, self.emergency()) {
             Decision::Allowed { .. } => Ok(()),
             Decision::Refused(r) => {
-                self.inner.abuse.refused(scope, key, &r);
-                tracing::info!(
-                    target: "spinforge::audit", event = "ratelimit.refused",
-                    scope, bucket = %key, retry_after = r.retry_after_secs(),
-                    "request refused by a rate limit"
-                );
+                self.hub_refused(scope, key, &r);
                 Err(r)
             }
         }
     }
 
-    /// Counts a request to a hub auth endpoint (login and the like) from
-    /// `addr`, and against `account` when the request names one. Refused
-    /// past the auth policy for either; allowlisted clients skip it.
-    pub fn check_hub_auth(&self, addr: IpAddr, account: Option<&str>) -> Result<(), RateLimited> {
+    fn hub_refused(&self, scope: &'static str, key: &RateKey, r: &RateLimited) {
+        self.inner.abuse.refused(scope, key, r);
+        tracing::info!(
+            target: "spinforge::audit", event = "ratelimit.refused",
+            scope, bucket = %key, retry_after = r.retry_after_secs(),
+            "request refused by a rate limit"
+        );
+    }
+
+    /// Charges an attempt at a hub auth endpoint (login and the like) from
+    /// `addr` to its failure budget; refused once the budget is spent.
+    /// Give the receipt to [`Shield::hub_auth_succeeded`] when the attempt
+    /// succeeded, so only failures count. Allowlisted clients skip it.
+    pub fn charge_hub_auth(&self, addr: IpAddr) -> Result<AuthReceipt, RateLimited> {
+        let inner = &*self.inner;
+        if !inner.enabled || self.is_allowlisted(addr) {
+            return Ok(AuthReceipt(None));
+        }
+        let key = RateKey::Ip(inner.resolver.key(addr));
+        match inner.hub.auth_failures.charge(&key, self.emergency()) {
+            Ok(charge) => Ok(AuthReceipt(Some((key, charge)))),
+            Err(r) => {
+                self.hub_refused("hub_auth", &key, &r);
+                Err(r)
+            }
+        }
+    }
+
+    /// Gives back the charge of a hub auth attempt that succeeded.
+    pub fn hub_auth_succeeded(&self, receipt: AuthReceipt) {
+        if let Some((key, charge)) = receipt.0 {
+            self.inner.hub.auth_failures.refund(&key, charge);
+        }
+    }
+
+    /// Counts a token refresh from `addr` against the refresh limit.
+    pub fn check_hub_refresh(&self, addr: IpAddr) -> Result<(), RateLimited> {
         let inner = &*self.inner;
         if !inner.enabled || self.is_allowlisted(addr) {
             return Ok(());
         }
         let ip = RateKey::Ip(inner.resolver.key(addr));
-        self.hub_check("hub_auth", &inner.hub.auth_ip, &ip)?;
-        if let Some(account) = account {
-            let account = RateKey::Account(Arc::from(account));
-            self.hub_check("hub_auth_account", &inner.hub.auth_account, &account)?;
-        }
-        Ok(())
+        self.hub_check("hub_refresh", &inner.hub.refresh, &ip)
     }
 
     /// Counts a hub API request: against `credential` (`user:<id>` or
@@ -699,7 +731,10 @@ impl Shield {
 
     /// The hub's policies, for documentation and tests: (auth, API).
     pub fn hub_policies(&self) -> (Policy, Policy) {
-        (self.inner.hub.auth_ip.policy(), self.inner.hub.api.policy())
+        (
+            self.inner.hub.auth_failures.policy(),
+            self.inner.hub.api.policy(),
+        )
     }
 
     // ---- operator state ------------------------------------------------

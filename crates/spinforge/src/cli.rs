@@ -50,9 +50,15 @@ pub enum Command {
         #[arg(long, required_unless_present = "sso", conflicts_with = "sso")]
         email: Option<String>,
         /// Log in with single sign-on at this configured provider: prints a
-        /// link to open in a browser, then waits for the login to finish.
+        /// link to open in a browser on this machine; the browser then
+        /// hands the login back to a listener of this command on 127.0.0.1.
         #[arg(long, value_name = "PROVIDER")]
         sso: Option<String>,
+        /// With --sso, for a machine whose browser cannot reach this one's
+        /// loopback (over ssh): the browser shows a one-time code to paste
+        /// here instead.
+        #[arg(long, requires = "sso")]
+        paste_code: bool,
         /// Read the password from standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,

@@ -16,10 +16,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Login {
             email,
             sso,
+            paste_code,
             password_stdin,
             api,
         } => match (sso, email) {
-            (Some(provider), _) => sso_login(&api, &provider).await,
+            (Some(provider), _) => sso_login(&api, &provider, paste_code).await,
             (None, Some(email)) => login(&api, &email, password_stdin).await,
             (None, None) => anyhow::bail!("login needs --email or --sso"),
         },
@@ -150,43 +151,76 @@ async fn login(api: &ApiFlags, email: &str, password_stdin: bool) -> anyhow::Res
 
 // ---- single sign-on login (oidc api) ----
 
-/// `login --sso PROVIDER`: starts a CLI login, prints the link, and polls
-/// until the browser side finished (at most the login's lifetime).
-async fn sso_login(api: &ApiFlags, provider: &str) -> anyhow::Result<()> {
+/// `login --sso PROVIDER [--paste-code]`: a login bound to this process
+/// (RFC 8252 with PKCE). It keeps a random verifier and sends only its
+/// challenge; the browser brings back a one-time code (to a listener on
+/// 127.0.0.1, or for pasting), and code plus verifier buy the tokens. A
+/// link forwarded to someone else is worthless to whoever forwarded it.
+async fn sso_login(api: &ApiFlags, provider: &str, paste_code: bool) -> anyhow::Result<()> {
+    use identity::oidc::cli::pkce_challenge;
+
     let client = Client::new(&api.api)?;
+    let verifier = identity::Identity::new_secret_token();
+    let challenge = pkce_challenge(&verifier);
+    let listener = if paste_code {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("cannot listen on 127.0.0.1 for the browser's answer")?,
+        )
+    };
+    let mut query = vec![("format", "json".to_owned()), ("code_challenge", challenge)];
+    if let Some(listener) = &listener {
+        let port = listener.local_addr()?.port();
+        query.push(("redirect_uri", format!("http://127.0.0.1:{port}/callback")));
+    }
     let start = client
         .raw()
-        .get(client.url(&format!("/auth/oidc/{provider}/start?format=json")))
+        .get(client.url(&format!("/auth/oidc/{}/start", seg(provider))))
+        .query(&query)
         .send()
         .await
         .with_context(|| format!("cannot reach the API at {}", client.base))?;
     let start: Value = client::check(start).await?.json().await?;
-    let (Some(link), Some(poll), Some(ttl)) = (
+    let (Some(link), Some(ttl)) = (
         start["authorize_url"].as_str(),
-        start["poll_url"].as_str(),
         start["expires_in"].as_u64(),
     ) else {
         anyhow::bail!("the API answered the SSO start without a link");
     };
     eprintln!("open this link in a browser to log in with {provider}:");
     println!("{link}");
-    let poll = format!("{}{poll}", client.base);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ttl);
-    let pair: TokenPair = loop {
-        let response = client
+    let ttl = std::time::Duration::from_secs(ttl);
+    let code = match listener {
+        Some(listener) => sso_wait_for_browser(listener, ttl).await?,
+        None => {
+            eprintln!("then paste the code the browser shows here:");
+            let line = tokio::time::timeout(
+                ttl,
+                tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map(|_| line)
+                }),
+            )
+            .await
+            .context("no code was pasted in time")???;
+            line.trim().to_owned()
+        }
+    };
+    let pair: TokenPair = client::check(
+        client
             .raw()
-            .get(&poll)
+            .post(client.url("/auth/oidc/token"))
+            .json(&json!({ "code": code, "code_verifier": verifier }))
             .send()
             .await
-            .with_context(|| format!("cannot reach the API at {}", client.base))?;
-        if response.status() != StatusCode::ACCEPTED {
-            break client::check(response).await?.json().await?;
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("the login was not finished in the browser in time");
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    };
+            .with_context(|| format!("cannot reach the API at {}", client.base))?,
+    )
+    .await?
+    .json()
+    .await?;
     let me: Value = client
         .raw()
         .get(client.url("/whoami"))
@@ -209,6 +243,50 @@ async fn sso_login(api: &ApiFlags, provider: &str) -> anyhow::Result<()> {
         println!("logged in to {} as {email}", client.base);
         Ok(())
     }
+}
+
+/// Serves `GET /callback` on the loopback listener until the browser
+/// brings a code (or the hub's error), at most `ttl`. Other paths get 404
+/// and are ignored.
+async fn sso_wait_for_browser(
+    listener: tokio::net::TcpListener,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    use tokio::sync::mpsc;
+
+    let (tx, mut rx) = mpsc::channel::<HashMap<String, String>>(1);
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(move |Query(q): Query<HashMap<String, String>>| {
+            let tx = tx.clone();
+            async move {
+                let failed = q.contains_key("error");
+                let _ = tx.try_send(q);
+                axum::response::Html(if failed {
+                    "<p>The login failed; see the command line.</p>"
+                } else {
+                    "<p>Logged in; you can close this window and return to the command line.</p>"
+                })
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let answer = tokio::time::timeout(ttl, rx.recv()).await;
+    // Let the page reach the browser before the listener goes.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    server.abort();
+    let mut q = answer
+        .context("the login was not finished in the browser in time")?
+        .context("the browser listener stopped")?;
+    if let Some(error) = q.remove("error") {
+        let why = q.remove("error_description").unwrap_or_default();
+        anyhow::bail!("single sign-on refused ({error}): {why}");
+    }
+    q.remove("code")
+        .filter(|c| !c.is_empty())
+        .context("the browser came back without a code")
 }
 
 // ---- end single sign-on login ----

@@ -1,11 +1,12 @@
 //! The hub's rate limits through the real binary, at their defaults
-//! (auth endpoints 5 per 15 minutes per address and per account, the API
-//! 100 per minute per account of a valid credential, else per address),
-//! with the debug build's test clock instead of sleeping; and the edge's
-//! limits keyed by a valid API key's account. Each boundary is shown both
-//! ways, and the limit's
-//! 429 (`rate_limited`, with the IETF headers) is told apart from the
-//! identity lockout's 429 (`locked`).
+//! (auth endpoints 5 *failures* per 15 minutes per address, refresh 300
+//! per 15 minutes per address, the API 100 per minute per account of a
+//! valid credential, else per address), with the debug build's test clock
+//! instead of sleeping; the identity lockout per account and source
+//! network with its account-wide ceiling and device proofs; and the
+//! edge's limits keyed by a valid API key's account. Each boundary is
+//! shown both ways, and the limit's 429 (`rate_limited`, with the IETF
+//! headers) is told apart from the identity lockout's 429 (`locked`).
 //!
 //! Clients are bound to distinct 127.0.0.0/8 source addresses so each
 //! test controls which bucket a request lands in.
@@ -86,7 +87,7 @@ async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_bac
     freeze(&server, &token).await;
 
     // Five logins from one address, each naming another account, so
-    // neither the per-account limit nor the lockout is involved.
+    // the lockout is not involved.
     for n in 1..=5 {
         let r = login_from(
             &server,
@@ -111,14 +112,23 @@ async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_bac
     // password of a real account is not tried.
     let r = login_from(&server, "127.0.0.10", ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(code(r).await, (429, "rate_limited".into()));
-    // Other endpoints of the auth class share the address's bucket.
+    // Other endpoints of the auth class share the address's budget...
+    let r = client_from("127.0.0.10")
+        .post(format!("{}/api/v1/users/me/totp/confirm", server.api_url()))
+        .bearer_auth(&token)
+        .json(&json!({ "code": "000000" }))
+        .send()
+        .await
+        .expect("totp confirm");
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    // ...but refresh has its own limit: a bad token is a plain 401.
     let r = client_from("127.0.0.10")
         .post(format!("{}/api/v1/auth/refresh", server.api_url()))
         .json(&json!({ "refresh_token": "nope" }))
         .send()
         .await
         .expect("refresh");
-    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    assert_eq!(code(r).await.0, 401);
     // Another address is untouched.
     let r = login_from(&server, "127.0.0.11", "u7@example.com", "wrong!").await;
     assert_eq!(code(r).await.0, 401);
@@ -138,18 +148,44 @@ async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_bac
     advance_clock(&server, &token, 1).await;
     let r = login_from(&server, "127.0.0.10", ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(r.status(), 200, "one attempt earned back");
+    // The success cost nothing: the earned attempt is still there, once.
     let r = login_from(&server, "127.0.0.10", "u9@example.com", "wrong!").await;
+    assert_eq!(code(r).await.0, 401, "the success was given back");
+    let r = login_from(&server, "127.0.0.10", "u10@example.com", "wrong!").await;
     assert_eq!(code(r).await.0, 429, "and only one");
 
     assert!(server.log_shows("ratelimit.refused").await);
 }
 
-#[tokio::test]
-async fn one_account_gets_five_attempts_from_any_addresses_and_the_lockout_still_follows() {
-    let server = server("");
-    let token = admin(&server).await;
-    freeze(&server, &token).await;
-    let target = "victim@example.com";
+/// `name=value` of the response's Set-Cookie for `name`.
+fn cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+async fn login_with_cookie(
+    server: &Server,
+    source: &str,
+    email: &str,
+    password: &str,
+    cookie: &str,
+) -> reqwest::Response {
+    client_from(source)
+        .post(format!("{}/api/v1/auth/login", server.api_url()))
+        .header("cookie", cookie)
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("login")
+}
+
+fn create_user(server: &Server, email: &str, password: &str) {
     let out = server.cli(
         &[
             "admin",
@@ -157,37 +193,156 @@ async fn one_account_gets_five_attempts_from_any_addresses_and_the_lockout_still
             "--data-dir",
             server.data_dir.to_str().expect("utf-8 path"),
             "--email",
-            target,
+            email,
             "--password-stdin",
         ],
-        Some("the victim's own passphrase\n"),
+        Some(&format!("{password}\n")),
     );
     assert_ok(&out);
+}
 
-    // Five guesses from five addresses: five password checks.
+/// The attacker run's finding: five wrong logins naming the admin from
+/// five addresses locked the admin out everywhere. Now failures lock the
+/// account only from the network (/24) they came from; past an
+/// account-wide ceiling of 20 failures only devices with a proof of an
+/// earlier login get in, so guessing from many networks stays bounded.
+#[tokio::test]
+async fn a_stranger_naming_an_account_cannot_lock_its_owner_out() {
+    let server = server("");
+    let token = admin(&server).await;
+    freeze(&server, &token).await;
+    let target = "victim@example.com";
+    let password = "the victim's own passphrase";
+    create_user(&server, target, password);
+
+    // Five guesses from five addresses of one /24: five password checks,
+    // then that network is locked for this account (identity's 429).
     for n in 1..=5u8 {
         let r = login_from(&server, &format!("127.0.1.{n}"), target, "guess!!").await;
         assert_eq!(code(r).await, (401, "unauthorized".into()), "guess {n}");
     }
-    // The sixth, from a fresh address, is the rate limit's, not a lock:
-    // the identity service never saw it (its code and headers say so).
-    let r = login_from(&server, "127.0.1.6", target, "guess!!").await;
-    assert_eq!(header(&r, "retry-after"), "180");
-    assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=5;w=900");
-    assert_eq!(code(r).await, (429, "rate_limited".into()));
-    // The case of the address does not make another account.
-    let r = login_from(&server, "127.0.1.7", "Victim@Example.COM", "guess!!").await;
-    assert_eq!(code(r).await, (429, "rate_limited".into()));
-
-    // Three minutes later one attempt passes the limit and meets the
-    // lockout: five failures were recorded, so this one locks the account
-    // for 15 minutes (identity's own 429, without the RateLimit headers).
-    advance_clock(&server, &token, 180).await;
-    let r = login_from(&server, "127.0.1.8", target, "the victim's own passphrase").await;
+    let r = login_from(&server, "127.0.1.6", target, password).await;
     assert!(r.headers().get("ratelimit").is_none());
     let retry: u64 = header(&r, "retry-after").parse().expect("seconds");
     assert!((14 * 60..=15 * 60).contains(&retry), "{retry}");
     assert_eq!(code(r).await, (429, "locked".into()));
+    // The case of the address does not make another account.
+    let r = login_from(&server, "127.0.1.7", "Victim@Example.COM", password).await;
+    assert_eq!(code(r).await, (429, "locked".into()));
+
+    // The owner, from a brand-new address elsewhere: in, with a token
+    // login and a browser login alike, and given a device proof.
+    let r = login_from(&server, "127.0.9.1", target, password).await;
+    assert_eq!(r.status(), 200);
+    let device = cookie(&r, "sf_device").expect("device proof cookie");
+    let r = client_from("127.0.9.2")
+        .post(format!("{}/api/v1/auth/session", server.api_url()))
+        .json(&json!({ "email": target, "password": password }))
+        .send()
+        .await
+        .expect("browser login");
+    assert_eq!(r.status(), 201);
+    assert!(cookie(&r, "sf_device").is_some());
+    assert!(cookie(&r, "sf_session").is_some(), "both cookies are set");
+
+    // A distributed guesser: five failures each from three more /24s
+    // reach the account-wide ceiling of 20 (each address stays within
+    // its own budget of 5).
+    for net in 10..=12u8 {
+        for n in 1..=5 {
+            let r = login_from(&server, &format!("127.0.{net}.1"), target, "guess!!").await;
+            assert_eq!(code(r).await.0, 401, "network {net}, guess {n}");
+        }
+    }
+    let locked = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("auth.locked") && l.contains("account") && l.contains(target))
+        .count();
+    assert_eq!(locked, 1, "the account-wide lock is audited once");
+
+    // Now an unknown device is refused from any network, even with the
+    // right password: no more guesses reach the password check...
+    let r = login_from(&server, "127.0.20.1", target, password).await;
+    assert_eq!(code(r).await, (429, "locked".into()));
+    let r = login_from(&server, "127.0.21.1", target, "guess!!").await;
+    assert_eq!(code(r).await, (429, "locked".into()));
+    // ...and another account's proof, or a forged one, is no proof.
+    let r = login_from(&server, "127.0.22.1", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let admins_device = cookie(&r, "sf_device").expect("admin's proof");
+    let r = login_with_cookie(&server, "127.0.22.2", target, password, &admins_device).await;
+    assert_eq!(code(r).await, (429, "locked".into()));
+    let forged = "sf_device=1.AAAA";
+    let r = login_with_cookie(&server, "127.0.22.3", target, password, forged).await;
+    assert_eq!(code(r).await, (429, "locked".into()));
+
+    // The owner's device that logged in before still gets in, from yet
+    // another network.
+    let r = login_with_cookie(&server, "127.0.23.1", target, password, &device).await;
+    assert_eq!(r.status(), 200, "a known device passes the account guard");
+    assert!(server.log_shows("auth.failed").await);
+}
+
+/// A team behind one NAT: right passwords and refreshes never spend the
+/// address's failure budget, and the budget is still whole afterwards.
+#[tokio::test]
+async fn successful_logins_and_refreshes_do_not_spend_the_failure_budget() {
+    let server = server("");
+    let token = admin(&server).await;
+    freeze(&server, &token).await;
+    let mut refresh = String::new();
+    for n in 1..=8 {
+        let r = login_from(&server, "127.0.6.1", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), 200, "good login {n}");
+        let body: Value = r.json().await.expect("json");
+        refresh = body["refresh_token"].as_str().expect("refresh").to_owned();
+    }
+    for n in 1..=8 {
+        let r = client_from("127.0.6.1")
+            .post(format!("{}/api/v1/auth/refresh", server.api_url()))
+            .json(&json!({ "refresh_token": refresh }))
+            .send()
+            .await
+            .expect("refresh");
+        assert_eq!(r.status(), 200, "refresh {n}");
+        let body: Value = r.json().await.expect("json");
+        refresh = body["refresh_token"].as_str().expect("refresh").to_owned();
+    }
+    for n in 1..=5 {
+        let r = login_from(&server, "127.0.6.1", &format!("x{n}@example.com"), "wrong!").await;
+        assert_eq!(code(r).await.0, 401, "failure {n} is within the budget");
+    }
+    let r = login_from(&server, "127.0.6.1", "x6@example.com", "wrong!").await;
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+}
+
+/// Refresh has its own limit per address (300 per 15 minutes by
+/// default; 3 here), counted whatever the outcome.
+#[tokio::test]
+async fn refresh_has_its_own_limit() {
+    let server = server("hub_refresh_limit = 3\n");
+    let token = admin(&server).await;
+    freeze(&server, &token).await;
+    for n in 1..=3 {
+        let r = client_from("127.0.7.1")
+            .post(format!("{}/api/v1/auth/refresh", server.api_url()))
+            .json(&json!({ "refresh_token": "nope" }))
+            .send()
+            .await
+            .expect("refresh");
+        assert_eq!(code(r).await.0, 401, "refresh {n}");
+    }
+    let r = client_from("127.0.7.1")
+        .post(format!("{}/api/v1/auth/refresh", server.api_url()))
+        .json(&json!({ "refresh_token": "nope" }))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=3;w=900");
+    assert_eq!(code(r).await, (429, "rate_limited".into()));
+    // Logins from that address are not affected.
+    let r = login_from(&server, "127.0.7.1", ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

@@ -378,141 +378,339 @@ async fn browser_login_links_only_known_verified_allowed_emails() {
     assert!(!log.contains(CLIENT_SECRET));
 }
 
+/// A PKCE pair as a CLI makes it: a verifier it keeps, and the base64url
+/// SHA-256 challenge it sends (RFC 7636, S256).
+fn pkce(seed: &str) -> (String, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let verifier = format!("{seed}-{}", "v".repeat(43));
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// `start?format=json` with these query parameters.
+async fn cli_start(server: &Server, params: &[(&str, &str)]) -> (u16, Value) {
+    let mut url = Url::parse(&format!(
+        "{}/api/v1/auth/oidc/corp/start?format=json",
+        server.api_url()
+    ))
+    .expect("url");
+    url.query_pairs_mut().extend_pairs(params);
+    status_and_json(http().get(url).send().await.expect("start")).await
+}
+
+/// The provider's redirect back, sent to the server's real API address.
+fn on_api(server: &Server, back: &Url) -> String {
+    format!(
+        "{}{}?{}",
+        server.api_url(),
+        back.path(),
+        back.query().unwrap_or("")
+    )
+}
+
+async fn exchange(server: &Server, code: &str, verifier: &str) -> (u16, Value) {
+    status_and_json(
+        http()
+            .post(format!("{}/api/v1/auth/oidc/token", server.api_url()))
+            .json(&json!({ "code": code, "code_verifier": verifier }))
+            .send()
+            .await
+            .expect("token"),
+    )
+    .await
+}
+
+/// The code in the `Location` of a callback that sends the browser to a
+/// CLI's loopback listener `to`.
+fn code_sent_to(r: &reqwest::Response, to: &str) -> String {
+    assert_eq!(r.status(), 303);
+    let location = Url::parse(&location(r)).expect("Location");
+    assert!(location.as_str().starts_with(to), "{location} is not {to}");
+    query(&location).remove("code").expect("code")
+}
+
+fn audit_lines(server: &Server, needle: &str) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("auth.failed") && l.contains("sso") && l.contains(needle))
+        .count()
+}
+
+/// The attacker run that found the hole: the attacker starts a CLI login,
+/// sends the link to a victim who signs in at the provider, and then tries
+/// to collect the victim's tokens. There is nothing left to collect.
 #[tokio::test]
-async fn cli_login_polls_once_for_a_token_pair() {
+async fn phished_cli_login_gives_the_attacker_no_tokens() {
     let Some((provider, server)) = setup().await else {
         return;
     };
     server.admin_token().await;
     provider
         .set_user(
-            "alice",
+            "victim",
             json!({ "email": ADMIN_EMAIL, "email_verified": true }),
         )
         .await;
 
-    let (status, start) = status_and_json(
-        http()
-            .get(format!(
-                "{}/api/v1/auth/oidc/corp/start?format=json",
-                server.api_url()
-            ))
-            .send()
-            .await
-            .expect("start"),
+    // The old unbound start is refused outright.
+    let (status, body) = cli_start(&server, &[]).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("code_challenge")),
+        "{body}"
+    );
+
+    // Loopback mode: the code goes to the victim's own 127.0.0.1, where
+    // the attacker is not; a redirect anywhere else is refused at start.
+    let (verifier, challenge) = pkce("attacker");
+    for evil in [
+        "http://attacker.example:8080/cb",
+        "http://localhost:8080/cb",
+        "https://127.0.0.1:8080/cb",
+    ] {
+        let (status, body) = cli_start(
+            &server,
+            &[("code_challenge", &challenge), ("redirect_uri", evil)],
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (400, Some("redirect_uri")),
+            "{evil}: {body}"
+        );
+    }
+    let victim_loopback = "http://127.0.0.1:1/callback";
+    let (status, start) = cli_start(
+        &server,
+        &[
+            ("code_challenge", &challenge),
+            ("redirect_uri", victim_loopback),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{start}");
-    let login_id = start["login_id"].as_str().expect("login_id");
-    assert!(login_id.len() >= 43, "256-bit id");
-    let poll_url = format!(
-        "{}{}",
-        server.api_url(),
-        start["poll_url"].as_str().expect("poll")
+    assert!(
+        start.get("login_id").is_none() && start.get("poll_url").is_none(),
+        "no secret handle on the login: {start}"
     );
-    assert!(poll_url.ends_with(login_id));
-    let poll =
-        || async { status_and_json(http().get(&poll_url).send().await.expect("poll")).await };
+    let back = approve_at_provider(start["authorize_url"].as_str().expect("url"), "victim").await;
+    let r = http()
+        .get(on_api(&server, &back))
+        .send()
+        .await
+        .expect("callback");
+    let victims_code = code_sent_to(&r, &format!("{victim_loopback}?code="));
+    assert!(victims_code.len() >= 43);
 
-    let (status, waiting) = poll().await;
-    assert_eq!((status, waiting["status"].as_str()), (202, Some("pending")));
-
-    // The user opens the link in any browser: no state cookie involved.
-    let back = approve_at_provider(start["authorize_url"].as_str().expect("url"), "alice").await;
-    let callback = format!(
-        "{}{}?{}",
-        server.api_url(),
-        back.path(),
-        back.query().unwrap_or("")
-    );
-    let (status, done) =
-        status_and_json(http().get(&callback).send().await.expect("callback")).await;
+    // The attacker's options: the poll of old is gone, and the exchange
+    // wants the code only the victim's browser saw.
+    let r = http()
+        .get(format!(
+            "{}/api/v1/auth/oidc/poll/{}",
+            server.api_url(),
+            "A".repeat(43)
+        ))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(r.status(), 404);
+    let (status, body) = exchange(&server, &"A".repeat(43), &verifier).await;
     assert_eq!(
-        (status, done["status"].as_str()),
-        (200, Some("ok")),
-        "{done}"
+        (status, body["error"]["field"].as_str()),
+        (400, Some("code")),
+        "{body}"
     );
+    assert!(body.get("access_token").is_none());
+    assert!(server.log_shows("unknown_code").await);
+    assert_eq!(audit_lines(&server, "unknown_code"), 1, "{}", server.log());
 
-    let (status, pair) = poll().await;
+    // Paste mode: the victim sees the code with a warning, and the
+    // attacker still holds nothing that buys tokens.
+    let (status, start) = cli_start(&server, &[("code_challenge", &challenge)]).await;
+    assert_eq!(status, 200, "{start}");
+    let back = approve_at_provider(start["authorize_url"].as_str().expect("url"), "victim").await;
+    let page = http()
+        .get(on_api(&server, &back))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let page = page.text().await.expect("page");
+    assert!(page.contains("never give this code to anyone"), "{page}");
+    assert!(page.contains("<code id=\"code\">"), "{page}");
+    let (status, _) = exchange(&server, &"B".repeat(43), &verifier).await;
+    assert_eq!(status, 400);
+    assert_eq!(audit_lines(&server, "unknown_code"), 2);
+    assert!(!server.log().contains(&victims_code), "a code in the log");
+}
+
+#[tokio::test]
+async fn cli_code_is_bound_to_the_verifier_single_use_and_expires() {
+    let Some((provider, server)) = setup().await else {
+        return;
+    };
+    let admin = server.admin_token().await;
+    provider
+        .set_user(
+            "alice",
+            json!({ "email": ADMIN_EMAIL, "email_verified": true }),
+        )
+        .await;
+    let to = "http://127.0.0.1:2/cb";
+    let login = |challenge: String| {
+        let server = &server;
+        async move {
+            let (status, start) = cli_start(
+                server,
+                &[("code_challenge", &challenge), ("redirect_uri", to)],
+            )
+            .await;
+            assert_eq!(status, 200, "{start}");
+            let back =
+                approve_at_provider(start["authorize_url"].as_str().expect("url"), "alice").await;
+            let r = http()
+                .get(on_api(server, &back))
+                .send()
+                .await
+                .expect("callback");
+            code_sent_to(&r, &format!("{to}?code="))
+        }
+    };
+    let (verifier, challenge) = pkce("cli");
+    let (other_verifier, _) = pkce("someone-else");
+
+    // The right verifier: a working token pair, once.
+    let code = login(challenge.clone()).await;
+    let (status, pair) = exchange(&server, &code, &verifier).await;
     assert_eq!(status, 200, "{pair}");
-    let access = pair["access_token"].as_str().expect("access token");
-    assert!(pair["refresh_token"]
-        .as_str()
-        .is_some_and(|t| !t.is_empty()));
     let (status, me) = status_and_json(
         http()
             .get(format!("{}/api/v1/whoami", server.api_url()))
-            .bearer_auth(access)
+            .bearer_auth(pair["access_token"].as_str().expect("access"))
             .send()
             .await
             .expect("whoami"),
     )
     .await;
-    assert_eq!(status, 200, "{me}");
-    assert_eq!(me["user"]["email"], ADMIN_EMAIL);
+    assert_eq!(
+        (status, me["user"]["email"].as_str()),
+        (200, Some(ADMIN_EMAIL))
+    );
+    let (status, body) = exchange(&server, &code, &verifier).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("already used"));
 
-    // Single use: the pair is handed out once.
-    let (status, _) = poll().await;
-    assert_eq!(status, 404);
-    // An id nobody was given.
-    let (status, _) = status_and_json(
-        http()
-            .get(format!(
-                "{}/api/v1/auth/oidc/poll/{}",
-                server.api_url(),
-                "A".repeat(43)
-            ))
-            .send()
-            .await
-            .expect("poll"),
+    // A wrong verifier is refused and spends the code.
+    let code = login(challenge.clone()).await;
+    let (status, body) = exchange(&server, &code, &other_verifier).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("code_verifier")),
+        "{body}"
+    );
+    let (status, _) = exchange(&server, &code, &verifier).await;
+    assert_eq!(status, 400);
+
+    // A code past its two minutes is dead (the shield's test clock moves).
+    let code = login(challenge.clone()).await;
+    let r = http()
+        .post(format!("{}/api/v1/shield/test-clock", server.api_url()))
+        .bearer_auth(&admin)
+        .json(&json!({ "advance_secs": 121 }))
+        .send()
+        .await
+        .expect("test clock");
+    assert_eq!(r.status(), 204);
+    let (status, body) = exchange(&server, &code, &verifier).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("expired"));
+
+    // Bad input: clear errors naming the field.
+    let (status, body) = exchange(&server, &code, "short").await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("code_verifier"))
+    );
+    let (status, body) = cli_start(
+        &server,
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "plain"),
+        ],
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("code_challenge_method"))
+    );
+    let r = http()
+        .get(format!(
+            "{}/api/v1/auth/oidc/corp/start?code_challenge={challenge}",
+            server.api_url()
+        ))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(r.status(), 400);
 
-    // A refused CLI login is reported to the poller, once.
+    // Each refusal is audited with its reason; the session began once.
+    for reason in [
+        "unknown_code",
+        "verifier_mismatch",
+        "expired_code",
+        "bad_verifier",
+    ] {
+        assert!(
+            audit_lines(&server, reason) >= 1,
+            "{reason}:\n{}",
+            server.log()
+        );
+    }
+    let successes = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("auth.succeeded") && l.contains("sso"))
+        .count();
+    assert_eq!(successes, 1);
+
+    // A refused login goes back to the CLI's listener as an error.
     provider
         .set_user(
             "bob",
             json!({ "email": "nobody@example.com", "email_verified": true }),
         )
         .await;
-    let (_, start) = status_and_json(
-        http()
-            .get(format!(
-                "{}/api/v1/auth/oidc/corp/start?format=json",
-                server.api_url()
-            ))
-            .send()
-            .await
-            .expect("start"),
+    let (_, start) = cli_start(
+        &server,
+        &[("code_challenge", &challenge), ("redirect_uri", to)],
     )
     .await;
     let back = approve_at_provider(start["authorize_url"].as_str().expect("url"), "bob").await;
-    let callback = format!(
-        "{}{}?{}",
-        server.api_url(),
-        back.path(),
-        back.query().unwrap_or("")
-    );
-    refused(
-        http().get(&callback).send().await.expect("callback"),
-        403,
-        "no account",
-    )
-    .await;
-    let poll_url = format!(
-        "{}{}",
-        server.api_url(),
-        start["poll_url"].as_str().expect("poll")
-    );
-    refused(
-        http().get(&poll_url).send().await.expect("poll"),
-        403,
-        "no account",
-    )
-    .await;
-    let (status, _) = status_and_json(http().get(&poll_url).send().await.expect("poll")).await;
-    assert_eq!(status, 404);
+    let r = http()
+        .get(on_api(&server, &back))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(r.status(), 303);
+    let back = Url::parse(&location(&r)).expect("Location");
+    let q = query(&back);
+    assert_eq!(q.get("error").map(String::as_str), Some("unknown_email"));
+    assert!(!q.contains_key("code"));
 
     // An unknown provider and a bad format are clear errors.
     let r = http()
@@ -538,8 +736,48 @@ async fn cli_login_polls_once_for_a_token_pair() {
     );
 }
 
+/// `spinforge login --sso` with its environment in a fresh home.
+fn cli_login(server: &Server, home: &Path, extra: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(common::BIN)
+        .args(["login", "--sso", "corp"])
+        .args(extra)
+        .env("SPINFORGE_API", server.api_url())
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("HOME", home)
+        .env_remove("SPINFORGE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spinforge login --sso")
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the CLI answers in time")
+        .expect("read")
+        .expect("a line")
+}
+
+fn assert_stored_login(server: &Server, home: &Path) {
+    let whoami = std::process::Command::new(common::BIN)
+        .args(["whoami"])
+        .env("SPINFORGE_API", server.api_url())
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("HOME", home)
+        .env_remove("SPINFORGE_TOKEN")
+        .output()
+        .expect("spinforge whoami");
+    common::assert_ok(&whoami);
+    assert!(common::stdout(&whoami).contains(ADMIN_EMAIL));
+}
+
 #[tokio::test]
-async fn cli_login_with_sso_prints_a_link_and_stores_the_session() {
+async fn cli_login_with_sso_takes_the_code_on_its_loopback_listener() {
     use tokio::io::AsyncBufReadExt;
     let Some((provider, server)) = setup().await else {
         return;
@@ -551,54 +789,73 @@ async fn cli_login_with_sso_prints_a_link_and_stores_the_session() {
             json!({ "email": ADMIN_EMAIL, "email_verified": true }),
         )
         .await;
-    // A fresh config home: the login below is the only one stored.
     let home = tempfile::tempdir().expect("tempdir");
-    let mut cli = tokio::process::Command::new(common::BIN)
-        .args(["login", "--sso", "corp"])
-        .env("SPINFORGE_API", server.api_url())
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("HOME", home.path())
-        .env_remove("SPINFORGE_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spinforge login --sso");
+    let mut cli = cli_login(&server, home.path(), &[]);
     let mut lines = tokio::io::BufReader::new(cli.stdout.take().expect("stdout")).lines();
-    let link = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the CLI prints the link in time")
-        .expect("read")
-        .expect("a line");
+    let link = next_line(&mut lines).await;
     let back = approve_at_provider(&link, "alice").await;
-    let callback = format!(
-        "{}{}?{}",
-        server.api_url(),
-        back.path(),
-        back.query().unwrap_or("")
-    );
-    let r = http().get(&callback).send().await.expect("callback");
-    assert_eq!(r.status(), 200);
-    let done = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+
+    // The browser follows the hub's redirect to the CLI's listener.
+    let r = http()
+        .get(on_api(&server, &back))
+        .send()
         .await
-        .expect("the CLI finishes in time")
-        .expect("read")
-        .expect("a line");
+        .expect("callback");
+    assert_eq!(r.status(), 303);
+    let to = location(&r);
+    assert!(to.starts_with("http://127.0.0.1:"), "{to}");
+    let page = http().get(&to).send().await.expect("the CLI's listener");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("page").contains("Logged in"));
+
     assert_eq!(
-        done,
+        next_line(&mut lines).await,
         format!("logged in to {} as {ADMIN_EMAIL}", server.api_url())
     );
     assert!(cli.wait().await.expect("wait").success());
+    assert_stored_login(&server, home.path());
+}
 
-    let whoami = std::process::Command::new(common::BIN)
-        .args(["whoami"])
-        .env("SPINFORGE_API", server.api_url())
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("HOME", home.path())
-        .env_remove("SPINFORGE_TOKEN")
-        .output()
-        .expect("spinforge whoami");
-    common::assert_ok(&whoami);
-    assert!(common::stdout(&whoami).contains(ADMIN_EMAIL));
+#[tokio::test]
+async fn cli_login_with_paste_code_reads_the_code_the_browser_shows() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Some((provider, server)) = setup().await else {
+        return;
+    };
+    server.admin_token().await;
+    provider
+        .set_user(
+            "alice",
+            json!({ "email": ADMIN_EMAIL, "email_verified": true }),
+        )
+        .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cli = cli_login(&server, home.path(), &["--paste-code"]);
+    let mut lines = tokio::io::BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let link = next_line(&mut lines).await;
+    let back = approve_at_provider(&link, "alice").await;
+    let page = http()
+        .get(on_api(&server, &back))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.expect("page");
+    let code = page
+        .split("<code id=\"code\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</code>").next())
+        .expect("the code on the page");
+
+    let mut stdin = cli.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{code}\n").as_bytes())
+        .await
+        .expect("paste");
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("logged in to {} as {ADMIN_EMAIL}", server.api_url())
+    );
+    assert!(cli.wait().await.expect("wait").success());
+    assert_stored_login(&server, home.path());
 }

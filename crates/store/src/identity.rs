@@ -84,6 +84,7 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Forgets the attempts of a subject after a successful login, unless
     /// a lock is in force at `now` (set by attempts running alongside).
     async fn clear_login_failures(&self, subject: &str, now: i64) -> Result<()>;
-    /// Lifts a lock at once (an admin's unlock).
+    /// Lifts a lock at once (an admin's unlock), with the locks of every
+    /// `subject` + U+001F + network key.
     async fn unlock_login(&self, subject: &str) -> Result<()>;
 }

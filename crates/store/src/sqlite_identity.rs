@@ -566,10 +566,15 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn unlock_login(&self, subject: &str) -> Result<()> {
-        sqlx::query("DELETE FROM login_failures WHERE subject = ?")
-            .bind(subject)
-            .execute(&self.pool)
-            .await?;
+        // The subject's own count and its per-network counts (`subject` +
+        // U+001F + network, see identity's lockout module).
+        sqlx::query(
+            "DELETE FROM login_failures WHERE subject = ?1
+               OR substr(subject, 1, length(?1) + 1) = ?1 || char(31)",
+        )
+        .bind(subject)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -103,10 +103,15 @@ impl PrivacyStore for SqliteStore {
                 .await?
                 .rows_affected();
         }
-        sqlx::query("DELETE FROM login_failures WHERE subject = ? COLLATE NOCASE")
-            .bind(&user.email)
-            .execute(&mut *tx)
-            .await?;
+        // The account's own count and its per-network counts
+        // (`email` + U+001F + network, see identity's lockout module).
+        sqlx::query(
+            "DELETE FROM login_failures WHERE subject = ?1 COLLATE NOCASE
+               OR lower(substr(subject, 1, length(?1) + 1)) = lower(?1) || char(31)",
+        )
+        .bind(&user.email)
+        .execute(&mut *tx)
+        .await?;
         let mut audit_keys = 0;
         for subject in &erasure.audit_key_subjects {
             audit_keys += sqlx::query("DELETE FROM audit_pii_keys WHERE subject = ?")
