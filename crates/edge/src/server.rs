@@ -17,7 +17,7 @@ use crate::upstream::UpstreamPolicy;
 use crate::{host, static_files};
 use bytes::BytesMut;
 use futures_util::{stream, StreamExt, TryStreamExt};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
@@ -311,9 +311,6 @@ impl Edge {
         if https {
             self.hsts_extras(site.as_deref(), response.headers_mut());
         }
-        response
-            .headers_mut()
-            .insert("x-request-id", request_id.header_value().clone());
         let elapsed = started.elapsed();
         let site_label = site.as_deref().unwrap_or("-");
         let labels = RequestLabels {
@@ -332,6 +329,11 @@ impl Edge {
             status,
             site = site_label,
             duration_us = elapsed.as_micros() as u64,
+        );
+        // Last, so the id moves into the response instead of being copied.
+        response.headers_mut().insert(
+            HeaderName::from_static("x-request-id"),
+            request_id.into_header_value(),
         );
         response
     }
