@@ -98,10 +98,16 @@ mod tests {
             };
             metrics.requests.get_or_create(&labels).inc();
         }
-        metrics.requests.get_or_create(&RequestLabels {
-            site: site("a.example"),
-            status: 200,
-        });
+        // A label made from another Arc with the same text is the same
+        // series.
+        let again = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                site: site("a.example"),
+                status: 200,
+            })
+            .get();
+        assert_eq!(again, 1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(
