@@ -14,6 +14,7 @@ mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod static_files;

@@ -4,9 +4,11 @@
 
 use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
+use crate::request_id::RequestId;
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -81,7 +83,9 @@ pub struct ClientContext<'a> {
     pub peer_trusted: bool,
     /// The normalised host the client asked for.
     pub host: &'a str,
-    pub request_id: &'a str,
+    pub request_id: &'a RequestId,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
     /// The body is cut off after this many bytes (`u64::MAX`: no cap).
     pub body_limit: u64,
 }
@@ -221,30 +225,13 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
 
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // The Host header is set from `upstream` below, whatever the URI
-        // says; for a sandboxed app the URI names the instance's pool.
-        let authority = match &route {
-            Route::App { host, .. } => format!("{host}:{}", upstream.port),
-            _ => upstream.authority.to_string(),
-        };
-        let scheme = match route {
-            Route::App { .. } => "http",
-            _ if upstream.tls => "https",
-            _ => "http",
-        };
-        let uri = format!(
-            "{scheme}://{authority}{}{path_and_query}",
-            upstream.base_path
-        );
-        parts.uri = uri
-            .parse()
-            .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
+        parts.uri = upstream_uri(std::mem::take(&mut parts.uri), upstream, &route)?;
         parts.version = Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
         // The declared length was checked by the shield; this stops a
-        // chunked body that grows past the cap while it streams.
-        let body = if ctx.body_limit == u64::MAX {
+        // chunked body that grows past the cap while it streams. A body
+        // that has already ended cannot grow.
+        let body = if ctx.body_limit == u64::MAX || http_body::Body::is_end_stream(&incoming) {
             incoming
         } else {
             let limit = usize::try_from(ctx.body_limit).unwrap_or(usize::MAX);
@@ -380,6 +367,39 @@ impl Proxy {
     }
 }
 
+/// The absolute URI the pool sends `uri`'s path and query to: the
+/// upstream's scheme and authority, its base path in front. Only a base
+/// path or an app's pool name costs a new buffer; otherwise every part is
+/// shared with the parsed request and the site's route.
+fn upstream_uri(uri: Uri, upstream: &Upstream, route: &Route<'_>) -> Result<Uri, ProxyError> {
+    let bad = |_| ProxyError::Upstream("bad upstream URI".into());
+    // The Host header is set from `upstream`, whatever the URI says; for a
+    // sandboxed app the URI names the instance's pool.
+    let (scheme, authority) = match route {
+        Route::App { host, .. } => {
+            let authority = format!("{host}:{}", upstream.port);
+            (Scheme::HTTP, authority.parse().map_err(bad)?)
+        }
+        _ if upstream.tls => (Scheme::HTTPS, upstream.authority.clone()),
+        _ => (Scheme::HTTP, upstream.authority.clone()),
+    };
+    let path_and_query = uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path_and_query = if upstream.base_path.is_empty() {
+        path_and_query
+    } else {
+        let joined = format!("{}{path_and_query}", upstream.base_path);
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(joined)).map_err(bad)?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| ProxyError::Upstream("bad upstream URI".into()))
+}
+
 /// An upstream response, and the two halves of a WebSocket upgrade when
 /// the upstream agreed to one.
 struct Sent {
@@ -489,13 +509,28 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header
 /// the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // Most messages name nothing beyond the fixed list (`keep-alive`,
+    // `close`): then nothing is collected and nothing allocated.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim);
+    for token in tokens {
+        let removed_anyway = token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case(header::UPGRADE.as_str())
+            || HOP_BY_HOP
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+        if removed_anyway {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -522,11 +557,20 @@ fn prepare_request_headers(
         headers.insert(header::UPGRADE, upgrade.clone());
     }
 
-    let forwarded_for = match prior_forwarded_for {
-        Some(prior) => format!("{prior}, {}", ctx.client_ip),
-        None => ctx.client_ip.to_string(),
-    };
-    set(headers, "x-forwarded-for", &forwarded_for);
+    // One buffer for the client's address, shared by both headers.
+    let client_ip = ip_header_value(ctx.client_ip);
+    match prior_forwarded_for {
+        Some(prior) => set(
+            headers,
+            "x-forwarded-for",
+            &format!("{prior}, {}", ctx.client_ip),
+        ),
+        None => {
+            if let Some(value) = &client_ip {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), value.clone());
+            }
+        }
+    }
     if !ctx.peer_trusted {
         // Other ways clients claim an address; only a trusted proxy's count.
         for name in [
@@ -538,15 +582,35 @@ fn prepare_request_headers(
             headers.remove(name);
         }
     }
-    set(headers, "x-real-ip", &ctx.client_ip.to_string());
-    set(headers, "x-forwarded-proto", "http");
+    if let Some(value) = client_ip {
+        headers.insert(HeaderName::from_static("x-real-ip"), value);
+    }
+    let proto = if ctx.https { "https" } else { "http" };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
     set(headers, "x-forwarded-host", ctx.host);
-    set(headers, "x-request-id", ctx.request_id);
-    set(headers, "host", upstream.authority.as_str());
+    headers.insert(
+        HeaderName::from_static("x-request-id"),
+        ctx.request_id.header_value().clone(),
+    );
+    headers.insert(header::HOST, upstream.host_header.clone());
     if !ctx.peer_trusted {
         // Only a trusted proxy may speak for the client's address.
         headers.remove("forwarded");
     }
+}
+
+/// An address as a header value, formatted on the stack.
+fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest text form, an IPv6 address with an IPv4 tail, is 45.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -609,14 +673,67 @@ mod tests {
         map
     }
 
+    static REQUEST_ID: std::sync::LazyLock<RequestId> = std::sync::LazyLock::new(|| {
+        RequestId::trusted(&HeaderValue::from_static("abc")).expect("valid id")
+    });
+
     fn ctx(trusted: bool) -> ClientContext<'static> {
         ClientContext {
             client_ip: "203.0.113.9".parse().expect("ip"),
             peer_trusted: trusted,
             host: "app.example.com",
-            request_id: "abc",
+            request_id: &REQUEST_ID,
+            https: false,
             body_limit: u64::MAX,
         }
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query_under_the_base_path() {
+        let plain = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let uri: Uri = "/a/b?x=1&y=%20".parse().expect("uri");
+        let got = upstream_uri(uri.clone(), &plain, &Route::Checked).expect("uri");
+        assert_eq!(got, "http://10.0.0.1:9000/a/b?x=1&y=%20");
+
+        let based = Upstream::parse("https://backend.example:8443/app/").expect("upstream");
+        let got = upstream_uri(uri, &based, &Route::Checked).expect("uri");
+        assert_eq!(got, "https://backend.example:8443/app/a/b?x=1&y=%20");
+
+        let absolute: Uri = "http://client.example/p?q".parse().expect("uri");
+        let got = upstream_uri(absolute, &plain, &Route::Trusted).expect("uri");
+        assert_eq!(
+            got, "http://10.0.0.1:9000/p?q",
+            "the client's authority is dropped"
+        );
+
+        let authority_only: Uri = "client.example:443".parse().expect("uri");
+        let got = upstream_uri(authority_only, &based, &Route::Checked).expect("uri");
+        assert_eq!(got, "https://backend.example:8443/app/");
+    }
+
+    #[test]
+    fn forwarding_headers_name_the_client_scheme_and_upstream() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let mut map = headers(&[("host", "app.example.com")]);
+        let over_tls = ClientContext {
+            https: true,
+            client_ip: "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .expect("ip"),
+            ..ctx(false)
+        };
+        prepare_request_headers(&mut map, &upstream, &over_tls, None);
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(
+            map["x-forwarded-for"],
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(map["x-real-ip"], map["x-forwarded-for"]);
+        assert_eq!(map["host"], "10.0.0.1:9000");
+
+        let mut map = HeaderMap::new();
+        prepare_request_headers(&mut map, &upstream, &ctx(false), None);
+        assert_eq!(map["x-forwarded-proto"], "http");
     }
 
     #[test]
@@ -631,6 +748,17 @@ mod tests {
         strip_hop_by_hop(&mut map);
         assert_eq!(map.len(), 1);
         assert!(map.contains_key("accept"));
+
+        let mut map = headers(&[
+            ("connection", "close"),
+            ("connection", "Upgrade, X-Other"),
+            ("upgrade", "h2c"),
+            ("x-other", "1"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("x-kept"));
     }
 
     #[test]

@@ -8,15 +8,16 @@
 use crate::app::{AppUnavailable, AppWaker};
 use crate::body::{self, BoxError, EdgeBody};
 use crate::listener::{self, ConnectionLimits};
-use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel};
+use crate::metrics::{EdgeMetrics, RequestLabels, SiteLabel, SiteName};
 use crate::proxy::{self, ClientContext, Proxy, ProxyConfig};
+use crate::request_id::RequestId;
 use crate::routes::{Route, Routes, Target};
 use crate::tls::{HttpsMode, Tls};
 use crate::upstream::UpstreamPolicy;
 use crate::{host, static_files};
 use bytes::BytesMut;
 use futures_util::{stream, StreamExt, TryStreamExt};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
@@ -200,7 +201,9 @@ impl Edge {
         let client = shield.resolve(peer.ip(), req.headers());
         let request_id = self.request_id(&req, client.peer_trusted);
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Shares the parsed request's buffer: no copy of the path.
+        let uri = req.uri().clone();
+        let path = uri.path();
         let requested_host = req
             .uri()
             .host()
@@ -221,7 +224,7 @@ impl Edge {
         // ACME HTTP-01 answers come before routing: the validator asks
         // for a site that may not serve anything yet.
         if !https {
-            if let Some(answer) = self.acme_answer(&path) {
+            if let Some(answer) = self.acme_answer(path) {
                 return answer;
             }
         }
@@ -266,12 +269,13 @@ impl Edge {
                     peer_trusted: client.peer_trusted,
                     host: requested_host.as_deref().unwrap_or(""),
                     request_id: &request_id,
+                    https,
                     body_limit: admitted.body_limit,
                 };
                 match &route.target {
                     Target::Static { root, spa } => {
                         let response =
-                            static_files::serve(root, *spa, &method, &path, req.headers()).await;
+                            static_files::serve(root, *spa, &method, path, req.headers()).await;
                         (response, Origin::Static)
                     }
                     Target::Proxy { upstream } => {
@@ -317,19 +321,13 @@ impl Edge {
         if https {
             self.hsts_extras(site.as_deref(), response.headers_mut());
         }
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", value);
-        }
         let elapsed = started.elapsed();
         let site_label = site.as_deref().unwrap_or("-");
-        inner
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                site: site_label.to_owned(),
-                status,
-            })
-            .inc();
+        let labels = RequestLabels {
+            site: site.clone().map_or_else(SiteName::none, SiteName),
+            status,
+        };
+        inner.metrics.requests.get_or_create(&labels).inc();
         inner.metrics.latency.observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "spinforge::access",
@@ -341,6 +339,11 @@ impl Edge {
             status,
             site = site_label,
             duration_us = elapsed.as_micros() as u64,
+        );
+        // Last, so the id moves into the response instead of being copied.
+        response.headers_mut().insert(
+            HeaderName::from_static("x-request-id"),
+            request_id.into_header_value(),
         );
         response
     }
@@ -381,8 +384,9 @@ impl Edge {
         admitted: &Admitted,
         client: &ClientIp,
         site: &str,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Result<Request<EdgeBody>, Response<EdgeBody>> {
+        let request_id = request_id.as_str();
         let Some(config) = admitted.waf() else {
             return Ok(req.map(|b| b.map_err(Into::into).boxed()));
         };
@@ -448,7 +452,7 @@ impl Edge {
         site: &str,
         ctx: ClientContext<'_>,
     ) -> Response<EdgeBody> {
-        let request_id = ctx.request_id.to_owned();
+        let request_id = ctx.request_id.clone();
         let Some(waker) = self.inner.apps.get() else {
             return proxy::error_page(StatusCode::SERVICE_UNAVAILABLE);
         };
@@ -468,7 +472,7 @@ impl Edge {
                 tracing::warn!(site, request_id = %request_id, error = %reason,
                     "app did not start");
                 let label = SiteLabel {
-                    site: site.to_owned(),
+                    site: SiteName(Arc::from(site)),
                 };
                 self.inner
                     .metrics
@@ -486,8 +490,9 @@ impl Edge {
         &self,
         result: Result<Response<EdgeBody>, proxy::ProxyError>,
         site: &str,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Response<EdgeBody> {
+        let request_id = request_id.as_str();
         match result {
             Ok(response) => response,
             Err(e @ (proxy::ProxyError::DotSegments | proxy::ProxyError::BodyTooLarge)) => {
@@ -497,7 +502,7 @@ impl Edge {
             Err(e) => {
                 tracing::warn!(site, request_id, error = %e, "proxy request failed");
                 let label = SiteLabel {
-                    site: site.to_owned(),
+                    site: SiteName(Arc::from(site)),
                 };
                 self.inner
                     .metrics
@@ -593,28 +598,16 @@ impl Edge {
 
     /// Keeps a well-formed `x-request-id` from a trusted proxy; otherwise
     /// makes a new one.
-    fn request_id(&self, req: &Request<Incoming>, peer_trusted: bool) -> String {
-        if peer_trusted {
-            if let Some(id) = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-            {
-                if is_valid_request_id(id) {
-                    return id.to_owned();
-                }
-            }
-        }
-        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.inner.id_prefix, n)
+    fn request_id(&self, req: &Request<Incoming>, peer_trusted: bool) -> RequestId {
+        let trusted = peer_trusted
+            .then(|| req.headers().get("x-request-id"))
+            .flatten()
+            .and_then(RequestId::trusted);
+        trusted.unwrap_or_else(|| {
+            let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+            RequestId::generate(self.inner.id_prefix, n)
+        })
     }
-}
-
-fn is_valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The page of an isolated site: 503, not cached, retry much later.
@@ -678,18 +671,4 @@ fn not_found() -> Response<EdgeBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_accept_only_safe_characters() {
-        assert!(is_valid_request_id("abc-123_x.y"));
-        assert!(!is_valid_request_id(""));
-        assert!(!is_valid_request_id("a b"));
-        assert!(!is_valid_request_id("a\"b"));
-        assert!(!is_valid_request_id(&"a".repeat(129)));
-    }
 }

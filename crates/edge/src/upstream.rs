@@ -25,6 +25,9 @@ pub struct Upstream {
     pub base_path: String,
     /// `https://`: the edge speaks TLS to it and verifies its certificate.
     pub tls: bool,
+    /// `authority` as a `Host` header value, made once here so that no
+    /// proxied request has to copy it.
+    pub host_header: http::HeaderValue,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,12 +68,14 @@ impl Upstream {
         }
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        let host_header = host_header(&authority);
         Ok(Upstream {
             authority,
             host,
             port,
             base_path,
             tls,
+            host_header,
         })
     }
 
@@ -80,12 +85,14 @@ impl Upstream {
             .to_string()
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
+        let host_header = host_header(&authority);
         Upstream {
             authority,
             host: addr.ip().to_string(),
             port: addr.port(),
             base_path: String::new(),
             tls: false,
+            host_header,
         }
     }
 
@@ -93,6 +100,13 @@ impl Upstream {
     pub fn literal_ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
+}
+
+/// An authority is always a valid header value: `Authority` admits only
+/// URI characters.
+fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
+    http::HeaderValue::from_str(authority.as_str())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
 /// Which upstream addresses a proxy site may reach.

@@ -1,6 +1,8 @@
 //! Automatic certificates over ACME (instant-acme): one order at a time
 //! per domain, only for domains that exist as sites, renewal before
-//! expiry with jitter, and exponential backoff after failures.
+//! expiry with jitter, and exponential backoff after failures. The backoff
+//! is kept in the store, so a restart waits it out instead of ordering
+//! again at once.
 //!
 //! Orders start from two places: a TLS hello for a site without a
 //! certificate (through the edge's queue) and a periodic check of every
@@ -18,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::CertSource;
+use store::{AcmeBackoff, CertSource};
 use tokio::sync::mpsc;
 
 /// Which challenge the edge answers.
@@ -107,15 +109,22 @@ impl Drop for Slot {
 }
 
 impl Acme {
-    /// Starts the worker: plugs the on-demand queue into the edge and
-    /// runs the periodic check.
-    pub fn start(certs: Certs, config: AcmeConfig, routes: edge::Routes) -> Acme {
+    /// Starts the worker: restores the stored backoff, then plugs the
+    /// on-demand queue into the edge and runs the periodic check. Fails
+    /// iff the stored backoff cannot be read: ordering without it could
+    /// start the storm it exists to prevent.
+    pub async fn start(
+        certs: Certs,
+        config: AcmeConfig,
+        routes: edge::Routes,
+    ) -> Result<Acme, store::StoreError> {
+        let backoff = restore_backoff(certs.store().as_ref()).await?;
         let acme = Acme {
             inner: Arc::new(Inner {
                 certs,
                 config,
                 in_flight: Mutex::default(),
-                backoff: Mutex::default(),
+                backoff: Mutex::new(backoff),
                 account: tokio::sync::Mutex::new(None),
             }),
         };
@@ -154,7 +163,7 @@ impl Acme {
                 tokio::time::sleep(periodic.inner.config.check_interval).await;
             }
         });
-        acme
+        Ok(acme)
     }
 
     /// Orders a certificate for `domain` if it has none or it is due for
@@ -206,31 +215,46 @@ impl Acme {
         tokio::spawn(async move {
             let domain = slot.domain.clone();
             let result = acme.order(&domain).await;
-            acme.record(&domain, result);
+            acme.record(&domain, result).await;
             drop(slot);
         });
     }
 
-    /// Counts a success or a failure; fails closed to the old certificate.
-    fn record(&self, domain: &str, result: Result<(), String>) {
-        let Ok(mut backoff) = self.inner.backoff.lock() else {
-            return;
-        };
+    /// Counts a success or a failure, in memory and in the store; fails
+    /// closed to the old certificate.
+    async fn record(&self, domain: &str, result: Result<(), String>) {
+        let store = self.inner.certs.store();
         match result {
             Ok(()) => {
-                backoff.remove(domain);
+                if let Ok(mut backoff) = self.inner.backoff.lock() {
+                    backoff.remove(domain);
+                }
+                if let Err(e) = store.clear_acme_backoff(domain).await {
+                    tracing::warn!(domain, error = %e, "cannot clear the stored ACME backoff");
+                }
             }
             Err(reason) => {
                 let config = &self.inner.config;
-                let failures = backoff.get(domain).map_or(0, |b| b.failures) + 1;
+                let Ok(failures) = self.inner.backoff.lock().map(|mut backoff| {
+                    let failures = backoff.get(domain).map_or(0, |b| b.failures) + 1;
+                    let next_try = Instant::now() + backoff_delay(config, failures);
+                    backoff.insert(domain.to_owned(), Backoff { failures, next_try });
+                    failures
+                }) else {
+                    return;
+                };
                 let delay = backoff_delay(config, failures);
-                backoff.insert(
-                    domain.to_owned(),
-                    Backoff {
-                        failures,
-                        next_try: Instant::now() + delay,
-                    },
-                );
+                let stored = AcmeBackoff {
+                    domain: domain.to_owned(),
+                    failures,
+                    next_attempt: certs::now().saturating_add(whole_secs(delay)),
+                };
+                // Limitation: a store that fails here leaves the backoff in
+                // memory only, so a restart before it ends may order again
+                // (a store that has stopped writing has bigger problems).
+                if let Err(e) = store.put_acme_backoff(&stored, certs::now()).await {
+                    tracing::warn!(domain, error = %e, "cannot store the ACME backoff");
+                }
                 tracing::warn!(domain, failures, retry_in_ms = delay.as_millis() as u64,
                     reason = %reason, "ACME order failed");
                 if failures >= config.alert_after_failures {
@@ -391,6 +415,33 @@ impl Acme {
     }
 }
 
+/// The stored backoff of every domain, as waits from now. A next attempt
+/// already past is due at once.
+async fn restore_backoff(
+    store: &dyn store::Store,
+) -> Result<HashMap<String, Backoff>, store::StoreError> {
+    let now = certs::now();
+    let mut restored = HashMap::new();
+    for row in store.list_acme_backoff().await? {
+        let wait = Duration::from_secs(u64::try_from(row.next_attempt - now).unwrap_or(0));
+        tracing::info!(domain = %row.domain, failures = row.failures,
+            retry_in_secs = wait.as_secs(), "ACME backoff restored");
+        let backoff = Backoff {
+            failures: row.failures,
+            next_try: Instant::now() + wait,
+        };
+        restored.insert(row.domain, backoff);
+    }
+    Ok(restored)
+}
+
+/// `delay` in whole seconds, rounded up, so a stored next attempt is never
+/// earlier than the one in memory.
+fn whole_secs(delay: Duration) -> i64 {
+    let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
 /// The wait after the `failures`-th failure in a row: the initial delay,
 /// doubled per further failure, at most the maximum.
 fn backoff_delay(config: &AcmeConfig, failures: u32) -> Duration {
@@ -417,5 +468,12 @@ mod tests {
             .collect();
         assert_eq!(secs, [60, 120, 240, 480, 600, 600]);
         assert_eq!(backoff_delay(&config, 200).as_secs(), 600);
+    }
+
+    #[test]
+    fn stored_waits_round_up_to_whole_seconds() {
+        assert_eq!(whole_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(whole_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(whole_secs(Duration::ZERO), 0);
     }
 }

@@ -220,7 +220,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (*certs).clone(),
             settings.acme.clone(),
             edge.routes().clone(),
-        );
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the ACME backoff: {e}"))?;
         tracing::info!(directory = %settings.acme.directory, "ACME certificates enabled");
     }
     // ---- end TLS -----------------------------------------------------------

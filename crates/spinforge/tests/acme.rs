@@ -436,3 +436,45 @@ async fn the_account_and_issued_keys_are_sealed_and_a_restart_reuses_the_account
     );
     keys_support::assert_absent(&server.data_dir, &needles);
 }
+
+#[tokio::test]
+async fn a_restart_waits_out_the_stored_backoff_instead_of_ordering_again() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, tls_port, 90 * 24 * 3600);
+    pebble.dns_a("stormy.test", "127.0.0.9").await;
+    // Checked every second, so anything but the stored hour-long backoff
+    // would order again within the wait below.
+    let server = acme_server(
+        &pebble,
+        http_port,
+        tls_port,
+        "check_interval_secs = 1\nbackoff_initial_secs = 3600\n",
+    );
+    deploy_static(&server, "stormy.test");
+    let failed = |server: &Server| {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("ACME order failed") && l.contains("stormy.test"))
+    };
+    eventually(90, "a failed order", &server, || failed(&server)).await;
+    assert_eq!(orders_for(&server, "stormy.test"), 1);
+
+    let server = server.restart();
+    eventually(30, "the backoff restored", &server, || {
+        server.log().lines().any(|l| {
+            l.contains("ACME backoff restored")
+                && l.contains("stormy.test")
+                && l.contains("failures=1")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        orders_for(&server, "stormy.test"),
+        0,
+        "ordered again right after a restart:\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("ACME certificates enabled"));
+}

@@ -87,6 +87,16 @@ pub struct SiteTls {
     pub hsts_preload: bool,
 }
 
+/// A domain whose ACME orders keep failing: how often in a row, and the
+/// earliest time of the next order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeBackoff {
+    pub domain: String,
+    pub failures: u32,
+    /// Unix seconds.
+    pub next_attempt: i64,
+}
+
 #[async_trait]
 pub trait CertStore: Send + Sync + 'static {
     /// Inserts or replaces the certificate of `record.domain`.
@@ -106,6 +116,13 @@ pub trait CertStore: Send + Sync + 'static {
     async fn put_site_tls(&self, settings: &SiteTls) -> Result<()>;
     /// Every site's stored HTTPS settings.
     async fn list_site_tls(&self) -> Result<Vec<SiteTls>>;
+
+    /// Every domain's ACME backoff, by domain.
+    async fn list_acme_backoff(&self) -> Result<Vec<AcmeBackoff>>;
+    /// Inserts or replaces the backoff of `backoff.domain`.
+    async fn put_acme_backoff(&self, backoff: &AcmeBackoff, now: i64) -> Result<()>;
+    /// Forgets a domain's backoff (its order succeeded).
+    async fn clear_acme_backoff(&self, domain: &str) -> Result<()>;
 }
 
 fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord> {
@@ -171,6 +188,10 @@ impl CertStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM site_tls WHERE domain = ?")
+            .bind(domain)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM acme_backoff WHERE domain = ?")
             .bind(domain)
             .execute(&mut *tx)
             .await?;
@@ -247,5 +268,47 @@ impl CertStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_acme_backoff(&self) -> Result<Vec<AcmeBackoff>> {
+        let rows = sqlx::query("SELECT * FROM acme_backoff ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let failures: i64 = row.try_get("failures")?;
+                Ok(AcmeBackoff {
+                    domain: row.try_get("domain")?,
+                    failures: u32::try_from(failures).map_err(|_| {
+                        StoreError::Corrupt(format!("ACME failure count {failures}"))
+                    })?,
+                    next_attempt: row.try_get("next_attempt")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_acme_backoff(&self, backoff: &AcmeBackoff, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_backoff (domain, failures, next_attempt, updated_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET \
+             failures = excluded.failures, next_attempt = excluded.next_attempt, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&backoff.domain)
+        .bind(i64::from(backoff.failures))
+        .bind(backoff.next_attempt)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_acme_backoff(&self, domain: &str) -> Result<()> {
+        sqlx::query("DELETE FROM acme_backoff WHERE domain = ?")
+            .bind(domain)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

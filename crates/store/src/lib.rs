@@ -15,7 +15,7 @@ mod sqlite;
 mod sqlite_identity;
 mod sqlite_privacy;
 
-pub use certs::{CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
+pub use certs::{AcmeBackoff, CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
 pub use identity::IdentityStore;
 pub use model::*;
 pub use privacy::{ConsentRecord, Erased, Erasure, PrivacyStore, Purpose};
