@@ -491,7 +491,7 @@ impl Shield {
             return Ok(());
         };
         let verdict = self.inner.waf.inspect(view, config);
-        verdict.audit(site, request_id);
+        verdict.audit(site, request_id, client.addr);
         if verdict.decision != waf::Decision::Block {
             return Ok(());
         }
