@@ -330,6 +330,14 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
             return Err(e);
         }
     };
+    if let Some(scope) = audit::http::current() {
+        scope.set_caller(audit::http::ScopeCaller {
+            user_id: principal.user_id.0,
+            role: principal.role.as_str().to_owned(),
+            api_key_id: principal.api_key.clone(),
+            customer: principal.customer.map(|c| c.to_string()),
+        });
+    }
     crate::rate_api::charge(parts, Some(&principal))?;
     if principal.role == store::Role::Admin
         && !principal.second_factor
@@ -419,9 +427,12 @@ async fn authenticate(hub: &Hub, parts: &Parts) -> Result<Principal, ApiError> {
 fn rejected_credential(e: identity::IdentityError, parts: &Parts) -> ApiError {
     if matches!(e, identity::IdentityError::BadToken) {
         let client = client_info(parts);
+        // An empty `client_ip` is dropped by the audit log; an address is
+        // anonymised there as configured.
+        let client_ip = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
         tracing::info!(
             target: "spinforge::audit", event = "auth.token_rejected",
-            path = %parts.uri.path(), client_ip = ?client.ip,
+            path = %parts.uri.path(), client_ip = %client_ip,
             "request with an invalid credential refused"
         );
     }
@@ -503,6 +514,18 @@ fn audit_denied(principal: &Principal, permission: Permission, denied: &Denied, 
     );
 }
 
+/// The stable name of a resource in audit events: the site's domain,
+/// `customer:<id>` (`customer:-` for platform-owned things), or
+/// `user:<id>` for what one user owns.
+fn resource_label(resource: Resource<'_>) -> String {
+    match resource {
+        Resource::Site { domain, .. } => domain.to_owned(),
+        Resource::Customer(Some(customer)) => format!("customer:{customer}"),
+        Resource::Customer(None) => "customer:-".to_owned(),
+        Resource::OwnedBy(user) => format!("user:{user}"),
+    }
+}
+
 impl Hub {
     /// Checks `permission` on a loaded resource through
     /// [`identity::authorize`]; a refusal is audited and becomes 403.
@@ -513,11 +536,7 @@ impl Hub {
         resource: Resource<'_>,
     ) -> Result<(), ApiError> {
         authorize(&caller.0, permission, Some(resource)).map_err(|denied| {
-            let path = match resource {
-                Resource::Site { domain, .. } => domain.to_owned(),
-                other => format!("{other:?}"),
-            };
-            audit_denied(&caller.0, permission, &denied, &path);
+            audit_denied(&caller.0, permission, &denied, &resource_label(resource));
             ApiError::Forbidden
         })
     }

@@ -657,9 +657,9 @@ impl Shield {
             Decision::Refused(r) => {
                 self.inner.abuse.refused(scope, key, &r);
                 tracing::info!(
-                    target: "spinforge::audit", event = "ratelimit.refused",
-                    scope, bucket = %key, retry_after = r.retry_after_secs(),
-                    "request refused by a rate limit"
+                    target: "spinforge::audit", event = "ratelimit.refused", scope,
+                    bucket = %key.audit_bucket(), client_ip = %key.audit_client_ip(),
+                    retry_after = r.retry_after_secs(), "request refused by a rate limit"
                 );
                 Err(r)
             }
