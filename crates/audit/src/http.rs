@@ -27,6 +27,8 @@ pub struct RequestScope {
     pub user_agent: Option<String>,
     /// The authenticated caller, once the API has checked its credential.
     caller: Mutex<Option<ScopeCaller>>,
+    /// The tenant owning the resource the request acts on, once loaded.
+    resource_customer: Mutex<Option<String>>,
     acks: Mutex<Vec<Ack>>,
 }
 
@@ -52,6 +54,14 @@ impl RequestScope {
         if event.user_agent.is_none() {
             event.user_agent.clone_from(&self.user_agent);
         }
+        if event.customer.is_none() {
+            event.customer.clone_from(
+                &self
+                    .resource_customer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
         let caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
         let Some(caller) = caller.as_ref() else {
             return;
@@ -69,6 +79,15 @@ impl RequestScope {
         if event.customer.is_none() {
             event.customer.clone_from(&caller.customer);
         }
+    }
+
+    /// Records the tenant owning the resource the request acts on; later
+    /// audit events of the request that name no customer get it.
+    pub fn set_resource_customer(&self, customer: String) {
+        *self
+            .resource_customer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(customer);
     }
 
     /// Records the authenticated caller; every later audit event of this
@@ -144,6 +163,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             caller: Mutex::new(None),
+            resource_customer: Mutex::new(None),
             acks: Mutex::new(Vec::new()),
         });
         // The clone is the one that was polled ready (tower's idiom).

@@ -557,6 +557,11 @@ impl Hub {
                 customer: site.customer,
             },
         )?;
+        // The request acts on this site: its events belong to the site's
+        // tenant, also when a platform admin is the caller.
+        if let (Some(scope), Some(customer)) = (audit::http::current(), site.customer) {
+            scope.set_resource_customer(customer.to_string());
+        }
         Ok(site)
     }
 }

@@ -149,6 +149,12 @@ async fn tenant_events_name_their_customer_role_and_api_key_and_refusals_are_aud
     let (status, body) = call(&server, Method::PUT, path, &secret, Some(value.clone())).await;
     assert_eq!(status, 200, "{body}");
 
+    // A platform admin acting on the tenant's site: still the tenant's event.
+    let admin_path = "/api/v1/sites/acme.example.com/secrets/SET_BY_ADMIN";
+    let admin_value = json!({ "value": "by the operator" });
+    let (status, body) = call(&server, Method::PUT, admin_path, &admin, Some(admin_value)).await;
+    assert_eq!(status, 200, "{body}");
+
     // Refusals: a name that breaks the naming rule, and a key wider than
     // its creator.
     let bad = "/api/v1/sites/acme.example.com/secrets/bad%20name";
@@ -159,7 +165,20 @@ async fn tenant_events_name_their_customer_role_and_api_key_and_refusals_are_aud
     assert!(status == 403 || status == 400, "{status} {body}");
 
     // The developer sees its own tenant's secret and key events.
-    let secrets = events(&server, &acme, "secret.").await;
+    let all = events(&server, &acme, "secret.").await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    let by_admin: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["actor"]["role"] == "admin")
+        .collect();
+    assert_eq!(by_admin.len(), 1, "{all:?}");
+    assert_eq!(by_admin[0]["actor"]["api_key_id"], Value::Null);
+    assert_eq!(by_admin[0]["customer"], all[0]["customer"]);
+    let secrets: Vec<Value> = all
+        .iter()
+        .filter(|e| e["actor"]["role"] != "admin")
+        .cloned()
+        .collect();
     let results: Vec<&str> = secrets
         .iter()
         .map(|e| e["result"].as_str().unwrap_or(""))
@@ -209,7 +228,7 @@ async fn tenant_events_name_their_customer_role_and_api_key_and_refusals_are_aud
         events(&server, &globex, "apikey.").await,
         Vec::<Value>::new()
     );
-    assert_eq!(events(&server, &admin, "secret.").await.len(), 2);
+    assert_eq!(events(&server, &admin, "secret.").await.len(), 3);
 
     // A rejected credential's address is anonymised like every other.
     let (status, _) = call(
