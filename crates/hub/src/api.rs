@@ -437,6 +437,8 @@ async fn upload_release(
         let release = worker.deploy(&domain, Some(who.user_id), body).await;
         // The spawned task is outside the request's audit scope, so the
         // caller's role and key are named here.
+        // Limitation: other events the deploy writes from this task get no
+        // scope fill (carrying the scope into the task would lift this).
         let (result, reason) = match &release {
             Ok(_) => ("success", String::new()),
             Err(e) => ("failure", e.to_string()),

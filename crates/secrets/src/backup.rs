@@ -631,6 +631,9 @@ impl<T: Write> Write for Hashing<T> {
     }
 }
 
+// Limitation: links outside releases are backed up but refused on
+// restore, and data volumes are copied while apps may write them (a
+// check before backup, or a filesystem freeze, would lift these).
 /// Checks a restored link: relative, and resolving (lexically) inside the
 /// release folder (`sites/<id>/releases/<id>`) that holds it.
 fn check_link(name: &str, target: &Path) -> Result<()> {
