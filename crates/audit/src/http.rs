@@ -25,7 +25,23 @@ pub struct RequestScope {
     pub request_id: String,
     pub client_ip: IpAddr,
     pub user_agent: Option<String>,
+    /// The authenticated caller, once the API has checked its credential.
+    caller: Mutex<Option<ScopeCaller>>,
+    /// The tenant owning the resource the request acts on, once loaded.
+    resource_customer: Mutex<Option<String>>,
     acks: Mutex<Vec<Ack>>,
+}
+
+/// The authenticated caller of a request: who acted, in which role, with
+/// which API key (its id, never the key), on behalf of which customer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeCaller {
+    pub user_id: i64,
+    pub role: String,
+    pub api_key_id: Option<String>,
+    /// `None` for platform admins, whose events name the customer of the
+    /// resource they act on themselves.
+    pub customer: Option<String>,
 }
 
 impl RequestScope {
@@ -38,6 +54,46 @@ impl RequestScope {
         if event.user_agent.is_none() {
             event.user_agent.clone_from(&self.user_agent);
         }
+        if event.customer.is_none() {
+            event.customer.clone_from(
+                &self
+                    .resource_customer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
+        let caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(caller) = caller.as_ref() else {
+            return;
+        };
+        // Role and key describe the caller, so they are filled only when
+        // the event's actor is the caller (or unnamed).
+        if event.actor.user_id.is_none_or(|id| id == caller.user_id) {
+            event.actor.user_id = Some(caller.user_id);
+            event.actor.role.get_or_insert_with(|| caller.role.clone());
+            if event.actor.api_key_id.is_none() {
+                event.actor.api_key_id.clone_from(&caller.api_key_id);
+            }
+        }
+        // A tenant's caller only ever acts within its own tenant.
+        if event.customer.is_none() {
+            event.customer.clone_from(&caller.customer);
+        }
+    }
+
+    /// Records the tenant owning the resource the request acts on; later
+    /// audit events of the request that name no customer get it.
+    pub fn set_resource_customer(&self, customer: String) {
+        *self
+            .resource_customer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(customer);
+    }
+
+    /// Records the authenticated caller; every later audit event of this
+    /// request gets its role, API key id and customer where it names none.
+    pub fn set_caller(&self, caller: ScopeCaller) {
+        *self.caller.lock().unwrap_or_else(|p| p.into_inner()) = Some(caller);
     }
 
     pub(crate) fn wait_for(&self, ack: Ack) {
@@ -106,6 +162,8 @@ where
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            caller: Mutex::new(None),
+            resource_customer: Mutex::new(None),
             acks: Mutex::new(Vec::new()),
         });
         // The clone is the one that was polled ready (tower's idiom).

@@ -124,7 +124,12 @@ impl Fields {
                 }
             },
             "role" => event.actor.role = Some(text),
-            "api_key_id" | "key_id" => event.actor.api_key_id = Some(text),
+            // `api_key` carries the key's id (never its secret part).
+            "api_key_id" | "key_id" | "api_key" => {
+                event.actor.api_key_id = (!text.is_empty()).then_some(text);
+            }
+            // An empty address means "none" (an emitter's optional one).
+            "client_ip" | "ip" if text.is_empty() => {}
             "client_ip" | "ip" => match text.parse::<IpAddr>() {
                 Ok(ip) => event.client_ip = Some(ip),
                 Err(_) => {

@@ -340,6 +340,14 @@ async fn check(hub: &Hub, route: Option<&str>, parts: &mut Parts) -> Result<(), 
             return Err(e);
         }
     };
+    if let Some(scope) = audit::http::current() {
+        scope.set_caller(audit::http::ScopeCaller {
+            user_id: principal.user_id.0,
+            role: principal.role.as_str().to_owned(),
+            api_key_id: principal.api_key.clone(),
+            customer: principal.customer.map(|c| c.to_string()),
+        });
+    }
     crate::rate_api::charge(parts, Some(&principal))?;
     if principal.role == store::Role::Admin
         && !principal.second_factor
@@ -429,9 +437,12 @@ async fn authenticate(hub: &Hub, parts: &Parts) -> Result<Principal, ApiError> {
 fn rejected_credential(e: identity::IdentityError, parts: &Parts) -> ApiError {
     if matches!(e, identity::IdentityError::BadToken) {
         let client = client_info(parts);
+        // An empty `client_ip` is dropped by the audit log; an address is
+        // anonymised there as configured.
+        let client_ip = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
         tracing::info!(
             target: "spinforge::audit", event = "auth.token_rejected",
-            path = %parts.uri.path(), client_ip = ?client.ip,
+            path = %parts.uri.path(), client_ip = %client_ip,
             "request with an invalid credential refused"
         );
     }
@@ -513,6 +524,18 @@ fn audit_denied(principal: &Principal, permission: Permission, denied: &Denied, 
     );
 }
 
+/// The stable name of a resource in audit events: the site's domain,
+/// `customer:<id>` (`customer:-` for platform-owned things), or
+/// `user:<id>` for what one user owns.
+fn resource_label(resource: Resource<'_>) -> String {
+    match resource {
+        Resource::Site { domain, .. } => domain.to_owned(),
+        Resource::Customer(Some(customer)) => format!("customer:{customer}"),
+        Resource::Customer(None) => "customer:-".to_owned(),
+        Resource::OwnedBy(user) => format!("user:{user}"),
+    }
+}
+
 impl Hub {
     /// Checks `permission` on a loaded resource through
     /// [`identity::authorize`]; a refusal is audited and becomes 403.
@@ -523,11 +546,7 @@ impl Hub {
         resource: Resource<'_>,
     ) -> Result<(), ApiError> {
         authorize(&caller.0, permission, Some(resource)).map_err(|denied| {
-            let path = match resource {
-                Resource::Site { domain, .. } => domain.to_owned(),
-                other => format!("{other:?}"),
-            };
-            audit_denied(&caller.0, permission, &denied, &path);
+            audit_denied(&caller.0, permission, &denied, &resource_label(resource));
             ApiError::Forbidden
         })
     }
@@ -548,6 +567,11 @@ impl Hub {
                 customer: site.customer,
             },
         )?;
+        // The request acts on this site: its events belong to the site's
+        // tenant, also when a platform admin is the caller.
+        if let (Some(scope), Some(customer)) = (audit::http::current(), site.customer) {
+            scope.set_resource_customer(customer.to_string());
+        }
         Ok(site)
     }
 }

@@ -435,13 +435,17 @@ async fn upload_release(
     let worker = hub.clone();
     let release = tokio::spawn(async move {
         let release = worker.deploy(&domain, Some(who.user_id), body).await;
-        let result = if release.is_ok() {
-            "success"
-        } else {
-            "failure"
+        // The spawned task is outside the request's audit scope, so the
+        // caller's role and key are named here.
+        // Limitation: other events the deploy writes from this task get no
+        // scope fill (carrying the scope into the task would lift this).
+        let (result, reason) = match &release {
+            Ok(_) => ("success", String::new()),
+            Err(e) => ("failure", e.to_string()),
         };
         tracing::info!(target: "spinforge::audit", event = "site.deploy", user = %who.user_id,
-            site = ?domain, result, customer = %customer_tag(customer));
+            role = who.role.as_str(), api_key = who.api_key.as_deref().unwrap_or(""),
+            site = %domain, result, reason = %reason, customer = %customer_tag(customer));
         release
     })
     .await

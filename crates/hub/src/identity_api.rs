@@ -928,7 +928,12 @@ async fn create_api_key(
                 ttl: Duration::from_secs(days.saturating_mul(86_400)),
             },
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            tracing::info!(target: "spinforge::audit", event = "apikey.created",
+                user = %caller.0.user_id, result = "denied", reason = %e,
+                "API key creation refused");
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyCreatedView {

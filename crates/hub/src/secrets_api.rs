@@ -127,12 +127,26 @@ async fn set_secret(
         .site_for(&caller, Permission::SecretsWrite, &domain)
         .await?;
     let who = caller.0.user_id;
-    let meta = secrets
+    let customer = site.customer.map(|c| c.to_string()).unwrap_or_default();
+    let meta = match secrets
         .set(site.id.0, &name, &body.value, Some(who.0))
         .await
-        .map_err(api_error)?;
+    {
+        Ok(meta) => meta,
+        Err(e) => {
+            // A refused name (or any failure) is recorded with its rule;
+            // the messages name rows and keys, never values.
+            let result = match e {
+                SecretsError::Invalid { .. } => "denied",
+                _ => "failure",
+            };
+            tracing::info!(target: "spinforge::audit", event = "secret.write", user = %who,
+                site = %site.domain, customer = %customer, result, reason = %e);
+            return Err(api_error(e));
+        }
+    };
     tracing::info!(target: "spinforge::audit", event = "secret.write", user = %who,
-        site = %site.domain, name = %meta.name, version = meta.version,
+        site = %site.domain, customer = %customer, name = %meta.name, version = meta.version,
         kek_id = %meta.master_key);
     Ok(Json(meta.into()))
 }
@@ -151,7 +165,8 @@ async fn remove_secret(
         .await?;
     secrets.remove(site.id.0, &name).await.map_err(api_error)?;
     tracing::info!(target: "spinforge::audit", event = "secret.delete",
-        user = %caller.0.user_id, site = %site.domain, name = %name);
+        user = %caller.0.user_id, site = %site.domain, name = %name,
+        customer = %site.customer.map(|c| c.to_string()).unwrap_or_default());
     Ok(StatusCode::NO_CONTENT)
 }
 

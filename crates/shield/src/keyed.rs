@@ -39,6 +39,27 @@ impl std::fmt::Display for RateKey {
     }
 }
 
+impl RateKey {
+    /// The bucket's name in audit events: an address bucket is named
+    /// `ip` only, its address goes in [`RateKey::audit_client_ip`] so the
+    /// audit log anonymises it as configured.
+    pub fn audit_bucket(&self) -> String {
+        match self {
+            RateKey::Ip(_) => "ip".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The address (the group's first one) of an address bucket, for the
+    /// audit event's `client_ip`; empty for other buckets.
+    pub fn audit_client_ip(&self) -> String {
+        match self {
+            RateKey::Ip(ip) => ip.addr().to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
 /// Checks an API key the edge saw and answers the bucket it counts in when
 /// the key is valid. `serve` wires it to the identity service and answers
 /// the key's account (`user:<id>`), so all keys of one user share a bucket.
@@ -161,7 +182,8 @@ impl AbuseWatch {
         if matches!(self.reports.check(key, false), Decision::Allowed { .. }) {
             tracing::warn!(
                 target: "spinforge::audit", event = "rate.abuse",
-                scope, bucket = %key, limit = limit.policy.limit,
+                scope, bucket = %key.audit_bucket(), client_ip = %key.audit_client_ip(),
+                limit = limit.policy.limit,
                 window_secs = limit.policy.window.as_secs(),
                 "sustained requests past a rate limit"
             );

@@ -500,7 +500,7 @@ impl Shield {
             return Ok(());
         };
         let verdict = self.inner.waf.inspect(view, config);
-        verdict.audit(site, request_id);
+        verdict.audit(site, request_id, client.addr);
         if verdict.decision != waf::Decision::Block {
             return Ok(());
         }
@@ -673,9 +673,9 @@ impl Shield {
     fn hub_refused(&self, scope: &'static str, key: &RateKey, r: &RateLimited) {
         self.inner.abuse.refused(scope, key, r);
         tracing::info!(
-            target: "spinforge::audit", event = "ratelimit.refused",
-            scope, bucket = %key, retry_after = r.retry_after_secs(),
-            "request refused by a rate limit"
+            target: "spinforge::audit", event = "ratelimit.refused", scope,
+            bucket = %key.audit_bucket(), client_ip = %key.audit_client_ip(),
+            retry_after = r.retry_after_secs(), "request refused by a rate limit"
         );
     }
 

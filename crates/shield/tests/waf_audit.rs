@@ -35,6 +35,9 @@ fn captured(f: impl FnOnce()) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The address the test requests come from.
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
 const SECRET: &str = "tok_4f9a8b7c6d5e4f3a2b1c0d9e";
 
 fn attack_target() -> String {
@@ -53,7 +56,7 @@ fn a_block_writes_one_waf_block_event_with_rules_score_class_and_redacted_fragme
     };
     let events = captured(|| {
         waf.inspect(&req, &SiteWafConfig::default())
-            .audit("shop.test", "req-42")
+            .audit("shop.test", "req-42", CLIENT)
     });
 
     assert_eq!(events.len(), 1, "{events:?}");
@@ -63,6 +66,7 @@ fn a_block_writes_one_waf_block_event_with_rules_score_class_and_redacted_fragme
     assert_eq!(f["event"], "waf.block");
     assert_eq!(f["site"], "shop.test");
     assert_eq!(f["request_id"], "req-42");
+    assert_eq!(f["client_ip"], "192.0.2.7");
     assert_eq!(f["class"], "sqli");
     assert!(f["rules"].as_str().expect("rules").contains("2001"));
     assert!(f["score"].as_u64().expect("score") >= 5);
@@ -89,7 +93,10 @@ fn detect_mode_writes_waf_detect_and_a_clean_request_writes_nothing() {
         headers: &[],
         body: b"",
     };
-    let events = captured(|| waf.inspect(&attack, &site).audit("shop.test", "req-1"));
+    let events = captured(|| {
+        waf.inspect(&attack, &site)
+            .audit("shop.test", "req-1", CLIENT)
+    });
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["fields"]["event"], "waf.detect");
 
@@ -99,6 +106,9 @@ fn detect_mode_writes_waf_detect_and_a_clean_request_writes_nothing() {
         headers: &[],
         body: b"",
     };
-    let events = captured(|| waf.inspect(&clean, &site).audit("shop.test", "req-2"));
+    let events = captured(|| {
+        waf.inspect(&clean, &site)
+            .audit("shop.test", "req-2", CLIENT)
+    });
     assert!(events.is_empty(), "{events:?}");
 }

@@ -122,3 +122,127 @@ async fn a_developer_cannot_see_another_customers_events() {
         assert_eq!(page["events"], json!([]), "{query}: {page}");
     }
 }
+
+/// The events of `kind` (a type prefix) that `token` may read.
+async fn events(server: &Server, token: &str, kind: &str) -> Vec<Value> {
+    let path = format!("/api/v1/audit?type={kind}");
+    let (status, page) = call(server, Method::GET, &path, token, None).await;
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().expect("events").clone()
+}
+
+#[tokio::test]
+async fn tenant_events_name_their_customer_role_and_api_key_and_refusals_are_audited() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (acme_id, acme) = tenant(&server, &admin, "acme").await;
+    let (_, globex) = tenant(&server, &admin, "globex").await;
+
+    // A key the developer makes, then uses to write a secret.
+    let body = json!({ "name": "ci", "permissions": ["sites:read", "secrets:write"] });
+    let (status, key) = call(&server, Method::POST, "/api/v1/apikeys", &acme, Some(body)).await;
+    assert_eq!(status, 201, "{key}");
+    let key_id = key["id"].as_str().expect("key id").to_owned();
+    let secret = key["key"].as_str().expect("key").to_owned();
+    let path = "/api/v1/sites/acme.example.com/secrets/DB_URL";
+    let value = json!({ "value": "postgres://app@db/app" });
+    let (status, body) = call(&server, Method::PUT, path, &secret, Some(value.clone())).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A platform admin acting on the tenant's site: still the tenant's event.
+    let admin_path = "/api/v1/sites/acme.example.com/secrets/SET_BY_ADMIN";
+    let admin_value = json!({ "value": "by the operator" });
+    let (status, body) = call(&server, Method::PUT, admin_path, &admin, Some(admin_value)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Refusals: a name that breaks the naming rule, and a key wider than
+    // its creator.
+    let bad = "/api/v1/sites/acme.example.com/secrets/bad%20name";
+    let (status, body) = call(&server, Method::PUT, bad, &secret, Some(value)).await;
+    assert_eq!(status, 400, "{body}");
+    let wide = json!({ "name": "wide", "permissions": ["users:manage"] });
+    let (status, body) = call(&server, Method::POST, "/api/v1/apikeys", &acme, Some(wide)).await;
+    assert!(status == 403 || status == 400, "{status} {body}");
+
+    // The developer sees its own tenant's secret and key events.
+    let all = events(&server, &acme, "secret.").await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    let by_admin: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["actor"]["role"] == "admin")
+        .collect();
+    assert_eq!(by_admin.len(), 1, "{all:?}");
+    assert_eq!(by_admin[0]["actor"]["api_key_id"], Value::Null);
+    assert_eq!(by_admin[0]["customer"], all[0]["customer"]);
+    let secrets: Vec<Value> = all
+        .iter()
+        .filter(|e| e["actor"]["role"] != "admin")
+        .cloned()
+        .collect();
+    let results: Vec<&str> = secrets
+        .iter()
+        .map(|e| e["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(secrets.len(), 2, "{secrets:?}");
+    assert!(
+        results.contains(&"success") && results.contains(&"denied"),
+        "{secrets:?}"
+    );
+    for e in &secrets {
+        assert_eq!(e["actor"]["user_id"], acme_id, "{e}");
+        assert_eq!(e["actor"]["role"], "developer", "{e}");
+        assert_eq!(e["actor"]["api_key_id"], key_id.as_str(), "{e}");
+        assert!(e["customer"].is_string(), "{e}");
+    }
+    let denied = secrets
+        .iter()
+        .find(|e| e["result"] == "denied")
+        .expect("denied");
+    assert!(
+        denied["metadata"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("name")),
+        "{denied}"
+    );
+
+    let keys = events(&server, &acme, "apikey.").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let refused = keys
+        .iter()
+        .find(|e| e["result"] == "denied")
+        .expect("refusal");
+    assert_eq!(refused["actor"]["role"], "developer", "{refused}");
+    assert!(
+        refused["metadata"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{refused}"
+    );
+
+    // Another tenant sees none of it; the admin sees all of it.
+    assert_eq!(
+        events(&server, &globex, "secret.").await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(
+        events(&server, &globex, "apikey.").await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(events(&server, &admin, "secret.").await.len(), 3);
+
+    // A rejected credential's address is anonymised like every other.
+    let (status, _) = call(
+        &server,
+        Method::GET,
+        "/api/v1/sites",
+        "sf_not_a_token",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let rejected = events(&server, &admin, "auth.token_rejected").await;
+    assert!(!rejected.is_empty());
+    for e in &rejected {
+        assert_eq!(e["client_ip"], "127.0.0.0", "{e}");
+    }
+}

@@ -155,6 +155,26 @@ async fn auth_endpoints_allow_five_per_address_refuse_the_sixth_and_earn_one_bac
     assert_eq!(code(r).await.0, 429, "and only one");
 
     assert!(server.log_shows("ratelimit.refused").await);
+
+    // The stored refusals name the bucket's kind, and its address only in
+    // `client_ip`, truncated like every other address in the audit log.
+    for kind in ["ratelimit.refused", "rate.abuse"] {
+        let response = http()
+            .get(format!("{}/api/v1/audit?type={kind}", server.api_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("audit");
+        let (status, page) = status_and_json(response).await;
+        assert_eq!(status, 200, "{page}");
+        let stored = page["events"].as_array().expect("events");
+        assert!(!stored.is_empty(), "{kind}: {page}");
+        for e in stored {
+            assert_eq!(e["metadata"]["bucket"], "ip", "{e}");
+            assert_eq!(e["client_ip"], "127.0.0.0", "{e}");
+        }
+        assert!(!page.to_string().contains("127.0.0.10"), "{page}");
+    }
 }
 
 /// `name=value` of the response's Set-Cookie for `name`.

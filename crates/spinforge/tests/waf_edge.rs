@@ -392,3 +392,62 @@ fn urlencode(s: &str) -> String {
         .trim_start_matches("/search?x=")
         .to_owned()
 }
+
+/// A burst of WAF blocks from one loopback address is attributed to that
+/// address in the audit log, so the detector opens the HIGH `waf_burst`
+/// incident (not only the ban's incident).
+#[tokio::test]
+async fn a_waf_burst_from_one_ip_opens_a_high_incident() {
+    let threshold = 5;
+    let (server, _upstream, token) = waf_server(&format!(
+        "[incidents.detection]\nwaf_blocks_per_ip = {threshold}\n"
+    ))
+    .await;
+
+    // Bounded: `threshold` blocks make the burst; later requests may meet
+    // the ban instead, which is fine.
+    let attacker = client_from("127.0.0.9");
+    for _ in 0..threshold {
+        let response = get(
+            &server,
+            &attacker,
+            "app.localhost",
+            &query(&[("q", SQLI)]),
+            &[],
+        )
+        .await;
+        assert_eq!(response.status(), 403);
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let incident = loop {
+        let (status, list) = api(&server, &token, Method::GET, "/incidents", None).await;
+        assert_eq!(status, 200, "{list}");
+        let found = list
+            .as_array()
+            .expect("incident list")
+            .iter()
+            .find(|i| i["rule"] == "waf_burst")
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no waf_burst incident: {list}\nlog:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(incident["severity"], "high", "{incident}");
+    let ips: Vec<&str> = incident["indicators"]
+        .as_array()
+        .expect("indicators")
+        .iter()
+        .filter(|x| x["kind"] == "ip")
+        .filter_map(|x| x["value"].as_str())
+        .collect();
+    // The audit log truncates client IPs by default; either form names
+    // the attacker's address and no other.
+    assert!(ips == ["127.0.0.9"] || ips == ["127.0.0.0"], "{incident}");
+}

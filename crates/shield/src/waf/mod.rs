@@ -198,8 +198,10 @@ impl Verdict {
     /// Writes the audit event for this verdict, if the score reached the
     /// threshold: `waf.block` when blocked, `waf.detect` in detect-only
     /// mode. It names the site, the request id, the rule ids, the score,
-    /// the class and the matched fragments (already redacted and capped).
-    pub fn audit(&self, site: &str, request_id: &str) {
+    /// the class, the matched fragments (already redacted and capped) and
+    /// the client IP, which the audit log anonymises as configured and the
+    /// incident detector counts WAF bursts by.
+    pub fn audit(&self, site: &str, request_id: &str, client_ip: std::net::IpAddr) {
         if !self.threshold_reached {
             return;
         }
@@ -225,6 +227,7 @@ impl Verdict {
             event,
             site,
             request_id,
+            client_ip = %client_ip,
             rules = %rules.join(","),
             score = self.score,
             class = self.class().map(Class::as_str).unwrap_or("-"),
