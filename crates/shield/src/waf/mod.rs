@@ -11,6 +11,7 @@ pub mod lfi;
 pub mod normalize;
 pub mod rules;
 pub mod sqli;
+pub mod ssti;
 pub mod targets;
 pub mod xss;
 
@@ -245,8 +246,51 @@ pub struct Waf {
     xss: xss::Xss,
     lfi: lfi::Lfi,
     cmdi: cmdi::Cmdi,
+    ssti: ssti::Ssti,
     scanner: regex::bytes::Regex,
 }
+
+/// Headers extracted as targets already (or parsed as cookies).
+const INSPECTED_HEADERS: &[&str] = &["user-agent", "referer", "cookie"];
+
+/// Headers whose values follow a fixed grammar (media types, encodings,
+/// credentials, framing): only the Log4j lookup check runs on them, also
+/// at paranoia 2 and above, because `;`, `*/*` and base64 in them are
+/// ordinary.
+const STRUCTURED_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "authorization",
+    "proxy-authorization",
+    "cache-control",
+    "connection",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "host",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "range",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-version",
+    "sec-ch-ua",
+    "sec-fetch-dest",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-fetch-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
 
 /// User-Agent fragments of attack tools; none is a browser or a library
 /// that ordinary clients use.
@@ -261,6 +305,7 @@ impl Waf {
             xss: xss::Xss::new()?,
             lfi: lfi::Lfi::new()?,
             cmdi: cmdi::Cmdi::new()?,
+            ssti: ssti::Ssti::new()?,
             scanner: rules::compile(SCANNERS)?,
         })
     }
@@ -355,24 +400,71 @@ impl Waf {
             hits.clear();
             match t.location {
                 Location::Path => {
+                    // Routers hand path segments to handlers as ids and
+                    // slugs (`/item/1' OR '1'='1`), so SQL and template
+                    // injection are looked for there too.
                     self.lfi.check(t, pl, &mut hits);
                     self.xss.check(t, pl, &mut hits);
+                    self.sqli.check(t, pl, &mut hits);
+                    self.ssti.check(t, pl, &mut hits);
                 }
                 Location::Header if t.name == "user-agent" => {
                     if let Some(m) = self.scanner.find(t.value.text.as_bytes()) {
                         hits.push(Hit::new(6001, m.range()));
                     }
+                    // Applications log and store the User-Agent, so it
+                    // gets the same detectors as an argument but the
+                    // path-traversal ones (UAs carry `/` freely).
+                    self.sqli.check(t, pl, &mut hits);
+                    self.xss.check(t, pl, &mut hits);
                     self.cmdi.check(t, &mut hits);
+                    self.ssti.check(t, pl, &mut hits);
                 }
                 _ => {
                     self.sqli.check(t, pl, &mut hits);
                     self.xss.check(t, pl, &mut hits);
                     self.lfi.check(t, pl, &mut hits);
                     self.cmdi.check(t, &mut hits);
+                    self.ssti.check(t, pl, &mut hits);
                 }
             }
             for h in hits.drain(..) {
                 record(h.rule, Some(t), h.at, h.detail);
+            }
+        }
+
+        // Every other header: Log4j-style lookups at any level (loggers
+        // read them all); the full detectors from paranoia 2, except on
+        // headers whose syntax is fixed and checked elsewhere.
+        for (name, raw) in req.headers {
+            let lname = name.to_ascii_lowercase();
+            if INSPECTED_HEADERS.contains(&lname.as_str())
+                || site.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            let full = pl >= 2 && !STRUCTURED_HEADERS.contains(&lname.as_str());
+            if !full && !raw.contains(&b'$') && !raw.contains(&b'%') {
+                continue;
+            }
+            let t = Target {
+                location: Location::Header,
+                name: lname,
+                value: normalize::normalize(raw, normalize::Source::Decoded),
+            };
+            if t.value.is_plain() {
+                continue;
+            }
+            hits.clear();
+            self.ssti.check_jndi(&t, &mut hits);
+            if full {
+                self.sqli.check(&t, pl, &mut hits);
+                self.xss.check(&t, pl, &mut hits);
+                self.cmdi.check(&t, &mut hits);
+                self.ssti.check(&t, pl, &mut hits);
+            }
+            for h in hits.drain(..) {
+                record(h.rule, Some(&t), h.at, h.detail);
             }
         }
 
