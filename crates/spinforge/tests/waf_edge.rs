@@ -310,11 +310,27 @@ async fn paranoia_is_per_site_and_emergency_mode_raises_it() {
 #[tokio::test]
 async fn bodies_past_the_inspection_limit_follow_the_sites_action() {
     let (server, _upstream, token) = waf_server("").await;
+
+    // The default limit (128 KiB) and action: a form or JSON body past it
+    // is refused, so an SQLi after 130 KiB of padding cannot slip by.
+    let mut padded = b"pad=".to_vec();
+    padded.resize(130 * 1024, b'a');
+    padded.extend_from_slice(format!("&q={}", urlencode(SQLI)).as_bytes());
+    let r = post(&server, "application/x-www-form-urlencoded", padded).await;
+    assert_blocked_by(&server, r, "1011").await;
+    let padded_json = json!({"pad": "a".repeat(130 * 1024), "q": SQLI}).to_string();
+    let r = post(&server, "application/json", padded_json).await;
+    assert_blocked_by(&server, r, "1011").await;
+    // An upload past the limit is not refused: only its prefix is read.
+    let (ct, body) = multipart("title", "photo", &vec![b'x'; 200 * 1024]);
+    let len = body.len();
+    assert_forwarded(post(&server, &ct, body).await, len).await;
+
     set_waf(
         &server,
         &token,
         "app.localhost",
-        json!({"body_limit": 1024}),
+        json!({"body_limit": 1024, "oversize": "inspect-prefix"}),
     )
     .await;
 

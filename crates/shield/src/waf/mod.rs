@@ -37,14 +37,44 @@ pub enum Mode {
 }
 
 /// What happens to a body longer than the inspection limit.
+///
+/// The default follows ModSecurity/CRS (`SecRequestBodyNoFilesLimit`
+/// with `SecRequestBodyLimitAction Reject`): field data that the WAF
+/// parses — urlencoded forms, JSON, XML and text — is refused past the
+/// limit, since an attack placed after the inspected prefix would
+/// otherwise pass unseen. Multipart and binary bodies carry uploads whose
+/// size is the application's business; only their prefix is inspected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Oversize {
     /// Inspect the first `body_limit` bytes and let the rest through.
-    #[default]
     InspectPrefix,
-    /// Refuse the request.
+    /// Refuse form, JSON, XML and text bodies past the limit; inspect the
+    /// prefix of multipart and other (binary) bodies.
+    #[default]
+    RefuseFields,
+    /// Refuse every body past the limit.
     Refuse,
+}
+
+/// True if `req` declares a body of parsed fields: urlencoded, JSON,
+/// XML or text, or nothing at all (then it is inspected as text).
+fn has_field_body(req: &RequestView<'_>) -> bool {
+    let ct = req.header("content-type").unwrap_or_default();
+    let ct = String::from_utf8_lossy(ct);
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.is_empty()
+        || mime == "application/x-www-form-urlencoded"
+        || mime == "application/json"
+        || mime.ends_with("+json")
+        || mime == "application/xml"
+        || mime.ends_with("+xml")
+        || mime.starts_with("text/")
 }
 
 /// Turns one rule off, everywhere or only for a path prefix and/or an
@@ -88,7 +118,7 @@ impl Default for SiteWafConfig {
             paranoia: 1,
             threshold: 5,
             body_limit: 128 * 1024,
-            oversize: Oversize::InspectPrefix,
+            oversize: Oversize::RefuseFields,
             headers: Vec::new(),
             inspect_file_contents: false,
             exclusions: Vec::new(),
@@ -368,7 +398,12 @@ impl Waf {
             };
             record(id, None, 0..0, detail);
         }
-        if extracted.body_truncated && site.oversize == Oversize::Refuse {
+        let refuse_oversize = match site.oversize {
+            Oversize::InspectPrefix => false,
+            Oversize::RefuseFields => has_field_body(req),
+            Oversize::Refuse => true,
+        };
+        if extracted.body_truncated && refuse_oversize {
             record(
                 1011,
                 None,

@@ -145,11 +145,36 @@ fn oversized_body_is_refused_or_prefix_inspected_as_configured() {
     let mut body = b"q=hello&".to_vec();
     body.resize(300, b'a');
     let ct: &[(&str, &[u8])] = &[("Content-Type", b"application/x-www-form-urlencoded")];
-    let small = SiteWafConfig {
+    let prefix = SiteWafConfig {
+        body_limit: 100,
+        oversize: Oversize::InspectPrefix,
+        ..Default::default()
+    };
+    assert!(!blocked(&w.inspect(&post("/", ct, &body), &prefix)));
+    // The default refuses field bodies (form, JSON, text) past the limit,
+    // as CRS does, but inspects only the prefix of uploads.
+    let default = SiteWafConfig {
         body_limit: 100,
         ..Default::default()
     };
-    assert!(!blocked(&w.inspect(&post("/", ct, &body), &small)));
+    assert_eq!(default.oversize, Oversize::RefuseFields);
+    let json: &[(&str, &[u8])] = &[("Content-Type", b"application/json")];
+    let mut doc = br#"{"a":""#.to_vec();
+    doc.resize(300, b'a');
+    doc.extend_from_slice(br#""}"#);
+    for (headers, body) in [(ct, &body), (json, &doc)] {
+        let v = w.inspect(&post("/", headers, body), &default);
+        assert!(blocked(&v));
+        assert_eq!(v.rule_ids(), vec![1011]);
+    }
+    let upload: &[(&str, &[u8])] = &[("Content-Type", b"application/octet-stream")];
+    let binary = vec![0xffu8; 300];
+    assert!(!blocked(&w.inspect(&post("/", upload, &binary), &default)));
+    let mp: &[(&str, &[u8])] = &[("Content-Type", b"multipart/form-data; boundary=b")];
+    let mut parts =
+        b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n".to_vec();
+    parts.resize(300, b'x');
+    assert!(!blocked(&w.inspect(&post("/", mp, &parts), &default)));
     let refuse = SiteWafConfig {
         body_limit: 100,
         oversize: Oversize::Refuse,
