@@ -313,3 +313,88 @@ fn multipart_file_names_are_inspected() {
     assert!(blocked(&v));
     assert_eq!(v.class(), Some(Class::Lfi));
 }
+
+fn with_headers<'a>(target: &'a str, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        target,
+        headers,
+        body: b"",
+    }
+}
+
+#[test]
+fn ordinary_user_agents_referers_and_headers_pass_at_every_level() {
+    let w = waf();
+    let uas: [&[u8]; 6] = [
+        b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        b"curl/8.5.0",
+        b"python-requests/2.31.0",
+        b"Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1; .NET CLR 1.1.4322)",
+    ];
+    for ua in uas {
+        let headers: &[(&str, &[u8])] = &[
+            ("User-Agent", ua),
+            (
+                "Referer",
+                b"https://shop.example/list?page=2&cat=shoes&sort=price",
+            ),
+            ("Accept", b"text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+            (
+                "Accept-Language",
+                b"fr-CH, fr;q=0.9, en;q=0.8, de;q=0.7, *;q=0.5",
+            ),
+            (
+                "X-Note",
+                b"Tom & Jerry's price is ${amount}; see {{ page }}",
+            ),
+        ];
+        for pl in 1..=4 {
+            let site = SiteWafConfig {
+                paranoia: pl,
+                ..Default::default()
+            };
+            let v = w.inspect(&with_headers("/item/42/don't-panic", headers), &site);
+            assert!(
+                !blocked(&v),
+                "PL{pl} {}: {:?}",
+                String::from_utf8_lossy(ua),
+                v.rule_ids()
+            );
+        }
+    }
+}
+
+#[test]
+fn attacks_in_path_user_agent_headers_quoted_commands_and_templates_block_at_pl1() {
+    let w = waf();
+    let site = SiteWafConfig::default();
+    let cases: [(&str, &[(&str, &[u8])], u32); 7] = [
+        ("/item/1'%20OR%20'1'='1", &[], 2004),
+        (
+            "/",
+            &[("User-Agent", b"' UNION SELECT password FROM users--")],
+            2002,
+        ),
+        ("/?h=x;c''at%20/e''tc/pa''sswd", &[], 5001),
+        ("/?h=x;c%5Cat%20/etc/passwd", &[], 5001),
+        ("/?h=x;c$@at%20/etc/passwd", &[], 5001),
+        ("/?n={{7*7}}{{config.__class__}}", &[], 7001),
+        ("/", &[("X-Api-Version", b"${jndi:ldap://x/a}")], 7004),
+    ];
+    for (target, headers, rule) in cases {
+        let v = w.inspect(&with_headers(target, headers), &site);
+        assert!(blocked(&v), "{target}: {:?}", v.rule_ids());
+        assert!(v.rule_ids().contains(&rule), "{target}: {:?}", v.rule_ids());
+    }
+    // A header beyond the usual ones gets every detector from PL2.
+    let sqli: &[(&str, &[u8])] = &[("X-Search", b"1' UNION SELECT password FROM users--")];
+    assert!(!blocked(&w.inspect(&with_headers("/", sqli), &site)));
+    let pl2 = SiteWafConfig {
+        paranoia: 2,
+        ..Default::default()
+    };
+    assert!(blocked(&w.inspect(&with_headers("/", sqli), &pl2)));
+}
