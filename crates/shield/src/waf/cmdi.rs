@@ -127,7 +127,8 @@ fn shell_unquote(lower: &str) -> Option<String> {
                     .iter()
                     .find(|&&n| !matches!(n, b'\'' | b'"' | b'\\'))
                     .is_some_and(|&n| word(n));
-                if !(prev_word && next_word || c == b'\\' && next_word) {
+                let inside = next_word && (prev_word || c == b'\\');
+                if !inside {
                     out.push(c);
                 }
                 i += 1;

@@ -314,6 +314,9 @@ fn multipart_file_names_are_inspected() {
     assert_eq!(v.class(), Some(Class::Lfi));
 }
 
+/// Header name and raw value pairs, as a request view holds them.
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
 fn with_headers<'a>(target: &'a str, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
     RequestView {
         method: "GET",
@@ -371,7 +374,7 @@ fn ordinary_user_agents_referers_and_headers_pass_at_every_level() {
 fn attacks_in_path_user_agent_headers_quoted_commands_and_templates_block_at_pl1() {
     let w = waf();
     let site = SiteWafConfig::default();
-    let cases: [(&str, &[(&str, &[u8])], u32); 7] = [
+    let cases: [(&str, Headers, u32); 7] = [
         ("/item/1'%20OR%20'1'='1", &[], 2004),
         (
             "/",
