@@ -104,7 +104,10 @@ pub struct SiteWafConfig {
     /// Body bytes inspected at most (default 128 KiB).
     pub body_limit: usize,
     pub oversize: Oversize,
-    /// Headers inspected besides User-Agent and Referer (lower-case).
+    /// Headers inspected with every detector at every level, besides
+    /// User-Agent and Referer (lower-case). Other headers are checked for
+    /// Log4j lookups always and with every detector from paranoia 2,
+    /// except headers of fixed syntax (Accept, Authorization, ...).
     pub headers: Vec<String>,
     /// Whether multipart file contents are inspected as text.
     pub inspect_file_contents: bool,
