@@ -13,6 +13,9 @@ use regex::bytes::Regex;
 use super::rules::{compile, Hit};
 use super::targets::Target;
 
+// Limitation: Smarty, Mako, Go templates and Razor have no rules yet, and
+// arithmetic probes are matched only on literal numbers (`{{7*7}}`, not
+// `{{a*b}}`); rules for those engines' markers would lift it.
 pub struct Ssti {
     rules: Vec<(u32, u8, Regex)>,
     jndi: Regex,
