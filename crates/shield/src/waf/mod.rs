@@ -40,7 +40,7 @@ pub enum Mode {
 ///
 /// The default follows ModSecurity/CRS (`SecRequestBodyNoFilesLimit`
 /// with `SecRequestBodyLimitAction Reject`): field data that the WAF
-/// parses — urlencoded forms, JSON, XML and text — is refused past the
+/// parses into fields — urlencoded forms, JSON and XML — is refused past the
 /// limit, since an attack placed after the inspected prefix would
 /// otherwise pass unseen. Multipart and binary bodies carry uploads whose
 /// size is the application's business; only their prefix is inspected.
@@ -49,20 +49,21 @@ pub enum Mode {
 pub enum Oversize {
     /// Inspect the first `body_limit` bytes and let the rest through.
     InspectPrefix,
-    /// Refuse form, JSON, XML and text bodies past the limit; inspect the
-    /// prefix of multipart and other (binary) bodies.
+    /// Refuse form, JSON and XML bodies past the limit; inspect the
+    /// prefix of multipart, text and other bodies.
     #[default]
     RefuseFields,
     /// Refuse every body past the limit.
     Refuse,
 }
 
-// Limitation: the text fields of a multipart body count against no
+// Limitation: text bodies and the text fields of a multipart body count against no
 // separate limit, so an attack in a form field placed after 128 KiB of
 // upload passes under `refuse-fields` (a running total of non-file part
 // bytes in the multipart parser, like CRS's NoFilesLimit, would lift it).
-/// True if `req` declares a body of parsed fields: urlencoded, JSON,
-/// XML or text, or nothing at all (then it is inspected as text).
+/// True if `req` declares a body that applications parse into fields:
+/// urlencoded, JSON or XML. Text and undeclared bodies (file PUTs, CSV)
+/// keep prefix inspection.
 fn has_field_body(req: &RequestView<'_>) -> bool {
     let ct = req.header("content-type").unwrap_or_default();
     let ct = String::from_utf8_lossy(ct);
@@ -72,13 +73,11 @@ fn has_field_body(req: &RequestView<'_>) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    mime.is_empty()
-        || mime == "application/x-www-form-urlencoded"
+    mime == "application/x-www-form-urlencoded"
         || mime == "application/json"
         || mime.ends_with("+json")
         || mime == "application/xml"
         || mime.ends_with("+xml")
-        || mime.starts_with("text/")
 }
 
 /// Turns one rule off, everywhere or only for a path prefix and/or an
