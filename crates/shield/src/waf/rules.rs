@@ -4,7 +4,8 @@
 //! Detectors decide whether a rule matches; this table decides what a
 //! match is worth. Ids are grouped by class: 1xxx protocol, 2xxx SQL
 //! injection, 3xxx XSS, 4xxx path traversal and file inclusion, 5xxx
-//! command and code injection, 6xxx scanners.
+//! command and code injection, 6xxx scanners, 7xxx server-side
+//! template and expression-language injection.
 
 use std::fmt;
 
@@ -17,6 +18,7 @@ pub enum Class {
     Lfi,
     Cmdi,
     Scanner,
+    Ssti,
 }
 
 impl Class {
@@ -28,6 +30,7 @@ impl Class {
             Class::Lfi => "lfi",
             Class::Cmdi => "cmdi",
             Class::Scanner => "scanner",
+            Class::Ssti => "ssti",
         }
     }
 }
@@ -255,6 +258,22 @@ pub static RULES: &[Rule] = &[
         1,
         "User-Agent of a known attack scanner",
     ),
+    r(
+        7001,
+        Ssti,
+        Critical,
+        1,
+        "Jinja/Twig template expression probing or walking objects",
+    ),
+    r(7002, Ssti, Critical, 1, "ERB tag running Ruby code"),
+    r(
+        7003,
+        Ssti,
+        Critical,
+        1,
+        "Java expression language or FreeMarker/Velocity code",
+    ),
+    r(7004, Ssti, Critical, 1, "Log4j JNDI lookup"),
 ];
 
 /// The catalogue entry for `id`.

@@ -145,11 +145,36 @@ fn oversized_body_is_refused_or_prefix_inspected_as_configured() {
     let mut body = b"q=hello&".to_vec();
     body.resize(300, b'a');
     let ct: &[(&str, &[u8])] = &[("Content-Type", b"application/x-www-form-urlencoded")];
-    let small = SiteWafConfig {
+    let prefix = SiteWafConfig {
+        body_limit: 100,
+        oversize: Oversize::InspectPrefix,
+        ..Default::default()
+    };
+    assert!(!blocked(&w.inspect(&post("/", ct, &body), &prefix)));
+    // The default refuses field bodies (form, JSON, text) past the limit,
+    // as CRS does, but inspects only the prefix of uploads.
+    let default = SiteWafConfig {
         body_limit: 100,
         ..Default::default()
     };
-    assert!(!blocked(&w.inspect(&post("/", ct, &body), &small)));
+    assert_eq!(default.oversize, Oversize::RefuseFields);
+    let json: &[(&str, &[u8])] = &[("Content-Type", b"application/json")];
+    let mut doc = br#"{"a":""#.to_vec();
+    doc.resize(300, b'a');
+    doc.extend_from_slice(br#""}"#);
+    for (headers, body) in [(ct, &body), (json, &doc)] {
+        let v = w.inspect(&post("/", headers, body), &default);
+        assert!(blocked(&v));
+        assert_eq!(v.rule_ids(), vec![1011]);
+    }
+    let upload: &[(&str, &[u8])] = &[("Content-Type", b"application/octet-stream")];
+    let binary = vec![0xffu8; 300];
+    assert!(!blocked(&w.inspect(&post("/", upload, &binary), &default)));
+    let mp: &[(&str, &[u8])] = &[("Content-Type", b"multipart/form-data; boundary=b")];
+    let mut parts =
+        b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n".to_vec();
+    parts.resize(300, b'x');
+    assert!(!blocked(&w.inspect(&post("/", mp, &parts), &default)));
     let refuse = SiteWafConfig {
         body_limit: 100,
         oversize: Oversize::Refuse,
@@ -287,4 +312,92 @@ fn multipart_file_names_are_inspected() {
     let v = waf().inspect(&post("/upload", ct, body), &SiteWafConfig::default());
     assert!(blocked(&v));
     assert_eq!(v.class(), Some(Class::Lfi));
+}
+
+/// Header name and raw value pairs, as a request view holds them.
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
+fn with_headers<'a>(target: &'a str, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        target,
+        headers,
+        body: b"",
+    }
+}
+
+#[test]
+fn ordinary_user_agents_referers_and_headers_pass_at_every_level() {
+    let w = waf();
+    let uas: [&[u8]; 6] = [
+        b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        b"curl/8.5.0",
+        b"python-requests/2.31.0",
+        b"Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1; .NET CLR 1.1.4322)",
+    ];
+    for ua in uas {
+        let headers: &[(&str, &[u8])] = &[
+            ("User-Agent", ua),
+            (
+                "Referer",
+                b"https://shop.example/list?page=2&cat=shoes&sort=price",
+            ),
+            ("Accept", b"text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+            (
+                "Accept-Language",
+                b"fr-CH, fr;q=0.9, en;q=0.8, de;q=0.7, *;q=0.5",
+            ),
+            (
+                "X-Note",
+                b"Tom & Jerry's price is ${amount}; see {{ page }}",
+            ),
+        ];
+        for pl in 1..=4 {
+            let site = SiteWafConfig {
+                paranoia: pl,
+                ..Default::default()
+            };
+            let v = w.inspect(&with_headers("/item/42/don't-panic", headers), &site);
+            assert!(
+                !blocked(&v),
+                "PL{pl} {}: {:?}",
+                String::from_utf8_lossy(ua),
+                v.rule_ids()
+            );
+        }
+    }
+}
+
+#[test]
+fn attacks_in_path_user_agent_headers_quoted_commands_and_templates_block_at_pl1() {
+    let w = waf();
+    let site = SiteWafConfig::default();
+    let cases: [(&str, Headers, u32); 7] = [
+        ("/item/1'%20OR%20'1'='1", &[], 2004),
+        (
+            "/",
+            &[("User-Agent", b"' UNION SELECT password FROM users--")],
+            2002,
+        ),
+        ("/?h=x;c''at%20/e''tc/pa''sswd", &[], 5001),
+        ("/?h=x;c%5Cat%20/etc/passwd", &[], 5001),
+        ("/?h=x;c$@at%20/etc/passwd", &[], 5001),
+        ("/?n={{7*7}}{{config.__class__}}", &[], 7001),
+        ("/", &[("X-Api-Version", b"${jndi:ldap://x/a}")], 7004),
+    ];
+    for (target, headers, rule) in cases {
+        let v = w.inspect(&with_headers(target, headers), &site);
+        assert!(blocked(&v), "{target}: {:?}", v.rule_ids());
+        assert!(v.rule_ids().contains(&rule), "{target}: {:?}", v.rule_ids());
+    }
+    // A header beyond the usual ones gets every detector from PL2.
+    let sqli: &[(&str, &[u8])] = &[("X-Search", b"1' UNION SELECT password FROM users--")];
+    assert!(!blocked(&w.inspect(&with_headers("/", sqli), &site)));
+    let pl2 = SiteWafConfig {
+        paranoia: 2,
+        ..Default::default()
+    };
+    assert!(blocked(&w.inspect(&with_headers("/", sqli), &pl2)));
 }
