@@ -466,6 +466,8 @@ async fn a_waf_burst_from_one_ip_opens_a_high_incident() {
     // The audit log truncates client IPs by default; either form names
     // the attacker's address and no other.
     assert!(ips == ["127.0.0.9"] || ips == ["127.0.0.0"], "{incident}");
+}
+
 /// Asserts a block whose `waf.block` audit event names `rule`.
 async fn assert_blocked_by(server: &Server, response: reqwest::Response, rule: &str) {
     let id = assert_blocked(response).await;
