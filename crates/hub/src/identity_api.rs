@@ -390,7 +390,8 @@ fn audit_change(event: &'static str, actor: &Caller, target: impl std::fmt::Disp
 // ---- login -----------------------------------------------------------------
 
 #[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest, tag = "auth",
-    responses((status = 201, body = TokenPairView), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = TokenPairView), (status = 403, body = ErrorBody),
+        (status = 409, description = "an account already exists", body = ErrorBody)))]
 async fn setup(
     State(hub): State<Hub>,
     Client(client): Client,
@@ -414,7 +415,12 @@ async fn setup(
         return Err(ApiError::Forbidden);
     };
     if hub.store().count_users().await? > 0 {
-        return Err(ApiError::Forbidden);
+        // The caller holds the token, so telling it why is no leak; the
+        // token is spent either way.
+        return Err(ApiError::Conflict {
+            field: "token",
+            message: "setup is already done: an account exists; log in instead".into(),
+        });
     }
     let spec = UserSpec {
         email: req.email.clone(),

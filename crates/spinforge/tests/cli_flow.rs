@@ -63,6 +63,38 @@ async fn first_start_has_no_open_door() {
 }
 
 #[tokio::test]
+async fn the_setup_token_says_setup_is_done_once_an_admin_exists() {
+    let server = Server::start();
+    let token = server
+        .log()
+        .split("one-time setup token: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("setup token in the log")
+        .to_owned();
+    // The operator made the admin on the host instead.
+    server.create_admin_and_login();
+    let response = http()
+        .post(format!("{}/api/v1/setup", server.api_url()))
+        .json(&serde_json::json!({
+            "token": token, "email": "second@example.com",
+            "password": "a long enough passphrase"
+        }))
+        .send()
+        .await
+        .expect("setup");
+    assert_eq!(response.status().as_u16(), 409);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "token", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("setup is already done")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn cli_deploys_lists_rolls_back_and_deletes_a_site() {
     let server = Server::start();
     server.create_admin_and_login();
