@@ -99,7 +99,11 @@ impl Body for LeasedBody {
 /// is gone (no lease holds its dialer) is forgotten.
 #[derive(Clone)]
 pub(crate) struct AppConnector {
-    dialers: Arc<std::sync::Mutex<HashMap<u64, Weak<dyn AppDialer>>>>,
+    /// Every in-flight request brings its own handle to the instance's
+    /// dialer; all of one instance's handles are kept (weakly), so a
+    /// request that ends cannot take the dialer away from another request
+    /// of the same instance that is still connecting.
+    dialers: Arc<std::sync::Mutex<HashMap<u64, Vec<Weak<dyn AppDialer>>>>>,
     timeout: Duration,
 }
 
@@ -120,11 +124,18 @@ impl AppConnector {
     pub(crate) fn host_for(&self, dialer: &Arc<dyn AppDialer>) -> String {
         let key = dialer.key();
         let mut dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        let live = dialers.get(&key).is_some_and(|w| w.strong_count() > 0);
-        if !live {
-            dialers.retain(|_, w| w.strong_count() > 0);
-            dialers.insert(key, Arc::downgrade(dialer));
+        let handles = dialers.entry(key).or_default();
+        let known = handles
+            .iter()
+            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(dialer)));
+        if !known {
+            handles.push(Arc::downgrade(dialer));
         }
+        // Handles of ended requests go, and so do instances with none left.
+        dialers.retain(|_, handles| {
+            handles.retain(|w| w.strong_count() > 0);
+            !handles.is_empty()
+        });
         format!("app-{key}{APP_HOST_SUFFIX}")
     }
 
@@ -135,7 +146,7 @@ impl AppConnector {
             .parse()
             .ok()?;
         let dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        dialers.get(&key).and_then(Weak::upgrade)
+        dialers.get(&key)?.iter().find_map(Weak::upgrade)
     }
 }
 
