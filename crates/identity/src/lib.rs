@@ -217,6 +217,13 @@ pub struct Identity {
     inner: Arc<Inner>,
 }
 
+/// Whether a login checks the user's second factor inside the lockout's
+/// accounting (a login), or only the password (re-confirming a password).
+enum FactorCheck<'a> {
+    Required(Option<&'a SecondFactor>),
+    Skip,
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     config: IdentityConfig,
@@ -377,6 +384,7 @@ impl Identity {
         &self,
         email: &str,
         password: String,
+        factor: FactorCheck<'_>,
         client: &ClientInfo,
     ) -> Result<User, IdentityError> {
         let lockout = &self.inner.config.lockout;
@@ -391,11 +399,11 @@ impl Identity {
         // The account-wide guard: past its ceiling, only a device that
         // logged in to this account before may try.
         let account = self.store().login_failures(&subject, now(), window).await?;
+        let known_device = client
+            .device
+            .as_ref()
+            .is_some_and(|d| self.inner.device_key.verify(d, &subject, now()));
         if let Some(until) = account.locked_until {
-            let known_device = client
-                .device
-                .as_ref()
-                .is_some_and(|d| self.inner.device_key.verify(d, &subject, now()));
             if !known_device {
                 audit_lock("auth.failed", &subject, &net, "account", client);
                 return Err(IdentityError::Locked {
@@ -433,6 +441,27 @@ impl Identity {
             tokio::time::sleep(delay).await;
         }
 
+        // The account-wide count is also taken before the password is
+        // checked, so a parallel burst from many networks cannot outrun the
+        // ceiling; a complete success (password and second factor) gives
+        // its attempt back, so only failures add up.
+        let ceiling = i64::from(lockout::account_ceiling(lockout.max_failures));
+        let account = self
+            .store()
+            .record_login_failure(&subject, now(), window, ceiling, lock_for)
+            .await?;
+        if account.failures == ceiling {
+            audit_lock("auth.locked", &subject, &net, "account", client);
+        }
+        if account.failures > ceiling && !known_device {
+            // In flight past the ceiling: refused before the hash.
+            audit_lock("auth.failed", &subject, &net, "account", client);
+            let until = account.locked_until.unwrap_or(now() + lock_for);
+            return Err(IdentityError::Locked {
+                retry_after: (until - now()).max(1) as u64,
+            });
+        }
+
         let user = self.store().user_by_email(&subject).await?;
         let hash = match &user {
             Some(u) => u.password_hash.clone(),
@@ -441,7 +470,21 @@ impl Identity {
         let matches = verify_password(password, hash).await?;
         match user {
             Some(user) if matches && !user.disabled => {
+                if let FactorCheck::Required(factor) = factor {
+                    // A wrong code with the right password stays counted,
+                    // per network and per account, like a wrong password:
+                    // the second factor is what guards a leaked password.
+                    if let Err(e) = self.check_second_factor(&user, factor, client).await {
+                        if matches!(e, IdentityError::SecondFactorFailed) {
+                            if let Some(ip) = client.ip {
+                                self.inner.ip_failures.record_failure(ip);
+                            }
+                        }
+                        return Err(e);
+                    }
+                }
                 self.store().clear_login_failures(&at_net, now()).await?;
+                self.store().forgive_login_attempt(&subject, now()).await?;
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.clear(ip);
                 }
@@ -450,16 +493,6 @@ impl Identity {
             _ => {
                 if let Some(ip) = client.ip {
                     self.inner.ip_failures.record_failure(ip);
-                }
-                // Counted after the check, failures only: a burst is
-                // already bounded per network above.
-                let ceiling = i64::from(lockout::account_ceiling(lockout.max_failures));
-                let account = self
-                    .store()
-                    .record_login_failure(&subject, now(), window, ceiling, lock_for)
-                    .await?;
-                if account.failures == ceiling {
-                    audit_lock("auth.locked", &subject, &net, "account", client);
                 }
                 audit_auth("auth.failed", &subject, client, "login failed");
                 Err(IdentityError::BadCredentials)
@@ -482,7 +515,7 @@ impl Identity {
         password: String,
         client: &ClientInfo,
     ) -> Result<(), IdentityError> {
-        self.check_login(&user.email, password, client)
+        self.check_login(&user.email, password, FactorCheck::Skip, client)
             .await
             .map(|_| ())
     }
@@ -503,8 +536,9 @@ impl Identity {
         factor: Option<&SecondFactor>,
         client: &ClientInfo,
     ) -> Result<(User, TokenPair), IdentityError> {
-        let user = self.check_login(email, password, client).await?;
-        self.check_second_factor(&user, factor, client).await?;
+        let user = self
+            .check_login(email, password, FactorCheck::Required(factor), client)
+            .await?;
         let pair = self.start_token_session(&user, client).await?;
         audit_success(&user, client, "token login");
         Ok((user, pair))
@@ -543,8 +577,9 @@ impl Identity {
         factor: Option<&SecondFactor>,
         client: &ClientInfo,
     ) -> Result<(User, BrowserLogin), IdentityError> {
-        let user = self.check_login(email, password, client).await?;
-        self.check_second_factor(&user, factor, client).await?;
+        let user = self
+            .check_login(email, password, FactorCheck::Required(factor), client)
+            .await?;
         let login = self.start_browser_session(&user, client).await?;
         audit_success(&user, client, "browser login");
         Ok((user, login))

@@ -1072,3 +1072,70 @@ async fn a_second_factor_is_required_once_enrolled_and_each_code_works_once() {
     assert_eq!(with(json!({ "recovery_code": recovery[0] })).await.0, 401);
     assert!(server.log_shows("auth.totp_enrolled").await);
 }
+
+/// Wrong second-factor codes with the right password count like wrong
+/// passwords: the second factor guards a leaked password, so guessing it
+/// must lock too.
+#[tokio::test]
+async fn wrong_second_factor_codes_lock_like_wrong_passwords() {
+    let server = Server::start();
+    let admin = server.admin_token().await;
+    let (_, pair) = user(&server, &admin, "otp@acme.test", "developer", "acme").await;
+    let token = access(&pair).to_owned();
+    let (status, enrol) = call(
+        &server,
+        Method::POST,
+        "/api/v1/users/me/totp",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let secret = enrol["secret"].as_str().expect("secret").to_owned();
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        "/api/v1/users/me/totp/confirm",
+        Some(&token),
+        Some(json!({ "code": totp_code(&secret, 0) })),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Each guess from its own address of one /24, so the shield's budget
+    // per address never answers first: what refuses is the identity
+    // lockout of that network.
+    let login = |code: String, source: u8| {
+        let url = format!("{}/api/v1/auth/login", server.api_url());
+        async move {
+            let client = reqwest::Client::builder()
+                .local_address(IpAddr::from([127, 0, 0, source]))
+                .build()
+                .expect("client");
+            let response = client
+                .post(url)
+                .json(&json!({ "email": "otp@acme.test", "password": PASSWORD, "totp": code }))
+                .send()
+                .await
+                .expect("login");
+            status_and_json(response).await
+        }
+    };
+    for source in 60..65 {
+        let (status, body) = login("000000".into(), source).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (401, json!("second_factor_failed")),
+            "guess from 127.0.0.{source}"
+        );
+    }
+    // The right password and the right code from the same network are now
+    // refused by the lock.
+    let (status, body) = login(totp_code(&secret, 1), 65).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (429, json!("locked")),
+        "{body}"
+    );
+    assert!(server.log_shows("auth.locked").await);
+}

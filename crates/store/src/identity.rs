@@ -84,6 +84,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Forgets the attempts of a subject after a successful login, unless
     /// a lock is in force at `now` (set by attempts running alongside).
     async fn clear_login_failures(&self, subject: &str, now: i64) -> Result<()>;
+    /// Gives back one attempt counted by [`Self::record_login_failure`]
+    /// (a login that succeeded), never below zero and never while a lock
+    /// is in force at `now`.
+    async fn forgive_login_attempt(&self, subject: &str, now: i64) -> Result<()>;
     /// Lifts a lock at once (an admin's unlock), with the locks of every
     /// `subject` + U+001F + network key.
     async fn unlock_login(&self, subject: &str) -> Result<()>;

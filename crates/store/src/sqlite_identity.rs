@@ -565,6 +565,19 @@ impl IdentityStore for SqliteStore {
         Ok(())
     }
 
+    async fn forgive_login_attempt(&self, subject: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE login_failures SET failures = failures - 1
+             WHERE subject = ? AND failures > 0
+               AND (locked_until IS NULL OR locked_until <= ?)",
+        )
+        .bind(subject)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn unlock_login(&self, subject: &str) -> Result<()> {
         // The subject's own count and its per-network counts (`subject` +
         // U+001F + network, see identity's lockout module).
