@@ -103,9 +103,12 @@ pub(crate) struct AppConnector {
     /// dialer; all of one instance's handles are kept (weakly), so a
     /// request that ends cannot take the dialer away from another request
     /// of the same instance that is still connecting.
-    dialers: Arc<std::sync::Mutex<HashMap<u64, Vec<Weak<dyn AppDialer>>>>>,
+    dialers: Arc<std::sync::Mutex<DialerHandles>>,
     timeout: Duration,
 }
+
+/// Weak handles to each instance's dialer, by instance key.
+type DialerHandles = HashMap<u64, Vec<Weak<dyn AppDialer>>>;
 
 /// The reserved top-level name keeps these hosts from ever meaning a real
 /// machine.
