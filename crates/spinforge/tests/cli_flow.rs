@@ -65,6 +65,8 @@ async fn first_start_has_no_open_door() {
 #[tokio::test]
 async fn the_setup_token_says_setup_is_done_once_an_admin_exists() {
     let server = Server::start();
+    // The token is announced just after the listeners are up.
+    assert!(server.log_shows("one-time setup token: ").await);
     let token = server
         .log()
         .split("one-time setup token: ")
