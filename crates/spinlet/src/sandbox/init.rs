@@ -126,7 +126,10 @@ fn reexec(mut plan: Plan) -> Result<Never, String> {
     plan.reexec = false;
     let bytes = serde_json::to_vec(&plan).map_err(|e| format!("plan: {e}"))?;
     let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // The plan is far smaller than a pipe's buffer: this does not block.
+    // Limitation: the plan carries the site's secrets (up to 64 KiB each);
+    // a plan over the pipe's buffer (64 KiB by default) blocks this write
+    // forever, since only this process reads the pipe, after the exec
+    // (a memfd, or a cold start for large plans, would lift this).
     std::fs::File::from(write)
         .write_all(&bytes)
         .map_err(|e| format!("cannot pass the plan on: {e}"))?;
