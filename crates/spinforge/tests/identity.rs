@@ -990,21 +990,28 @@ fn totp_code(secret: &str, offset_steps: i64) -> String {
     totp.generate((now + offset_steps * 30) as u64)
 }
 
+/// Starts a second-factor enrolment for the token's user; the answer
+/// holds the new `secret` and its `otpauth_url`.
+async fn start_totp(server: &Server, token: &str) -> Value {
+    let (status, enrol) = call(
+        server,
+        Method::POST,
+        "/api/v1/users/me/totp",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrol}");
+    enrol
+}
+
 #[tokio::test]
 async fn a_second_factor_is_required_once_enrolled_and_each_code_works_once() {
     let server = Server::start();
     let admin = server.admin_token().await;
     let (_, pair) = user(&server, &admin, "dev@acme.test", "developer", "acme").await;
     let token = access(&pair).to_owned();
-    let (status, enrol) = call(
-        &server,
-        Method::POST,
-        "/api/v1/users/me/totp",
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let enrol = start_totp(&server, &token).await;
     let secret = enrol["secret"].as_str().expect("secret").to_owned();
     assert!(enrol["otpauth_url"]
         .as_str()
@@ -1082,15 +1089,7 @@ async fn wrong_second_factor_codes_lock_like_wrong_passwords() {
     let admin = server.admin_token().await;
     let (_, pair) = user(&server, &admin, "otp@acme.test", "developer", "acme").await;
     let token = access(&pair).to_owned();
-    let (status, enrol) = call(
-        &server,
-        Method::POST,
-        "/api/v1/users/me/totp",
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let enrol = start_totp(&server, &token).await;
     let secret = enrol["secret"].as_str().expect("secret").to_owned();
     let (status, _) = call(
         &server,
