@@ -60,6 +60,19 @@ struct Manifest {
     created: String,
     /// SHA-256 of each plain entry, by archive path.
     files: BTreeMap<String, String>,
+    /// The file's first bytes, up to where the key section starts, as
+    /// written: length and SHA-256. They hold every tar header and all
+    /// padding, which the per-file hashes do not cover, so a damaged or
+    /// edited byte there is caught even when it decompresses the same.
+    /// Absent in backups made before it was added.
+    #[serde(default)]
+    prefix: Option<Prefix>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct Prefix {
+    bytes: u64,
+    sha256: String,
 }
 
 /// Writes a backup of `data_dir` (running or not) to `out`, which must
@@ -115,7 +128,7 @@ pub async fn create(
         .mode(0o600)
         .open(&partial)
         .map_err(io("cannot write the backup"))?;
-    let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::fast()));
+    let mut archive = tar::Builder::new(GzEncoder::new(Hashing::new(file), Compression::fast()));
     let mut hashes = BTreeMap::new();
     let db = std::fs::read(&snapshot).map_err(io("cannot read the snapshot"))?;
     hashes.insert(store::DB_FILE.to_owned(), hex::encode(Sha256::digest(&db)));
@@ -125,10 +138,22 @@ pub async fn create(
         add_tree(&mut archive, data_dir, dir, Some(&mut hashes))?;
     }
 
+    // Everything so far goes out now (a sync flush), so these bytes stay
+    // as they are whatever follows.
+    archive
+        .get_mut()
+        .flush()
+        .map_err(io("cannot write the backup"))?;
+    let written = archive.get_ref().get_ref();
+    let prefix = Prefix {
+        bytes: written.len,
+        sha256: written.hex(),
+    };
     let manifest = Manifest {
         format: 1,
         created: now_rfc3339(),
         files: hashes,
+        prefix: Some(prefix),
     };
     let files = manifest.files.len();
     let manifest = serde_json::to_vec_pretty(&manifest)
@@ -145,7 +170,8 @@ pub async fn create(
         .into_inner()
         .map_err(io("cannot finish the backup"))?
         .finish()
-        .map_err(io("cannot finish the backup"))?;
+        .map_err(io("cannot finish the backup"))?
+        .inner;
     file.flush().map_err(io("cannot finish the backup"))?;
     file.sync_all().map_err(io("cannot finish the backup"))?;
     drop(file);
@@ -210,10 +236,18 @@ pub async fn restore(
     })?;
     let inner = open_with_passphrase(passphrase, &sealed)?;
     let manifest = unpack_sealed(&inner, staging.path())?;
-    if hashes != manifest.files {
-        return Err(SecretsError::Backup(
+    let damaged = || {
+        SecretsError::Backup(
             "the archive's files do not match its sealed manifest: the file is damaged".into(),
-        ));
+        )
+    };
+    if hashes != manifest.files {
+        return Err(damaged());
+    }
+    if let Some(prefix) = &manifest.prefix {
+        if prefix_of(file, prefix.bytes)? != *prefix {
+            return Err(damaged());
+        }
     }
 
     // Today's schema first: a backup from an older version gets its
@@ -326,6 +360,10 @@ fn unpack_plain(source: impl Read, dir: &Path) -> Result<(FileHashes, Option<Vec
         let hash = write_stream(&dir.join(&name), &mut entry, mode)?;
         hashes.insert(name.clone(), hash);
     }
+    // tar stops at its end marker; reading the gzip stream to its end
+    // checks the CRC-32 and length in its trailer, which cover the bytes
+    // no hash does (headers, padding) and catch a cut-off trailer.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     for (path, mode) in dir_modes {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(io("cannot set a folder's mode"))?;
@@ -498,7 +536,7 @@ fn add_file<W: Write>(
 /// with its path: nothing is skipped silently.
 // Limitation: sparse files (app data volumes) are stored at full length,
 // as the tar crate writes no sparse entries (a GNU sparse writer would
-// lift this); restore writes them back dense.
+// lift this); restore makes holes of their zero blocks again.
 fn add_tree<W: Write>(
     archive: &mut tar::Builder<W>,
     data_dir: &Path,
@@ -673,21 +711,46 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Writes `source` to a new file at `path`, streamed; answers its hash.
+/// Blocks of zeros become holes, so a sparse data volume comes back
+/// sparse rather than taking its full size on disk.
 fn write_stream(path: &Path, source: &mut impl Read, mode: u32) -> Result<String> {
+    use std::io::{Seek, SeekFrom};
+    const BLOCK: usize = 64 * 1024;
     if let Some(parent) = path.parent() {
         mkdir_private(parent)?;
     }
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode & KEPT_MODE_BITS)
         .open(path)
         .map_err(|e| SecretsError::Backup(format!("{}: {e}", path.display())))?;
-    let mut sink = Hashing::new(file);
-    std::io::copy(source, &mut sink)
-        .and_then(|_| sink.inner.sync_all())
-        .map_err(io("cannot write the restore"))?;
-    Ok(sink.hex())
+    let mut hashing = Hashing::new(source);
+    let mut block = vec![0u8; BLOCK];
+    let written = (|| -> std::io::Result<()> {
+        loop {
+            let mut filled = 0;
+            while filled < BLOCK {
+                match hashing.read(&mut block[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            let chunk = &block[..filled];
+            if chunk.iter().all(|b| *b == 0) {
+                file.seek(SeekFrom::Current(filled as i64))?;
+            } else {
+                file.write_all(chunk)?;
+            }
+        }
+        file.set_len(hashing.len)?;
+        file.sync_all()
+    })();
+    written.map_err(io("cannot write the restore"))?;
+    Ok(hashing.hex())
 }
 
 fn mkdir_private(path: &Path) -> Result<()> {
@@ -696,6 +759,17 @@ fn mkdir_private(path: &Path) -> Result<()> {
         .mode(0o700)
         .create(path)
         .map_err(io("cannot create a folder"))
+}
+
+/// Length and SHA-256 of the first `bytes` bytes of `path`.
+fn prefix_of(path: &Path, bytes: u64) -> Result<Prefix> {
+    let file = std::fs::File::open(path).map_err(io("cannot read the backup"))?;
+    let mut hashing = Hashing::new(file.take(bytes));
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io("cannot read the backup"))?;
+    Ok(Prefix {
+        bytes: hashing.len,
+        sha256: hashing.hex(),
+    })
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {

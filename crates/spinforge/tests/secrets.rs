@@ -642,14 +642,23 @@ async fn a_backup_restores_into_a_new_data_dir_that_serves_and_decrypts() {
     let out = restore(&server, &cut, &target, passphrase);
     assert!(!out.status.success());
     assert!(!target.exists());
-    let mut flipped = bytes.clone();
-    let middle = flipped.len() / 2;
-    flipped[middle] ^= 0x40;
-    let bad = fresh.path().join("bad.sfb");
-    std::fs::write(&bad, &flipped).expect("write");
-    let out = restore(&server, &bad, &target, passphrase);
-    assert!(!out.status.success());
-    assert!(!target.exists());
+    // One flipped bit anywhere: in file data, in tar headers and padding
+    // (which no per-file hash covers), in the gzip trailer.
+    let len = bytes.len();
+    for at in [len / 5, len * 2 / 5, len / 2, len * 3 / 5, len * 4 / 5, len - 6] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x40;
+        let bad = fresh.path().join("bad.sfb");
+        std::fs::write(&bad, &flipped).expect("write");
+        let out = restore(&server, &bad, &target, passphrase);
+        assert!(
+            !out.status.success(),
+            "a flip at byte {at} of {len} was restored: {} {}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!target.exists());
+    }
     // An occupied target is never overwritten.
     let out = restore(&server, &file, &server.data_dir, passphrase);
     assert!(!out.status.success());
