@@ -244,7 +244,10 @@ impl Proxy {
             Route::Trusted | Route::App { .. } => None,
         };
         let result = match client_upgrade {
-            None => self.send_pooled(outgoing, &route, site_tls.as_deref()).await,
+            None => {
+                self.send_pooled(outgoing, &route, site_tls.as_deref())
+                    .await
+            }
             Some(on_client) => {
                 self.send_upgrade(outgoing, upstream, &route, on_client)
                     .await

@@ -55,7 +55,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
 pub trait Store:
-    IdentityStore + PrivacyStore + CertStore + UpstreamTlsStore + Send + Sync + 'static {
+    IdentityStore + PrivacyStore + CertStore + UpstreamTlsStore + Send + Sync + 'static
+{
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.
