@@ -437,4 +437,59 @@ async fn bad_upstream_tls_input_gets_a_clear_error_and_changes_nothing() {
     assert!(server.log_shows("upstream TLS setting refused").await);
     assert_no_key("the log", &server.log(), &other_key);
     assert_no_key("the log", &server.log(), &expired_key);
+
+    // A static site has no upstream: refused, naming the domain.
+    let response = http()
+        .post(format!("{}/api/v1/sites", server.api_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "domain": "files.test" }))
+        .send()
+        .await
+        .expect("create static site");
+    assert_eq!(response.status(), 201);
+    let good = serde_json::json!({ "upstream_ca": ca.pem });
+    let (status, error) = upstream_tls(
+        &server,
+        &token,
+        reqwest::Method::PUT,
+        "files.test",
+        Some(good),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["field"], "domain");
+
+    // A deleted site's setting goes with it: a later site of the same
+    // name (maybe another customer's) starts without it.
+    let full = serde_json::json!({
+        "upstream_ca": ca.pem, "upstream_client_cert": cert, "upstream_client_key": key
+    });
+    let (status, _) = upstream_tls(
+        &server,
+        &token,
+        reqwest::Method::PUT,
+        "bad-input.test",
+        Some(full),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let response = http()
+        .delete(format!("{}/api/v1/sites/bad-input.test", server.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete site");
+    assert!(response.status().is_success(), "{}", response.status());
+    create_proxy_site(&server, &token, "bad-input.test", "https://127.0.0.1:9").await;
+    let (status, view) = upstream_tls(
+        &server,
+        &token,
+        reqwest::Method::GET,
+        "bad-input.test",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(view["ca_set"], false, "{view}");
+    assert!(view["client_cert"].is_null(), "{view}");
 }
