@@ -7,6 +7,10 @@
 //! changes. Sites without an entry use the proxy's default pool (the
 //! serve configuration's `proxy.upstream_*`, or the system's roots).
 //! There is no way to turn verification off here.
+//!
+//! A site's setting replaces the global one for it as a whole (its CA
+//! plus the system's roots, its client certificate or none); it does not
+//! merge with the global `upstream_ca_file`.
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;

@@ -304,6 +304,9 @@ impl UpstreamTls {
             .zip(key_pem);
         // A stored certificate that has expired since still loads: the
         // upstream, not the edge, decides whether it is acceptable.
+        // Limitation: nothing warns before a site's client certificate
+        // expires (a check beside ACME's renewal loop, raising an audit
+        // event, would).
         tls::upstream_client_config(row.ca_pem.as_deref(), client)
             .map_err(|e| format!("the stored setting is unusable: {e}"))
     }
