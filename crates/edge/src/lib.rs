@@ -20,6 +20,7 @@ pub mod server;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 
 pub use app::{AppDialer, AppLease, AppUnavailable, AppWaker, DialFuture, LeaseGuard, WakeFuture};
 pub use metrics::EdgeMetrics;

@@ -6,6 +6,7 @@ use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
 use crate::request_id::RequestId;
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
+use crate::upstream_tls::{SiteTlsEntry, SiteUpstreamTls};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -29,7 +30,17 @@ pub struct ProxyConfig {
     /// How `https://` upstreams are verified (and the client certificate
     /// for mutual TLS). `None`: the system's roots, no client certificate.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Proxy sites' own upstream TLS, which replaces `upstream_tls` for
+    /// them; the hub keeps it current.
+    pub site_tls: SiteTls,
 }
+
+/// The pool for `https://` and `http://` upstreams reached through the
+/// upstream policy.
+pub type PooledClient = Client<HttpsConnector<HttpConnector<PolicyResolver>>, EdgeBody>;
+
+/// Per-site upstream TLS, with the proxy's pool type.
+pub type SiteTls = SiteUpstreamTls<PooledClient>;
 
 impl Default for ProxyConfig {
     fn default() -> ProxyConfig {
@@ -38,6 +49,7 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(60),
             pool_max_idle: 64,
             upstream_tls: None,
+            site_tls: SiteTls::default(),
         }
     }
 }
@@ -88,10 +100,12 @@ pub struct ClientContext<'a> {
     pub https: bool,
     /// The body is cut off after this many bytes (`u64::MAX`: no cap).
     pub body_limit: u64,
+    /// The route's site, which picks its upstream TLS settings.
+    pub site: &'a str,
 }
 
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector<PolicyResolver>>, EdgeBody>,
+    client: PooledClient,
     /// Pool for sandboxed apps, whose connections are made inside their
     /// network namespaces.
     app_client: Client<AppConnector, EdgeBody>,
@@ -115,25 +129,11 @@ enum Route<'a> {
 
 impl Proxy {
     pub fn new(config: ProxyConfig, policy: Arc<UpstreamPolicy>) -> Proxy {
-        let mut connector = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
         let tls = match &config.upstream_tls {
             Some(tls) => ClientConfig::clone(tls),
             None => crate::tls::default_upstream_client_config(),
         };
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .build(connector);
+        let client = pooled_client(&config, &policy, tls);
         let apps = AppConnector::new(config.connect_timeout);
         let app_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -239,8 +239,15 @@ impl Proxy {
         };
         let outgoing = Request::from_parts(parts, body);
 
+        let site_tls = match route {
+            Route::Checked => self.config.site_tls.choose(ctx.site),
+            Route::Trusted | Route::App { .. } => None,
+        };
         let result = match client_upgrade {
-            None => self.send_pooled(outgoing, &route).await,
+            None => {
+                self.send_pooled(outgoing, &route, site_tls.as_deref())
+                    .await
+            }
             Some(on_client) => {
                 self.send_upgrade(outgoing, upstream, &route, on_client)
                     .await
@@ -253,10 +260,14 @@ impl Proxy {
         &self,
         req: Request<EdgeBody>,
         route: &Route<'_>,
+        site_tls: Option<&SiteTlsEntry<PooledClient>>,
     ) -> Result<Sent, ProxyError> {
-        let request = match route {
-            Route::App { .. } => self.app_client.request(req),
-            Route::Checked | Route::Trusted => self.client.request(req),
+        let request = match (route, site_tls) {
+            (Route::App { .. }, _) => self.app_client.request(req),
+            (_, Some(site)) => site
+                .client(|tls| pooled_client(&self.config, &self.policy, tls))
+                .request(req),
+            (Route::Checked | Route::Trusted, None) => self.client.request(req),
         };
         let sent = tokio::time::timeout(self.config.response_timeout, request);
         let response = match sent.await {
@@ -365,6 +376,30 @@ impl Proxy {
         }
         Err(last)
     }
+}
+
+/// A pool whose connections resolve names through the upstream policy
+/// and speak TLS with `tls` to `https://` upstreams.
+fn pooled_client(
+    config: &ProxyConfig,
+    policy: &Arc<UpstreamPolicy>,
+    tls: ClientConfig,
+) -> PooledClient {
+    let mut connector = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(config.pool_max_idle)
+        .build(connector)
 }
 
 /// The absolute URI the pool sends `uri`'s path and query to: the
@@ -685,6 +720,7 @@ mod tests {
             request_id: &REQUEST_ID,
             https: false,
             body_limit: u64::MAX,
+            site: "app.example.com",
         }
     }
 

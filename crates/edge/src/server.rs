@@ -271,6 +271,7 @@ impl Edge {
                     request_id: &request_id,
                     https,
                     body_limit: admitted.body_limit,
+                    site: &route.site,
                 };
                 match &route.target {
                     Target::Static { root, spa } => {

@@ -148,6 +148,23 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/certs", Needs(P::SitesRead)),
     ("POST", "/api/v1/certs/{domain}", Needs(P::SitesUpdate)),
     ("PUT", "/api/v1/sites/{domain}/https", Needs(P::SitesUpdate)),
+    // Per-site upstream TLS (upstream_tls_api.rs); ownership checked per
+    // site.
+    (
+        "GET",
+        "/api/v1/sites/{domain}/upstream-tls",
+        Needs(P::SitesRead),
+    ),
+    (
+        "PUT",
+        "/api/v1/sites/{domain}/upstream-tls",
+        Needs(P::SitesUpdate),
+    ),
+    (
+        "DELETE",
+        "/api/v1/sites/{domain}/upstream-tls",
+        Needs(P::SitesUpdate),
+    ),
     // Single sign-on (oidc_api.rs): the login itself, so no credential.
     ("GET", "/api/v1/auth/oidc/{provider}/start", Public),
     ("GET", "/api/v1/auth/oidc/{provider}/callback", Public),

@@ -51,7 +51,8 @@ pub fn router(hub: Hub) -> Router {
         .merge(crate::privacy_api::routes())
         .merge(crate::incident_api::routes())
         .merge(crate::secrets_api::routes())
-        .merge(crate::certs_api::routes());
+        .merge(crate::certs_api::routes())
+        .merge(crate::upstream_tls_api::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -113,6 +114,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::privacy_api::PrivacyDoc::openapi());
     doc.merge(crate::secrets_api::SecretsDoc::openapi());
     doc.merge(crate::certs_api::CertsDoc::openapi());
+    doc.merge(crate::upstream_tls_api::UpstreamTlsDoc::openapi());
     doc
 }
 

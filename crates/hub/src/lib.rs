@@ -22,6 +22,7 @@ pub mod privacy_api;
 pub mod rate_api;
 pub mod sandbox_api;
 pub mod secrets_api;
+pub mod upstream_tls_api;
 // Incident containment's rotation of a site's secrets (branch rotator).
 pub mod secret_rotation;
 pub mod shield_api;
@@ -104,6 +105,9 @@ struct HubInner {
     /// The HTTPS listener's certificates, once `serve` attaches them: a
     /// deleted site's certificate must go with it.
     tls: Mutex<Option<edge::tls::Tls>>,
+    /// The edge's per-site upstream TLS, once `serve` attaches it: a
+    /// deleted site's client certificate must go with it.
+    upstream_tls: Mutex<Option<edge::proxy::SiteTls>>,
     /// Held from a non-admin's domain claim check to its insert, so two
     /// creates of overlapping names cannot both pass (see sites.rs).
     claims: tokio::sync::Mutex<()>,
@@ -143,6 +147,7 @@ impl Hub {
                 user_changes: tokio::sync::Mutex::new(()),
                 isolated: Mutex::new(HashMap::new()),
                 tls: Mutex::new(None),
+                upstream_tls: Mutex::new(None),
                 claims: tokio::sync::Mutex::new(()),
             }),
         };
@@ -160,6 +165,15 @@ impl Hub {
             .tls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tls);
+    }
+
+    /// Lets site deletion remove the site's upstream TLS from the edge.
+    pub fn attach_upstream_tls(&self, sites: edge::proxy::SiteTls) {
+        *self
+            .inner
+            .upstream_tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sites);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -352,6 +352,19 @@ impl Hub {
         if let Some(tls) = tls {
             tls.forget_site(domain);
         }
+        // Likewise its upstream client certificate.
+        if let Err(e) = self.inner.store.clear_upstream_tls(domain).await {
+            tracing::warn!(site = %domain, error = %e, "site upstream TLS not removed");
+        }
+        let upstream_tls = self
+            .inner
+            .upstream_tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(sites) = upstream_tls {
+            sites.clear(domain);
+        }
         if site.kind == SiteKind::Process {
             self.inner.supervisor.remove(domain).await;
         }

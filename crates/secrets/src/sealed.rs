@@ -28,13 +28,17 @@ pub enum KeyKind {
     AcmeAccount,
     /// A token signing key's PKCS#8 document; named by its kid.
     SigningKey,
+    /// A proxy site's PEM client key for its upstream; named by its
+    /// domain.
+    UpstreamClientKey,
 }
 
 impl KeyKind {
-    pub const ALL: [KeyKind; 3] = [
+    pub const ALL: [KeyKind; 4] = [
         KeyKind::CertificateKey,
         KeyKind::AcmeAccount,
         KeyKind::SigningKey,
+        KeyKind::UpstreamClientKey,
     ];
 
     /// The purpose bound into the associated data.
@@ -43,6 +47,7 @@ impl KeyKind {
             KeyKind::CertificateKey => "certificate-key",
             KeyKind::AcmeAccount => "acme-account",
             KeyKind::SigningKey => "signing-key",
+            KeyKind::UpstreamClientKey => "upstream-client-key",
         }
     }
 
@@ -52,6 +57,7 @@ impl KeyKind {
             KeyKind::CertificateKey => "the certificate key of",
             KeyKind::AcmeAccount => "the ACME account key of",
             KeyKind::SigningKey => "the token signing key",
+            KeyKind::UpstreamClientKey => "the upstream client key of",
         }
     }
 
@@ -61,6 +67,7 @@ impl KeyKind {
             KeyKind::CertificateKey => ("certificates", "domain"),
             KeyKind::AcmeAccount => ("acme_accounts", "directory"),
             KeyKind::SigningKey => ("signing_keys", "kid"),
+            KeyKind::UpstreamClientKey => ("site_upstream_tls", "domain"),
         }
     }
 }

@@ -83,6 +83,61 @@ pub async fn run(api: &ApiFlags, command: CertsCommand) -> anyhow::Result<()> {
                 .await?;
             crate::commands::finish(api, &view, &format!("{domain}: HTTPS mode {mode}"))?;
         }
+        CertsCommand::UpstreamTls {
+            domain,
+            ca,
+            client_cert,
+            client_key,
+            clear,
+        } => {
+            let path = format!("/sites/{}/upstream-tls", crate::commands::seg(&domain));
+            let read = |file: &Option<std::path::PathBuf>, what| {
+                file.as_deref().map(|f| read_pem(f, what)).transpose()
+            };
+            let body = json!({
+                "upstream_ca": read(&ca, "ca")?,
+                "upstream_client_cert": read(&client_cert, "client-cert")?,
+                "upstream_client_key": read(&client_key, "client-key")?,
+            });
+            let method = if clear {
+                Method::DELETE
+            } else if body
+                .as_object()
+                .is_some_and(|o| o.values().any(|v| !v.is_null()))
+            {
+                Method::PUT
+            } else {
+                Method::GET
+            };
+            let view: Value = client
+                .json(|c| {
+                    let request = c.request(method.clone(), &path);
+                    if method == Method::PUT {
+                        request.json(&body)
+                    } else {
+                        request
+                    }
+                })
+                .await?;
+            let client_cert = match view["client_cert"]["subject"].as_str() {
+                Some(subject) => format!(
+                    "client certificate {subject} (issuer {}, valid until {})",
+                    view["client_cert"]["issuer"].as_str().unwrap_or("-"),
+                    view["client_cert"]["not_after"].as_str().unwrap_or("-")
+                ),
+                None => "no client certificate".to_owned(),
+            };
+            let ca = if view["ca_set"].as_bool() == Some(true) {
+                "own CA"
+            } else {
+                "no own CA"
+            };
+            crate::commands::finish(
+                api,
+                &view,
+                &format!("{domain}: upstream TLS: {ca}, {client_cert}"),
+            )?;
+        }
     }
     Ok(())
 }

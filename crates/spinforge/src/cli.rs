@@ -476,6 +476,24 @@ pub enum CertsCommand {
         #[arg(long)]
         hsts_preload: bool,
     },
+    /// A proxy site's own TLS towards its https:// upstream: a CA to
+    /// trust and a client certificate (mutual TLS). Without options it
+    /// shows the setting; the client key is never shown.
+    UpstreamTls {
+        domain: String,
+        /// PEM file: one or more CA certificates for the upstream.
+        #[arg(long, conflicts_with = "clear")]
+        ca: Option<PathBuf>,
+        /// PEM file: the client certificate chain.
+        #[arg(long, requires = "client_key", conflicts_with = "clear")]
+        client_cert: Option<PathBuf>,
+        /// PEM file: the client certificate's private key.
+        #[arg(long, requires = "client_cert", conflicts_with = "clear")]
+        client_key: Option<PathBuf>,
+        /// Remove the site's setting (back to the serve configuration).
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Args)]

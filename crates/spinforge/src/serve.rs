@@ -227,6 +227,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // ---- end TLS -----------------------------------------------------------
 
+    // ---- upstream TLS per proxy site (upstreamtls) -------------------------
+    let site_tls = settings.edge.proxy.site_tls.clone();
+    hub.attach_upstream_tls(site_tls.clone());
+    let upstream_tls = Arc::new(hub::upstream_tls_api::UpstreamTls::new(
+        store.clone(),
+        secrets.clone(),
+        site_tls,
+    ));
+    let own = upstream_tls
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load upstream TLS settings: {e}"))?;
+    tracing::info!(sites = own, "per-site upstream TLS loaded");
+    // ---- end upstream TLS --------------------------------------------------
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_listener = bind(&settings, settings.listen, "edge").await?;
     let api_listener = bind(&settings, settings.api_listen, "API").await?;
@@ -249,7 +264,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .layer(axum::Extension(incidents))
         .layer(axum::Extension(sso))
         .layer(axum::Extension(secrets.clone()))
-        .layer(axum::Extension(certs));
+        .layer(axum::Extension(certs))
+        .layer(axum::Extension(upstream_tls));
     let api_auditor = auditor.clone();
     // The API gets the edge's accept loop: header-read and idle timeouts,
     // and a cap on connections, so idle clients of the API cannot use up

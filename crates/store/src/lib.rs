@@ -14,6 +14,7 @@ mod sealed;
 mod sqlite;
 mod sqlite_identity;
 mod sqlite_privacy;
+mod upstream_tls;
 
 pub use certs::{AcmeBackoff, CertRecord, CertSource, CertStore, HttpsMode, SiteTls};
 pub use identity::IdentityStore;
@@ -21,6 +22,7 @@ pub use model::*;
 pub use privacy::{ConsentRecord, Erased, Erasure, PrivacyStore, Purpose};
 pub use sealed::Sealed;
 pub use sqlite::{SqliteStore, DB_FILE};
+pub use upstream_tls::{SiteUpstreamTls, UpstreamClientCert, UpstreamTlsStore};
 
 use async_trait::async_trait;
 
@@ -52,7 +54,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every method that changes more than one row does so in one transaction,
 /// so a crash at any moment leaves either the old or the new state.
 #[async_trait]
-pub trait Store: IdentityStore + PrivacyStore + CertStore + Send + Sync + 'static {
+pub trait Store:
+    IdentityStore + PrivacyStore + CertStore + UpstreamTlsStore + Send + Sync + 'static
+{
     /// Number of users; zero means the platform is not set up yet.
     async fn count_users(&self) -> Result<i64>;
     /// Creates a user; [`StoreError::Conflict`] if the email is taken.

@@ -95,6 +95,7 @@ fn table(kind: secrets::KeyKind) -> (&'static str, &'static str) {
     match kind {
         secrets::KeyKind::CertificateKey => ("certificates", "domain"),
         secrets::KeyKind::AcmeAccount => ("acme_accounts", "directory"),
+        secrets::KeyKind::UpstreamClientKey => ("site_upstream_tls", "domain"),
         _ => ("signing_keys", "kid"),
     }
 }
