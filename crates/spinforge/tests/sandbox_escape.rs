@@ -638,14 +638,20 @@ async fn an_app_with_a_plan_larger_than_a_pipe_starts_cold_and_warm() {
         .collect();
     let expected = Value::Object(expected);
     let seen = ask(&server, SITE, "/env?prefix=BIG_").await;
-    assert!(seen["value"] == expected, "a cold start lost part of the plan");
+    assert!(
+        seen["value"] == expected,
+        "a cold start lost part of the plan"
+    );
 
     // The restart stops the app; the next request starts it again with
     // the warm helper made after the first start.
     let first = status_of(&server, SITE)["pid"].as_u64().expect("pid");
     assert_ok(&server.cli(&["restart", SITE], None));
     let seen = ask(&server, SITE, "/env?prefix=BIG_").await;
-    assert!(seen["value"] == expected, "a warm start lost part of the plan");
+    assert!(
+        seen["value"] == expected,
+        "a warm start lost part of the plan"
+    );
     let pid = status_of(&server, SITE)["pid"].as_u64().expect("pid");
     assert_ne!(pid, first, "the app was not started again");
     let cgroup = pids_cgroup(pid);
