@@ -11,7 +11,12 @@
 # bench-sandbox markers. Knobs: SANDBOX_RUNS (40 cold starts per side),
 # SANDBOX_ROUNDS (3 wrk rounds per side), SANDBOX_PROFILE (release, or
 # debug to measure an existing debug build), SANDBOX_APP (an app folder,
-# default examples/node-app), SANDBOX_DOC.
+# default examples/node-app), SANDBOX_DOC, SANDBOX_CPU_PERCENT, and
+# SANDBOX_PERF=1 (a `perf record` of serve and the app during the first
+# wrk round per side, summarised by symbol on stderr; files in
+# SANDBOX_PERF_DIR, default /tmp). Besides req/s it reports the CPU time
+# per request of serve and of the app's processes, which stays comparable
+# on a loaded host.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"

@@ -133,21 +133,7 @@ def first_byte(port, timeout=30):
 
 def tree_rss_kib(root_pid):
     """RSS of `root_pid` and all its descendants, in KiB."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
-                tree.add(child)
-                frontier.append(child)
+    tree = tree_pids(root_pid)
     total = 0
     for pid in tree:
         try:
@@ -178,15 +164,80 @@ def warm_helper_kib(serve_pid):
     return 0
 
 
-def wrk(port):
+TICK = os.sysconf("SC_CLK_TCK")
+PROFILED = set()
+
+
+def cpu_seconds(pids):
+    """user + system CPU time of `pids` (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
+def tree_pids(root_pid):
+    """`root_pid` and all its descendants."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
+
+
+def wrk(server):
+    """One wrk round through the server's edge: req/s, and the CPU time per
+    request of serve (edge and dialer threads) and of the app's processes
+    (helper, init and app when sandboxed), which stays comparable on a
+    loaded host where req/s does not."""
+    first_byte(server.edge_port)  # the app runs before the CPU is sampled
+    app = tree_pids(server.status()["pid"])
+    edge0, app0 = cpu_seconds([server.proc.pid]), cpu_seconds(app)
+    perf = None
+    if os.environ.get("SANDBOX_PERF") and shutil.which("perf") and server.label not in PROFILED:
+        PROFILED.add(server.label)
+        # Where the CPU goes, per side: sampled for 8 of wrk's 10 seconds,
+        # serve and the app's processes only.
+        data = os.path.join(os.environ.get("SANDBOX_PERF_DIR", "/tmp"),
+                            f"sandbox-perf-{server.label}.data")
+        pids = ",".join(str(p) for p in sorted(app | {server.proc.pid}))
+        perf = (data, subprocess.Popen(
+            ["perf", "record", "-q", "-F", "499", "-g", "-o", data, "-p", pids,
+             "--", "sleep", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     out = subprocess.run(["wrk", "-t2", "-c32", "-d10s", "-H", f"Host: {DOMAIN}",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=60).stdout
+                          f"http://127.0.0.1:{server.edge_port}/"], capture_output=True,
+                         text=True, timeout=60).stdout
+    if perf:
+        perf[1].wait(timeout=30)
+        report = subprocess.run(["perf", "report", "-i", perf[0], "--no-children",
+                                 "--sort", "comm,sym", "--stdio", "-g", "none",
+                                 "--percent-limit", "0.7"], capture_output=True,
+                                text=True, timeout=120).stdout
+        log(f"perf, {server.label} (file {perf[0]}):\n" + "\n".join(
+            l for l in report.splitlines() if l and not l.startswith("#")))
+    edge1, app1 = cpu_seconds([server.proc.pid]), cpu_seconds(app)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw errors: {out}")
-    return rps
+    return rps, (edge1 - edge0) * 1e6 / requests, (app1 - app0) * 1e6 / requests
 
 
 LOADAVG = open("/proc/loadavg").read().split(" ")[:3]
@@ -239,9 +290,14 @@ def main():
 
         log(f"throughput: {args.rounds} wrk rounds per side, alternating")
         rps = {"sandboxed": [], "plain": []}
+        cpu_edge = {"sandboxed": [], "plain": []}
+        cpu_app = {"sandboxed": [], "plain": []}
         for i in range(args.rounds):
             for server in (servers if i % 2 == 0 else servers[::-1]):
-                rps[server.label].append(wrk(server.edge_port))
+                r, e, a = wrk(server)
+                rps[server.label].append(r)
+                cpu_edge[server.label].append(e)
+                cpu_app[server.label].append(a)
     finally:
         for server in servers:
             server.stop()
@@ -249,6 +305,9 @@ def main():
     med = {k: statistics.median(v) for k, v in cold.items()}
     overhead = med["sandboxed"] - med["plain"]
     ratio = statistics.median(rps["sandboxed"]) / statistics.median(rps["plain"])
+    ce = {k: statistics.median(v) for k, v in cpu_edge.items()}
+    ca = {k: statistics.median(v) for k, v in cpu_app.items()}
+    ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in cpu_app}
     kernel = os.uname().release
     table = f"""<!-- bench-sandbox:start -->
 ## Spinlet sandbox: sandboxed vs plain process (issue 4)
@@ -267,10 +326,15 @@ both servers on this host, requests through the edge on 127.0.0.1).
 | cgroup memory (sandboxed, page cache and tmpfs included) | {memory['sandboxed']['cgroup_kib'] / 1024:.1f} MiB | - | | |
 | idle warm helper, once per serve (not per spinlet) | {memory['sandboxed']['warm_kib'] / 1024:.1f} MiB | - | | |
 | req/s, wrk -t2 -c32 -d10s, median of {args.rounds} | {statistics.median(rps['sandboxed']):.0f} | {statistics.median(rps['plain']):.0f} | **{ratio:.2f}x** | >= 0.95x |
+| CPU per request, serve (edge, dialer), median | {ce['sandboxed']:.0f} µs | {ce['plain']:.0f} µs | {ce['plain'] / ce['sandboxed']:.2f}x | |
+| CPU per request, app's processes, median | {ca['sandboxed']:.0f} µs | {ca['plain']:.0f} µs | {ca['plain'] / ca['sandboxed']:.2f}x | |
+| CPU per request, both, median | {ct['sandboxed']:.0f} µs | {ct['plain']:.0f} µs | **{ct['plain'] / ct['sandboxed']:.2f}x** (plain/sandboxed) | >= 0.95x |
 
 Raw: cold starts sandboxed {', '.join(f'{x:.1f}' for x in cold['sandboxed'])} ms;
 plain {', '.join(f'{x:.1f}' for x in cold['plain'])} ms; req/s sandboxed
-{', '.join(f'{x:.0f}' for x in rps['sandboxed'])}; plain {', '.join(f'{x:.0f}' for x in rps['plain'])}.
+{', '.join(f'{x:.0f}' for x in rps['sandboxed'])}; plain {', '.join(f'{x:.0f}' for x in rps['plain'])};
+CPU µs per request (serve + app) sandboxed {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['sandboxed'], cpu_app['sandboxed']))};
+plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))}.
 <!-- bench-sandbox:end -->"""
     print(table)
     with open(args.doc) as f:

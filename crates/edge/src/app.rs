@@ -30,6 +30,8 @@ pub struct AppLease {
     pub guard: Box<dyn LeaseGuard>,
     /// Set when `addr` is only reachable through the dialer (the app's
     /// own network namespace); `None` when the edge can connect directly.
+    /// Every lease of one instance must carry the same `Arc` (the edge
+    /// keeps one weak handle per instance, alive while any lease is).
     pub dialer: Option<Arc<dyn AppDialer>>,
 }
 
@@ -99,16 +101,16 @@ impl Body for LeasedBody {
 /// is gone (no lease holds its dialer) is forgotten.
 #[derive(Clone)]
 pub(crate) struct AppConnector {
-    /// Every in-flight request brings its own handle to the instance's
-    /// dialer; all of one instance's handles are kept (weakly), so a
-    /// request that ends cannot take the dialer away from another request
-    /// of the same instance that is still connecting.
+    /// One weak handle per instance: the waker hands every lease of an
+    /// instance the same dialer, so the handle stays good while any of its
+    /// requests is in flight (one that ends cannot take the dialer away
+    /// from another that is still connecting), and dies with the last.
     dialers: Arc<std::sync::Mutex<DialerHandles>>,
     timeout: Duration,
 }
 
-/// Weak handles to each instance's dialer, by instance key.
-type DialerHandles = HashMap<u64, Vec<Weak<dyn AppDialer>>>;
+/// A weak handle to each instance's dialer, by instance key.
+type DialerHandles = HashMap<u64, Weak<dyn AppDialer>>;
 
 /// The reserved top-level name keeps these hosts from ever meaning a real
 /// machine.
@@ -122,23 +124,17 @@ impl AppConnector {
         }
     }
 
-    /// Registers the dialer (if its instance is new) and returns the host
-    /// name that routes to it.
+    /// Registers the dialer (if its instance is new, or its earlier dialer
+    /// is gone) and returns the host name that routes to it.
     pub(crate) fn host_for(&self, dialer: &Arc<dyn AppDialer>) -> String {
         let key = dialer.key();
         let mut dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        let handles = dialers.entry(key).or_default();
-        let known = handles
-            .iter()
-            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(dialer)));
-        if !known {
-            handles.push(Arc::downgrade(dialer));
+        let live = dialers.get(&key).is_some_and(|w| w.strong_count() > 0);
+        if !live {
+            // Instances with no lease left go.
+            dialers.retain(|_, w| w.strong_count() > 0);
+            dialers.insert(key, Arc::downgrade(dialer));
         }
-        // Handles of ended requests go, and so do instances with none left.
-        dialers.retain(|_, handles| {
-            handles.retain(|w| w.strong_count() > 0);
-            !handles.is_empty()
-        });
         format!("app-{key}{APP_HOST_SUFFIX}")
     }
 
@@ -149,7 +145,7 @@ impl AppConnector {
             .parse()
             .ok()?;
         let dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        dialers.get(&key)?.iter().find_map(Weak::upgrade)
+        dialers.get(&key)?.upgrade()
     }
 }
 
@@ -171,5 +167,67 @@ impl tower_service::Service<http::Uri> for AppConnector {
             })?;
             Ok(hyper_util::rt::TokioIo::new(dialer.dial(timeout).await?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake dialer (this tests the connector's bookkeeping, not
+    /// connecting): it only has a key.
+    struct Keyed(u64);
+
+    impl AppDialer for Keyed {
+        fn key(&self) -> u64 {
+            self.0
+        }
+
+        fn dial(&self, _timeout: Duration) -> DialFuture {
+            Box::pin(async { Err(std::io::Error::other("fake dialer")) })
+        }
+    }
+
+    #[test]
+    fn an_instance_s_dialer_routes_while_any_lease_holds_it_and_is_forgotten_after() {
+        let connector = AppConnector::new(Duration::from_secs(1));
+        let instance: Arc<dyn AppDialer> = Arc::new(Keyed(7));
+        // Two requests' leases of one instance share its dialer.
+        let first = Arc::clone(&instance);
+        let second = Arc::clone(&instance);
+        drop(instance);
+        let host = connector.host_for(&first);
+        assert_eq!(host, "app-7.spinlet.invalid");
+        assert_eq!(connector.host_for(&second), host);
+        // The first request ends; the second still connects through it.
+        drop(first);
+        let found = connector
+            .dialer(&host)
+            .expect("dialer of a leased instance");
+        assert!(Arc::ptr_eq(&found, &second));
+        drop(found);
+        drop(second);
+        assert!(connector.dialer(&host).is_none(), "no lease left");
+
+        // Another instance registers; the dead entry is dropped, and a new
+        // dialer under the old key (a new lease) is taken, not refused.
+        let other: Arc<dyn AppDialer> = Arc::new(Keyed(8));
+        connector.host_for(&other);
+        assert_eq!(
+            connector
+                .dialers
+                .lock()
+                .expect("lock")
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![8]
+        );
+        let again: Arc<dyn AppDialer> = Arc::new(Keyed(7));
+        assert_eq!(connector.host_for(&again), host);
+        let found = connector.dialer(&host).expect("the new dialer");
+        assert!(Arc::ptr_eq(&found, &again));
+        assert!(connector.dialer("app-9.spinlet.invalid").is_none());
+        assert!(connector.dialer("example.com").is_none());
     }
 }

@@ -171,7 +171,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let spawner = crate::sandbox::spawner(&settings.sandbox, &data_dir)?;
     let supervisor = Supervisor::new(SupervisorConfig::new(&data_dir), spawner)
         .context("cannot start the app supervisor")?;
-    edge.set_app_waker(Arc::new(SupervisorWaker(supervisor.clone())));
+    edge.set_app_waker(Arc::new(SupervisorWaker::new(supervisor.clone())));
     supervisor.set_secret_env(Arc::new(hub::secrets_api::StoreSecretEnv {
         store: store.clone(),
         secrets: secrets.clone(),

@@ -611,6 +611,59 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     assert!(pids.len() <= 3, "the app sees other processes: {pids:?}");
 }
 
+/// A plan larger than a pipe's buffer (64 KiB): eight 30 KB variables,
+/// as many large secrets would make it. Both a cold start and a warm
+/// helper's (which passes the plan on to itself across an exec) take it
+/// whole, and the app sees every value.
+#[tokio::test]
+async fn an_app_with_a_plan_larger_than_a_pipe_starts_cold_and_warm() {
+    const SITE: &str = "bigplan.localhost";
+    let server = server();
+    let vars: Vec<(String, String)> = (0..8usize)
+        .map(|i| {
+            let value = (0..30_000usize)
+                .map(|j| char::from(b'a' + ((i * 7 + j * 13 + j / 26) % 26) as u8))
+                .collect();
+            (format!("BIG_{i}"), value)
+        })
+        .collect();
+    let env: String = vars
+        .iter()
+        .map(|(name, value)| format!("{name} = \"{value}\"\n"))
+        .collect();
+    deploy(&server, SITE, &format!("\n[env]\n{env}")).await;
+    let expected: serde_json::Map<String, Value> = vars
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::from(value.as_str())))
+        .collect();
+    let expected = Value::Object(expected);
+    let seen = ask(&server, SITE, "/env?prefix=BIG_").await;
+    assert!(
+        seen["value"] == expected,
+        "a cold start lost part of the plan"
+    );
+
+    // The restart stops the app; the next request starts it again with
+    // the warm helper made after the first start.
+    let first = status_of(&server, SITE)["pid"].as_u64().expect("pid");
+    assert_ok(&server.cli(&["restart", SITE], None));
+    let seen = ask(&server, SITE, "/env?prefix=BIG_").await;
+    assert!(
+        seen["value"] == expected,
+        "a warm start lost part of the plan"
+    );
+    let pid = status_of(&server, SITE)["pid"].as_u64().expect("pid");
+    assert_ne!(pid, first, "the app was not started again");
+    let cgroup = pids_cgroup(pid);
+    assert!(
+        cgroup
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("warm-")),
+        "not a warm start: {}",
+        cgroup.display()
+    );
+}
+
 /// Thread ids of serve's dialer threads (`spinlet-dialer`).
 fn dialer_threads(pid: u32) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

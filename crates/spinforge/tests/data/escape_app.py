@@ -129,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
             "/setuid": lambda: attempt(setuid_copy),
             "/killall": lambda: attempt(lambda: os.kill(-1, 9)),
             "/uname": lambda: attempt(lambda: os.uname().sysname),
+            "/env": lambda: {"ok": True, "value": {
+                k: v for k, v in os.environ.items() if k.startswith(q.get("prefix", "-"))}},
         }
         route = routes.get(url.path)
         body = json.dumps(route() if route else {"ok": False, "error": "no route"}).encode()

@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
@@ -120,21 +120,26 @@ fn helper() -> Result<Never, String> {
 /// A warm helper, now that it has its plan: runs this program again as
 /// a cold start would have (the app's command line for `ps`, the release
 /// as working folder, only the instance's tag in the environment), with
-/// the plan on a fresh pipe as stdin. The namespace descriptor stays at
+/// the plan in a fresh memfd as stdin. The namespace descriptor stays at
 /// [`NETNS_FD`] (not close-on-exec) and the cgroup membership stays too.
 fn reexec(mut plan: Plan) -> Result<Never, String> {
     plan.reexec = false;
     let bytes = serde_json::to_vec(&plan).map_err(|e| format!("plan: {e}"))?;
-    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // Limitation: the plan carries the site's secrets (up to 64 KiB each);
-    // a plan over the pipe's buffer (64 KiB by default) blocks this write
-    // forever, since only this process reads the pipe, after the exec
-    // (a memfd, or a cold start for large plans, would lift this).
-    std::fs::File::from(write)
-        .write_all(&bytes)
+    // The plan goes into an in-memory file, not a pipe: only this process
+    // reads it (after the exec), so a pipe would block this write forever
+    // once the plan outgrew its buffer (64 KiB; a site's secrets alone may
+    // be larger). A memfd takes any size and is read like the cold start's
+    // pipe, from the start to its end.
+    let mut file = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"spinlet-plan", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| format!("cannot pass the plan on: memfd: {e}"))?,
+    );
+    file.write_all(&bytes)
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)).map(drop))
         .map_err(|e| format!("cannot pass the plan on: {e}"))?;
-    nix::unistd::dup2_stdin(&read).map_err(|e| format!("cannot pass the plan on: {e}"))?;
-    drop(read);
+    // dup2 clears close-on-exec on the copy at 0, which the exec keeps.
+    nix::unistd::dup2_stdin(&file).map_err(|e| format!("cannot pass the plan on: {e}"))?;
+    drop(file);
     nix::unistd::chdir(&plan.release).map_err(|e| format!("cannot enter the release: {e}"))?;
     // argv[0] as a cold start's: the binary's path.
     let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;

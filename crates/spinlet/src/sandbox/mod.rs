@@ -915,8 +915,11 @@ impl Spawner for SandboxSpawner {
     }
 }
 
-/// Writes the plan to the helper's stdin and closes it. The plan is far
-/// smaller than a pipe's buffer, so the write does not block.
+/// Writes the plan to the helper's stdin and closes it. A plan larger than
+/// the pipe's buffer (many or large secrets) blocks this write only until
+/// the helper, which reads its stdin to the end as soon as it runs (a warm
+/// one is already waiting in that read), has taken it; if the helper dies
+/// first the write fails (EPIPE) instead of hanging.
 fn write_plan(child: &mut tokio::process::Child, plan: &Plan) -> io::Result<()> {
     let stdin = child
         .stdin
