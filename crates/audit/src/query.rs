@@ -225,6 +225,50 @@ impl AuditReader {
         query: &AuditQuery,
         only: Option<&[String]>,
     ) -> Result<Page, AuditError> {
+        let select = format!("SELECT {} FROM audit_events WHERE 1 = 1", db::COLUMNS);
+        let Some(mut sql) = self.statement(query, select).await? else {
+            return Ok(empty());
+        };
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        let mut rows: Vec<Row> = rows.iter().map(db::row_from).collect::<Result<_, _>>()?;
+        if let Some(pii) = &self.pii {
+            pii.open_rows(&self.pool, &mut rows, only).await?;
+        }
+        let events: Vec<EventView> = rows.into_iter().map(EventView::from).collect();
+        let next_cursor = (events.len() == query.limit as usize)
+            .then(|| events.last().map(|e| e.seq.to_string()))
+            .flatten();
+        Ok(Page {
+            events,
+            next_cursor,
+        })
+    }
+
+    /// SQLite's plan for `query`, one line per step (`EXPLAIN QUERY
+    /// PLAN`), e.g. `SEARCH audit_events USING INDEX audit_events_actor
+    /// (actor_user=?)`; empty when the query needs no statement. For
+    /// checking that every filter walks an index in seq order.
+    pub async fn plan(&self, query: &AuditQuery) -> Result<Vec<String>, AuditError> {
+        let select = format!(
+            "EXPLAIN QUERY PLAN SELECT {} FROM audit_events WHERE 1 = 1",
+            db::COLUMNS
+        );
+        let Some(mut sql) = self.statement(query, select).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").map_err(AuditError::from))
+            .collect()
+    }
+
+    /// The statement for `query` after `select` (which ends in a WHERE
+    /// clause), or `None` when no row can match.
+    async fn statement(
+        &self,
+        query: &AuditQuery,
+        select: String,
+    ) -> Result<Option<QueryBuilder<Sqlite>>, AuditError> {
         if !(1..=MAX_LIMIT).contains(&query.limit) {
             return Err(AuditError::invalid(
                 "limit",
@@ -238,10 +282,7 @@ impl AuditReader {
             ));
         }
         let ascending = query.after.is_some();
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {} FROM audit_events WHERE 1 = 1",
-            db::COLUMNS
-        ));
+        let mut sql = QueryBuilder::<Sqlite>::new(select);
         match &query.kind {
             Some(TypeFilter::Exact(kind)) => {
                 sql.push(" AND kind = ").push_bind(kind.clone());
@@ -286,7 +327,7 @@ impl AuditReader {
         if let Some(since) = query.since_us {
             match self.first_seq_at(since).await? {
                 Some(seq) => sql.push(" AND seq >= ").push_bind(seq),
-                None => return Ok(empty()),
+                None => return Ok(None),
             };
         }
         if let Some(until) = query.until_us {
@@ -306,20 +347,7 @@ impl AuditReader {
             " ORDER BY seq DESC LIMIT "
         })
         .push_bind(i64::from(query.limit));
-
-        let rows = sql.build().fetch_all(&self.pool).await?;
-        let mut rows: Vec<Row> = rows.iter().map(db::row_from).collect::<Result<_, _>>()?;
-        if let Some(pii) = &self.pii {
-            pii.open_rows(&self.pool, &mut rows, only).await?;
-        }
-        let events: Vec<EventView> = rows.into_iter().map(EventView::from).collect();
-        let next_cursor = (events.len() == query.limit as usize)
-            .then(|| events.last().map(|e| e.seq.to_string()))
-            .flatten();
-        Ok(Page {
-            events,
-            next_cursor,
-        })
+        Ok(Some(sql))
     }
 
     /// The first row at or after `time_us`.

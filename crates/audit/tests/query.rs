@@ -120,6 +120,26 @@ async fn filters_and_pages_over_100k_events_return_exactly_the_matches() {
     assert!(want.len() > 5_000);
     assert_eq!(walk(&reader, by_prefix).await, want);
 
+    // Checked in the widened subject indexes (migration 0012).
+    let exact_user = AuditQuery {
+        kind: Some(TypeFilter::parse("site.delete").unwrap()),
+        actor_user: Some(5),
+        limit: 300,
+        ..base.clone()
+    };
+    let want = expected(|m| m.kind == "site.delete" && m.user == 5);
+    assert!(want.len() > 2_000);
+    assert_eq!(walk(&reader, exact_user).await, want);
+
+    let customer_prefix = AuditQuery {
+        kind: Some(TypeFilter::parse("site.").unwrap()),
+        customer: Some("c1".into()),
+        ..base.clone()
+    };
+    let want = expected(|m| m.kind.starts_with("site.") && m.customer == "c1");
+    assert!(want.len() > 10_000);
+    assert_eq!(walk(&reader, customer_prefix).await, want);
+
     let exact = AuditQuery {
         kind: Some(TypeFilter::parse("auth.failed").unwrap()),
         result: Some(Outcome::Denied),
@@ -182,4 +202,143 @@ async fn bad_query_values_name_their_field() {
     assert!(err.to_string().starts_with("limit:"), "{err}");
     let err = TypeFilter::parse("auth' OR 1=1 --").unwrap_err();
     assert!(err.to_string().starts_with("type:"), "{err}");
+}
+
+/// Every query shape the API and the CLI issue walks one index (or the
+/// table itself) in seq order: SQLite never collects the matches to sort
+/// them, so a page costs what it reads, not what the filter matches.
+#[tokio::test]
+async fn every_query_shape_walks_an_index_in_seq_order() {
+    let dir = common::written_log(3).await;
+    let reader = AuditReader::open_read_only(dir.path()).await.unwrap();
+    let kind = |t: &str| Some(TypeFilter::parse(t).unwrap());
+    let base = AuditQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    // (shape, query, the index or scan its plan must name)
+    let shapes: Vec<(&str, AuditQuery, &str)> = vec![
+        ("no filter", base.clone(), "SCAN audit_events"),
+        (
+            "exact type",
+            AuditQuery {
+                kind: kind("auth.failed"),
+                ..base.clone()
+            },
+            "INDEX audit_events_kind (kind=?)",
+        ),
+        (
+            "type prefix",
+            AuditQuery {
+                kind: kind("auth."),
+                ..base.clone()
+            },
+            "INDEX audit_events_category (<expr>=?)",
+        ),
+        (
+            "user",
+            AuditQuery {
+                actor_user: Some(7),
+                ..base.clone()
+            },
+            "INDEX audit_events_actor (actor_user=?)",
+        ),
+        (
+            "exact type + user",
+            AuditQuery {
+                kind: kind("auth.failed"),
+                actor_user: Some(7),
+                ..base.clone()
+            },
+            "INDEX audit_events_actor (actor_user=?)",
+        ),
+        (
+            "type prefix + user, cursor",
+            AuditQuery {
+                kind: kind("auth."),
+                actor_user: Some(7),
+                before: Some(500),
+                ..base.clone()
+            },
+            "INDEX audit_events_actor (actor_user=? AND seq<?)",
+        ),
+        (
+            "resource",
+            AuditQuery {
+                resource: Some("site:a".into()),
+                ..base.clone()
+            },
+            "INDEX audit_events_resource (resource=?)",
+        ),
+        (
+            "resource + exact type",
+            AuditQuery {
+                resource: Some("site:a".into()),
+                kind: kind("site.deploy"),
+                ..base.clone()
+            },
+            "INDEX audit_events_resource (resource=?)",
+        ),
+        (
+            "result",
+            AuditQuery {
+                result: Some(Outcome::Denied),
+                ..base.clone()
+            },
+            "SCAN audit_events",
+        ),
+        (
+            "customer + type prefix",
+            AuditQuery {
+                customer: Some("c1".into()),
+                kind: kind("site."),
+                ..base.clone()
+            },
+            // Either index yields seq order; SQLite picks which.
+            "INDEX audit_events_",
+        ),
+        (
+            "customer + user + result",
+            AuditQuery {
+                customer: Some("c1".into()),
+                actor_user: Some(7),
+                result: Some(Outcome::Failure),
+                ..base.clone()
+            },
+            "INDEX audit_events_",
+        ),
+        (
+            "time range + type prefix",
+            AuditQuery {
+                since_us: Some(0),
+                until_us: Some(i64::MAX),
+                kind: kind("auth."),
+                ..base.clone()
+            },
+            "INDEX audit_events_category (<expr>=? AND seq>?",
+        ),
+        (
+            "exact type, deep cursor",
+            AuditQuery {
+                kind: kind("auth.failed"),
+                before: Some(2),
+                ..base.clone()
+            },
+            "INDEX audit_events_kind (kind=? AND seq<?)",
+        ),
+        (
+            "user, following oldest first",
+            AuditQuery {
+                actor_user: Some(7),
+                after: Some(2),
+                ..base.clone()
+            },
+            "INDEX audit_events_actor (actor_user=? AND seq>?)",
+        ),
+    ];
+    for (shape, query, names) in shapes {
+        let plan = reader.plan(&query).await.unwrap();
+        assert_eq!(plan.len(), 1, "{shape}: one step, no sort: {plan:?}");
+        assert!(plan[0].contains(names), "{shape}: {plan:?} lacks {names:?}");
+    }
 }

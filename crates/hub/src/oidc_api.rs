@@ -336,17 +336,18 @@ async fn callback(
     match (outcome, mode) {
         (Ok(done), _) => Ok(done),
         (
-            Err((reason, e)),
+            Err((reason, _)),
             Mode::Cli(CliLogin {
                 redirect: Some(to), ..
             }),
         ) => {
             // The CLI waits on its listener: tell it, so it stops at once.
+            // Only the error code goes into the URL: a message may carry
+            // what the provider said about the person (their address),
+            // and a URL lands in browser history and logs.
             audit_failed(&provider, &client, reason);
-            let location = HeaderValue::from_str(
-                &to.with_query(&[("error", reason), ("error_description", &e.to_string())]),
-            )
-            .map_err(ApiError::internal)?;
+            let location = HeaderValue::from_str(&to.with_query(&[("error", reason)]))
+                .map_err(ApiError::internal)?;
             Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
         }
         (Err((reason, e)), _) => {
@@ -404,10 +405,12 @@ async fn finish(
     let Some(user) = user else {
         return Err((
             "unknown_email",
-            ApiError::Refused(format!(
-                "no account has the email {}; an admin must create the user before it can log in with single sign-on",
-                who.email
-            )),
+            // The address is not echoed: answers end up in URLs, browser
+            // history and proxy logs.
+            ApiError::Refused(
+                "no account has the email the provider returned; an admin must create the user before it can log in with single sign-on"
+                    .to_owned(),
+            ),
         ));
     };
     if user.disabled {

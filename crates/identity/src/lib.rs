@@ -399,6 +399,7 @@ impl Identity {
         // The account-wide guard: past its ceiling, only a device that
         // logged in to this account before may try.
         let account = self.store().login_failures(&subject, now(), window).await?;
+        let account_locked_before = account.locked_until;
         let known_device = client
             .device
             .as_ref()
@@ -410,6 +411,7 @@ impl Identity {
                     retry_after: (until - now()).max(1) as u64,
                 });
             }
+            audit_device_proof_used(&subject, &net, client);
         }
 
         // The attempt is counted before the password is checked: a burst
@@ -453,13 +455,20 @@ impl Identity {
         if account.failures == ceiling {
             audit_lock("auth.locked", &subject, &net, "account", client);
         }
-        if account.failures > ceiling && !known_device {
-            // In flight past the ceiling: refused before the hash.
-            audit_lock("auth.failed", &subject, &net, "account", client);
-            let until = account.locked_until.unwrap_or(now() + lock_for);
-            return Err(IdentityError::Locked {
-                retry_after: (until - now()).max(1) as u64,
-            });
+        if account.failures > ceiling {
+            if !known_device {
+                // In flight past the ceiling: refused before the hash.
+                audit_lock("auth.failed", &subject, &net, "account", client);
+                let until = account.locked_until.unwrap_or(now() + lock_for);
+                return Err(IdentityError::Locked {
+                    retry_after: (until - now()).max(1) as u64,
+                });
+            }
+            // The lock was not set yet when the guard above looked; said
+            // once per attempt either way.
+            if account_locked_before.is_none() {
+                audit_device_proof_used(&subject, &net, client);
+            }
         }
 
         let user = self.store().user_by_email(&subject).await?;
@@ -902,6 +911,19 @@ pub(crate) fn audit_auth(event: &'static str, subject: &str, client: &ClientInfo
     tracing::info!(
         target: "spinforge::audit", event, subject = ?subject, client_ip = %client.ip_text(),
         user_agent = client.user_agent.as_deref().unwrap_or(""), "{message}"
+    );
+}
+
+/// A login attempt for `subject` let past the account-wide lock only
+/// because its device proof verified. The proof itself is not logged;
+/// the attempt's outcome follows as its own event.
+fn audit_device_proof_used(subject: &str, net: &str, client: &ClientInfo) {
+    let subject = normalize_email(subject).unwrap_or_else(|_| "(malformed email)".to_owned());
+    tracing::info!(
+        target: "spinforge::audit", event = "auth.device_proof_used", subject = ?subject,
+        scope = "account", network = %net, client_ip = %client.ip_text(),
+        user_agent = client.user_agent.as_deref().unwrap_or(""),
+        "login attempt admitted past the account lock by a device proof"
     );
 }
 

@@ -281,12 +281,23 @@ async fn sso_wait_for_browser(
         .context("the login was not finished in the browser in time")?
         .context("the browser listener stopped")?;
     if let Some(error) = q.remove("error") {
-        let why = q.remove("error_description").unwrap_or_default();
-        anyhow::bail!("single sign-on refused ({error}): {why}");
+        // The hub sends a code only (no message: it would sit in a URL).
+        anyhow::bail!("single sign-on refused ({error}): {}", sso_refusal(&error));
     }
     q.remove("code")
         .filter(|c| !c.is_empty())
         .context("the browser came back without a code")
+}
+
+/// What a single sign-on error code from the hub's redirect means.
+fn sso_refusal(code: &str) -> &'static str {
+    match code {
+        "unknown_email" => {
+            "no account has the email the provider returned; an admin must create the user first"
+        }
+        "user_disabled" => "this account is disabled",
+        _ => "see the hub's audit log (auth.failed) for the reason",
+    }
 }
 
 // ---- end single sign-on login ----

@@ -296,11 +296,34 @@ async fn a_stranger_naming_an_account_cannot_lock_its_owner_out() {
     let r = login_with_cookie(&server, "127.0.22.3", target, password, forged).await;
     assert_eq!(code(r).await, (429, "locked".into()));
 
+    let proof_used = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("auth.device_proof_used"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(proof_used(&server.log()).is_empty(), "no proof passed yet");
+
     // The owner's device that logged in before still gets in, from yet
-    // another network.
+    // another network, and that a proof let it past the lock is audited
+    // (once, naming the account and the address, never the proof).
     let r = login_with_cookie(&server, "127.0.23.1", target, password, &device).await;
     assert_eq!(r.status(), 200, "a known device passes the account guard");
     assert!(server.log_shows("auth.failed").await);
+    assert!(server.log_shows("auth.device_proof_used").await);
+    let lines = proof_used(&server.log());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(target) && lines[0].contains("127.0.23.1"),
+        "{}",
+        lines[0]
+    );
+    let proof = device.split_once('=').map_or(device.as_str(), |(_, v)| v);
+    assert!(
+        !lines[0].contains(proof),
+        "the proof is logged: {}",
+        lines[0]
+    );
 }
 
 /// A team behind one NAT: right passwords and refreshes never spend the

@@ -295,7 +295,14 @@ async fn browser_login_links_only_known_verified_allowed_emails() {
         )
         .await;
     let login = browser_login(&server, "bob").await;
-    refused(finish(&login).await, 403, "no account has the email").await;
+    let (got, body) = status_and_json(finish(&login).await).await;
+    assert_eq!(got, 403, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("no account has the email"), "{message:?}");
+    assert!(
+        !body.to_string().contains("nobody"),
+        "address echoed: {body}"
+    );
 
     // An email the provider does not vouch for.
     provider
@@ -711,6 +718,9 @@ async fn cli_code_is_bound_to_the_verifier_single_use_and_expires() {
     let q = query(&back);
     assert_eq!(q.get("error").map(String::as_str), Some("unknown_email"));
     assert!(!q.contains_key("code"));
+    // The code only: the address stays out of the URL.
+    assert_eq!(q.len(), 1, "{back}");
+    assert!(!back.as_str().contains("nobody"), "{back}");
 
     // An unknown provider and a bad format are clear errors.
     let r = http()
