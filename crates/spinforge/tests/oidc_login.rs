@@ -376,12 +376,21 @@ async fn browser_login_links_only_known_verified_allowed_emails() {
     refused(foreign, 403, "browser that started it").await;
     refused(finish(&login).await, 400, "already used").await;
 
+    // Log lines come through a pipe a moment after each response: wait
+    // (bounded) until the last one can have arrived, then count.
+    let sso_failures = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("auth.failed") && l.contains("sso"))
+            .count()
+    };
+    for _ in 0..50 {
+        if sso_failures(&server.log()) >= 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = server.log();
-    let failures = log
-        .lines()
-        .filter(|l| l.contains("auth.failed") && l.contains("sso"))
-        .count();
-    assert_eq!(failures, 7, "one auth.failed per refusal:\n{log}");
+    assert_eq!(sso_failures(&log), 7, "one auth.failed per refusal:\n{log}");
     assert!(!log.contains(CLIENT_SECRET));
 }
 
