@@ -4,6 +4,7 @@
 
 use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
+use crate::pool::{self, Http1Pool, PoolKey};
 use crate::request_id::RequestId;
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -91,6 +92,9 @@ pub struct ClientContext<'a> {
 }
 
 pub struct Proxy {
+    /// Plain `http://` upstreams: sites and unsandboxed apps.
+    plain: Arc<Http1Pool>,
+    /// `https://` upstreams.
     client: Client<HttpsConnector<HttpConnector<PolicyResolver>>, EdgeBody>,
     /// Pool for sandboxed apps, whose connections are made inside their
     /// network namespaces.
@@ -119,29 +123,26 @@ impl Proxy {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let tls = match &config.upstream_tls {
-            Some(tls) => ClientConfig::clone(tls),
-            None => crate::tls::default_upstream_client_config(),
-        };
         let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(upstream_tls_config(&config))
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(connector);
         let apps = AppConnector::new(config.connect_timeout);
         let app_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(apps.clone());
         Proxy {
+            plain: Http1Pool::new(config.pool_max_idle, POOL_IDLE_TIMEOUT),
             client,
             app_client,
             apps,
@@ -240,7 +241,7 @@ impl Proxy {
         let outgoing = Request::from_parts(parts, body);
 
         let result = match client_upgrade {
-            None => self.send_pooled(outgoing, &route).await,
+            None => self.send_pooled(outgoing, upstream, &route).await,
             Some(on_client) => {
                 self.send_upgrade(outgoing, upstream, &route, on_client)
                     .await
@@ -252,12 +253,70 @@ impl Proxy {
     async fn send_pooled(
         &self,
         req: Request<EdgeBody>,
+        upstream: &Upstream,
         route: &Route<'_>,
     ) -> Result<Sent, ProxyError> {
-        let request = match route {
-            Route::App { .. } => self.app_client.request(req),
-            Route::Checked | Route::Trusted => self.client.request(req),
+        let trusted = match route {
+            Route::App { .. } => {
+                return self.send_legacy(self.app_client.request(req)).await;
+            }
+            _ if upstream.tls => return self.send_legacy(self.client.request(req)).await,
+            Route::Trusted => true,
+            Route::Checked => false,
         };
+
+        // Plain HTTP/1: the own pool. Its connections are dialled with
+        // the same policy check as WebSocket upgrades.
+        let (mut parts, body) = req.into_parts();
+        parts.uri = origin_form(std::mem::take(&mut parts.uri));
+        let req = Request::from_parts(parts, body);
+        let key = PoolKey {
+            authority: upstream.authority.clone(),
+            trusted,
+        };
+        let dial = || async {
+            let connect = self.connect(upstream, route);
+            match tokio::time::timeout(self.config.connect_timeout, connect).await {
+                Err(_) => Err(ProxyError::Connect("connect timed out".into())),
+                // A name that resolves only to refused addresses is a
+                // failed connect, as the resolver of the https client
+                // reports it.
+                Ok(Err(ProxyError::Forbidden)) => Err(ProxyError::Connect(
+                    "upstream resolves only to addresses the policy forbids".into(),
+                )),
+                Ok(result) => result,
+            }
+        };
+        let sent = self.plain.send(&key, req, dial);
+        let response = match tokio::time::timeout(self.config.response_timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(pool::SendError::Connect(e))) => return Err(e),
+            Ok(Err(pool::SendError::Handshake(e))) => {
+                return Err(ProxyError::Connect(error_chain(&e)))
+            }
+            Ok(Err(pool::SendError::Request(e))) if body_too_large(&e) => {
+                return Err(ProxyError::BodyTooLarge)
+            }
+            Ok(Err(pool::SendError::Request(e))) => {
+                return Err(ProxyError::Upstream(error_chain(&e)))
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
+        Ok(Sent {
+            response,
+            upgrade: None,
+        })
+    }
+
+    /// Sends through hyper-util's client: `https://` upstreams and
+    /// sandboxed apps.
+    async fn send_legacy(
+        &self,
+        request: hyper_util::client::legacy::ResponseFuture,
+    ) -> Result<Sent, ProxyError> {
         let sent = tokio::time::timeout(self.config.response_timeout, request);
         let response = match sent.await {
             Err(_) => return Err(ProxyError::Timeout),
@@ -365,6 +424,31 @@ impl Proxy {
         }
         Err(last)
     }
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rustls client configuration for `https://` upstreams: the
+/// operator's, or the system's roots without a client certificate. The
+/// one place that chooses it.
+fn upstream_tls_config(config: &ProxyConfig) -> ClientConfig {
+    match &config.upstream_tls {
+        Some(tls) => ClientConfig::clone(tls),
+        None => crate::tls::default_upstream_client_config(),
+    }
+}
+
+/// `uri` with only its path and query, as an HTTP/1 connection to an
+/// origin server sends it. Shares the buffer; allocates nothing.
+fn origin_form(uri: Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// The absolute URI the pool sends `uri`'s path and query to: the
