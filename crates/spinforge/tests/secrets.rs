@@ -645,7 +645,14 @@ async fn a_backup_restores_into_a_new_data_dir_that_serves_and_decrypts() {
     // One flipped bit anywhere: in file data, in tar headers and padding
     // (which no per-file hash covers), in the gzip trailer.
     let len = bytes.len();
-    for at in [len / 5, len * 2 / 5, len / 2, len * 3 / 5, len * 4 / 5, len - 6] {
+    for at in [
+        len / 5,
+        len * 2 / 5,
+        len / 2,
+        len * 3 / 5,
+        len * 4 / 5,
+        len - 6,
+    ] {
         let mut flipped = bytes.clone();
         flipped[at] ^= 0x40;
         let bad = fresh.path().join("bad.sfb");
