@@ -87,7 +87,7 @@ impl Http1Pool {
         F: Future<Output = Result<TcpStream, E>>,
     {
         while let Some(mut sender) = self.checkout(key) {
-            if sender.ready().await.is_err() {
+            if !ready(&mut sender).await {
                 continue;
             }
             match sender.try_send_request(req).await {
@@ -185,6 +185,25 @@ impl Http1Pool {
     fn idle_count(&self, key: &PoolKey) -> usize {
         let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         lists.by_key.get(key).map_or(0, Vec::len)
+    }
+}
+
+/// How long a pooled connection may take to become ready. A connection
+/// comes back when its response body ends, usually a moment before hyper
+/// has read that end; it stays busy longer only while the previous
+/// client still streams a request body the upstream answered early.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
+/// True iff `sender` can take a request now or within [`READY_WAIT`]; a
+/// connection that cannot is dropped (it closes once its exchange ends).
+async fn ready(sender: &mut SendRequest<EdgeBody>) -> bool {
+    let now = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+    match now {
+        Poll::Ready(result) => result.is_ok(),
+        Poll::Pending => matches!(
+            tokio::time::timeout(READY_WAIT, sender.ready()).await,
+            Ok(Ok(()))
+        ),
     }
 }
 
@@ -374,6 +393,63 @@ mod tests {
         assert_eq!(fetch(&pool, addr).await, "hello");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fetch(&pool, addr).await, "hello");
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = crate::body::BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
+        // Answers every request at once, without reading its body, and
+        // keeps each connection open.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                });
+            }
+        });
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        let streaming = Request::post("/")
+            .header("host", "upstream.test")
+            .body(Endless.boxed())
+            .expect("request");
+        let response = pool
+            .send(&key(addr), streaming, || TcpStream::connect(addr))
+            .await
+            .map_err(|_| "send failed")
+            .expect("response");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "hello");
+
+        let second = tokio::time::timeout(Duration::from_secs(5), fetch(&pool, addr));
+        assert_eq!(second.await.expect("not stuck behind the body"), "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
