@@ -43,6 +43,9 @@ struct Lists {
     reaper: bool,
 }
 
+// Limitation: only idle connections are bounded; busy ones are not, as
+// in hyper-util's client (a per-upstream connection limit with a queue
+// would lift it).
 pub(crate) struct Http1Pool {
     lists: Mutex<Lists>,
     /// Idle connections kept per key; more are closed when they finish.

@@ -274,6 +274,9 @@ impl Proxy {
             authority: upstream.authority.clone(),
             trusted,
         };
+        // Limitation: one connect timeout covers all of a name's
+        // addresses, tried in turn, where the https client splits it
+        // between them (a happy-eyeballs dialler would lift it).
         let dial = || async {
             let connect = self.connect(upstream, route);
             match tokio::time::timeout(self.config.connect_timeout, connect).await {
