@@ -14,7 +14,8 @@
 # docs/ and installs nothing.
 #
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_THREADS (2),
-# BENCH_CONNECTIONS (64), BENCH_DURATION (5s).
+# BENCH_CONNECTIONS (64), BENCH_DURATION (5s), BENCH_PLAIN (unset; 1: the
+# same comparison over plain HTTP, nginx as bench/run.sh configures it).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -63,16 +64,24 @@ render() {
     sed "${expr[@]}" "$in" >"$out"
 }
 
-read -r UPSTREAM NGINX < <(ports 2)
+PLAIN="${BENCH_PLAIN:-}"
+read -r UPSTREAM NGINX STATIC < <(ports 3)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$WORK/bench.key" -out "$WORK/bench.crt" -days 30 \
     -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" 2>/dev/null
 mkdir -p "$WORK/upstream" "$WORK/nginx"
 render "$HERE/nginx-upstream.conf.in" "$WORK/upstream/nginx.conf" \
     "PREFIX=$WORK/upstream" "PORT=$UPSTREAM"
-render "$HERE/nginx-tls.conf.in" "$WORK/nginx/nginx.conf" "PREFIX=$WORK/nginx" \
-    "WORKERS=2" "UPSTREAM_PORT=$UPSTREAM" "TLS_PORT=$NGINX" \
-    "CERT=$WORK/bench.crt" "KEY=$WORK/bench.key"
+if [[ -n "$PLAIN" ]]; then
+    mkdir -p "$WORK/static"
+    render "$HERE/nginx-edge.conf.in" "$WORK/nginx/nginx.conf" "PREFIX=$WORK/nginx" \
+        "WORKERS=2" "UPSTREAM_PORT=$UPSTREAM" "PROXY_PORT=$NGINX" \
+        "STATIC_PORT=$STATIC" "STATIC_ROOT=$WORK/static"
+else
+    render "$HERE/nginx-tls.conf.in" "$WORK/nginx/nginx.conf" "PREFIX=$WORK/nginx" \
+        "WORKERS=2" "UPSTREAM_PORT=$UPSTREAM" "TLS_PORT=$NGINX" \
+        "CERT=$WORK/bench.crt" "KEY=$WORK/bench.key"
+fi
 declare -A SERVER_PID
 for side in upstream nginx; do
     nginx -p "$WORK/$side/" -c "$WORK/$side/nginx.conf" -e "$WORK/$side/error.log" \
@@ -85,7 +94,7 @@ wait_port "$NGINX"
 
 # start_spinforge N BINARY: a fresh data directory with the proxy site
 # bench.test and its certificate; sets TLS_PORT[N].
-declare -A TLS_PORT
+declare -A TLS_PORT HTTP_PORT
 start_spinforge() {
     local n="$1" bin="$2" http tls api dir="$WORK/sf$1" password token
     read -r http tls api < <(ports 3)
@@ -107,18 +116,34 @@ start_spinforge() {
     curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
         --data "{\"domain\":\"bench.test\",\"type\":\"proxy\",\"upstream\":\"http://127.0.0.1:$UPSTREAM\"}" \
         "http://127.0.0.1:$api/api/v1/sites"
-    python3 -c 'import json,sys; print(json.dumps({"cert": open(sys.argv[1]).read(), "key": open(sys.argv[2]).read()}))' \
-        "$WORK/bench.crt" "$WORK/bench.key" |
+    # With a certificate the site redirects plain HTTP to HTTPS.
+    [[ -n "$PLAIN" ]] ||
+        python3 -c 'import json,sys; print(json.dumps({"cert": open(sys.argv[1]).read(), "key": open(sys.argv[2]).read()}))' \
+            "$WORK/bench.crt" "$WORK/bench.key" |
         curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
             --data-binary @- "http://127.0.0.1:$api/api/v1/certs/bench.test"
     TLS_PORT[$n]=$tls
+    HTTP_PORT[$n]=$http
 }
 start_spinforge old "${BINS[0]}"
 start_spinforge new "${BINS[1]}"
 TLS_PORT[nginx]=$NGINX
+HTTP_PORT[nginx]=$NGINX
+# url SIDE: where wrk sends its requests for SIDE.
+url() {
+    if [[ -n "$PLAIN" ]]; then
+        echo "http://127.0.0.1:${HTTP_PORT[$1]}/"
+    else
+        echo "https://127.0.0.1:${TLS_PORT[$1]}/"
+    fi
+}
 for side in nginx old new; do
-    curl -fsS -k --resolve "bench.test:${TLS_PORT[$side]}:127.0.0.1" \
-        "https://bench.test:${TLS_PORT[$side]}/" | grep -q spinforge-bench-upstream ||
+    if [[ -n "$PLAIN" ]]; then
+        curl -fsS -H 'Host: bench.test' "$(url "$side")"
+    else
+        curl -fsS -k --resolve "bench.test:${TLS_PORT[$side]}:127.0.0.1" \
+            "https://bench.test:${TLS_PORT[$side]}/"
+    fi | grep -q spinforge-bench-upstream ||
         { echo "no upstream page from $side" >&2; exit 1; }
 done
 
@@ -140,7 +165,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for side in nginx old new; do
         before=$(cpu_ticks "${SERVER_PID[$side]}")
         out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
-            "https://127.0.0.1:${TLS_PORT[$side]}/")
+            "$(url "$side")")
         after=$(cpu_ticks "${SERVER_PID[$side]}")
         RPS[$side]=$(awk '/Requests\/sec/ { printf "%d", $2 }' <<<"$out")
         requests=$(awk '/requests in/ { print $1 }' <<<"$out")

@@ -13,6 +13,7 @@ pub mod host;
 mod idle;
 pub mod listener;
 pub mod metrics;
+mod pool;
 pub mod proxy;
 pub mod request_id;
 pub mod routes;

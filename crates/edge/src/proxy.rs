@@ -4,6 +4,7 @@
 
 use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
+use crate::pool::{self, Http1Pool, PoolKey};
 use crate::request_id::RequestId;
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use crate::upstream_tls::{SiteTlsEntry, SiteUpstreamTls};
@@ -105,6 +106,9 @@ pub struct ClientContext<'a> {
 }
 
 pub struct Proxy {
+    /// Plain `http://` upstreams: sites and unsandboxed apps.
+    plain: Arc<Http1Pool>,
+    /// `https://` upstreams without a site setting of their own.
     client: PooledClient,
     /// Pool for sandboxed apps, whose connections are made inside their
     /// network namespaces.
@@ -129,19 +133,16 @@ enum Route<'a> {
 
 impl Proxy {
     pub fn new(config: ProxyConfig, policy: Arc<UpstreamPolicy>) -> Proxy {
-        let tls = match &config.upstream_tls {
-            Some(tls) => ClientConfig::clone(tls),
-            None => crate::tls::default_upstream_client_config(),
-        };
-        let client = pooled_client(&config, &policy, tls);
+        let client = pooled_client(&config, &policy, upstream_tls_config(&config));
         let apps = AppConnector::new(config.connect_timeout);
         let app_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(apps.clone());
         Proxy {
+            plain: Http1Pool::new(config.pool_max_idle, POOL_IDLE_TIMEOUT),
             client,
             app_client,
             apps,
@@ -245,7 +246,7 @@ impl Proxy {
         };
         let result = match client_upgrade {
             None => {
-                self.send_pooled(outgoing, &route, site_tls.as_deref())
+                self.send_pooled(outgoing, upstream, &route, site_tls.as_deref())
                     .await
             }
             Some(on_client) => {
@@ -259,16 +260,82 @@ impl Proxy {
     async fn send_pooled(
         &self,
         req: Request<EdgeBody>,
+        upstream: &Upstream,
         route: &Route<'_>,
         site_tls: Option<&SiteTlsEntry<PooledClient>>,
     ) -> Result<Sent, ProxyError> {
-        let request = match (route, site_tls) {
-            (Route::App { .. }, _) => self.app_client.request(req),
-            (_, Some(site)) => site
-                .client(|tls| pooled_client(&self.config, &self.policy, tls))
-                .request(req),
-            (Route::Checked | Route::Trusted, None) => self.client.request(req),
+        let trusted = match route {
+            Route::App { .. } => {
+                return self.send_legacy(self.app_client.request(req)).await;
+            }
+            _ if upstream.tls => {
+                let request = match site_tls {
+                    Some(site) => site
+                        .client(|tls| pooled_client(&self.config, &self.policy, tls))
+                        .request(req),
+                    None => self.client.request(req),
+                };
+                return self.send_legacy(request).await;
+            }
+            Route::Trusted => true,
+            Route::Checked => false,
         };
+
+        // Plain HTTP/1: the own pool. Its connections are dialled with
+        // the same policy check as WebSocket upgrades.
+        let (mut parts, body) = req.into_parts();
+        parts.uri = origin_form(std::mem::take(&mut parts.uri));
+        let req = Request::from_parts(parts, body);
+        let key = PoolKey {
+            authority: upstream.authority.clone(),
+            trusted,
+        };
+        // Limitation: one connect timeout covers all of a name's
+        // addresses, tried in turn, where the https client splits it
+        // between them (a happy-eyeballs dialler would lift it).
+        let dial = || async {
+            let connect = self.connect(upstream, route);
+            match tokio::time::timeout(self.config.connect_timeout, connect).await {
+                Err(_) => Err(ProxyError::Connect("connect timed out".into())),
+                // A name that resolves only to refused addresses is a
+                // failed connect, as the resolver of the https client
+                // reports it.
+                Ok(Err(ProxyError::Forbidden)) => Err(ProxyError::Connect(
+                    "upstream resolves only to addresses the policy forbids".into(),
+                )),
+                Ok(result) => result,
+            }
+        };
+        let sent = self.plain.send(&key, req, dial);
+        let response = match tokio::time::timeout(self.config.response_timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(pool::SendError::Connect(e))) => return Err(e),
+            Ok(Err(pool::SendError::Handshake(e))) => {
+                return Err(ProxyError::Connect(error_chain(&e)))
+            }
+            Ok(Err(pool::SendError::Request(e))) if body_too_large(&e) => {
+                return Err(ProxyError::BodyTooLarge)
+            }
+            Ok(Err(pool::SendError::Request(e))) => {
+                return Err(ProxyError::Upstream(error_chain(&e)))
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
+        Ok(Sent {
+            response,
+            upgrade: None,
+        })
+    }
+
+    /// Sends through hyper-util's client: `https://` upstreams and
+    /// sandboxed apps.
+    async fn send_legacy(
+        &self,
+        request: hyper_util::client::legacy::ResponseFuture,
+    ) -> Result<Sent, ProxyError> {
         let sent = tokio::time::timeout(self.config.response_timeout, request);
         let response = match sent.await {
             Err(_) => return Err(ProxyError::Timeout),
@@ -397,9 +464,34 @@ fn pooled_client(
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(config.pool_max_idle)
         .build(connector)
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rustls client configuration for `https://` upstreams: the
+/// operator's, or the system's roots without a client certificate. The
+/// one place that chooses it.
+fn upstream_tls_config(config: &ProxyConfig) -> ClientConfig {
+    match &config.upstream_tls {
+        Some(tls) => ClientConfig::clone(tls),
+        None => crate::tls::default_upstream_client_config(),
+    }
+}
+
+/// `uri` with only its path and query, as an HTTP/1 connection to an
+/// origin server sends it. Shares the buffer; allocates nothing.
+fn origin_form(uri: Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// The absolute URI the pool sends `uri`'s path and query to: the

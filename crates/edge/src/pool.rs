@@ -1,0 +1,476 @@
+//! The keep-alive pool for plain `http://` upstreams: idle HTTP/1
+//! connections (`hyper::client::conn::http1::SendRequest`) kept per
+//! upstream authority, bounded in count and age.
+//!
+//! It only keeps and hands out connections; how a new one is dialled
+//! (and which addresses the policy allows) is the caller's closure, so the
+//! route checks stay in `proxy.rs`. TLS upstreams and sandboxed apps use
+//! hyper-util's client instead.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+use crate::body::EdgeBody;
+
+/// Which idle list a connection belongs to. A connection dialled for a
+/// trusted local app never serves a policy-checked site, even at the same
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub authority: http::uri::Authority,
+    pub trusted: bool,
+}
+
+struct Idle {
+    sender: SendRequest<EdgeBody>,
+    since: Instant,
+}
+
+struct Lists {
+    by_key: HashMap<PoolKey, Vec<Idle>>,
+    /// True once the task that closes expired connections runs.
+    reaper: bool,
+}
+
+// Limitation: only idle connections are bounded; busy ones are not, as
+// in hyper-util's client (a per-upstream connection limit with a queue
+// would lift it).
+pub(crate) struct Http1Pool {
+    lists: Mutex<Lists>,
+    /// Idle connections kept per key; more are closed when they finish.
+    max_idle: usize,
+    /// An idle connection older than this is closed, not reused.
+    idle_timeout: Duration,
+}
+
+/// Why [`Http1Pool::send`] got no response.
+pub(crate) enum SendError<E> {
+    /// Dialling a new connection failed (the closure's error).
+    Connect(E),
+    /// The HTTP/1 handshake on a new connection failed.
+    Handshake(hyper::Error),
+    /// The request was sent, or its connection failed mid-way.
+    Request(hyper::Error),
+}
+
+impl Http1Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
+        Arc::new(Http1Pool {
+            lists: Mutex::new(Lists {
+                by_key: HashMap::new(),
+                reaper: false,
+            }),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// Sends `req` on an idle connection for `key`, or on a new one from
+    /// `dial`. A request that an idle connection closed before sending
+    /// (the upstream's keep-alive ran out) is tried on the next one. The
+    /// response body hands the connection back once it has ended.
+    pub async fn send<E, F>(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        mut req: Request<EdgeBody>,
+        dial: impl FnOnce() -> F,
+    ) -> Result<Response<PooledBody>, SendError<E>>
+    where
+        F: Future<Output = Result<TcpStream, E>>,
+    {
+        while let Some(mut sender) = self.checkout(key) {
+            if !ready(&mut sender).await {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.lend(key, sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+
+        let stream = dial().await.map_err(SendError::Connect)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        let response = sender.send_request(req).await.map_err(SendError::Request)?;
+        Ok(self.lend(key, sender, response))
+    }
+
+    /// The newest idle connection for `key` that is still young enough and
+    /// not closed; older or closed ones met on the way are dropped.
+    fn checkout(&self, key: &PoolKey) -> Option<SendRequest<EdgeBody>> {
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let list = lists.by_key.get_mut(key)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed() {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn lend(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        sender: SendRequest<EdgeBody>,
+        response: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        response.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                lent: Some(Lent {
+                    pool: Arc::downgrade(self),
+                    key: key.clone(),
+                    sender,
+                }),
+            };
+            // A body that is already over (HEAD, 204, empty) frees the
+            // connection now; hyper makes it ready once it has read the
+            // end of the response.
+            if body.inner.is_end_stream() {
+                body.give_back();
+            }
+            body
+        })
+    }
+
+    fn give_back(self: &Arc<Self>, key: PoolKey, sender: SendRequest<EdgeBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let list = lists.by_key.entry(key).or_default();
+        if list.len() >= self.max_idle {
+            return;
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !lists.reaper {
+            lists.reaper = true;
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+
+    /// Closes every idle connection past the idle timeout or closed by
+    /// its upstream, and forgets empty lists.
+    fn sweep(&self) {
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists.by_key.retain(|_, list| {
+            list.retain(|idle| {
+                idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed()
+            });
+            !list.is_empty()
+        });
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, key: &PoolKey) -> usize {
+        let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists.by_key.get(key).map_or(0, Vec::len)
+    }
+}
+
+/// How long a pooled connection may take to become ready. A connection
+/// comes back when its response body ends, usually a moment before hyper
+/// has read that end; it stays busy longer only while the previous
+/// client still streams a request body the upstream answered early.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
+/// True iff `sender` can take a request now or within [`READY_WAIT`]; a
+/// connection that cannot is dropped (it closes once its exchange ends).
+async fn ready(sender: &mut SendRequest<EdgeBody>) -> bool {
+    let now = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+    match now {
+        Poll::Ready(result) => result.is_ok(),
+        Poll::Pending => matches!(
+            tokio::time::timeout(READY_WAIT, sender.ready()).await,
+            Ok(Ok(()))
+        ),
+    }
+}
+
+/// Sweeps the pool every `period` for as long as the pool exists.
+async fn reap(pool: Weak<Http1Pool>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep(),
+            None => return,
+        }
+    }
+}
+
+struct Lent {
+    pool: Weak<Http1Pool>,
+    key: PoolKey,
+    sender: SendRequest<EdgeBody>,
+}
+
+/// An upstream response body that returns its connection to the pool
+/// when it ends. Dropped before its end, it closes the connection: the
+/// rest of the response would still be on the wire.
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    lent: Option<Lent>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(lent) = self.lent.take() {
+            if let Some(pool) = lent.pool.upgrade() {
+                pool.give_back(lent.key, lent.sender);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            // An error ends the exchange; the connection is not reused.
+            Poll::Ready(Some(Err(_))) => self.lent = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A real HTTP/1.1 server on loopback that answers `hello` with
+    /// keep-alive and counts the connections it accepted.
+    async fn upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"hello"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn key(addr: std::net::SocketAddr) -> PoolKey {
+        PoolKey {
+            authority: addr.to_string().parse().expect("authority"),
+            trusted: true,
+        }
+    }
+
+    fn get() -> Request<EdgeBody> {
+        Request::get("/")
+            .header("host", "upstream.test")
+            .body(crate::body::empty())
+            .expect("request")
+    }
+
+    async fn fetch(pool: &Arc<Http1Pool>, addr: std::net::SocketAddr) -> Bytes {
+        let response = pool
+            .send(&key(addr), get(), || TcpStream::connect(addr))
+            .await
+            .map_err(|_| "send failed")
+            .expect("response");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_finished_response_returns_its_connection_for_the_next_request() {
+        let (addr, accepted) = upstream().await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, addr).await, "hello");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(&key(addr)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_does_not_return_the_connection() {
+        let (addr, accepted) = upstream().await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        let response = pool
+            .send(&key(addr), get(), || TcpStream::connect(addr))
+            .await
+            .map_err(|_| "send failed")
+            .expect("response");
+        drop(response);
+        assert_eq!(pool.idle_count(&key(addr)), 0);
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_expired_idle_connection_is_not_reused() {
+        let (addr, accepted) = upstream().await;
+        let pool = Http1Pool::new(4, Duration::from_millis(50));
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+        // A raw server that answers one request per connection, then
+        // closes it without saying so first (as an upstream whose
+        // keep-alive timeout ran out).
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(stream);
+            }
+        });
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fetch(&pool, addr).await, "hello");
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = crate::body::BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
+        // Answers every request at once, without reading its body, and
+        // keeps each connection open.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                });
+            }
+        });
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        let streaming = Request::post("/")
+            .header("host", "upstream.test")
+            .body(Endless.boxed())
+            .expect("request");
+        let response = pool
+            .send(&key(addr), streaming, || TcpStream::connect(addr))
+            .await
+            .map_err(|_| "send failed")
+            .expect("response");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "hello");
+
+        let second = tokio::time::timeout(Duration::from_secs(5), fetch(&pool, addr));
+        assert_eq!(second.await.expect("not stuck behind the body"), "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_per_key() {
+        let (addr, _) = upstream().await;
+        let pool = Http1Pool::new(2, Duration::from_secs(60));
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let response = pool
+                .send(&key(addr), get(), || TcpStream::connect(addr))
+                .await
+                .map_err(|_| "send failed")
+                .expect("response");
+            open.push(response);
+        }
+        for response in open {
+            response.into_body().collect().await.expect("body");
+        }
+        assert_eq!(pool.idle_count(&key(addr)), 2);
+    }
+}
