@@ -89,8 +89,11 @@ impl Http1Pool {
     where
         F: Future<Output = Result<TcpStream, E>>,
     {
+        // At most one READY_WAIT per request, however many idle
+        // connections are still busy: past it, busy ones are dropped.
+        let mut may_wait = true;
         while let Some(mut sender) = self.checkout(key) {
-            if !ready(&mut sender).await {
+            if !ready(&mut sender, &mut may_wait).await {
                 continue;
             }
             match sender.try_send_request(req).await {
@@ -197,16 +200,18 @@ impl Http1Pool {
 /// client still streams a request body the upstream answered early.
 const READY_WAIT: Duration = Duration::from_millis(100);
 
-/// True iff `sender` can take a request now or within [`READY_WAIT`]; a
-/// connection that cannot is dropped (it closes once its exchange ends).
-async fn ready(sender: &mut SendRequest<EdgeBody>) -> bool {
+/// True iff `sender` can take a request now, or within [`READY_WAIT`]
+/// if `may_wait` (which the wait then uses up); a connection that cannot
+/// is dropped (it closes once its exchange ends).
+async fn ready(sender: &mut SendRequest<EdgeBody>, may_wait: &mut bool) -> bool {
     let now = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
     match now {
         Poll::Ready(result) => result.is_ok(),
-        Poll::Pending => matches!(
+        Poll::Pending if std::mem::take(may_wait) => matches!(
             tokio::time::timeout(READY_WAIT, sender.ready()).await,
             Ok(Ok(()))
         ),
+        Poll::Pending => false,
     }
 }
 

@@ -208,6 +208,9 @@ impl Hub {
                 created_at: now(),
             })
             .await?;
+        // A new site starts with no upstream TLS of its own, whatever an
+        // earlier site of the same name left in the edge.
+        self.forget_upstream_tls(&domain);
         self.sync_edge(&domain).await?;
         tracing::info!(site = %domain, kind = site.kind.as_str(), "site created");
         Ok(site)
@@ -333,6 +336,19 @@ impl Hub {
         Ok(site)
     }
 
+    /// Drops the edge's upstream TLS entry for `domain`, if any.
+    fn forget_upstream_tls(&self, domain: &str) {
+        let upstream_tls = self
+            .inner
+            .upstream_tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(sites) = upstream_tls {
+            sites.clear(domain);
+        }
+    }
+
     /// What follows a site's rows leaving the store: the edge stops
     /// serving it, its spinlet stops, and its files go.
     pub(crate) async fn site_deleted(&self, site: &Site) {
@@ -356,15 +372,7 @@ impl Hub {
         if let Err(e) = self.inner.store.clear_upstream_tls(domain).await {
             tracing::warn!(site = %domain, error = %e, "site upstream TLS not removed");
         }
-        let upstream_tls = self
-            .inner
-            .upstream_tls
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(sites) = upstream_tls {
-            sites.clear(domain);
-        }
+        self.forget_upstream_tls(domain);
         if site.kind == SiteKind::Process {
             self.inner.supervisor.remove(domain).await;
         }

@@ -378,6 +378,11 @@ async fn set(
     ApiJson(req): ApiJson<UpstreamTlsRequest>,
 ) -> Result<Json<UpstreamTlsView>, ApiError> {
     let site = proxy_site(&hub, &caller, Permission::SitesUpdate, &domain).await?;
+    // Under the site's lock, and the site looked up again: a delete that
+    // ran in between must not leave this setting in the edge for a later
+    // site of the same name, and two writes reach store and edge in order.
+    let _guard = hub.site_lock(&site.domain).await;
+    let site = proxy_site(&hub, &caller, Permission::SitesUpdate, &site.domain).await?;
     let checked =
         checked_request(&req).and_then(|client| check(req.upstream_ca.as_deref(), client, now()));
     let checked = match checked {
@@ -469,6 +474,7 @@ async fn clear(
     Path(domain): Path<String>,
 ) -> Result<Json<UpstreamTlsView>, ApiError> {
     let site = proxy_site(&hub, &caller, Permission::SitesUpdate, &domain).await?;
+    let _guard = hub.site_lock(&site.domain).await;
     let had = upstream.store.clear_upstream_tls(&site.domain).await?;
     upstream.sites.clear(&site.domain);
     tracing::info!(target: "spinforge::audit", event = "site.upstream_tls",

@@ -234,8 +234,18 @@ async fn a_site_reaches_a_mutual_tls_upstream_with_its_own_ca_and_client_certifi
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), body);
 
-    // Another site on the same upstream does not get tenant a's
-    // certificate.
+    // Another site on the same upstream, trusting the same CA, does not
+    // get tenant a's certificate: its handshake verifies, and the
+    // upstream then ends it for want of a client certificate.
+    let (status, view) = upstream_tls(
+        &server,
+        &token,
+        reqwest::Method::PUT,
+        "tenant-b.test",
+        Some(serde_json::json!({ "upstream_ca": upstream_ca.pem })),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
     assert_eq!(
         server.get("tenant-b.test", "/hello.txt").await.status(),
         502
@@ -332,6 +342,23 @@ async fn a_site_reaches_a_mutual_tls_upstream_with_its_own_ca_and_client_certifi
     );
     assert_eq!(response.text().await.expect("body"), body);
     assert_no_key("the restored server's log", &restored.log(), &client_key);
+
+    // Deleting the site takes its setting out of the edge too: a new site
+    // of the same name (maybe another customer's) on the same upstream
+    // does not present tenant a's certificate or trust its CA.
+    let token = restored.login_token().await;
+    let response = http()
+        .delete(format!("{}/api/v1/sites/tenant-a.test", restored.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete site");
+    assert!(response.status().is_success(), "{}", response.status());
+    create_proxy_site(&restored, &token, "tenant-a.test", &upstream.url()).await;
+    assert_eq!(
+        restored.get("tenant-a.test", "/hello.txt").await.status(),
+        502
+    );
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ pub struct SiteUpstreamTls {
     /// PEM CA certificates trusted besides the system's roots.
     pub ca_pem: Option<String>,
     pub client: Option<UpstreamClientCert>,
-    /// Unix seconds; also the version the edge caches clients by.
+    /// Unix seconds (the edge caches clients by its own version counter).
     pub updated_at: i64,
 }
 
