@@ -21,7 +21,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-use crate::body::EdgeBody;
+use crate::body::{BoxError, EdgeBody};
+use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which idle list a connection belongs to. A connection dialled for a
 /// trusted local app never serves a policy-checked site, even at the same
@@ -83,12 +85,22 @@ impl Http1Pool {
     pub async fn send<E, F>(
         self: &Arc<Self>,
         key: &PoolKey,
-        mut req: Request<EdgeBody>,
+        req: Request<EdgeBody>,
         dial: impl FnOnce() -> F,
     ) -> Result<Response<PooledBody>, SendError<E>>
     where
         F: Future<Output = Result<TcpStream, E>>,
     {
+        // Whether the request body was sent to its end: only then can the
+        // connection carry another request once the response is over.
+        let request_ended = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let mut req = req.map(|inner| {
+            Tracked {
+                inner,
+                ended: request_ended.clone(),
+            }
+            .boxed()
+        });
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
@@ -97,7 +109,7 @@ impl Http1Pool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lend(key, sender, response)),
+                Ok(response) => return Ok(self.lend(key, sender, response, request_ended)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Request(e.into_error())),
@@ -115,7 +127,7 @@ impl Http1Pool {
             }
         });
         let response = sender.send_request(req).await.map_err(SendError::Request)?;
-        Ok(self.lend(key, sender, response))
+        Ok(self.lend(key, sender, response, request_ended))
     }
 
     /// The newest idle connection for `key` that is still young enough and
@@ -136,6 +148,7 @@ impl Http1Pool {
         key: &PoolKey,
         sender: SendRequest<EdgeBody>,
         response: Response<Incoming>,
+        request_ended: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
         response.map(|inner| {
             let mut body = PooledBody {
@@ -144,6 +157,7 @@ impl Http1Pool {
                     pool: Arc::downgrade(self),
                     key: key.clone(),
                     sender,
+                    request_ended,
                 }),
             };
             // A body that is already over (HEAD, 204, empty) frees the
@@ -232,6 +246,41 @@ struct Lent {
     pool: Weak<Http1Pool>,
     key: PoolKey,
     sender: SendRequest<EdgeBody>,
+    request_ended: Arc<AtomicBool>,
+}
+
+/// A request body that notes when it has been sent to its end.
+struct Tracked {
+    inner: EdgeBody,
+    ended: Arc<AtomicBool>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.ended.store(true, Ordering::Release)
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// An upstream response body that returns its connection to the pool
@@ -243,8 +292,14 @@ pub(crate) struct PooledBody {
 }
 
 impl PooledBody {
+    /// Returns the connection to the pool, unless its request body was
+    /// not sent to the end (the upstream answered early): the rest of
+    /// that body could then be read as a next request.
     fn give_back(&mut self) {
         if let Some(lent) = self.lent.take() {
+            if !lent.request_ended.load(Ordering::Acquire) {
+                return;
+            }
             if let Some(pool) = lent.pool.upgrade() {
                 pool.give_back(lent.key, lent.sender);
             }
@@ -454,10 +509,33 @@ mod tests {
             .expect("response");
         let body = response.into_body().collect().await.expect("body");
         assert_eq!(body.to_bytes(), "hello");
+        // Its request body never ended, so the connection is not reused.
+        assert_eq!(pool.idle_count(&key(addr)), 0);
 
         let second = tokio::time::timeout(Duration::from_secs(5), fetch(&pool, addr));
         assert_eq!(second.await.expect("not stuck behind the body"), "hello");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_sent_in_full_keeps_its_connection() {
+        let (addr, accepted) = upstream().await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        for _ in 0..3 {
+            let post = Request::post("/")
+                .header("host", "upstream.test")
+                .body(crate::body::full("some form data"))
+                .expect("request");
+            let response = pool
+                .send(&key(addr), post, || TcpStream::connect(addr))
+                .await
+                .map_err(|_| "send failed")
+                .expect("response");
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), "hello");
+        }
+        assert_eq!(pool.idle_count(&key(addr)), 1);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
