@@ -93,14 +93,19 @@ impl Http1Pool {
     {
         // Whether the request body was sent to its end: only then can the
         // connection carry another request once the response is over.
+        // A request without a body (most GETs) has nothing to track.
         let request_ended = Arc::new(AtomicBool::new(req.body().is_end_stream()));
-        let mut req = req.map(|inner| {
-            Tracked {
-                inner,
-                ended: request_ended.clone(),
-            }
-            .boxed()
-        });
+        let mut req = if request_ended.load(Ordering::Relaxed) {
+            req
+        } else {
+            req.map(|inner| {
+                Tracked {
+                    inner,
+                    ended: request_ended.clone(),
+                }
+                .boxed()
+            })
+        };
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
