@@ -3,9 +3,9 @@
 //! upstream authority, bounded in count and age.
 //!
 //! It only keeps and hands out connections; how a new one is dialled
-//! (and which addresses the policy allows) is the caller's closure, so the
-//! route checks stay in `proxy.rs`. TLS upstreams and sandboxed apps use
-//! hyper-util's client instead.
+//! (and which addresses the policy allows, or which sandboxed app's
+//! dialer makes it) is the caller's closure, so the route checks stay in
+//! `proxy.rs`. TLS upstreams use hyper-util's client instead.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,11 +27,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which idle list a connection belongs to. A connection dialled for a
 /// trusted local app never serves a policy-checked site, even at the same
-/// address.
+/// address, and one made inside a sandboxed app's network namespace
+/// serves only that instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub authority: http::uri::Authority,
-    pub trusted: bool,
+    pub reach: Reach,
+}
+
+/// How a pooled connection was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reach {
+    /// To an address the upstream policy allowed.
+    Checked,
+    /// To a local app on the host's loopback, unchecked.
+    Local,
+    /// By the dialer of the sandboxed app instance with this key.
+    App(u64),
 }
 
 struct Idle {
@@ -375,7 +387,7 @@ mod tests {
     fn key(addr: std::net::SocketAddr) -> PoolKey {
         PoolKey {
             authority: addr.to_string().parse().expect("authority"),
-            trusted: true,
+            reach: Reach::Local,
         }
     }
 

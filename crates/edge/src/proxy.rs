@@ -2,9 +2,9 @@
 //! keep-alive pool, hop-by-hop headers removed, forwarding headers set,
 //! and WebSocket upgrades spliced through on a dedicated connection.
 
-use crate::app::{AppConnector, AppDialer, AppLease, LeaseGuard, LeasedBody};
+use crate::app::{AppDialer, AppLease, LeaseGuard, LeasedBody};
 use crate::body::{self, EdgeBody};
-use crate::pool::{self, Http1Pool, PoolKey};
+use crate::pool::{self, Http1Pool, PoolKey, Reach};
 use crate::request_id::RequestId;
 use crate::upstream::{PolicyResolver, Upstream, UpstreamPolicy};
 use crate::upstream_tls::{SiteTlsEntry, SiteUpstreamTls};
@@ -106,14 +106,10 @@ pub struct ClientContext<'a> {
 }
 
 pub struct Proxy {
-    /// Plain `http://` upstreams: sites and unsandboxed apps.
+    /// Plain `http://` upstreams: sites and apps, sandboxed or not.
     plain: Arc<Http1Pool>,
     /// `https://` upstreams without a site setting of their own.
     client: PooledClient,
-    /// Pool for sandboxed apps, whose connections are made inside their
-    /// network namespaces.
-    app_client: Client<AppConnector, EdgeBody>,
-    apps: AppConnector,
     policy: Arc<UpstreamPolicy>,
     config: ProxyConfig,
 }
@@ -124,28 +120,17 @@ enum Route<'a> {
     Checked,
     /// Through the pool, unchecked: a local app on the host's loopback.
     Trusted,
-    /// A sandboxed app: the pool for apps, host name from `AppConnector`.
-    App {
-        dialer: &'a Arc<dyn AppDialer>,
-        host: String,
-    },
+    /// Through the pool, each connection made by a sandboxed app
+    /// instance's dialer inside its network namespace.
+    App(&'a Arc<dyn AppDialer>),
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, policy: Arc<UpstreamPolicy>) -> Proxy {
         let client = pooled_client(&config, &policy, upstream_tls_config(&config));
-        let apps = AppConnector::new(config.connect_timeout);
-        let app_client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .build(apps.clone());
         Proxy {
             plain: Http1Pool::new(config.pool_max_idle, POOL_IDLE_TIMEOUT),
             client,
-            app_client,
-            apps,
             policy,
             config,
         }
@@ -198,10 +183,7 @@ impl Proxy {
     ) -> Result<Response<EdgeBody>, ProxyError> {
         let upstream = Upstream::local(lease.addr);
         let route = match &lease.dialer {
-            Some(dialer) => Route::App {
-                dialer,
-                host: self.apps.host_for(dialer),
-            },
+            Some(dialer) => Route::App(dialer),
             None => Route::Trusted,
         };
         self.send(req, &upstream, ctx, Some(Leased(lease.guard)), route)
@@ -226,7 +208,7 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
 
-        parts.uri = upstream_uri(std::mem::take(&mut parts.uri), upstream, &route)?;
+        parts.uri = upstream_uri(std::mem::take(&mut parts.uri), upstream)?;
         parts.version = Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
         // The declared length was checked by the shield; this stops a
@@ -242,7 +224,7 @@ impl Proxy {
 
         let site_tls = match route {
             Route::Checked => self.config.site_tls.choose(ctx.site),
-            Route::Trusted | Route::App { .. } => None,
+            Route::Trusted | Route::App(_) => None,
         };
         let result = match client_upgrade {
             None => {
@@ -264,10 +246,8 @@ impl Proxy {
         route: &Route<'_>,
         site_tls: Option<&SiteTlsEntry<PooledClient>>,
     ) -> Result<Sent, ProxyError> {
-        let trusted = match route {
-            Route::App { .. } => {
-                return self.send_legacy(self.app_client.request(req)).await;
-            }
+        let reach = match route {
+            Route::App(dialer) => Reach::App(dialer.key()),
             _ if upstream.tls => {
                 let request = match site_tls {
                     Some(site) => site
@@ -277,8 +257,8 @@ impl Proxy {
                 };
                 return self.send_legacy(request).await;
             }
-            Route::Trusted => true,
-            Route::Checked => false,
+            Route::Trusted => Reach::Local,
+            Route::Checked => Reach::Checked,
         };
 
         // Plain HTTP/1: the own pool. Its connections are dialled with
@@ -288,7 +268,7 @@ impl Proxy {
         let req = Request::from_parts(parts, body);
         let key = PoolKey {
             authority: upstream.authority.clone(),
-            trusted,
+            reach,
         };
         // Limitation: one connect timeout covers all of a name's
         // addresses, tried in turn, where the https client splits it
@@ -330,8 +310,7 @@ impl Proxy {
         })
     }
 
-    /// Sends through hyper-util's client: `https://` upstreams and
-    /// sandboxed apps.
+    /// Sends through hyper-util's client: `https://` upstreams.
     async fn send_legacy(
         &self,
         request: hyper_util::client::legacy::ResponseFuture,
@@ -367,7 +346,7 @@ impl Proxy {
         // sends it. The Host header already names the upstream.
         // Limitation: WebSockets to https:// upstreams are refused (the
         // bare upgrade connection would need the TLS connector too).
-        if upstream.tls && !matches!(route, Route::App { .. }) {
+        if upstream.tls && !matches!(route, Route::App(_)) {
             return Err(ProxyError::Upstream(
                 "WebSocket upgrades to https upstreams are not supported".into(),
             ));
@@ -419,7 +398,7 @@ impl Proxy {
         route: &Route<'_>,
     ) -> Result<tokio::net::TcpStream, ProxyError> {
         let trusted = match route {
-            Route::App { dialer, .. } => {
+            Route::App(dialer) => {
                 return dialer
                     .dial(self.config.connect_timeout)
                     .await
@@ -496,20 +475,16 @@ fn origin_form(uri: Uri) -> Uri {
 
 /// The absolute URI the pool sends `uri`'s path and query to: the
 /// upstream's scheme and authority, its base path in front. Only a base
-/// path or an app's pool name costs a new buffer; otherwise every part is
-/// shared with the parsed request and the site's route.
-fn upstream_uri(uri: Uri, upstream: &Upstream, route: &Route<'_>) -> Result<Uri, ProxyError> {
+/// path costs a new buffer; otherwise every part is shared with the
+/// parsed request and the site's route.
+fn upstream_uri(uri: Uri, upstream: &Upstream) -> Result<Uri, ProxyError> {
     let bad = |_| ProxyError::Upstream("bad upstream URI".into());
-    // The Host header is set from `upstream`, whatever the URI says; for a
-    // sandboxed app the URI names the instance's pool.
-    let (scheme, authority) = match route {
-        Route::App { host, .. } => {
-            let authority = format!("{host}:{}", upstream.port);
-            (Scheme::HTTP, authority.parse().map_err(bad)?)
-        }
-        _ if upstream.tls => (Scheme::HTTPS, upstream.authority.clone()),
-        _ => (Scheme::HTTP, upstream.authority.clone()),
+    let scheme = if upstream.tls {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
     };
+    let authority = upstream.authority.clone();
     let path_and_query = uri
         .into_parts()
         .path_and_query
@@ -820,22 +795,22 @@ mod tests {
     fn the_upstream_uri_keeps_path_and_query_under_the_base_path() {
         let plain = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
         let uri: Uri = "/a/b?x=1&y=%20".parse().expect("uri");
-        let got = upstream_uri(uri.clone(), &plain, &Route::Checked).expect("uri");
+        let got = upstream_uri(uri.clone(), &plain).expect("uri");
         assert_eq!(got, "http://10.0.0.1:9000/a/b?x=1&y=%20");
 
         let based = Upstream::parse("https://backend.example:8443/app/").expect("upstream");
-        let got = upstream_uri(uri, &based, &Route::Checked).expect("uri");
+        let got = upstream_uri(uri, &based).expect("uri");
         assert_eq!(got, "https://backend.example:8443/app/a/b?x=1&y=%20");
 
         let absolute: Uri = "http://client.example/p?q".parse().expect("uri");
-        let got = upstream_uri(absolute, &plain, &Route::Trusted).expect("uri");
+        let got = upstream_uri(absolute, &plain).expect("uri");
         assert_eq!(
             got, "http://10.0.0.1:9000/p?q",
             "the client's authority is dropped"
         );
 
         let authority_only: Uri = "client.example:443".parse().expect("uri");
-        let got = upstream_uri(authority_only, &based, &Route::Checked).expect("uri");
+        let got = upstream_uri(authority_only, &based).expect("uri");
         assert_eq!(got, "https://backend.example:8443/app/");
     }
 
