@@ -290,8 +290,7 @@ impl Http1Pool {
         });
         if !lists.reaper {
             lists.reaper = true;
-            let period = self.idle_timeout.min(SWEEP_EVERY);
-            tokio::spawn(reap(Arc::downgrade(self), period));
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
         }
     }
 
@@ -317,11 +316,6 @@ impl Http1Pool {
 /// has read that end; it stays busy longer only while the previous
 /// client still streams a request body the upstream answered early.
 const READY_WAIT: Duration = Duration::from_millis(100);
-
-/// How often idle connections are checked at most: one the upstream
-/// closed is only noticed then (or at checkout), since nothing polls it
-/// while it is idle, so its socket waits in CLOSE-WAIT until then.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Sweeps the pool every `period` for as long as the pool exists.
 async fn reap(pool: Weak<Http1Pool>, period: Duration) {
