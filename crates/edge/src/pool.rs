@@ -1,12 +1,6 @@
 //! The keep-alive pool for plain `http://` upstreams: idle HTTP/1
-//! connections kept per upstream authority, bounded in count and age.
-//!
-//! A connection has no task of its own. Whoever uses it drives it: the
-//! request's task while it waits for the response head, then the
-//! response body as the client reads it. So a proxied request costs no
-//! hand-off to another task and back, and an idle connection costs no
-//! task at all (a closed one is noticed when it is next checked out, or
-//! by the sweep).
+//! connections (`hyper::client::conn::http1::SendRequest`) kept per
+//! upstream authority, bounded in count and age.
 //!
 //! It only keeps and hands out connections; how a new one is dialled
 //! (and which addresses the policy allows, or which sandboxed app's
@@ -17,13 +11,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -52,90 +46,8 @@ pub(crate) enum Reach {
     App(u64),
 }
 
-/// An HTTP/1 client connection to an upstream; it reads and writes only
-/// while it is polled.
-type Upstream = Pin<Box<Connection<TokioIo<TcpStream>, EdgeBody>>>;
-
-/// One upstream connection: the handle requests are sent by, and the
-/// connection itself.
-struct Link {
-    sender: SendRequest<EdgeBody>,
-    /// `None` once the connection has ended (closed or failed).
-    conn: Option<Upstream>,
-}
-
-impl Link {
-    /// Lets the connection read and write what it can; `cx` is woken
-    /// when it can go on. Returns false once it has ended, and then
-    /// drops it, which also fails a request still waiting on it.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
-            return false;
-        };
-        match conn.as_mut().poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-                self.conn = None;
-                false
-            }
-        }
-    }
-
-    /// Awaits `response` while driving the connection. The response can
-    /// only arrive while the connection is polled (or fail once it is
-    /// dropped), so the future is polled without a waker of its own:
-    /// the connection's waker is the one that matters, and the task is
-    /// not woken by its own progress.
-    async fn exchange<T>(&mut self, response: impl Future<Output = T>) -> T {
-        let mut response = std::pin::pin!(response);
-        std::future::poll_fn(|cx| {
-            if self.drive(cx) {
-                response
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()))
-            } else {
-                response.as_mut().poll(cx)
-            }
-        })
-        .await
-    }
-
-    /// True iff the connection can take a request now, or within
-    /// [`READY_WAIT`] if `may_wait` (which the wait then uses up); a
-    /// connection that cannot is dropped.
-    async fn ready(&mut self, may_wait: &mut bool) -> bool {
-        let now = {
-            let mut noop = Context::from_waker(Waker::noop());
-            if !self.drive(&mut noop) {
-                return false;
-            }
-            self.sender.poll_ready(&mut noop)
-        };
-        match now {
-            Poll::Ready(result) => return result.is_ok(),
-            Poll::Pending if !std::mem::take(may_wait) => return false,
-            Poll::Pending => {}
-        }
-        let ready = std::future::poll_fn(|cx| {
-            if !self.drive(cx) {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|result| result.is_ok())
-        });
-        matches!(tokio::time::timeout(READY_WAIT, ready).await, Ok(true))
-    }
-
-    /// False once the connection has ended, checked without waiting.
-    fn alive(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && !self.sender.is_closed()
-    }
-}
-
 struct Idle {
-    link: Link,
+    sender: SendRequest<EdgeBody>,
     since: Instant,
 }
 
@@ -209,13 +121,12 @@ impl Http1Pool {
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
-        while let Some(mut link) = self.checkout(key) {
-            if !link.ready(&mut may_wait).await {
+        while let Some(mut sender) = self.checkout(key) {
+            if !ready(&mut sender, &mut may_wait).await {
                 continue;
             }
-            let sent = link.sender.try_send_request(req);
-            match link.exchange(sent).await {
-                Ok(response) => return Ok(self.lend(key, link, response, request_ended)),
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.lend(key, sender, response, request_ended)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Request(e.into_error())),
@@ -224,26 +135,26 @@ impl Http1Pool {
         }
 
         let stream = dial().await.map_err(SendError::Connect)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Handshake)?;
-        let mut link = Link {
-            sender,
-            conn: Some(Box::pin(conn)),
-        };
-        let sent = link.sender.send_request(req);
-        let response = link.exchange(sent).await.map_err(SendError::Request)?;
-        Ok(self.lend(key, link, response, request_ended))
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        let response = sender.send_request(req).await.map_err(SendError::Request)?;
+        Ok(self.lend(key, sender, response, request_ended))
     }
 
     /// The newest idle connection for `key` that is still young enough and
     /// not closed; older or closed ones met on the way are dropped.
-    fn checkout(&self, key: &PoolKey) -> Option<Link> {
+    fn checkout(&self, key: &PoolKey) -> Option<SendRequest<EdgeBody>> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let list = lists.by_key.get_mut(key)?;
-        while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < self.idle_timeout && idle.link.alive() {
-                return Some(idle.link);
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed() {
+                return Some(idle.sender);
             }
         }
         None
@@ -252,7 +163,7 @@ impl Http1Pool {
     fn lend(
         self: &Arc<Self>,
         key: &PoolKey,
-        link: Link,
+        sender: SendRequest<EdgeBody>,
         response: Response<Incoming>,
         request_ended: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
@@ -262,12 +173,13 @@ impl Http1Pool {
                 lent: Some(Lent {
                     pool: Arc::downgrade(self),
                     key: key.clone(),
-                    link,
+                    sender,
                     request_ended,
                 }),
             };
             // A body that is already over (HEAD, 204, empty) frees the
-            // connection now; the next checkout lets it read that end.
+            // connection now; hyper makes it ready once it has read the
+            // end of the response.
             if body.inner.is_end_stream() {
                 body.give_back();
             }
@@ -275,8 +187,8 @@ impl Http1Pool {
         })
     }
 
-    fn give_back(self: &Arc<Self>, key: PoolKey, mut link: Link) {
-        if !link.alive() {
+    fn give_back(self: &Arc<Self>, key: PoolKey, sender: SendRequest<EdgeBody>) {
+        if sender.is_closed() {
             return;
         }
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
@@ -285,7 +197,7 @@ impl Http1Pool {
             return;
         }
         list.push(Idle {
-            link,
+            sender,
             since: Instant::now(),
         });
         if !lists.reaper {
@@ -299,7 +211,9 @@ impl Http1Pool {
     fn sweep(&self) {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         lists.by_key.retain(|_, list| {
-            list.retain_mut(|idle| idle.since.elapsed() < self.idle_timeout && idle.link.alive());
+            list.retain(|idle| {
+                idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed()
+            });
             !list.is_empty()
         });
     }
@@ -317,6 +231,21 @@ impl Http1Pool {
 /// client still streams a request body the upstream answered early.
 const READY_WAIT: Duration = Duration::from_millis(100);
 
+/// True iff `sender` can take a request now, or within [`READY_WAIT`]
+/// if `may_wait` (which the wait then uses up); a connection that cannot
+/// is dropped (it closes once its exchange ends).
+async fn ready(sender: &mut SendRequest<EdgeBody>, may_wait: &mut bool) -> bool {
+    let now = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+    match now {
+        Poll::Ready(result) => result.is_ok(),
+        Poll::Pending if std::mem::take(may_wait) => matches!(
+            tokio::time::timeout(READY_WAIT, sender.ready()).await,
+            Ok(Ok(()))
+        ),
+        Poll::Pending => false,
+    }
+}
+
 /// Sweeps the pool every `period` for as long as the pool exists.
 async fn reap(pool: Weak<Http1Pool>, period: Duration) {
     let mut tick = tokio::time::interval(period);
@@ -333,7 +262,7 @@ async fn reap(pool: Weak<Http1Pool>, period: Duration) {
 struct Lent {
     pool: Weak<Http1Pool>,
     key: PoolKey,
-    link: Link,
+    sender: SendRequest<EdgeBody>,
     request_ended: Arc<AtomicBool>,
 }
 
@@ -371,10 +300,9 @@ impl Body for Tracked {
     }
 }
 
-/// An upstream response body that drives its connection while it is
-/// read, and returns the connection to the pool when it ends. Dropped
-/// before its end, it closes the connection: the rest of the response
-/// would still be on the wire.
+/// An upstream response body that returns its connection to the pool
+/// when it ends. Dropped before its end, it closes the connection: the
+/// rest of the response would still be on the wire.
 pub(crate) struct PooledBody {
     inner: Incoming,
     lent: Option<Lent>,
@@ -390,7 +318,7 @@ impl PooledBody {
                 return;
             }
             if let Some(pool) = lent.pool.upgrade() {
-                pool.give_back(lent.key, lent.link);
+                pool.give_back(lent.key, lent.sender);
             }
         }
     }
@@ -404,30 +332,12 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        // What the connection delivered already. Polling also tells it
-        // that more is wanted. Only the connection's progress can change
-        // the answer, so that is where the waker goes (below).
-        let mut noop = Context::from_waker(Waker::noop());
-        let mut polled = Pin::new(&mut this.inner).poll_frame(&mut noop);
-        if polled.is_pending() {
-            let live = match &mut this.lent {
-                Some(lent) => lent.link.drive(cx),
-                None => false,
-            };
-            polled = if live {
-                Pin::new(&mut this.inner).poll_frame(&mut noop)
-            } else {
-                // No connection left to wait on: the body ends or fails
-                // by itself, and wakes `cx` if it has not yet.
-                Pin::new(&mut this.inner).poll_frame(cx)
-            };
-        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
             // An error ends the exchange; the connection is not reused.
-            Poll::Ready(Some(Err(_))) => this.lent = None,
+            Poll::Ready(Some(Err(_))) => self.lent = None,
             _ => {}
         }
         polled
@@ -643,75 +553,6 @@ mod tests {
         }
         assert_eq!(pool.idle_count(&key(addr)), 1);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-    }
-
-    /// An upstream that waits a moment, then streams the request body
-    /// back as the response body while it is still arriving.
-    async fn echo_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async {
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    #[tokio::test]
-    async fn big_bodies_stream_both_ways_while_the_request_drives_its_connection() {
-        // The connection has no task of its own: the request body, the
-        // late response and its many chunks only move because the
-        // request and then the response body drive it. A lost wake-up
-        // would hang here, so the exchange is bounded in time.
-        let (addr, accepted) = echo_upstream().await;
-        let pool = Http1Pool::new(4, Duration::from_secs(60));
-        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-        for round in 0..3 {
-            let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..16)
-                .map(|_| Ok(Frame::data(Bytes::from(chunk.clone()))))
-                .collect();
-            let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
-            let post = Request::post("/")
-                .header("host", "upstream.test")
-                .body(body.boxed())
-                .expect("request");
-            // Its own task, which only runs again when it is woken (a
-            // timeout around the future itself would poll it anyway).
-            let pool_ = pool.clone();
-            let exchange = tokio::spawn(async move {
-                let response = pool_
-                    .send(&key(addr), post, || TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| "send failed")
-                    .expect("response");
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes()
-            });
-            let echoed = tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .unwrap_or_else(|_| panic!("round {round} hung"))
-                .expect("exchange");
-            assert_eq!(echoed.len(), 16 * chunk.len());
-            assert!(echoed.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_count(&key(addr)), 1);
     }
 
     #[tokio::test]
