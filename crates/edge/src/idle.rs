@@ -43,19 +43,26 @@ impl<T> IdleTimeout<T> {
     }
 
     /// Called when the inner I/O is pending: returns an error iff the idle
-    /// deadline has passed. Re-arms the timer lazily, so activity costs one
-    /// `Instant::now()` and no timer reset.
+    /// deadline has passed. Activity costs one `Instant::now()` and no
+    /// timer reset: activity only moves the deadline later, so the timer
+    /// may stay set to an earlier one, and is re-armed when it fires
+    /// early (at most once per idle period), or when the deadline moved
+    /// before it (the first byte's own, shorter wait).
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let limit = self.first_byte_timeout.unwrap_or(self.timeout);
         let deadline = self.last_activity + limit;
-        if self.timer.deadline() != deadline {
+        if self.timer.deadline() > deadline {
             self.timer.as_mut().reset(deadline);
         }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle"))
+        loop {
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if self.timer.deadline() >= deadline => {
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle"))
+                }
+                // Fired for an older deadline: wait for the real one.
+                Poll::Ready(()) => self.timer.as_mut().reset(deadline),
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -555,6 +555,74 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
+    /// An upstream that waits a moment, then streams the request body
+    /// back as the response body while it is still arriving.
+    async fn echo_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn big_bodies_stream_both_ways_while_the_request_drives_its_connection() {
+        // The request body, the late response and its many chunks all
+        // pass through one pooled connection, three times. A lost
+        // wake-up would hang here, so the exchange is bounded in time.
+        let (addr, accepted) = echo_upstream().await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        for round in 0..3 {
+            let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..16)
+                .map(|_| Ok(Frame::data(Bytes::from(chunk.clone()))))
+                .collect();
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+            let post = Request::post("/")
+                .header("host", "upstream.test")
+                .body(body.boxed())
+                .expect("request");
+            // Its own task, which only runs again when it is woken (a
+            // timeout around the future itself would poll it anyway).
+            let pool_ = pool.clone();
+            let exchange = tokio::spawn(async move {
+                let response = pool_
+                    .send(&key(addr), post, || TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| "send failed")
+                    .expect("response");
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+            });
+            let echoed = tokio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .unwrap_or_else(|_| panic!("round {round} hung"))
+                .expect("exchange");
+            assert_eq!(echoed.len(), 16 * chunk.len());
+            assert!(echoed.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(&key(addr)), 1);
+    }
+
     #[tokio::test]
     async fn idle_connections_are_bounded_per_key() {
         let (addr, _) = upstream().await;
