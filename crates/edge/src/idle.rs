@@ -165,6 +165,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn after_a_late_first_byte_silence_gets_the_full_idle_timeout() {
+        // The read waits for the first byte under its 2 s deadline; the
+        // byte comes at 1 s. The timer then still runs for that earlier
+        // deadline, fires early, and must wait on for the idle timeout
+        // counted from the byte, not end the connection.
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut conn = IdleTimeout::new(a, Duration::from_secs(120))
+            .with_first_byte_timeout(Duration::from_secs(2));
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let send = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            b.write_all(b"G").await.expect("write");
+        };
+        let (read, ()) = tokio::join!(conn.read_exact(&mut byte), send);
+        read.expect("the first byte came in time");
+        let err = conn
+            .read(&mut byte)
+            .await
+            .expect_err("silence ends the connection");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(121));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_first_byte_has_its_own_shorter_deadline() {
         let (a, _b) = tokio::io::duplex(64);
         let mut silent = IdleTimeout::new(a, Duration::from_secs(120))

@@ -7,40 +7,19 @@ use crate::Hub;
 use edge::{AppDialer, AppLease, AppUnavailable, AppWaker, DialFuture, LeaseGuard, WakeFuture};
 use spinlet::manifest;
 use spinlet::{AppDial, AppSpec, Lease, StartError, Supervisor, WakeError};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use store::{ReleaseId, Site, SiteKind};
 
 /// Plugs the supervisor into the edge.
 pub struct SupervisorWaker {
     supervisor: Supervisor,
-    /// One dialer per sandboxed instance, shared by all of its leases, so
-    /// the edge keeps one weak handle per instance: it lives while any
-    /// lease of the instance does, and goes with the last one.
-    dialers: Mutex<HashMap<u64, Weak<DialAdapter>>>,
 }
 
 impl SupervisorWaker {
     pub fn new(supervisor: Supervisor) -> SupervisorWaker {
-        SupervisorWaker {
-            supervisor,
-            dialers: Mutex::default(),
-        }
-    }
-
-    /// The instance's dialer: the one its other leases hold, or a new one.
-    fn dialer(&self, dial: AppDial) -> Arc<dyn AppDialer> {
-        let mut dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = dialers.get(&dial.key).and_then(Weak::upgrade) {
-            return known;
-        }
-        // Instances whose leases have all ended go.
-        dialers.retain(|_, handle| handle.strong_count() > 0);
-        let made = Arc::new(DialAdapter(dial));
-        dialers.insert(made.0.key, Arc::downgrade(&made));
-        made
+        SupervisorWaker { supervisor }
     }
 }
 
@@ -72,7 +51,9 @@ impl AppWaker for SupervisorWaker {
             match self.supervisor.wake(site).await {
                 Ok(lease) => Ok(AppLease {
                     addr: lease.addr(),
-                    dialer: lease.dial().map(|d| self.dialer(d)),
+                    dialer: lease
+                        .dial()
+                        .map(|d| Arc::new(DialAdapter(d)) as Arc<dyn AppDialer>),
                     guard: Box::new(LeaseAdapter(lease)),
                 }),
                 Err(WakeError::NotDeployed) => Err(AppUnavailable::NotDeployed),
