@@ -356,24 +356,31 @@ impl Body for PooledBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A real HTTP/1.1 server on loopback that answers `hello` with
-    /// keep-alive and counts the connections it accepted.
-    async fn upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A real HTTP/1.1 server on loopback, with keep-alive, that answers
+    /// every request with `answer` and counts the connections it accepted.
+    async fn serve_with<F, Fut, B>(answer: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"hello"),
-                        )))
+                    let service = hyper::service::service_fn(move |req| {
+                        let answered = answer(req);
+                        async move { Ok::<_, std::convert::Infallible>(answered.await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -382,6 +389,14 @@ mod tests {
             }
         });
         (addr, accepted)
+    }
+
+    /// An upstream that answers `hello`.
+    async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        serve_with(|_req| async {
+            Response::new(http_body_util::Full::new(Bytes::from_static(b"hello")))
+        })
+        .await
     }
 
     fn key(addr: std::net::SocketAddr) -> PoolKey {
@@ -557,26 +572,12 @@ mod tests {
 
     /// An upstream that waits a moment, then streams the request body
     /// back as the response body while it is still arriving.
-    async fn echo_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async {
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        (addr, accepted)
+    async fn echo_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        serve_with(|req: Request<Incoming>| async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Response::new(req.into_body())
+        })
+        .await
     }
 
     #[tokio::test]
