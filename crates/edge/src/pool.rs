@@ -414,8 +414,17 @@ mod tests {
     }
 
     async fn fetch(pool: &Arc<Http1Pool>, addr: std::net::SocketAddr) -> Bytes {
+        exchange(pool, addr, get()).await
+    }
+
+    /// Sends `req` through the pool and reads the whole response body.
+    async fn exchange(
+        pool: &Arc<Http1Pool>,
+        addr: std::net::SocketAddr,
+        req: Request<EdgeBody>,
+    ) -> Bytes {
         let response = pool
-            .send(&key(addr), get(), || TcpStream::connect(addr))
+            .send(&key(addr), req, || TcpStream::connect(addr))
             .await
             .map_err(|_| "send failed")
             .expect("response");
@@ -581,7 +590,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn big_bodies_stream_both_ways_while_the_request_drives_its_connection() {
+    async fn big_bodies_stream_both_ways_over_one_pooled_connection() {
         // The request body, the late response and its many chunks all
         // pass through one pooled connection, three times. A lost
         // wake-up would hang here, so the exchange is bounded in time.
@@ -600,20 +609,8 @@ mod tests {
             // Its own task, which only runs again when it is woken (a
             // timeout around the future itself would poll it anyway).
             let pool_ = pool.clone();
-            let exchange = tokio::spawn(async move {
-                let response = pool_
-                    .send(&key(addr), post, || TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| "send failed")
-                    .expect("response");
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes()
-            });
-            let echoed = tokio::time::timeout(Duration::from_secs(10), exchange)
+            let exchanged = tokio::spawn(async move { exchange(&pool_, addr, post).await });
+            let echoed = tokio::time::timeout(Duration::from_secs(10), exchanged)
                 .await
                 .unwrap_or_else(|_| panic!("round {round} hung"))
                 .expect("exchange");
