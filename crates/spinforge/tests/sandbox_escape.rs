@@ -149,6 +149,44 @@ async fn a_spinlet_runs_as_its_own_unprivileged_user_in_its_own_namespaces() {
     assert_eq!(setuid["value"], uid.to_string(), "{setuid}");
 }
 
+/// The host's time zone reaches the app as the host has it: the same
+/// link into /usr/share/zoneinfo when the host's /etc/localtime is one (a
+/// copy made ICU, so every Node start, compare each zoneinfo file with it
+/// to learn the zone's name), with the host's bytes behind it.
+#[tokio::test]
+async fn the_app_gets_the_hosts_time_zone_by_the_same_link() {
+    const SITE: &str = "tz.localhost";
+    const HOST: &str = "/etc/localtime";
+    let server = server();
+    deploy(&server, SITE, "").await;
+
+    let link = ask(&server, SITE, &format!("/readlink?path={}", query(HOST))).await;
+    match std::fs::read_link(HOST) {
+        Ok(target) if target.starts_with("/usr") => {
+            assert_eq!(link["ok"], true, "{link}");
+            assert_eq!(link["value"].as_str(), target.to_str(), "{link}");
+        }
+        // Not a link into /usr on this host: a copy (or nothing) inside.
+        _ => assert_eq!(link["ok"], false, "{link}"),
+    }
+    if let Ok(bytes) = std::fs::read(HOST) {
+        let read = ask(&server, SITE, &format!("/read?path={}", query(HOST))).await;
+        assert_eq!(read["ok"], true, "{read}");
+        // The app reads at most 4 KiB, as latin-1 (one char per byte).
+        let inside: Vec<u8> = read["value"]
+            .as_str()
+            .expect("text")
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("latin-1"))
+            .collect();
+        assert_eq!(
+            inside,
+            bytes[..bytes.len().min(4096)],
+            "{HOST} differs inside"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
     const SITE: &str = "files.localhost";
