@@ -534,6 +534,23 @@ fn pids_cgroup(pid: u64) -> std::path::PathBuf {
     Path::new(mount).join(path.trim_start_matches('/'))
 }
 
+/// The cgroup v1 folder of `controller` a process is in; `None` on a
+/// host without that v1 controller.
+fn v1_cgroup(pid: u64, controller: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, list, path) = (fields.next()?, fields.next()?, fields.next()?);
+        list.split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })?;
+    let mount = Path::new("/sys/fs/cgroup").join(controller);
+    mount
+        .is_dir()
+        .then(|| mount.join(path.trim_start_matches('/')))
+}
+
 #[tokio::test]
 async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     const SITE: &str = "limits.localhost";
@@ -622,6 +639,22 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     );
     let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
     assert_eq!(max.trim(), "42", "a warm start has the app's limits too");
+    // The warm cgroup was made with the server's defaults; the start
+    // wrote what this app changes (memory) and kept the rest (the CPU
+    // quota, default 100% of a core).
+    if let Some(memory) = v1_cgroup(pid, "memory") {
+        let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes")).expect("limit");
+        assert_eq!(limit.trim(), (96u64 << 20).to_string(), "warm memory limit");
+    }
+    if let Some(cpu) = v1_cgroup(pid, "cpu") {
+        for (file, value) in [
+            ("cpu.cfs_quota_us", "100000"),
+            ("cpu.cfs_period_us", "100000"),
+        ] {
+            let text = std::fs::read_to_string(cpu.join(file)).expect(file);
+            assert_eq!(text.trim(), value, "warm {file}");
+        }
+    }
     // It ran itself again as a cold start's helper: the app's command
     // line and the instance's tag, as operators and a restarted serve
     // expect.

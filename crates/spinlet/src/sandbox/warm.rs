@@ -17,7 +17,7 @@
 //! Sites with outbound internet (whose namespace carries a link to the
 //! host) and hosts missing the network or cgroup layer start cold.
 
-use super::cgroup::{Cgroup, CgroupHost};
+use super::cgroup::{Cgroup, CgroupHost, CgroupLimits};
 use super::plan::NETNS_FD;
 use super::{net, sys, HELPER_ARG};
 use std::io;
@@ -54,16 +54,26 @@ pub(crate) struct WarmPool {
     /// The helper's working folder while it waits.
     home: PathBuf,
     cgroups: CgroupHost,
+    /// Written into each warm cgroup ahead of time: a start whose app has
+    /// the default limits then writes nothing (the first quota writes
+    /// into a new cgroup are the slow ones, see `CgroupHost::limit`).
+    defaults: CgroupLimits,
 }
 
 impl WarmPool {
-    pub(crate) fn new(helper: PathBuf, home: PathBuf, cgroups: CgroupHost) -> WarmPool {
+    pub(crate) fn new(
+        helper: PathBuf,
+        home: PathBuf,
+        cgroups: CgroupHost,
+        defaults: CgroupLimits,
+    ) -> WarmPool {
         WarmPool {
             slot: Mutex::new(None),
             filling: AtomicBool::new(false),
             helper,
             home,
             cgroups,
+            defaults,
         }
     }
 
@@ -126,7 +136,11 @@ impl WarmPool {
         let (netns, dialer) = net::new_namespace()?;
         let cgroup = self
             .cgroups
-            .create_empty(&format!("warm-{:016x}", rand::random::<u64>()))?;
+            .create(
+                &format!("warm-{:016x}", rand::random::<u64>()),
+                &self.defaults,
+            )
+            .inspect_err(|_| dialer.stop())?;
         let mut command = tokio::process::Command::new(&self.helper);
         // Its command line says what it is until it gets a plan.
         command
