@@ -153,8 +153,10 @@ def tree_rss_kib(root_pid):
     return total, len(tree)
 
 
-def warm_helper_kib(serve_pid):
-    """RSS of the idle warm helper serve keeps for the next start, in KiB."""
+def warm_helpers_kib(serve_pid):
+    """RSS of the idle warm helpers serve keeps for the next starts, in KiB,
+    and how many there are."""
+    total, count = 0, 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -168,8 +170,9 @@ def warm_helper_kib(serve_pid):
         parent = int(re.search(r"PPid:\s+(\d+)", status).group(1))
         if parent == serve_pid and b"(warm)" in args:
             m = re.search(r"VmRSS:\s+(\d+)", status)
-            return int(m.group(1)) if m else 0
-    return 0
+            total += int(m.group(1)) if m else 0
+            count += 1
+    return total, count
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -315,7 +318,8 @@ def main():
             memory[server.label] = {"rss_kib": statistics.median(samples), "processes": procs}
         memory["sandboxed"]["cgroup_kib"] = (sandboxed.status()["sandbox"]["memory_bytes"]
                                              or 0) // 1024
-        memory["sandboxed"]["warm_kib"] = warm_helper_kib(sandboxed.proc.pid)
+        (memory["sandboxed"]["warm_kib"],
+         memory["sandboxed"]["warm_count"]) = warm_helpers_kib(sandboxed.proc.pid)
 
         log(f"throughput: {args.rounds} wrk rounds per side, alternating")
         rps = {"sandboxed": [], "plain": []}
@@ -360,7 +364,7 @@ both servers on this host, requests through the edge on 127.0.0.1).
 | cold start p90 | {sorted(cold['sandboxed'])[int(0.9 * (len(cold['sandboxed']) - 1))]:.1f} ms | {sorted(cold['plain'])[int(0.9 * (len(cold['plain']) - 1))]:.1f} ms | | |
 | RSS of the instance's processes | {memory['sandboxed']['rss_kib'] / 1024:.1f} MiB ({memory['sandboxed']['processes']} processes) | {memory['plain']['rss_kib'] / 1024:.1f} MiB ({memory['plain']['processes']} process) | **+{(memory['sandboxed']['rss_kib'] - memory['plain']['rss_kib']) / 1024:.1f} MiB** | |
 | cgroup memory (sandboxed, page cache and tmpfs included) | {memory['sandboxed']['cgroup_kib'] / 1024:.1f} MiB | - | | |
-| idle warm helper, once per serve (not per spinlet) | {memory['sandboxed']['warm_kib'] / 1024:.1f} MiB | - | | |
+| idle warm helpers ({memory['sandboxed']['warm_count']}), once per serve (not per spinlet) | {memory['sandboxed']['warm_kib'] / 1024:.1f} MiB | - | | |
 | req/s, wrk -t2 -c32 -d10s, median of {args.rounds} | {statistics.median(rps['sandboxed']):.0f} | {statistics.median(rps['plain']):.0f} | **{ratio:.2f}x** | >= 0.95x |
 | CPU per request, serve (edge, dialer), median | {ce['sandboxed']:.0f} µs | {ce['plain']:.0f} µs | {ce['plain'] / ce['sandboxed']:.2f}x | |
 | CPU per request, app's processes, median | {ca['sandboxed']:.0f} µs | {ca['plain']:.0f} µs | {ca['plain'] / ca['sandboxed']:.2f}x | |

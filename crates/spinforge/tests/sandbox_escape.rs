@@ -735,6 +735,58 @@ async fn an_app_with_a_plan_larger_than_a_pipe_starts_cold_and_warm() {
     );
 }
 
+/// Pids of serve's idle warm helpers (their command line says `(warm)`).
+fn warm_helpers(serve: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if parent == Some(serve) && cmdline.split(|b| *b == 0).any(|a| a == b"(warm)") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Once a start has settled, serve keeps two warm helpers, so two starts
+/// in a row (a restart right after a start) both get one.
+#[tokio::test]
+async fn two_starts_in_a_row_both_take_a_warm_helper() {
+    const SITE: &str = "warm.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warm_helpers(server.pid()).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "serve made fewer than two warm helpers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for round in 0..2 {
+        assert_ok(&server.cli(&["restart", SITE], None));
+        assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+        let pid = status_of(&server, SITE)["pid"].as_u64().expect("pid");
+        let cgroup = pids_cgroup(pid);
+        assert!(
+            cgroup
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("warm-")),
+            "start {round} after the first was cold: {}",
+            cgroup.display()
+        );
+    }
+}
+
 /// Thread ids of serve's dialer threads (`spinlet-dialer`).
 fn dialer_threads(pid: u32) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
