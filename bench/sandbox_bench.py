@@ -247,7 +247,7 @@ def wrk(server):
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        raise RuntimeError(f"wrk saw errors: {out}")
+        raise RuntimeError(f"{server.label}: wrk saw errors: {out}")
     return rps, (edge1 - edge0) * 1e6 / requests, (app1 - app0) * 1e6 / requests
 
 
