@@ -5,7 +5,7 @@
 #
 #   bash bench/sandbox.sh
 #
-# Needs root (the sandbox does), wrk, python3 and node. Both servers
+# Needs root (the sandbox does), wrk, python3, node and nsenter. Both servers
 # listen on 127.0.0.1 only; every loop is bounded; everything started is
 # stopped on exit. Results go to docs/BENCHMARKS.md between the
 # bench-sandbox markers. Knobs: SANDBOX_RUNS (40 cold starts per side),
@@ -20,7 +20,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-for tool in cargo python3 node wrk; do
+for tool in cargo python3 node wrk nsenter; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "the sandbox needs root" >&2; exit 1; }

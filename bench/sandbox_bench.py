@@ -10,7 +10,10 @@ deploys the same app to both, and measures:
    seccomp, and the edge dialing into the app's network namespace);
 2. memory: the resident memory of every process of the instance (helper,
    namespace init and app when sandboxed; the app alone when plain);
-3. throughput: wrk through the edge to each, alternating, several rounds.
+3. throughput: wrk through the edge to each, alternating, several rounds;
+4. the app alone: wrk straight at the app (inside its network namespace
+   when sandboxed), its CPU time per request under the same load on both
+   sides, which the edge's speed does not change.
 """
 
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess
@@ -43,8 +46,13 @@ class Serve:
             cpu = os.environ.get("SANDBOX_CPU_PERCENT", str(100 * os.cpu_count()))
             f.write(f"[sandbox]\ncpu_percent = {int(cpu)}\n" if sandbox
                     else "[sandbox]\nenabled = false\n")
+        # A plain app inherits serve's PATH, a sandboxed one gets
+        # /usr/local/bin:/usr/bin:/bin. Both get the system's PATH here, so
+        # both run the same interpreter: a PATH from a version manager
+        # (pyenv, nvm) would compare two different pythons or nodes.
         self.env = dict(os.environ, SPINFORGE_LOG="info", HOME=self.root,
-                        XDG_CONFIG_HOME=os.path.join(self.root, "cfg"))
+                        XDG_CONFIG_HOME=os.path.join(self.root, "cfg"),
+                        PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         self.proc = subprocess.Popen(
             [bin_path, "serve", "--config", config, "--data-dir", self.data,
              "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
@@ -145,8 +153,10 @@ def tree_rss_kib(root_pid):
     return total, len(tree)
 
 
-def warm_helper_kib(serve_pid):
-    """RSS of the idle warm helper serve keeps for the next start, in KiB."""
+def warm_helpers_kib(serve_pid):
+    """RSS of the idle warm helpers serve keeps for the next starts, in KiB,
+    and how many there are."""
+    total, count = 0, 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -160,8 +170,9 @@ def warm_helper_kib(serve_pid):
         parent = int(re.search(r"PPid:\s+(\d+)", status).group(1))
         if parent == serve_pid and b"(warm)" in args:
             m = re.search(r"VmRSS:\s+(\d+)", status)
-            return int(m.group(1)) if m else 0
-    return 0
+            total += int(m.group(1)) if m else 0
+            count += 1
+    return total, count
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -236,8 +247,29 @@ def wrk(server):
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        raise RuntimeError(f"wrk saw errors: {out}")
+        raise RuntimeError(f"{server.label}: wrk saw errors: {out}")
     return rps, (edge1 - edge0) * 1e6 / requests, (app1 - app0) * 1e6 / requests
+
+
+def wrk_direct(server):
+    """One wrk round straight at the app, not through the edge: the app's
+    CPU time per request when both sides get the same load, whatever the
+    edge does. A sandboxed app is reached from inside its network
+    namespace (`nsenter -n` into the helper's, which is the app's), a
+    plain one on the host's loopback."""
+    first_byte(server.edge_port)
+    status = server.status()
+    app = tree_pids(status["pid"])
+    cmd = ["wrk", "-t2", "-c32", "-d10s", f"http://127.0.0.1:{status['port']}/"]
+    if server.label == "sandboxed":
+        cmd = ["nsenter", "-t", str(status["pid"]), "-n", *cmd]
+    cpu0 = cpu_seconds(app)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    cpu1 = cpu_seconds(app)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise RuntimeError(f"wrk saw errors: {out}")
+    return (cpu1 - cpu0) * 1e6 / requests
 
 
 LOADAVG = open("/proc/loadavg").read().split(" ")[:3]
@@ -286,7 +318,8 @@ def main():
             memory[server.label] = {"rss_kib": statistics.median(samples), "processes": procs}
         memory["sandboxed"]["cgroup_kib"] = (sandboxed.status()["sandbox"]["memory_bytes"]
                                              or 0) // 1024
-        memory["sandboxed"]["warm_kib"] = warm_helper_kib(sandboxed.proc.pid)
+        (memory["sandboxed"]["warm_kib"],
+         memory["sandboxed"]["warm_count"]) = warm_helpers_kib(sandboxed.proc.pid)
 
         log(f"throughput: {args.rounds} wrk rounds per side, alternating")
         rps = {"sandboxed": [], "plain": []}
@@ -298,6 +331,12 @@ def main():
                 rps[server.label].append(r)
                 cpu_edge[server.label].append(e)
                 cpu_app[server.label].append(a)
+
+        log(f"app alone: {args.rounds} wrk rounds per side straight at the app, alternating")
+        cpu_direct = {"sandboxed": [], "plain": []}
+        for i in range(args.rounds):
+            for server in (servers if i % 2 == 0 else servers[::-1]):
+                cpu_direct[server.label].append(wrk_direct(server))
     finally:
         for server in servers:
             server.stop()
@@ -308,6 +347,7 @@ def main():
     ce = {k: statistics.median(v) for k, v in cpu_edge.items()}
     ca = {k: statistics.median(v) for k, v in cpu_app.items()}
     ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in cpu_app}
+    cd = {k: statistics.median(v) for k, v in cpu_direct.items()}
     kernel = os.uname().release
     table = f"""<!-- bench-sandbox:start -->
 ## Spinlet sandbox: sandboxed vs plain process (issue 4)
@@ -324,17 +364,20 @@ both servers on this host, requests through the edge on 127.0.0.1).
 | cold start p90 | {sorted(cold['sandboxed'])[int(0.9 * (len(cold['sandboxed']) - 1))]:.1f} ms | {sorted(cold['plain'])[int(0.9 * (len(cold['plain']) - 1))]:.1f} ms | | |
 | RSS of the instance's processes | {memory['sandboxed']['rss_kib'] / 1024:.1f} MiB ({memory['sandboxed']['processes']} processes) | {memory['plain']['rss_kib'] / 1024:.1f} MiB ({memory['plain']['processes']} process) | **+{(memory['sandboxed']['rss_kib'] - memory['plain']['rss_kib']) / 1024:.1f} MiB** | |
 | cgroup memory (sandboxed, page cache and tmpfs included) | {memory['sandboxed']['cgroup_kib'] / 1024:.1f} MiB | - | | |
-| idle warm helper, once per serve (not per spinlet) | {memory['sandboxed']['warm_kib'] / 1024:.1f} MiB | - | | |
+| idle warm helpers ({memory['sandboxed']['warm_count']}), once per serve (not per spinlet) | {memory['sandboxed']['warm_kib'] / 1024:.1f} MiB | - | | |
 | req/s, wrk -t2 -c32 -d10s, median of {args.rounds} | {statistics.median(rps['sandboxed']):.0f} | {statistics.median(rps['plain']):.0f} | **{ratio:.2f}x** | >= 0.95x |
 | CPU per request, serve (edge, dialer), median | {ce['sandboxed']:.0f} µs | {ce['plain']:.0f} µs | {ce['plain'] / ce['sandboxed']:.2f}x | |
 | CPU per request, app's processes, median | {ca['sandboxed']:.0f} µs | {ca['plain']:.0f} µs | {ca['plain'] / ca['sandboxed']:.2f}x | |
 | CPU per request, both, median | {ct['sandboxed']:.0f} µs | {ct['plain']:.0f} µs | **{ct['plain'] / ct['sandboxed']:.2f}x** (plain/sandboxed) | >= 0.95x |
+| CPU per request, app alone (wrk straight at it, same load both sides), median | {cd['sandboxed']:.1f} µs | {cd['plain']:.1f} µs | {cd['plain'] / cd['sandboxed']:.2f}x | |
 
 Raw: cold starts sandboxed {', '.join(f'{x:.1f}' for x in cold['sandboxed'])} ms;
 plain {', '.join(f'{x:.1f}' for x in cold['plain'])} ms; req/s sandboxed
 {', '.join(f'{x:.0f}' for x in rps['sandboxed'])}; plain {', '.join(f'{x:.0f}' for x in rps['plain'])};
 CPU µs per request (serve + app) sandboxed {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['sandboxed'], cpu_app['sandboxed']))};
-plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))}.
+plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))};
+CPU µs per request, app alone, sandboxed {', '.join(f'{x:.1f}' for x in cpu_direct['sandboxed'])};
+plain {', '.join(f'{x:.1f}' for x in cpu_direct['plain'])}.
 <!-- bench-sandbox:end -->"""
     print(table)
     with open(args.doc) as f:

@@ -149,6 +149,44 @@ async fn a_spinlet_runs_as_its_own_unprivileged_user_in_its_own_namespaces() {
     assert_eq!(setuid["value"], uid.to_string(), "{setuid}");
 }
 
+/// The host's time zone reaches the app as the host has it: the same
+/// link into /usr/share/zoneinfo when the host's /etc/localtime is one (a
+/// copy made ICU, so every Node start, compare each zoneinfo file with it
+/// to learn the zone's name), with the host's bytes behind it.
+#[tokio::test]
+async fn the_app_gets_the_hosts_time_zone_by_the_same_link() {
+    const SITE: &str = "tz.localhost";
+    const HOST: &str = "/etc/localtime";
+    let server = server();
+    deploy(&server, SITE, "").await;
+
+    let link = ask(&server, SITE, &format!("/readlink?path={}", query(HOST))).await;
+    match std::fs::read_link(HOST) {
+        Ok(target) if target.starts_with("/usr") => {
+            assert_eq!(link["ok"], true, "{link}");
+            assert_eq!(link["value"].as_str(), target.to_str(), "{link}");
+        }
+        // Not a link into /usr on this host: a copy (or nothing) inside.
+        _ => assert_eq!(link["ok"], false, "{link}"),
+    }
+    if let Ok(bytes) = std::fs::read(HOST) {
+        let read = ask(&server, SITE, &format!("/read?path={}", query(HOST))).await;
+        assert_eq!(read["ok"], true, "{read}");
+        // The app reads at most 4 KiB, as latin-1 (one char per byte).
+        let inside: Vec<u8> = read["value"]
+            .as_str()
+            .expect("text")
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("latin-1"))
+            .collect();
+        assert_eq!(
+            inside,
+            bytes[..bytes.len().min(4096)],
+            "{HOST} differs inside"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_spinlet_cannot_read_or_write_what_is_not_its_own() {
     const SITE: &str = "files.localhost";
@@ -496,6 +534,23 @@ fn pids_cgroup(pid: u64) -> std::path::PathBuf {
     Path::new(mount).join(path.trim_start_matches('/'))
 }
 
+/// The cgroup v1 folder of `controller` a process is in; `None` on a
+/// host without that v1 controller.
+fn v1_cgroup(pid: u64, controller: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, list, path) = (fields.next()?, fields.next()?, fields.next()?);
+        list.split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })?;
+    let mount = Path::new("/sys/fs/cgroup").join(controller);
+    mount
+        .is_dir()
+        .then(|| mount.join(path.trim_start_matches('/')))
+}
+
 #[tokio::test]
 async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     const SITE: &str = "limits.localhost";
@@ -584,6 +639,22 @@ async fn status_shows_limits_and_use_and_a_stop_removes_the_cgroup() {
     );
     let max = std::fs::read_to_string(cgroup.join("pids.max")).expect("pids.max");
     assert_eq!(max.trim(), "42", "a warm start has the app's limits too");
+    // The warm cgroup was made with the server's defaults; the start
+    // wrote what this app changes (memory) and kept the rest (the CPU
+    // quota, default 100% of a core).
+    if let Some(memory) = v1_cgroup(pid, "memory") {
+        let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes")).expect("limit");
+        assert_eq!(limit.trim(), (96u64 << 20).to_string(), "warm memory limit");
+    }
+    if let Some(cpu) = v1_cgroup(pid, "cpu") {
+        for (file, value) in [
+            ("cpu.cfs_quota_us", "100000"),
+            ("cpu.cfs_period_us", "100000"),
+        ] {
+            let text = std::fs::read_to_string(cpu.join(file)).expect(file);
+            assert_eq!(text.trim(), value, "warm {file}");
+        }
+    }
     // It ran itself again as a cold start's helper: the app's command
     // line and the instance's tag, as operators and a restarted serve
     // expect.
@@ -662,6 +733,58 @@ async fn an_app_with_a_plan_larger_than_a_pipe_starts_cold_and_warm() {
         "not a warm start: {}",
         cgroup.display()
     );
+}
+
+/// Pids of serve's idle warm helpers (their command line says `(warm)`).
+fn warm_helpers(serve: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if parent == Some(serve) && cmdline.split(|b| *b == 0).any(|a| a == b"(warm)") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Once a start has settled, serve keeps two warm helpers, so two starts
+/// in a row (a restart right after a start) both get one.
+#[tokio::test]
+async fn two_starts_in_a_row_both_take_a_warm_helper() {
+    const SITE: &str = "warm.localhost";
+    let server = server();
+    deploy(&server, SITE, "").await;
+    assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warm_helpers(server.pid()).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "serve made fewer than two warm helpers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for round in 0..2 {
+        assert_ok(&server.cli(&["restart", SITE], None));
+        assert_eq!(ask(&server, SITE, "/").await["ok"], true);
+        let pid = status_of(&server, SITE)["pid"].as_u64().expect("pid");
+        let cgroup = pids_cgroup(pid);
+        assert!(
+            cgroup
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("warm-")),
+            "start {round} after the first was cold: {}",
+            cgroup.display()
+        );
+    }
 }
 
 /// Thread ids of serve's dialer threads (`spinlet-dialer`).

@@ -46,6 +46,12 @@ pub trait Spawner: Send + Sync + 'static {
     /// group (pgid = pid) so the whole tree can be signalled.
     fn spawn(&self, launch: &Launch) -> io::Result<Spawned>;
 
+    /// A start this spawner made is over: the app answered its health
+    /// check, or the start gave up. Work a spawner keeps off a start's
+    /// path (the sandbox's next warm helper) runs from here, so it does
+    /// not compete with the starting app for the CPU. Never blocks.
+    fn start_settled(&self) {}
+
     /// One line on how apps are isolated, for `status`.
     fn describe(&self) -> String {
         "none (plain process)".into()

@@ -926,7 +926,9 @@ impl Supervisor {
         });
 
         let deadline = Instant::now() + spec.manifest.start_timeout;
-        match wait_healthy(&instance, spec.manifest.health_path.as_deref(), deadline).await {
+        let healthy = wait_healthy(&instance, spec.manifest.health_path.as_deref(), deadline).await;
+        self.inner.spawner.start_settled();
+        match healthy {
             Ok(()) => {
                 tracing::info!(site = %slot.domain, release = %spec.release, pid, port,
                     "spinlet healthy");

@@ -121,6 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             "/": lambda: {"ok": True, "pid": os.getpid()},
             "/whoami": lambda: {"ok": True, "value": identity()},
             "/read": lambda: attempt(lambda: read(q["path"])),
+            "/readlink": lambda: attempt(lambda: os.readlink(q["path"])),
             "/write": lambda: attempt(lambda: write(q["path"], int(q.get("mib", 0)))),
             "/connect": lambda: attempt(lambda: connect(q["host"], q["port"])),
             "/syscall": lambda: attempt(lambda: syscall(q["name"])),

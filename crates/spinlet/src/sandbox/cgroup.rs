@@ -31,7 +31,7 @@ impl Version {
 }
 
 /// The limits one instance gets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLimits {
     pub memory_bytes: u64,
     /// Processes and threads, the helper and the namespace init included.
@@ -59,9 +59,16 @@ pub struct CgroupHost {
 pub struct Cgroup {
     pub version: Version,
     dirs: Vec<(&'static str, PathBuf)>,
+    /// The limits last written, so that writing them again (a warm
+    /// helper's cgroup, made with the defaults ahead of its start) only
+    /// touches the files whose value changes.
+    written: std::sync::Mutex<Option<CgroupLimits>>,
 }
 
 const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "blkio"];
+
+/// The CPU quota's period, in µs (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
 
 impl CgroupHost {
     /// Finds the hierarchy; with a `scope`, also prepares the parent
@@ -185,6 +192,7 @@ impl CgroupHost {
                 .iter()
                 .map(|(controller, parent)| (*controller, parent.join(name)))
                 .collect(),
+            written: std::sync::Mutex::new(None),
         };
         for (_, dir) in &cgroup.dirs {
             if let Err(e) = std::fs::create_dir(dir) {
@@ -195,12 +203,21 @@ impl CgroupHost {
         Ok(cgroup)
     }
 
-    /// Writes `limits` into `cgroup`.
+    /// Writes `limits` into `cgroup`: every file the first time, then only
+    /// those whose value differs from the last write. Measured on v1: the
+    /// first CPU quota and period writes into a new cgroup take 1-3 ms
+    /// (the kernel sets up bandwidth control), later ones 0.15 ms.
     pub fn limit(&self, cgroup: &Cgroup, limits: &CgroupLimits) -> io::Result<()> {
+        let mut written = cgroup.written.lock().unwrap_or_else(|p| p.into_inner());
+        let before = written.take();
         match self.version {
-            Version::V1 => cgroup.write_v1(limits, self.io_weight),
-            Version::V2 => cgroup.write_v2(limits, self.io_weight),
+            Version::V1 => cgroup.write_v1(limits, before.as_ref(), self.io_weight)?,
+            Version::V2 => cgroup.write_v2(limits, before.as_ref(), self.io_weight)?,
         }
+        // Only after every write succeeded; a failure leaves `None`, so
+        // the next call writes everything again.
+        *written = Some(*limits);
+        Ok(())
     }
 
     /// Kills and removes cgroups a previous `serve` on the same data
@@ -215,6 +232,7 @@ impl CgroupHost {
                     let leftover = Cgroup {
                         version: self.version,
                         dirs: vec![(controller, entry.path())],
+                        written: std::sync::Mutex::new(None),
                     };
                     tracing::warn!(cgroup = %entry.path().display(),
                         "removing a spinlet cgroup left by a previous serve");
@@ -256,25 +274,46 @@ impl Cgroup {
         Ok(())
     }
 
-    fn write_v1(&self, limits: &CgroupLimits, io_weight: bool) -> io::Result<()> {
+    fn write_v1(
+        &self,
+        limits: &CgroupLimits,
+        before: Option<&CgroupLimits>,
+        io_weight: bool,
+    ) -> io::Result<()> {
+        let changed =
+            |field: fn(&CgroupLimits) -> u64| before.is_none_or(|b| field(b) != field(limits));
         let memory = self.dir("memory").ok_or_else(|| missing("memory"))?;
-        std::fs::write(
-            memory.join("memory.limit_in_bytes"),
-            limits.memory_bytes.to_string(),
-        )?;
-        // Without this, a memory bomb spills into swap instead of hitting
-        // the limit. Absent when the kernel has no swap accounting.
-        let memsw = memory.join("memory.memsw.limit_in_bytes");
-        if memsw.is_file() {
-            std::fs::write(memsw, limits.memory_bytes.to_string())?;
+        if changed(|l| l.memory_bytes) {
+            std::fs::write(
+                memory.join("memory.limit_in_bytes"),
+                limits.memory_bytes.to_string(),
+            )?;
+            // Without this, a memory bomb spills into swap instead of
+            // hitting the limit. Absent when the kernel has no swap
+            // accounting.
+            let memsw = memory.join("memory.memsw.limit_in_bytes");
+            if memsw.is_file() {
+                std::fs::write(memsw, limits.memory_bytes.to_string())?;
+            }
         }
         let pids = self.dir("pids").ok_or_else(|| missing("pids"))?;
-        std::fs::write(pids.join("pids.max"), limits.pids.to_string())?;
+        if changed(|l| l.pids) {
+            std::fs::write(pids.join("pids.max"), limits.pids.to_string())?;
+        }
         let cpu = self.dir("cpu").ok_or_else(|| missing("cpu"))?;
-        std::fs::write(cpu.join("cpu.cfs_period_us"), "100000")?;
-        let quota = u64::from(limits.cpu_percent) * 1000;
-        std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
-        if io_weight {
+        if before.is_none() {
+            // A new cgroup starts with the kernel's 100 ms period; write
+            // it only if this one has another.
+            let period = cpu.join("cpu.cfs_period_us");
+            if read_number(&period) != Some(CPU_PERIOD_US) {
+                std::fs::write(period, CPU_PERIOD_US.to_string())?;
+            }
+        }
+        if changed(|l| u64::from(l.cpu_percent)) {
+            let quota = u64::from(limits.cpu_percent) * CPU_PERIOD_US / 100;
+            std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
+        }
+        if io_weight && changed(|l| u64::from(l.io_weight)) {
             if let Some(file) = self.dir("blkio").and_then(v1_weight_file) {
                 std::fs::write(file, limits.io_weight.to_string())?;
             }
@@ -282,19 +321,30 @@ impl Cgroup {
         Ok(())
     }
 
-    fn write_v2(&self, limits: &CgroupLimits, io_weight: bool) -> io::Result<()> {
+    fn write_v2(
+        &self,
+        limits: &CgroupLimits,
+        before: Option<&CgroupLimits>,
+        io_weight: bool,
+    ) -> io::Result<()> {
+        let changed =
+            |field: fn(&CgroupLimits) -> u64| before.is_none_or(|b| field(b) != field(limits));
         let dir = self.dir("unified").ok_or_else(|| missing("unified"))?;
-        std::fs::write(dir.join("memory.max"), limits.memory_bytes.to_string())?;
+        if changed(|l| l.memory_bytes) {
+            std::fs::write(dir.join("memory.max"), limits.memory_bytes.to_string())?;
+        }
         let swap = dir.join("memory.swap.max");
-        if swap.is_file() {
+        if before.is_none() && swap.is_file() {
             std::fs::write(swap, "0")?;
         }
-        std::fs::write(dir.join("pids.max"), limits.pids.to_string())?;
-        let quota = u64::from(limits.cpu_percent) * 1000;
-        if dir.join("cpu.max").is_file() {
-            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))?;
+        if changed(|l| l.pids) {
+            std::fs::write(dir.join("pids.max"), limits.pids.to_string())?;
         }
-        if io_weight && dir.join("io.weight").is_file() {
+        let quota = u64::from(limits.cpu_percent) * CPU_PERIOD_US / 100;
+        if changed(|l| u64::from(l.cpu_percent)) && dir.join("cpu.max").is_file() {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
+        }
+        if io_weight && changed(|l| u64::from(l.io_weight)) && dir.join("io.weight").is_file() {
             std::fs::write(
                 dir.join("io.weight"),
                 format!("default {}", limits.io_weight),

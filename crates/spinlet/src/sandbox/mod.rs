@@ -70,6 +70,18 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// The limits of an app whose manifest sets none.
+    fn defaults(&self) -> LimitsInForce {
+        LimitsInForce {
+            memory_bytes: u64::from(self.memory_mb) << 20,
+            max_processes: u64::from(self.max_processes),
+            cpu_percent: self.cpu_percent,
+            open_files: u64::from(self.open_files),
+            tmp_bytes: u64::from(self.tmp_mb) << 20,
+            data_bytes: Some(u64::from(self.data_mb) << 20),
+        }
+    }
+
     pub fn new(data_dir: &Path, helper: PathBuf) -> SandboxConfig {
         SandboxConfig {
             allow_degraded: false,
@@ -482,11 +494,13 @@ impl SandboxSpawner {
             && layers
                 .iter()
                 .all(|l| l.supported || !["network namespace", "cgroups"].contains(&l.layer));
+        let defaults = cgroup_limits(&config.defaults(), config.io_weight);
         let warm = match &cgroups {
             Some(host) if warm_possible => Some(Arc::new(warm::WarmPool::new(
                 config.helper.clone(),
                 config.state_dir.clone(),
                 host.clone(),
+                defaults,
             ))),
             _ => None,
         };
@@ -524,13 +538,15 @@ impl SandboxSpawner {
     fn limits(&self, launch: &Launch) -> LimitsInForce {
         let l = &launch.limits;
         let c = &self.config;
+        let defaults = c.defaults();
         LimitsInForce {
-            memory_bytes: u64::from(l.memory_mb.unwrap_or(c.memory_mb)) << 20,
-            max_processes: u64::from(l.max_processes.unwrap_or(c.max_processes)),
-            cpu_percent: l.cpu_percent.unwrap_or(c.cpu_percent),
-            open_files: u64::from(l.max_open_files.unwrap_or(c.open_files)),
-            tmp_bytes: u64::from(c.tmp_mb) << 20,
-            data_bytes: Some(u64::from(c.data_mb) << 20),
+            memory_bytes: l
+                .memory_mb
+                .map_or(defaults.memory_bytes, |mb| u64::from(mb) << 20),
+            max_processes: l.max_processes.map_or(defaults.max_processes, u64::from),
+            cpu_percent: l.cpu_percent.unwrap_or(defaults.cpu_percent),
+            open_files: l.max_open_files.map_or(defaults.open_files, u64::from),
+            ..defaults
         }
     }
 
@@ -641,6 +657,17 @@ impl SandboxSpawner {
     }
 }
 
+/// The cgroup's share of an instance's limits.
+fn cgroup_limits(limits: &LimitsInForce, io_weight: u16) -> CgroupLimits {
+    CgroupLimits {
+        memory_bytes: limits.memory_bytes,
+        // The helper and the namespace init count too.
+        pids: limits.max_processes + 2,
+        cpu_percent: limits.cpu_percent,
+        io_weight,
+    }
+}
+
 /// Folders where a program named on the command line is looked for
 /// inside the sandbox (the host's PATH may name folders it cannot see).
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -728,13 +755,7 @@ impl Spawner for SandboxSpawner {
         } else {
             None
         };
-        let cgroup_limits = CgroupLimits {
-            memory_bytes: limits.memory_bytes,
-            // The helper and the namespace init count too.
-            pids: limits.max_processes + 2,
-            cpu_percent: limits.cpu_percent,
-            io_weight: self.config.io_weight,
-        };
+        let cgroup_limits = cgroup_limits(&limits, self.config.io_weight);
         // A warm helper fits any site without a link to the host.
         let warm_pool = self
             .warm
@@ -844,13 +865,20 @@ impl Spawner for SandboxSpawner {
             confinement.release();
             return Err(e);
         }
-        if let Some(pool) = warm_pool {
-            pool.refill();
-        }
+        // The next warm helper is made once this start has settled
+        // (`start_settled`), not now: making it (an exec of this binary,
+        // a namespace, cgroup joins) took CPU from the starting app on
+        // small hosts.
         Ok(Spawned {
             child,
             confinement: Some(confinement),
         })
+    }
+
+    fn start_settled(&self) {
+        if let Some(pool) = &self.warm {
+            pool.refill();
+        }
     }
 
     fn describe(&self) -> String {

@@ -6,18 +6,20 @@
 //! migration waits for an RCU grace period on cgroup_threadgroup_rwsem),
 //! the helper's exec and start took 9 ms, and the network namespace 0.5 ms;
 //! the mounts, capabilities, Landlock and seccomp together took about 2 ms
-//! more. None of the first three depends on the app. So after each start
-//! the spawner prepares the next one in the background: a network
-//! namespace with its dialer, an empty cgroup, and a helper exec'd into
-//! both, blocked on reading its plan. A start that takes it writes the
-//! app's limits into the cgroup (before anything of the app runs) and the
-//! plan to the helper; the helper then does everything app-specific
-//! exactly as on a cold start.
+//! more. None of the first three depends on the app. So the spawner keeps
+//! helpers prepared in the background: a network namespace with its
+//! dialer, a cgroup with the server's default limits, and a helper exec'd
+//! into both, blocked on reading its plan. A start that takes one writes
+//! the app's own limits where they differ (before anything of the app
+//! runs) and the plan to the helper; the helper then does everything
+//! app-specific exactly as on a cold start. The pool is topped up once a
+//! start has settled, not while the app starts, so that making helpers
+//! never takes the CPU from a starting app.
 //!
 //! Sites with outbound internet (whose namespace carries a link to the
 //! host) and hosts missing the network or cgroup layer start cold.
 
-use super::cgroup::{Cgroup, CgroupHost};
+use super::cgroup::{Cgroup, CgroupHost, CgroupLimits};
 use super::plan::NETNS_FD;
 use super::{net, sys, HELPER_ARG};
 use std::io;
@@ -46,51 +48,70 @@ impl Warm {
     }
 }
 
-/// Holds at most one warm helper and makes the next one in the background.
+/// How many warm helpers a serve keeps ready. Two, because the next one is
+/// made only once a start has settled (see `SandboxSpawner::start_settled`):
+/// with one, a second start soon after the first (a restart, or two sites
+/// waking together) found none ready and started cold. Each costs an idle
+/// helper process (about 5 MiB), a network namespace with its dialer
+/// thread and spare sockets, and an empty cgroup.
+const WARM_HELPERS: usize = 2;
+
+/// Holds up to [`WARM_HELPERS`] warm helpers and makes more in the
+/// background.
 pub(crate) struct WarmPool {
-    slot: Mutex<Option<Warm>>,
+    slots: Mutex<Vec<Warm>>,
     filling: AtomicBool,
     helper: PathBuf,
     /// The helper's working folder while it waits.
     home: PathBuf,
     cgroups: CgroupHost,
+    /// Written into each warm cgroup ahead of time: a start whose app has
+    /// the default limits then writes nothing (the first quota writes
+    /// into a new cgroup are the slow ones, see `CgroupHost::limit`).
+    defaults: CgroupLimits,
 }
 
 impl WarmPool {
-    pub(crate) fn new(helper: PathBuf, home: PathBuf, cgroups: CgroupHost) -> WarmPool {
+    pub(crate) fn new(
+        helper: PathBuf,
+        home: PathBuf,
+        cgroups: CgroupHost,
+        defaults: CgroupLimits,
+    ) -> WarmPool {
         WarmPool {
-            slot: Mutex::new(None),
+            slots: Mutex::new(Vec::with_capacity(WARM_HELPERS)),
             filling: AtomicBool::new(false),
             helper,
             home,
             cgroups,
+            defaults,
         }
     }
 
-    /// The warm helper, if one is ready and still alive.
+    /// A warm helper, if one is ready and still alive.
     pub(crate) fn take(&self) -> Option<Warm> {
-        let mut warm = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        match warm.child.try_wait() {
-            Ok(None) => Some(warm),
-            _ => {
-                tracing::warn!("the warm sandbox helper had exited; starting cold");
-                warm.discard();
-                None
+        loop {
+            let mut warm = self.lock().pop()?;
+            match warm.child.try_wait() {
+                Ok(None) => return Some(warm),
+                _ => {
+                    tracing::warn!("a warm sandbox helper had exited; trying the next");
+                    warm.discard();
+                }
             }
         }
     }
 
-    /// Starts making the next warm helper on a thread of its own, unless
-    /// one is ready or being made. Needs to run inside the Tokio runtime
-    /// (the helper is a `tokio::process::Child`); does nothing outside.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts making warm helpers on a thread of its own until the pool is
+    /// full, unless it is full or being filled. Needs to run inside the
+    /// Tokio runtime (a helper is a `tokio::process::Child`); does nothing
+    /// outside.
     pub(crate) fn refill(self: &Arc<Self>) {
-        if self
-            .slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-            || self.filling.swap(true, Ordering::AcqRel)
-        {
+        if self.lock().len() >= WARM_HELPERS || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -102,18 +123,23 @@ impl WarmPool {
             .name("spinlet-warm".into())
             .spawn(move || {
                 let _in_runtime = runtime.enter();
-                match pool.make() {
-                    Ok(warm) => {
-                        let mut slot = pool.slot.lock().unwrap_or_else(|p| p.into_inner());
-                        if slot.is_none() {
-                            *slot = Some(warm);
-                        } else {
-                            drop(slot);
-                            warm.discard();
+                while pool.lock().len() < WARM_HELPERS {
+                    match pool.make() {
+                        Ok(warm) => {
+                            let mut slots = pool.lock();
+                            if slots.len() < WARM_HELPERS {
+                                slots.push(warm);
+                            } else {
+                                drop(slots);
+                                warm.discard();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e,
+                                "no warm sandbox helper: the next start of an app is a cold one");
+                            break;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e,
-                        "no warm sandbox helper: the next start of an app is a cold one"),
                 }
                 pool.filling.store(false, Ordering::Release);
             });
@@ -126,7 +152,11 @@ impl WarmPool {
         let (netns, dialer) = net::new_namespace()?;
         let cgroup = self
             .cgroups
-            .create_empty(&format!("warm-{:016x}", rand::random::<u64>()))?;
+            .create(
+                &format!("warm-{:016x}", rand::random::<u64>()),
+                &self.defaults,
+            )
+            .inspect_err(|_| dialer.stop())?;
         let mut command = tokio::process::Command::new(&self.helper);
         // Its command line says what it is until it gets a plan.
         command
@@ -172,12 +202,8 @@ impl WarmPool {
 
 impl Drop for WarmPool {
     fn drop(&mut self) {
-        let warm = self
-            .slot
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(warm) = warm {
+        let warms = std::mem::take(self.slots.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for warm in warms {
             warm.discard();
         }
     }
