@@ -761,7 +761,10 @@ fn warm_helpers(serve: u32) -> Vec<u32> {
 async fn two_starts_in_a_row_both_take_a_warm_helper() {
     const SITE: &str = "warm.localhost";
     let server = server();
-    deploy(&server, SITE, "").await;
+    // More memory than the default (512 MiB) the warm cgroups are made
+    // with: on v1 a raise must set the memory+swap limit first, or the
+    // kernel refuses it and the start falls back to a cold one.
+    deploy(&server, SITE, "memory_mb = 600\n").await;
     assert_eq!(ask(&server, SITE, "/").await["ok"], true);
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -784,6 +787,14 @@ async fn two_starts_in_a_row_both_take_a_warm_helper() {
             "start {round} after the first was cold: {}",
             cgroup.display()
         );
+        if let Some(memory) = v1_cgroup(pid, "memory") {
+            for file in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
+                let Ok(text) = std::fs::read_to_string(memory.join(file)) else {
+                    continue; // no swap accounting on this kernel
+                };
+                assert_eq!(text.trim(), (600u64 << 20).to_string(), "warm {file}");
+            }
+        }
     }
 }
 

@@ -284,16 +284,21 @@ impl Cgroup {
             |field: fn(&CgroupLimits) -> u64| before.is_none_or(|b| field(b) != field(limits));
         let memory = self.dir("memory").ok_or_else(|| missing("memory"))?;
         if changed(|l| l.memory_bytes) {
-            std::fs::write(
-                memory.join("memory.limit_in_bytes"),
-                limits.memory_bytes.to_string(),
-            )?;
-            // Without this, a memory bomb spills into swap instead of
-            // hitting the limit. Absent when the kernel has no swap
-            // accounting.
+            let value = limits.memory_bytes.to_string();
+            // Without the memory+swap limit, a memory bomb spills into
+            // swap instead of hitting the limit. Absent when the kernel
+            // has no swap accounting. v1 refuses a memory limit above
+            // the memory+swap one, so a raise (a warm cgroup made with
+            // the defaults, for an app that needs more) sets that first.
             let memsw = memory.join("memory.memsw.limit_in_bytes");
-            if memsw.is_file() {
-                std::fs::write(memsw, limits.memory_bytes.to_string())?;
+            let memsw = memsw.is_file().then_some(memsw);
+            let raise = before.is_some_and(|b| limits.memory_bytes > b.memory_bytes);
+            if let Some(memsw) = memsw.as_ref().filter(|_| raise) {
+                std::fs::write(memsw, &value)?;
+            }
+            std::fs::write(memory.join("memory.limit_in_bytes"), &value)?;
+            if let Some(memsw) = memsw.as_ref().filter(|_| !raise) {
+                std::fs::write(memsw, &value)?;
             }
         }
         let pids = self.dir("pids").ok_or_else(|| missing("pids"))?;
