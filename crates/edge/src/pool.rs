@@ -266,6 +266,16 @@ struct Lent {
     request_ended: Arc<AtomicBool>,
 }
 
+/// True iff `polled` ended its body: no frame left, or the last one
+/// (the body now reports `at_end`). An error does not count.
+fn ended<T, E>(polled: &Poll<Option<Result<T, E>>>, at_end: bool) -> bool {
+    match polled {
+        Poll::Ready(None) => true,
+        Poll::Ready(Some(Ok(_))) => at_end,
+        _ => false,
+    }
+}
+
 /// A request body that notes when it has been sent to its end.
 struct Tracked {
     inner: EdgeBody,
@@ -281,12 +291,8 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended.store(true, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
-                self.ended.store(true, Ordering::Release)
-            }
-            _ => {}
+        if ended(&polled, self.inner.is_end_stream()) {
+            self.ended.store(true, Ordering::Release);
         }
         polled
     }
@@ -333,12 +339,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+        if ended(&polled, self.inner.is_end_stream()) {
+            self.give_back();
+        } else if let Poll::Ready(Some(Err(_))) = polled {
             // An error ends the exchange; the connection is not reused.
-            Poll::Ready(Some(Err(_))) => self.lent = None,
-            _ => {}
+            self.lent = None;
         }
         polled
     }

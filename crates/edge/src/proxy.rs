@@ -301,13 +301,7 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
-        let (mut parts, incoming) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
-        Ok(Sent {
-            response,
-            upgrade: None,
-        })
+        Ok(relayed(response))
     }
 
     /// Sends through hyper-util's client: `https://` upstreams.
@@ -323,13 +317,7 @@ impl Proxy {
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
-        let (mut parts, incoming) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let response = Response::from_parts(parts, incoming.map_err(Into::into).boxed());
-        Ok(Sent {
-            response,
-            upgrade: None,
-        })
+        Ok(relayed(response))
     }
 
     /// A WebSocket handshake gets its own upstream connection, since the
@@ -507,6 +495,21 @@ fn upstream_uri(uri: Uri, upstream: &Upstream) -> Result<Uri, ProxyError> {
 struct Sent {
     response: Response<EdgeBody>,
     upgrade: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
+}
+
+/// An upstream's response as the client gets it: hop-by-hop headers
+/// removed, the body boxed, no upgrade.
+fn relayed<B>(response: Response<B>) -> Sent
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Sent {
+        response: Response::from_parts(parts, incoming.map_err(Into::into).boxed()),
+        upgrade: None,
+    }
 }
 
 /// An app lease riding along with a proxied request.
