@@ -16,7 +16,9 @@
 # wrk round per side, summarised by symbol on stderr; files in
 # SANDBOX_PERF_DIR, default /tmp). Besides req/s it reports the CPU time
 # per request of serve and of the app's processes, which stays comparable
-# on a loaded host.
+# on a loaded host. serve and wrk each run in a session of their own, so
+# the kernel's autogroup scheduler never groups the load generator with
+# one side's app (see wrk() in sandbox_bench.py).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
