@@ -861,6 +861,7 @@ impl Supervisor {
             limits: spec.manifest.limits.clone(),
             tag: random_tag(),
         };
+        let settled = Settled(self.inner.spawner.as_ref());
         let Spawned {
             mut child,
             confinement,
@@ -927,7 +928,7 @@ impl Supervisor {
 
         let deadline = Instant::now() + spec.manifest.start_timeout;
         let healthy = wait_healthy(&instance, spec.manifest.health_path.as_deref(), deadline).await;
-        self.inner.spawner.start_settled();
+        drop(settled);
         match healthy {
             Ok(()) => {
                 tracing::info!(site = %slot.domain, release = %spec.release, pid, port,
@@ -1162,6 +1163,18 @@ fn reap_leftovers(state_file: &Path) {
 
 fn random_tag() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// Tells the spawner that a start settled ([`Spawner::start_settled`])
+/// when dropped: after the health check, or on any other way out of the
+/// start (a spawn error, the app gone at once, the start's future
+/// dropped).
+struct Settled<'a>(&'a dyn Spawner);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.start_settled();
+    }
 }
 
 /// Waits until the app answers: its health path with a 2xx or 3xx, or,

@@ -3,8 +3,11 @@
 //! promote during a start, and shutdown against the idle reaper.
 
 use spinlet::manifest;
-use spinlet::{AppSpec, PlainSpawner, State, Supervisor, SupervisorConfig, WakeError};
+use spinlet::{
+    AppSpec, Launch, PlainSpawner, Spawned, Spawner, State, Supervisor, SupervisorConfig, WakeError,
+};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,12 +46,38 @@ fn app(
 }
 
 fn supervisor(data: &Path) -> Supervisor {
+    supervisor_with(data, Arc::new(PlainSpawner))
+}
+
+fn supervisor_with(data: &Path, spawner: Arc<dyn Spawner>) -> Supervisor {
     let mut config = SupervisorConfig::new(data);
     config.crash_limit = 3;
     config.backoff_base = Duration::from_millis(10);
     config.backoff_max = Duration::from_millis(50);
     config.reap_interval = Duration::from_millis(50);
-    Supervisor::new(config, Arc::new(PlainSpawner)).expect("supervisor")
+    Supervisor::new(config, spawner).expect("supervisor")
+}
+
+/// The real [`PlainSpawner`], wrapped to count the starts it hears have
+/// settled and, while `refuse` is set, to fail a spawn the way a host
+/// that cannot start a process does.
+#[derive(Default)]
+struct Counting {
+    settled: AtomicUsize,
+    refuse: AtomicBool,
+}
+
+impl Spawner for Counting {
+    fn spawn(&self, launch: &Launch) -> std::io::Result<Spawned> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("refused for the test"));
+        }
+        PlainSpawner.spawn(launch)
+    }
+
+    fn start_settled(&self) {
+        self.settled.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -108,6 +137,45 @@ async fn failed_starts_count_as_crashes_and_end_in_failed() {
         supervisor.wake("a.test").await,
         Err(WakeError::Failed { .. })
     ));
+}
+
+#[tokio::test]
+async fn every_start_settles_once_whether_it_is_healthy_fails_or_cannot_spawn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spawner = Arc::new(Counting::default());
+    let supervisor = supervisor_with(dir.path(), spawner.clone());
+    supervisor
+        .register("ok.test", app(dir.path(), "ok", 0.0, None, 0))
+        .expect("register");
+    supervisor
+        .register("dies.test", app(dir.path(), "dies", 0.0, Some(1), 0))
+        .expect("register");
+
+    supervisor.wake("ok.test").await.expect("a healthy start");
+    assert_eq!(spawner.settled.load(Ordering::SeqCst), 1, "healthy");
+
+    assert!(matches!(
+        supervisor.wake("dies.test").await,
+        Err(WakeError::Start(_))
+    ));
+    assert_eq!(spawner.settled.load(Ordering::SeqCst), 2, "the app died");
+
+    // A spawn that fails returns before any health check: it settles too,
+    // so the sandbox's warm pool is topped up after it.
+    supervisor
+        .register("refused.test", app(dir.path(), "refused", 0.0, None, 0))
+        .expect("register");
+    spawner.refuse.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        supervisor.wake("refused.test").await,
+        Err(WakeError::Start(_))
+    ));
+    assert_eq!(
+        spawner.settled.load(Ordering::SeqCst),
+        3,
+        "the spawn failed"
+    );
+    supervisor.shutdown().await;
 }
 
 #[tokio::test]

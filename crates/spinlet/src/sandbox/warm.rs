@@ -123,29 +123,42 @@ impl WarmPool {
             .name("spinlet-warm".into())
             .spawn(move || {
                 let _in_runtime = runtime.enter();
-                while pool.lock().len() < WARM_HELPERS {
-                    match pool.make() {
-                        Ok(warm) => {
-                            let mut slots = pool.lock();
-                            if slots.len() < WARM_HELPERS {
-                                slots.push(warm);
-                            } else {
-                                drop(slots);
-                                warm.discard();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e,
-                                "no warm sandbox helper: the next start of an app is a cold one");
-                            break;
-                        }
+                loop {
+                    let made = pool.fill();
+                    pool.filling.store(false, Ordering::Release);
+                    // A start that took a helper and settled after `fill`
+                    // saw the pool full, but before `filling` was cleared,
+                    // found the flag set and left its refill to this
+                    // thread: look again.
+                    if made.is_err()
+                        || pool.lock().len() >= WARM_HELPERS
+                        || pool.filling.swap(true, Ordering::AcqRel)
+                    {
+                        break;
                     }
                 }
-                pool.filling.store(false, Ordering::Release);
             });
         if started.is_err() {
             self.filling.store(false, Ordering::Release);
         }
+    }
+
+    /// Makes helpers until the pool is full; stops at the first failure.
+    fn fill(&self) -> io::Result<()> {
+        while self.lock().len() < WARM_HELPERS {
+            let warm = self.make().inspect_err(|e| {
+                tracing::warn!(error = %e,
+                    "no warm sandbox helper: the next start of an app is a cold one");
+            })?;
+            let mut slots = self.lock();
+            if slots.len() < WARM_HELPERS {
+                slots.push(warm);
+            } else {
+                drop(slots);
+                warm.discard();
+            }
+        }
+        Ok(())
     }
 
     fn make(&self) -> io::Result<Warm> {
