@@ -166,6 +166,17 @@ async fn the_app_gets_the_hosts_time_zone_by_the_same_link() {
             assert_eq!(link["ok"], true, "{link}");
             assert_eq!(link["value"].as_str(), target.to_str(), "{link}");
         }
+        // A relative link (timedatectl's) into /usr becomes the absolute
+        // path it names (the choice itself is unit-tested in fs.rs).
+        Ok(target) if target.is_relative() && link["ok"] == true => {
+            let inside = Path::new(link["value"].as_str().expect("text"));
+            assert!(inside.starts_with("/usr"), "{link}");
+            assert_eq!(
+                std::fs::canonicalize(inside).ok(),
+                std::fs::canonicalize(HOST).ok(),
+                "{link}"
+            );
+        }
         // Not a link into /usr on this host: a copy (or nothing) inside.
         _ => assert_eq!(link["ok"], false, "{link}"),
     }

@@ -8,7 +8,7 @@
 use super::plan::Plan;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Runtime folders of the host, bound read-only (or recreated as the
 /// symlink they are, on merged-/usr systems).
@@ -224,18 +224,36 @@ fn local_time(inside: &Path) -> Result<()> {
     let Ok(resolved) = std::fs::canonicalize(host) else {
         return Ok(());
     };
-    // The link is only useful if it resolves the same way inside, so both
-    // the link text and the file it finally names must be in /usr, which
-    // the root binds as it is.
-    let visible = |path: &Path| path.is_absolute() && path.starts_with("/usr");
-    if let Ok(target) = std::fs::read_link(host) {
-        if visible(&target) && visible(&resolved) {
-            return symlink(&target, inside).map_err(|e| fail("cannot link", inside, e));
-        }
+    if let Some(link) = std::fs::read_link(host)
+        .ok()
+        .and_then(|target| zone_link(&target, &resolved))
+    {
+        return symlink(&link, inside).map_err(|e| fail("cannot link", inside, e));
     }
     std::fs::copy(host, inside)
         .map(drop)
         .map_err(|e| fail("cannot copy", host, e))
+}
+
+/// What /etc/localtime inside links to, given the host's link text
+/// `target` and the file it finally names, `resolved`; `None` for a copy.
+/// The link is only useful if it resolves the same way inside, so both
+/// must be in /usr, which the root binds as it is. A relative link (as
+/// `timedatectl` writes, `../usr/share/zoneinfo/...`) becomes the absolute
+/// path it names from /etc.
+fn zone_link(target: &Path, resolved: &Path) -> Option<PathBuf> {
+    let mut link = PathBuf::from("/");
+    for part in Path::new("/etc").join(target).components() {
+        match part {
+            Component::ParentDir => {
+                link.pop();
+            }
+            Component::Normal(name) => link.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let in_usr = |path: &Path| path.is_absolute() && path.starts_with("/usr");
+    (in_usr(&link) && in_usr(resolved)).then_some(link)
 }
 
 fn make_dev(dev: &Path, shm_options: &str) -> Result<()> {
@@ -287,4 +305,44 @@ pub(crate) fn writable_paths() -> Vec<PathBuf> {
         .collect();
     paths.extend(DEVICES.iter().map(|d| Path::new("/dev").join(d)));
     paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zone_link;
+    use std::path::{Path, PathBuf};
+
+    fn link(target: &str, resolved: &str) -> Option<PathBuf> {
+        zone_link(Path::new(target), Path::new(resolved))
+    }
+
+    #[test]
+    fn a_link_into_usr_is_kept_absolute_or_made_absolute() {
+        let berlin = "/usr/share/zoneinfo/Europe/Berlin";
+        assert_eq!(link(berlin, berlin), Some(PathBuf::from(berlin)));
+        // timedatectl writes relative links.
+        for relative in [
+            "../usr/share/zoneinfo/Europe/Berlin",
+            "./../usr/share/zoneinfo/Europe/Berlin",
+            "../../../usr/share/zoneinfo/Europe/Berlin",
+        ] {
+            assert_eq!(
+                link(relative, berlin),
+                Some(PathBuf::from(berlin)),
+                "{relative}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_that_would_not_resolve_the_same_inside_is_copied() {
+        let berlin = "/usr/share/zoneinfo/Europe/Berlin";
+        // Names a file outside /usr, which the root does not bind.
+        assert_eq!(link("/opt/zones/Berlin", "/opt/zones/Berlin"), None);
+        assert_eq!(link("zones/Berlin", "/etc/zones/Berlin"), None);
+        // The text is in /usr, but the file it finally names is not.
+        assert_eq!(link(berlin, "/var/lib/zones/Berlin"), None);
+        // The text leaves /usr again.
+        assert_eq!(link("../usr/../etc/zones/Berlin", berlin), None);
+    }
 }
