@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A helper waiting for its plan, already inside its namespace and cgroup.
 pub(crate) struct Warm {
@@ -56,11 +57,19 @@ impl Warm {
 /// thread and spare sockets, and an empty cgroup.
 const WARM_HELPERS: usize = 2;
 
+/// After a helper could not be made, how long refills wait before they
+/// try again: a start whose spawn fails on such a host is retried by the
+/// next request, and each would otherwise start a thread that fails and
+/// warns again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// Holds up to [`WARM_HELPERS`] warm helpers and makes more in the
 /// background.
 pub(crate) struct WarmPool {
     slots: Mutex<Vec<Warm>>,
     filling: AtomicBool,
+    /// No refill before this, after a helper could not be made.
+    not_before: Mutex<Option<Instant>>,
     helper: PathBuf,
     /// The helper's working folder while it waits.
     home: PathBuf,
@@ -81,6 +90,7 @@ impl WarmPool {
         WarmPool {
             slots: Mutex::new(Vec::with_capacity(WARM_HELPERS)),
             filling: AtomicBool::new(false),
+            not_before: Mutex::new(None),
             helper,
             home,
             cgroups,
@@ -107,11 +117,18 @@ impl WarmPool {
     }
 
     /// Starts making warm helpers on a thread of its own until the pool is
-    /// full, unless it is full or being filled. Needs to run inside the
+    /// full, unless it is full, being filled, or the last attempt failed
+    /// less than [`RETRY_AFTER`] ago. Needs to run inside the
     /// Tokio runtime (a helper is a `tokio::process::Child`); does nothing
     /// outside.
     pub(crate) fn refill(self: &Arc<Self>) {
-        if self.lock().len() >= WARM_HELPERS || self.filling.swap(true, Ordering::AcqRel) {
+        let waiting = self
+            .not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| Instant::now() < at);
+        if waiting || self.lock().len() >= WARM_HELPERS || self.filling.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -125,6 +142,10 @@ impl WarmPool {
                 let _in_runtime = runtime.enter();
                 loop {
                     let made = pool.fill();
+                    if made.is_err() {
+                        *pool.not_before.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Instant::now() + RETRY_AFTER);
+                    }
                     pool.filling.store(false, Ordering::Release);
                     // A start that took a helper and settled after `fill`
                     // saw the pool full, but before `filling` was cleared,
