@@ -5,10 +5,11 @@
 #
 #   bash bench/sandbox.sh
 #
-# Needs root (the sandbox does), wrk, python3, node and nsenter. Both servers
-# listen on 127.0.0.1 only; every loop is bounded; everything started is
-# stopped on exit. Results go to docs/BENCHMARKS.md between the
-# bench-sandbox markers. Knobs: SANDBOX_RUNS (40 cold starts per side),
+# Needs root (the sandbox does), wrk, python3, node, nsenter and setsid.
+# Both servers listen on 127.0.0.1 only; every loop is bounded; everything
+# started is stopped on exit. Results go to docs/BENCHMARKS.md between the
+# app's own markers (bench-sandbox-node-app, bench-sandbox-python-app, ...),
+# so a run replaces only its app's table. Knobs: SANDBOX_RUNS (40 cold starts per side),
 # SANDBOX_ROUNDS (3 wrk rounds per side), SANDBOX_PROFILE (release, or
 # debug to measure an existing debug build), SANDBOX_APP (an app folder,
 # default examples/node-app), SANDBOX_DOC, SANDBOX_CPU_PERCENT, and
@@ -22,7 +23,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-for tool in cargo python3 node wrk nsenter; do
+for tool in cargo python3 node wrk nsenter setsid; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "the sandbox needs root" >&2; exit 1; }

@@ -55,7 +55,7 @@ class Serve:
                         PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         # serve gets a session of its own, as under systemd; a plain app
         # stays in it (the kernel's autogroup scheduler then puts both in
-        # one group), a sandboxed one has its own cgroup. See wrk_command.
+        # one group), a sandboxed one has its own cgroup. See wrk().
         self.proc = subprocess.Popen(
             [bin_path, "serve", "--config", config, "--data-dir", self.data,
              "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
@@ -78,10 +78,16 @@ class Serve:
         import threading
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         self.edge_port = int(self.edge.rsplit(":", 1)[1])
-        self.cli(["admin", "create", "--data-dir", self.data, "--email", EMAIL,
-                  "--password-stdin"], PASSWORD + "\n")
-        self.cli(["login", "--email", EMAIL, "--password-stdin"], PASSWORD + "\n")
-        self.token = self.login()
+        try:
+            self.cli(["admin", "create", "--data-dir", self.data, "--email", EMAIL,
+                      "--password-stdin"], PASSWORD + "\n")
+            self.cli(["login", "--email", EMAIL, "--password-stdin"], PASSWORD + "\n")
+            self.token = self.login()
+        except BaseException:
+            # Not yet in the caller's list, and in a session of its own it
+            # would not see the terminal's signals either: stop it here.
+            self.stop()
+            raise
 
     def cli(self, args, stdin=None):
         out = subprocess.run([self.bin, *args], input=stdin, text=True, capture_output=True,
@@ -360,10 +366,17 @@ def main():
     ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in cpu_app}
     cd = {k: statistics.median(v) for k, v in cpu_direct.items()}
     kernel = os.uname().release
-    table = f"""<!-- bench-sandbox:start -->
-## Spinlet sandbox: sandboxed vs plain process (issue 4)
-
-`{'SANDBOX_PROFILE=debug ' if args.profile == 'debug' else ''}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {kernel},
+    # Each app's table has its own markers, so a run rewrites only its
+    # table and leaves the rest of the section (other apps, the analysis)
+    # as it is.
+    app_name = os.path.basename(os.path.normpath(args.app))
+    marker = f"bench-sandbox-{app_name}"
+    knobs = "".join(f"{k}={os.environ[k]} " for k in ("SANDBOX_PROFILE", "SANDBOX_APP",
+                                                      "SANDBOX_ROUNDS", "SANDBOX_RUNS",
+                                                      "SANDBOX_CPU_PERCENT")
+                    if os.environ.get(k))
+    table = f"""<!-- {marker}:start -->
+`{knobs}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {kernel},
 load average at start {LOADAVG},
 {os.cpu_count()} cores shared with other work, cgroup v1; app: {os.path.relpath(args.app)};
 sandboxed app's CPU quota {os.environ.get('SANDBOX_CPU_PERCENT', str(100 * os.cpu_count()))}% of one core;
@@ -389,11 +402,12 @@ CPU µs per request (serve + app) sandboxed {', '.join(f'{e:.0f}+{a:.0f}' for e,
 plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))};
 CPU µs per request, app alone, sandboxed {', '.join(f'{x:.1f}' for x in cpu_direct['sandboxed'])};
 plain {', '.join(f'{x:.1f}' for x in cpu_direct['plain'])}.
-<!-- bench-sandbox:end -->"""
+<!-- {marker}:end -->"""
     print(table)
     with open(args.doc) as f:
         doc = f.read()
-    pattern = re.compile(r"<!-- bench-sandbox:start -->.*?<!-- bench-sandbox:end -->", re.S)
+    pattern = re.compile(rf"<!-- {re.escape(marker)}:start -->.*?<!-- {re.escape(marker)}:end -->",
+                         re.S)
     doc = pattern.sub(lambda _: table, doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + table + "\n"
     with open(args.doc, "w") as f:
         f.write(doc)

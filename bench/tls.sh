@@ -40,6 +40,8 @@ THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-3}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: BENCH_ROUNDS must be a whole number of at least 1" >&2; exit 2; }
+LOAD_AT_START="$(cut -d' ' -f1 /proc/loadavg)"
 BIN="${BENCH_BIN:-$ROOT/target/release/spinforge}"
 DOC="$ROOT/docs/BENCHMARKS.md"
 RESULTS="$HERE/results/tls"
@@ -52,7 +54,7 @@ die() {
     exit 1
 }
 
-for tool in nginx wrk openssl curl python3; do
+for tool in nginx wrk openssl curl python3 setsid; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool (apt-get install -y $tool)"
 done
 if [[ -z "${BENCH_BIN:-}" && ( -z "${BENCH_SKIP_BUILD:-}" || ! -x "$BIN" ) ]]; then
@@ -171,6 +173,7 @@ handshakes() {
         setsid openssl s_time -connect "127.0.0.1:$port" -time "$TIME" "$@" \
             >"$WORK/s_time.$i" 2>&1 &
         clients+=("$!")
+        PIDS+=("$!") # stopped on an interrupt too
     done
     wait "${clients[@]}"
     end=$(date +%s.%N)
@@ -203,10 +206,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
         port=$NGINX_PORT
         [[ $side == spinforge ]] && port=$SF_TLS
         say "$side: HTTPS proxy, keep-alive, round $round"
+        out="$RESULTS/wrk-$side-$round.txt"
         setsid wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
-            "https://127.0.0.1:$port/" >"$RESULTS/wrk-$side-$round.txt"
-        R[$side.rounds]+="$(awk '/Requests\/sec/ { printf "%d", $2 }' "$RESULTS/wrk-$side-$round.txt") "
-        R[$side.latencies]+="$(grep -A4 'Latency' "$RESULTS/wrk-$side-$round.txt" | awk '/Latency/ { print $2 }') "
+            "https://127.0.0.1:$port/" >"$out"
+        rps=$(awk '/Requests\/sec/ { printf "%d", $2 }' "$out")
+        [[ -n "$rps" ]] || die "wrk reported no rate for $side (see $out)"
+        if grep -q 'Non-2xx or 3xx responses' "$out"; then
+            die "$side answered with errors (see $out)"
+        fi
+        R[$side.rounds]+="$rps "
+        R[$side.latencies]+="$(grep -A4 'Latency' "$out" | awk '/Latency/ { print $2 }') "
     done
 done
 median() { python3 -c 'import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
@@ -232,7 +241,7 @@ SECTION="$WORK/section.md"
     BUILD="release build"
     [[ -n "${BENCH_BIN:-}" ]] && BUILD="binary ${BENCH_BIN#"$ROOT"/} (not the release build)"
     echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, loopback, $BUILD,"
-    echo "load average at start $(cut -d' ' -f1 /proc/loadavg). Same ECDSA P-256"
+    echo "load average at start $LOAD_AT_START. Same ECDSA P-256"
     echo "certificate and the same upstream (an nginx answering 100 bytes) on both"
     echo "sides; nginx $(nginx -v 2>&1 | sed 's|.*/||') with 2 workers."
     echo "Handshakes: $CLIENTS parallel \`openssl s_time\` clients for ${TIME}s each."
