@@ -9,10 +9,11 @@
 # Both servers listen on 127.0.0.1 only; every loop is bounded; everything
 # started is stopped on exit. Results go to docs/BENCHMARKS.md between the
 # app's own markers (bench-sandbox-node-app, bench-sandbox-python-app, ...),
-# so a run replaces only its app's table. Knobs: SANDBOX_RUNS (40 cold starts per side),
-# SANDBOX_ROUNDS (3 wrk rounds per side), SANDBOX_PROFILE (release, or
-# debug to measure an existing debug build), SANDBOX_APP (an app folder,
-# default examples/node-app), SANDBOX_DOC, SANDBOX_CPU_PERCENT, and
+# so a run replaces only its app's table. Knobs: SANDBOX_RUNS (40 cold
+# starts per side), SANDBOX_ROUNDS (3 wrk rounds per side),
+# SANDBOX_PROFILE (release, or debug to measure an existing debug build),
+# SANDBOX_APP (an app folder, default examples/node-app), SANDBOX_DOC,
+# SANDBOX_CPU_PERCENT, and
 # SANDBOX_PERF=1 (a `perf record` of serve and the app during the first
 # wrk round per side, summarised by symbol on stderr; files in
 # SANDBOX_PERF_DIR, default /tmp). Besides req/s it reports the CPU time
@@ -27,6 +28,9 @@ for tool in cargo python3 node wrk nsenter setsid; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "the sandbox needs root" >&2; exit 1; }
+# The load before the build, as the report's "load average at start".
+SANDBOX_LOADAVG="$(cat /proc/loadavg)"
+export SANDBOX_LOADAVG
 PROFILE="${SANDBOX_PROFILE:-release}"
 case "$PROFILE" in
     release) (cd "$ROOT" && cargo build --release -q -p spinforge) ;;

@@ -16,7 +16,7 @@ deploys the same app to both, and measures:
    sides, which the edge's speed does not change.
 """
 
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess
+import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess
 import sys, tempfile, time, urllib.request
 
 DOMAIN = "bench.localhost"
@@ -61,6 +61,15 @@ class Serve:
              "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=self.env, text=True, start_new_session=True)
+        try:
+            self._wait_and_log_in(label)
+        except BaseException:
+            # Not yet in the caller's list, and in a session of its own it
+            # would not see the terminal's signals either: stop it here.
+            self.stop()
+            raise
+
+    def _wait_and_log_in(self, label):
         self.edge = self.api = None
         deadline = time.monotonic() + 60
         while (self.edge is None or self.api is None) and time.monotonic() < deadline:
@@ -72,22 +81,15 @@ class Serve:
                 if prefix in line:
                     setattr(self, attr, line.split(prefix)[1].split()[0])
         if self.edge is None or self.api is None:
-            self.stop()
             raise RuntimeError(f"{label}: serve did not start")
         # Keep draining the log so serve never blocks on a full pipe.
         import threading
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         self.edge_port = int(self.edge.rsplit(":", 1)[1])
-        try:
-            self.cli(["admin", "create", "--data-dir", self.data, "--email", EMAIL,
-                      "--password-stdin"], PASSWORD + "\n")
-            self.cli(["login", "--email", EMAIL, "--password-stdin"], PASSWORD + "\n")
-            self.token = self.login()
-        except BaseException:
-            # Not yet in the caller's list, and in a session of its own it
-            # would not see the terminal's signals either: stop it here.
-            self.stop()
-            raise
+        self.cli(["admin", "create", "--data-dir", self.data, "--email", EMAIL,
+                  "--password-stdin"], PASSWORD + "\n")
+        self.cli(["login", "--email", EMAIL, "--password-stdin"], PASSWORD + "\n")
+        self.token = self.login()
 
     def cli(self, args, stdin=None):
         out = subprocess.run([self.bin, *args], input=stdin, text=True, capture_output=True,
@@ -289,8 +291,9 @@ def wrk_direct(server):
     return (cpu1 - cpu0) * 1e6 / requests
 
 
-LOADAVG = open("/proc/loadavg").read().split(" ")[:3]
-LOADAVG = " / ".join(LOADAVG)
+# sandbox.sh reads it before it builds; read here when run directly.
+LOADAVG = os.environ.get("SANDBOX_LOADAVG") or open("/proc/loadavg").read()
+LOADAVG = " / ".join(LOADAVG.split(" ")[:3])
 
 
 def main():
@@ -369,11 +372,11 @@ def main():
     # Each app's table has its own markers, so a run rewrites only its
     # table and leaves the rest of the section (other apps, the analysis)
     # as it is.
-    app_name = os.path.basename(os.path.normpath(args.app))
+    app_name = os.path.basename(os.path.abspath(args.app))
     marker = f"bench-sandbox-{app_name}"
-    knobs = "".join(f"{k}={os.environ[k]} " for k in ("SANDBOX_PROFILE", "SANDBOX_APP",
-                                                      "SANDBOX_ROUNDS", "SANDBOX_RUNS",
-                                                      "SANDBOX_CPU_PERCENT")
+    knobs = "".join(f"{k}={shlex.quote(os.environ[k])} "
+                    for k in ("SANDBOX_PROFILE", "SANDBOX_APP", "SANDBOX_ROUNDS",
+                              "SANDBOX_RUNS", "SANDBOX_CPU_PERCENT", "SANDBOX_PERF")
                     if os.environ.get(k))
     table = f"""<!-- {marker}:start -->
 `{knobs}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {kernel},
@@ -408,7 +411,14 @@ plain {', '.join(f'{x:.1f}' for x in cpu_direct['plain'])}.
         doc = f.read()
     pattern = re.compile(rf"<!-- {re.escape(marker)}:start -->.*?<!-- {re.escape(marker)}:end -->",
                          re.S)
-    doc = pattern.sub(lambda _: table, doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + table + "\n"
+    section_end = "<!-- bench-sandbox:end -->"
+    if pattern.search(doc):
+        doc = pattern.sub(lambda _: table, doc)
+    elif section_end in doc:
+        # A first run for this app: its own table at the end of the section.
+        doc = doc.replace(section_end, f"### {app_name}\n{table}\n\n{section_end}", 1)
+    else:
+        doc = doc.rstrip() + "\n\n" + table + "\n"
     with open(args.doc, "w") as f:
         f.write(doc)
 

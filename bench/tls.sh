@@ -40,7 +40,6 @@ THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-3}"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: BENCH_ROUNDS must be a whole number of at least 1" >&2; exit 2; }
 LOAD_AT_START="$(cut -d' ' -f1 /proc/loadavg)"
 BIN="${BENCH_BIN:-$ROOT/target/release/spinforge}"
 DOC="$ROOT/docs/BENCHMARKS.md"
@@ -53,6 +52,7 @@ die() {
     printf 'error: %s\n' "$*" >&2
     exit 1
 }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a whole number of at least 1"
 
 for tool in nginx wrk openssl curl python3 setsid; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool (apt-get install -y $tool)"
@@ -162,8 +162,10 @@ done
 
 mkdir -p "$RESULTS"
 
-# handshakes PORT ARGS...: handshakes per second of CLIENTS parallel
-# s_time clients over TIME seconds (wall clock).
+# handshakes PORT ARGS...: sets RATE to the handshakes per second of
+# CLIENTS parallel s_time clients over TIME seconds (wall clock). It runs
+# in this shell, not in $(...), so the clients land in PIDS and are
+# stopped on an interrupt too.
 handshakes() {
     local port="$1" i total=0 n
     shift
@@ -173,16 +175,19 @@ handshakes() {
         setsid openssl s_time -connect "127.0.0.1:$port" -time "$TIME" "$@" \
             >"$WORK/s_time.$i" 2>&1 &
         clients+=("$!")
-        PIDS+=("$!") # stopped on an interrupt too
+        PIDS+=("$!")
     done
-    wait "${clients[@]}"
+    for i in "${!clients[@]}"; do
+        wait "${clients[$i]}" || die "s_time client $i failed: $(tail -n 3 "$WORK/s_time.$i")"
+    done
     end=$(date +%s.%N)
     for ((i = 0; i < CLIENTS; i++)); do
         n=$(awk '/connections in .* real seconds/ { print $1 }' "$WORK/s_time.$i" | tail -n 1)
-        total=$((total + ${n:-0}))
+        [[ -n "$n" ]] || die "s_time client $i reported no count: $(tail -n 3 "$WORK/s_time.$i")"
+        total=$((total + n))
     done
-    python3 -c 'import sys; print(round(int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2]))))' \
-        "$total" "$start" "$end"
+    RATE=$(python3 -c 'import sys; print(round(int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2]))))' \
+        "$total" "$start" "$end")
 }
 
 declare -A R
@@ -190,11 +195,14 @@ for side in nginx spinforge; do
     port=$NGINX_PORT
     [[ $side == spinforge ]] && port=$SF_TLS
     say "$side: full handshakes, TLS 1.3"
-    R[$side.full13]=$(handshakes "$port" -new -tls1_3)
+    handshakes "$port" -new -tls1_3
+    R[$side.full13]=$RATE
     say "$side: full handshakes, TLS 1.2"
-    R[$side.full12]=$(handshakes "$port" -new -tls1_2)
+    handshakes "$port" -new -tls1_2
+    R[$side.full12]=$RATE
     say "$side: resumed handshakes, TLS 1.2"
-    R[$side.resumed12]=$(handshakes "$port" -reuse -tls1_2)
+    handshakes "$port" -reuse -tls1_2
+    R[$side.resumed12]=$RATE
 done
 # The proxy in alternating rounds (nginx first in odd rounds, SpinForge
 # first in even ones), so both see the same drift of the host; the
@@ -210,8 +218,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
         setsid wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
             "https://127.0.0.1:$port/" >"$out"
         rps=$(awk '/Requests\/sec/ { printf "%d", $2 }' "$out")
-        [[ -n "$rps" ]] || die "wrk reported no rate for $side (see $out)"
-        if grep -q 'Non-2xx or 3xx responses' "$out"; then
+        [[ -n "$rps" && "$rps" != 0 ]] || die "wrk reported no rate for $side (see $out)"
+        if grep -q -e 'Non-2xx or 3xx responses' -e 'Socket errors' "$out"; then
             die "$side answered with errors (see $out)"
         fi
         R[$side.rounds]+="$rps "

@@ -210,8 +210,10 @@ fn write_etc(plan: &Plan, etc: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The host's time zone at `/etc/localtime`: the same link as on the host
-/// when that points into /usr (bound read-only), else a copy of the file.
+/// The host's time zone at `/etc/localtime`: a link into /usr (bound
+/// read-only) to the same file as the host's link, made absolute if the
+/// host's is relative; else a copy of the file, if it is a small regular
+/// file (a zone file is a few KiB), and otherwise none (UTC).
 ///
 /// Measured (strace of a Node start): with a copy, ICU cannot read the
 /// zone's name from the link, so it compares /etc/localtime with every
@@ -227,13 +229,25 @@ fn local_time(inside: &Path) -> Result<()> {
     if let Some(link) = std::fs::read_link(host)
         .ok()
         .and_then(|target| zone_link(&target, &resolved))
+        // Lexically in /usr is not enough when a component on the way is
+        // itself a link: it must name the very file the host's names.
+        .filter(|link| std::fs::canonicalize(link).is_ok_and(|file| file == resolved))
     {
         return symlink(&link, inside).map_err(|e| fail("cannot link", inside, e));
+    }
+    let small_file =
+        std::fs::metadata(&resolved).is_ok_and(|m| m.is_file() && m.len() <= MAX_ZONE_FILE_BYTES);
+    if !small_file {
+        return Ok(());
     }
     std::fs::copy(host, inside)
         .map(drop)
         .map_err(|e| fail("cannot copy", host, e))
 }
+
+/// The largest /etc/localtime copied into a root; real zone files are a
+/// few KiB, and the root is a small tmpfs.
+const MAX_ZONE_FILE_BYTES: u64 = 64 * 1024;
 
 /// What /etc/localtime inside links to, given the host's link text
 /// `target` and the file it finally names, `resolved`; `None` for a copy.

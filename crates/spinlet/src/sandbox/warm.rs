@@ -168,8 +168,8 @@ impl WarmPool {
     fn fill(&self) -> io::Result<()> {
         while self.lock().len() < WARM_HELPERS {
             let warm = self.make().inspect_err(|e| {
-                tracing::warn!(error = %e,
-                    "no warm sandbox helper: the next start of an app is a cold one");
+                tracing::warn!(error = %e, retry_in = ?RETRY_AFTER,
+                    "no warm sandbox helper: starts of apps are cold until one is made");
             })?;
             let mut slots = self.lock();
             if slots.len() < WARM_HELPERS {
