@@ -142,10 +142,6 @@ impl WarmPool {
                 let _in_runtime = runtime.enter();
                 loop {
                     let made = pool.fill();
-                    if made.is_err() {
-                        *pool.not_before.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Instant::now() + RETRY_AFTER);
-                    }
                     pool.filling.store(false, Ordering::Release);
                     // A start that took a helper and settled after `fill`
                     // saw the pool full, but before `filling` was cleared,
@@ -164,10 +160,13 @@ impl WarmPool {
         }
     }
 
-    /// Makes helpers until the pool is full; stops at the first failure.
+    /// Makes helpers until the pool is full; stops at the first failure,
+    /// after which refills wait [`RETRY_AFTER`].
     fn fill(&self) -> io::Result<()> {
         while self.lock().len() < WARM_HELPERS {
             let warm = self.make().inspect_err(|e| {
+                *self.not_before.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + RETRY_AFTER);
                 tracing::warn!(error = %e, retry_in = ?RETRY_AFTER,
                     "no warm sandbox helper: starts of apps are cold until one is made");
             })?;
