@@ -169,7 +169,7 @@ mkdir -p "$RESULTS"
 handshakes() {
     local port="$1" i total=0 n
     shift
-    local start end clients=()
+    local start end clients=() tracked=${#PIDS[@]}
     start=$(date +%s.%N)
     for ((i = 0; i < CLIENTS; i++)); do
         setsid openssl s_time -connect "127.0.0.1:$port" -time "$TIME" "$@" \
@@ -180,6 +180,8 @@ handshakes() {
     for i in "${!clients[@]}"; do
         wait "${clients[$i]}" || die "s_time client $i failed: $(tail -n 3 "$WORK/s_time.$i")"
     done
+    # Ended and reaped: their numbers may be reused, so cleanup forgets them.
+    PIDS=("${PIDS[@]:0:tracked}")
     end=$(date +%s.%N)
     for ((i = 0; i < CLIENTS; i++)); do
         n=$(awk '/connections in .* real seconds/ { print $1 }' "$WORK/s_time.$i" | tail -n 1)
