@@ -13,6 +13,10 @@
 # 127.0.0.1 only; everything is stopped on exit. It writes nothing into
 # docs/ and installs nothing.
 #
+# Every server and the client run in sessions of their own (setsid), as
+# in bench/tls.sh: the kernel's autogroup scheduler must not put the
+# client and one server in one scheduling group.
+#
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_THREADS (2),
 # BENCH_CONNECTIONS (64), BENCH_DURATION (5s), BENCH_PLAIN (unset; 1: the
 # same comparison over plain HTTP, nginx as bench/run.sh configures it).
@@ -84,7 +88,7 @@ else
 fi
 declare -A SERVER_PID
 for side in upstream nginx; do
-    nginx -p "$WORK/$side/" -c "$WORK/$side/nginx.conf" -e "$WORK/$side/error.log" \
+    setsid nginx -p "$WORK/$side/" -c "$WORK/$side/nginx.conf" -e "$WORK/$side/error.log" \
         >"$WORK/$side/stdout.log" 2>&1 &
     PIDS+=("$!")
     SERVER_PID[$side]=$!
@@ -104,7 +108,7 @@ start_spinforge() {
     password="bench-password-$RANDOM$RANDOM"
     printf '%s\n' "$password" |
         "$bin" admin create --data-dir "$dir/data" --email bench@example.com --password-stdin >/dev/null
-    SPINFORGE_LOG=warn "$bin" serve --config "$dir/spinforge.toml" --data-dir "$dir/data" \
+    SPINFORGE_LOG=warn setsid "$bin" serve --config "$dir/spinforge.toml" --data-dir "$dir/data" \
         --listen "127.0.0.1:$http" --api-listen "127.0.0.1:$api" >"$dir/log" 2>&1 &
     PIDS+=("$!")
     SERVER_PID[$n]=$!
@@ -164,7 +168,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     declare -A RPS=() CPU=()
     for side in nginx old new; do
         before=$(cpu_ticks "${SERVER_PID[$side]}")
-        out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
+        out=$(setsid wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H 'Host: bench.test' \
             "$(url "$side")")
         after=$(cpu_ticks "${SERVER_PID[$side]}")
         RPS[$side]=$(awk '/Requests\/sec/ { printf "%d", $2 }' <<<"$out")
