@@ -4,7 +4,7 @@
 use crate::IdentityError;
 use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
@@ -13,7 +13,7 @@ const M_COST_KIB: u32 = 19 * 1024;
 const T_COST: u32 = 2;
 const P_COST: u32 = 1;
 const HASH_LEN: usize = 32;
-/// At most this many hashes run at once, each in one reused work area.
+/// At most this many hashes run at once, each in a work area of its own.
 const CONCURRENT: usize = 4;
 
 fn argon2(params: Params) -> Argon2<'static> {
@@ -25,34 +25,22 @@ fn permits() -> &'static Semaphore {
     PERMITS.get_or_init(|| Semaphore::new(CONCURRENT))
 }
 
-/// Argon2's 19 MiB work areas, kept and reused. Allocating one per hash
-/// left serve's RSS about 19 MiB higher after every login: glibc raises
-/// its mmap threshold after the first large free, so later work areas
-/// came from per-thread arenas and were never handed back. With the pool
-/// the memory is bounded by [`CONCURRENT`] work areas, whatever the load.
-fn work_areas() -> &'static Mutex<Vec<Vec<Block>>> {
-    static AREAS: OnceLock<Mutex<Vec<Vec<Block>>>> = OnceLock::new();
-    AREAS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// Runs Argon2id into `out` in a pooled work area.
+/// Runs Argon2id into `out` in a work area of its own (19 MiB with our
+/// parameters), freed when the hash is done.
+///
+/// The binary's allocator gives memory this large back to the system as
+/// soon as it is freed (jemalloc serves requests above 8 MiB from an
+/// arena that purges at once), so idle serve keeps no work area and
+/// [`CONCURRENT`] bounds the memory under load. glibc's malloc did not:
+/// after the first large free it raised its mmap threshold, later work
+/// areas came from per-thread arenas and stayed resident, about 19 MiB
+/// per login thread; a pool of reused areas bounded that, at the price
+/// of keeping 19 MiB from the start-up decoy hash on.
 fn hash_into(params: Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
-    let blocks = params.block_count();
-    let mut area = {
-        let mut areas = work_areas().lock().unwrap_or_else(|p| p.into_inner());
-        match areas.iter().position(|a| a.len() >= blocks) {
-            Some(i) => areas.swap_remove(i),
-            None => vec![Block::default(); blocks],
-        }
-    };
-    let done = argon2(params)
-        .hash_password_into_with_memory(password, salt, out, &mut area[..blocks])
-        .is_ok();
-    let mut areas = work_areas().lock().unwrap_or_else(|p| p.into_inner());
-    if areas.len() < CONCURRENT {
-        areas.push(area);
-    }
-    done
+    let mut area = vec![Block::default(); params.block_count()];
+    argon2(params)
+        .hash_password_into_with_memory(password, salt, out, &mut area)
+        .is_ok()
 }
 
 async fn off_thread<T: Send + 'static>(
@@ -204,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn hashes_from_the_reference_implementation_verify() {
         // Made by the argon2 crate's own PHC path, with other parameters:
-        // the pooled path must read whatever parameters a stored hash has.
+        // our own path (`hash_into`) must read whatever parameters a stored hash has.
         use argon2::password_hash::PasswordHasher;
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let params = Params::new(8 * 1024, 3, 1, None).expect("params");
