@@ -13,7 +13,12 @@ deploys the same app to both, and measures:
 3. throughput: wrk through the edge to each, alternating, several rounds;
 4. the app alone: wrk straight at the app (inside its network namespace
    when sandboxed), its CPU time per request under the same load on both
-   sides, which the edge's speed does not change.
+   sides, which the edge's speed does not change;
+5. on cgroup v1, after each plain round, one more with the plain app's
+   threads moved into a CPU cgroup of its own (no quota, nothing else
+   changed): the share of the sandbox's cost that is the per-site CPU
+   cgroup alone, i.e. the kernel scheduling the app as a group of its own
+   next to serve.
 """
 
 import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess
@@ -223,6 +228,54 @@ def tree_pids(root_pid):
     return tree
 
 
+class OwnCpuGroup:
+    """A cgroup v1 CPU group of its own, without a quota, for the plain
+    app's threads (see item 5 of the module's docstring). Threads the app
+    starts later inherit the group of the thread that starts them."""
+
+    ROOT = "/sys/fs/cgroup/cpu"
+
+    @classmethod
+    def available(cls):
+        return os.path.isfile(os.path.join(cls.ROOT, "tasks"))
+
+    def __init__(self, serve_pid):
+        self.path = os.path.join(self.ROOT, f"spinforge-bench-{os.getpid()}")
+        os.mkdir(self.path)
+        # Back to serve's own CPU group, where a plain app starts.
+        home = "/"
+        with open(f"/proc/{serve_pid}/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "cpu" in controllers.split(","):
+                    home = path
+        self.home = self.ROOT + home.rstrip("/")
+
+    def move(self, pids, into):
+        tasks = os.path.join(self.path if into else self.home, "tasks")
+        for pid in pids:
+            try:
+                threads = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in threads:
+                try:
+                    with open(tasks, "w") as f:
+                        f.write(tid)
+                except OSError:
+                    pass  # the thread ended in the meantime
+
+    def remove(self):
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)  # a thread that was moved out is still exiting
+
+
 def wrk(server):
     """One wrk round through the server's edge: req/s, and the CPU time per
     request of serve (edge and dialer threads) and of the app's processes
@@ -307,6 +360,7 @@ def main():
     args = p.parse_args()
 
     servers = []
+    group = None
     try:
         for label, sandbox in (("sandboxed", True), ("plain", False)):
             log(f"starting the {label} server")
@@ -342,15 +396,28 @@ def main():
          memory["sandboxed"]["warm_count"]) = warm_helpers_kib(sandboxed.proc.pid)
 
         log(f"throughput: {args.rounds} wrk rounds per side, alternating")
-        rps = {"sandboxed": [], "plain": []}
-        cpu_edge = {"sandboxed": [], "plain": []}
-        cpu_app = {"sandboxed": [], "plain": []}
+        sides = ("sandboxed", "plain", "grouped")
+        rps = {k: [] for k in sides}
+        cpu_edge = {k: [] for k in sides}
+        cpu_app = {k: [] for k in sides}
+        if OwnCpuGroup.available():
+            group = OwnCpuGroup(plain.proc.pid)
         for i in range(args.rounds):
             for server in (servers if i % 2 == 0 else servers[::-1]):
                 r, e, a = wrk(server)
                 rps[server.label].append(r)
                 cpu_edge[server.label].append(e)
                 cpu_app[server.label].append(a)
+                if server is plain and group:
+                    app = tree_pids(plain.status()["pid"])
+                    group.move(app, into=True)
+                    try:
+                        r, e, a = wrk(plain)
+                    finally:
+                        group.move(app, into=False)
+                    rps["grouped"].append(r)
+                    cpu_edge["grouped"].append(e)
+                    cpu_app["grouped"].append(a)
 
         log(f"app alone: {args.rounds} wrk rounds per side straight at the app, alternating")
         cpu_direct = {"sandboxed": [], "plain": []}
@@ -360,13 +427,24 @@ def main():
     finally:
         for server in servers:
             server.stop()
+        if group:
+            group.remove()
 
     med = {k: statistics.median(v) for k, v in cold.items()}
     overhead = med["sandboxed"] - med["plain"]
     ratio = statistics.median(rps["sandboxed"]) / statistics.median(rps["plain"])
-    ce = {k: statistics.median(v) for k, v in cpu_edge.items()}
-    ca = {k: statistics.median(v) for k, v in cpu_app.items()}
-    ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in cpu_app}
+    measured = [k for k in rps if rps[k]]
+    ce = {k: statistics.median(cpu_edge[k]) for k in measured}
+    ca = {k: statistics.median(cpu_app[k]) for k in measured}
+    ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in measured}
+    if rps["grouped"]:
+        grouped = f"""
+| req/s, the plain app in a CPU cgroup of its own (no quota; nothing else changed), median | - | {statistics.median(rps['grouped']):.0f} | {statistics.median(rps['grouped']) / statistics.median(rps['plain']):.2f}x of plain | |
+| CPU per request, both, the plain app in a CPU cgroup of its own, median | - | {ce['grouped']:.0f} + {ca['grouped']:.0f} µs | {ct['plain'] / ct['grouped']:.2f}x (plain/grouped) | |"""
+        grouped_raw = f"""
+plain app in a CPU cgroup of its own: req/s {', '.join(f'{x:.0f}' for x in rps['grouped'])}; CPU µs per request {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['grouped'], cpu_app['grouped']))};"""
+    else:
+        grouped = grouped_raw = ""
     cd = {k: statistics.median(v) for k, v in cpu_direct.items()}
     kernel = os.uname().release
     # Each app's table has its own markers, so a run rewrites only its
@@ -396,13 +474,13 @@ both servers on this host, requests through the edge on 127.0.0.1).
 | CPU per request, serve (edge, dialer), median | {ce['sandboxed']:.0f} µs | {ce['plain']:.0f} µs | {ce['plain'] / ce['sandboxed']:.2f}x | |
 | CPU per request, app's processes, median | {ca['sandboxed']:.0f} µs | {ca['plain']:.0f} µs | {ca['plain'] / ca['sandboxed']:.2f}x | |
 | CPU per request, both, median | {ct['sandboxed']:.0f} µs | {ct['plain']:.0f} µs | **{ct['plain'] / ct['sandboxed']:.2f}x** (plain/sandboxed) | >= 0.95x |
-| CPU per request, app alone (wrk straight at it, same load both sides), median | {cd['sandboxed']:.1f} µs | {cd['plain']:.1f} µs | {cd['plain'] / cd['sandboxed']:.2f}x | |
+| CPU per request, app alone (wrk straight at it, same load both sides), median | {cd['sandboxed']:.1f} µs | {cd['plain']:.1f} µs | {cd['plain'] / cd['sandboxed']:.2f}x | |{grouped}
 
 Raw: cold starts sandboxed {', '.join(f'{x:.1f}' for x in cold['sandboxed'])} ms;
 plain {', '.join(f'{x:.1f}' for x in cold['plain'])} ms; req/s sandboxed
 {', '.join(f'{x:.0f}' for x in rps['sandboxed'])}; plain {', '.join(f'{x:.0f}' for x in rps['plain'])};
 CPU µs per request (serve + app) sandboxed {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['sandboxed'], cpu_app['sandboxed']))};
-plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))};
+plain {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['plain'], cpu_app['plain']))};{grouped_raw}
 CPU µs per request, app alone, sandboxed {', '.join(f'{x:.1f}' for x in cpu_direct['sandboxed'])};
 plain {', '.join(f'{x:.1f}' for x in cpu_direct['plain'])}.
 <!-- {marker}:end -->"""
