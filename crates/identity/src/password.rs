@@ -4,9 +4,10 @@
 use crate::IdentityError;
 use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
+use zeroize::Zeroize;
 
 /// OWASP's Argon2id baseline: 19 MiB of memory, 2 passes, 1 lane.
 const M_COST_KIB: u32 = 19 * 1024;
@@ -20,39 +21,52 @@ fn argon2(params: Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-fn permits() -> &'static Semaphore {
-    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| Semaphore::new(CONCURRENT))
+fn permits() -> &'static Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS.get_or_init(|| Arc::new(Semaphore::new(CONCURRENT)))
 }
 
 /// Runs Argon2id into `out` in a work area of its own (19 MiB with our
-/// parameters), freed when the hash is done.
+/// parameters), wiped and freed when the hash is done: the blocks are
+/// derived from the password.
 ///
-/// The binary's allocator gives memory this large back to the system as
-/// soon as it is freed (jemalloc serves requests above 8 MiB from an
-/// arena that purges at once), so idle serve keeps no work area and
-/// [`CONCURRENT`] bounds the memory under load. glibc's malloc did not:
-/// after the first large free it raised its mmap threshold, later work
-/// areas came from per-thread arenas and stayed resident, about 19 MiB
-/// per login thread; a pool of reused areas bounded that, at the price
-/// of keeping 19 MiB from the start-up decoy hash on.
+/// serve's allocator (jemalloc) hands allocations of 8 MiB or more back
+/// to the system as soon as they are freed (they come from its own
+/// arena, which purges at once while jemalloc's background threads are
+/// off, the default), so idle serve keeps no work area and [`CONCURRENT`]
+/// bounds the memory under load. The price is the page faults of a fresh
+/// area on every hash (measured in docs/BENCHMARKS.md, "Identity").
+/// glibc's malloc, after the first large free, raises its mmap threshold,
+/// serves later areas from per-thread arenas and keeps them resident;
+/// a pool of reused areas bounded that, at the price of keeping the
+/// start-up decoy hash's 19 MiB for good.
 fn hash_into(params: Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
     let mut area = vec![Block::default(); params.block_count()];
-    argon2(params)
+    let done = argon2(params)
         .hash_password_into_with_memory(password, salt, out, &mut area)
-        .is_ok()
+        .is_ok();
+    area.zeroize();
+    done
 }
 
+/// Runs `work` on the blocking pool once a permit is free. The permit
+/// moves into the work: if the caller goes away (a client that hangs up
+/// mid-login), the hash still runs to its end and holds its permit until
+/// then, so no more than [`CONCURRENT`] work areas ever exist.
 async fn off_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, IdentityError> {
-    let _permit = permits()
-        .acquire()
+    let permit = permits()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| IdentityError::Internal("hasher closed".into()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| IdentityError::Internal("hasher task failed".into()))
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|_| IdentityError::Internal("hasher task failed".into()))
 }
 
 /// Returns the PHC string of an Argon2id hash with a random salt.
