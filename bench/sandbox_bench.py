@@ -14,11 +14,11 @@ deploys the same app to both, and measures:
 4. the app alone: wrk straight at the app (inside its network namespace
    when sandboxed), its CPU time per request under the same load on both
    sides, which the edge's speed does not change;
-5. on cgroup v1, after each plain round, one more with the plain app's
-   threads moved into a CPU cgroup of its own (no quota, nothing else
-   changed): the share of the sandbox's cost that is the per-site CPU
-   cgroup alone, i.e. the kernel scheduling the app as a group of its own
-   next to serve.
+5. on cgroup v1, next to each plain round, one more with the plain app
+   moved into a CPU cgroup shaped like the sandbox's (as deep below
+   serve's group, the same quota; nothing else changed): the share of
+   the sandbox's cost that is the per-site CPU cgroup alone, i.e. the
+   kernel scheduling the app as a group of its own next to serve.
 """
 
 import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess
@@ -48,8 +48,7 @@ class Serve:
             # process may use every core. To measure the sandbox's cost
             # rather than that limit, the quota defaults to all cores here
             # (SANDBOX_CPU_PERCENT=100 measures the default limit).
-            cpu = os.environ.get("SANDBOX_CPU_PERCENT", str(100 * os.cpu_count()))
-            f.write(f"[sandbox]\ncpu_percent = {int(cpu)}\n" if sandbox
+            f.write(f"[sandbox]\ncpu_percent = {cpu_percent()}\n" if sandbox
                     else "[sandbox]\nenabled = false\n")
         # A plain app inherits serve's PATH, a sandboxed one gets
         # /usr/local/bin:/usr/bin:/bin. Both get the system's PATH here, so
@@ -228,52 +227,139 @@ def tree_pids(root_pid):
     return tree
 
 
+def cpu_percent():
+    """The sandboxed app's CPU quota in this bench, in % of one core."""
+    return int(os.environ.get("SANDBOX_CPU_PERCENT", str(100 * os.cpu_count())))
+
+
 class OwnCpuGroup:
-    """A cgroup v1 CPU group of its own, without a quota, for the plain
-    app's threads (see item 5 of the module's docstring). Threads the app
-    starts later inherit the group of the thread that starts them."""
+    """A cgroup v1 CPU group for the plain app's processes, shaped like the
+    sandbox's: three levels below serve's own CPU group (the sandbox uses
+    spinforge/SCOPE/INSTANCE) and the same CPU quota; nothing else of the
+    sandbox. See item 5 of the module's docstring. Processes are moved
+    whole (`cgroup.procs`), and the threads they start later follow."""
 
     ROOT = "/sys/fs/cgroup/cpu"
 
     @classmethod
-    def available(cls):
-        return os.path.isfile(os.path.join(cls.ROOT, "tasks"))
+    def make(cls, serve_pid):
+        """The group, or None, said on stderr, where it cannot be made."""
+        if not os.path.isfile(os.path.join(cls.ROOT, "cgroup.procs")):
+            log("no cgroup v1 cpu hierarchy here: the plain app in a CPU cgroup "
+                "of its own is not measured")
+            return None
+        group = cls.__new__(cls)
+        group.top = None
+        try:
+            group._make(serve_pid)
+            return group
+        except OSError as e:
+            log(f"cannot make a CPU cgroup for the plain app ({e}): not measured")
+            group.remove()
+            return None
 
-    def __init__(self, serve_pid):
-        self.path = os.path.join(self.ROOT, f"spinforge-bench-{os.getpid()}")
-        os.mkdir(self.path)
-        # Back to serve's own CPU group, where a plain app starts.
-        home = "/"
+    def _make(self, serve_pid):
+        home = None
         with open(f"/proc/{serve_pid}/cgroup") as f:
             for line in f:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
                 if "cpu" in controllers.split(","):
                     home = path
+        if home is None:
+            raise OSError("serve is in no cgroup v1 cpu group")
+        # Where a plain app starts, and where it goes back after a round.
         self.home = self.ROOT + home.rstrip("/")
+        self.top = os.path.join(self.home, f"spinforge-bench-{os.getpid()}-{os.urandom(3).hex()}")
+        self.path = os.path.join(self.top, "plain", "app")
+        # The path as /proc/PID/cgroup names it, to check each move.
+        self.name = self.path[len(self.ROOT):]
+        os.makedirs(self.path)
+        with open(os.path.join(self.path, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        with open(os.path.join(self.path, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(cpu_percent() * period // 100))
 
-    def move(self, pids, into):
-        tasks = os.path.join(self.path if into else self.home, "tasks")
+    def _group_of(self, pid):
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "cpu" in controllers.split(","):
+                    return path
+        return None
+
+    def _members(self):
+        with open(os.path.join(self.path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+
+    def enter(self, pids):
+        """Moves `pids` in; fails unless every one still alive is in."""
         for pid in pids:
             try:
-                threads = os.listdir(f"/proc/{pid}/task")
-            except OSError:
+                with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except ProcessLookupError:
+                pass
+        inside = 0
+        for pid in pids:
+            try:
+                group = self._group_of(pid)
+            except FileNotFoundError:
                 continue
-            for tid in threads:
-                try:
-                    with open(tasks, "w") as f:
-                        f.write(tid)
-                except OSError:
-                    pass  # the thread ended in the meantime
+            if group != self.name:
+                raise RuntimeError(f"process {pid} is in {group}, not in {self.name}")
+            inside += 1
+        if inside == 0:
+            raise RuntimeError("no process of the plain app is left to move")
+
+    def leave(self):
+        """Moves everything in the group, whenever it got there, back to
+        serve's group; fails if anything stays."""
+        for pid in self._members():
+            try:
+                with open(os.path.join(self.home, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except ProcessLookupError:
+                pass
+        left = self._members()
+        if left:
+            raise RuntimeError(f"processes {left} did not leave {self.name}")
 
     def remove(self):
-        for _ in range(50):
-            try:
-                os.rmdir(self.path)
+        if self.top is None:
+            return
+        try:
+            if os.path.isdir(self.path):
+                self.leave()
+        except (OSError, RuntimeError) as e:
+            log(f"emptying {self.top}: {e}")
+        for path in (self.path, os.path.dirname(self.path), self.top):
+            for _ in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)  # a process moved out is still exiting
+            else:
+                log(f"could not remove {path}; remove it by hand")
                 return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)  # a thread that was moved out is still exiting
+
+
+def grouped_wrk(server, group):
+    """One wrk round through the edge with the plain app in `group`."""
+    first_byte(server.edge_port)
+    pid = server.status().get("pid")
+    if not pid:
+        raise RuntimeError("the plain app is not running")
+    group.enter(tree_pids(pid))
+    try:
+        result = wrk(server)
+    finally:
+        group.leave()
+    if server.status().get("pid") != pid:
+        raise RuntimeError("the plain app restarted during the grouped round")
+    return result
 
 
 def wrk(server):
@@ -400,24 +486,19 @@ def main():
         rps = {k: [] for k in sides}
         cpu_edge = {k: [] for k in sides}
         cpu_app = {k: [] for k in sides}
-        if OwnCpuGroup.available():
-            group = OwnCpuGroup(plain.proc.pid)
+        group = OwnCpuGroup.make(plain.proc.pid)
         for i in range(args.rounds):
             for server in (servers if i % 2 == 0 else servers[::-1]):
-                r, e, a = wrk(server)
-                rps[server.label].append(r)
-                cpu_edge[server.label].append(e)
-                cpu_app[server.label].append(a)
+                # The grouped plain round goes before or after the plain
+                # one, alternating like the servers.
+                runs = [server.label]
                 if server is plain and group:
-                    app = tree_pids(plain.status()["pid"])
-                    group.move(app, into=True)
-                    try:
-                        r, e, a = wrk(plain)
-                    finally:
-                        group.move(app, into=False)
-                    rps["grouped"].append(r)
-                    cpu_edge["grouped"].append(e)
-                    cpu_app["grouped"].append(a)
+                    runs = ["plain", "grouped"] if i % 2 == 0 else ["grouped", "plain"]
+                for label in runs:
+                    r, e, a = grouped_wrk(plain, group) if label == "grouped" else wrk(server)
+                    rps[label].append(r)
+                    cpu_edge[label].append(e)
+                    cpu_app[label].append(a)
 
         log(f"app alone: {args.rounds} wrk rounds per side straight at the app, alternating")
         cpu_direct = {"sandboxed": [], "plain": []}
@@ -439,10 +520,10 @@ def main():
     ct = {k: statistics.median(e + a for e, a in zip(cpu_edge[k], cpu_app[k])) for k in measured}
     if rps["grouped"]:
         grouped = f"""
-| req/s, the plain app in a CPU cgroup of its own (no quota; nothing else changed), median | - | {statistics.median(rps['grouped']):.0f} | {statistics.median(rps['grouped']) / statistics.median(rps['plain']):.2f}x of plain | |
-| CPU per request, both, the plain app in a CPU cgroup of its own, median | - | {ce['grouped']:.0f} + {ca['grouped']:.0f} µs | {ct['plain'] / ct['grouped']:.2f}x (plain/grouped) | |"""
+| req/s, the plain app in a CPU cgroup like the sandbox's (same depth and quota; nothing else changed), median | - | {statistics.median(rps['grouped']):.0f} | {statistics.median(rps['grouped']) / statistics.median(rps['plain']):.2f}x of plain | |
+| CPU per request, both, the plain app in a CPU cgroup like the sandbox's, median | - | {ce['grouped']:.0f} + {ca['grouped']:.0f} µs | {ct['plain'] / ct['grouped']:.2f}x (plain/grouped) | |"""
         grouped_raw = f"""
-plain app in a CPU cgroup of its own: req/s {', '.join(f'{x:.0f}' for x in rps['grouped'])}; CPU µs per request {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['grouped'], cpu_app['grouped']))};"""
+plain app in a CPU cgroup like the sandbox's: req/s {', '.join(f'{x:.0f}' for x in rps['grouped'])}; CPU µs per request {', '.join(f'{e:.0f}+{a:.0f}' for e, a in zip(cpu_edge['grouped'], cpu_app['grouped']))};"""
     else:
         grouped = grouped_raw = ""
     cd = {k: statistics.median(v) for k, v in cpu_direct.items()}
@@ -460,7 +541,7 @@ plain app in a CPU cgroup of its own: req/s {', '.join(f'{x:.0f}' for x in rps['
 `{knobs}bash bench/sandbox.sh` ({args.profile} build, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {kernel},
 load average at start {LOADAVG},
 {os.cpu_count()} cores shared with other work, cgroup v1; app: {os.path.relpath(args.app)};
-sandboxed app's CPU quota {os.environ.get('SANDBOX_CPU_PERCENT', str(100 * os.cpu_count()))}% of one core;
+sandboxed app's CPU quota {cpu_percent()}% of one core;
 both servers on this host, requests through the edge on 127.0.0.1).
 
 | measure | sandboxed | plain | result | target |

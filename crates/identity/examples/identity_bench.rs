@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Role, SqliteStore, UserId};
 
+/// The allocator `spinforge serve` runs on: the login memory measured
+/// here depends on it (see `hash_into` in src/password.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const PASSWORD: &str = "correct horse battery staple";
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -31,7 +36,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path()).await?);
     let secrets = secrets::Secrets::open(dir.path(), &secrets::SecretsConfig::default()).await?;
-    let config = IdentityConfig::default();
+    let mut config = IdentityConfig::default();
+    // Every attempt counts against the network before its password is
+    // checked, so 4 or more parallel logins from one address trip the
+    // lockout (5 attempts). This measures hashing and sessions, so the
+    // lockout is lifted.
+    config.lockout.max_failures = 1_000_000;
     let id = Identity::new(store, config.clone(), secrets).await?;
     id.create_user(UserSpec {
         email: "bench@example.com".into(),
