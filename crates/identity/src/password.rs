@@ -4,7 +4,7 @@
 use crate::IdentityError;
 use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use zeroize::Zeroize;
@@ -26,26 +26,67 @@ fn permits() -> &'static Arc<Semaphore> {
     PERMITS.get_or_init(|| Arc::new(Semaphore::new(CONCURRENT)))
 }
 
-/// Runs Argon2id into `out` in a work area of its own (19 MiB with our
-/// parameters), wiped and freed when the hash is done: the blocks are
-/// derived from the password.
+/// Work areas of finished hashes, kept only while other hashes run.
+#[derive(Default)]
+struct Areas {
+    /// Hashes running now.
+    running: usize,
+    /// Areas of finished hashes, for the next hash while any still runs.
+    spare: Vec<Vec<Block>>,
+}
+
+fn areas() -> &'static Mutex<Areas> {
+    static AREAS: OnceLock<Mutex<Areas>> = OnceLock::new();
+    AREAS.get_or_init(Mutex::default)
+}
+
+fn lock_areas() -> MutexGuard<'static, Areas> {
+    areas().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs Argon2id into `out` in a work area (19 MiB with our parameters).
 ///
-/// serve's allocator (jemalloc) hands allocations of 8 MiB or more back
-/// to the system as soon as they are freed (they come from its own
-/// arena, which purges at once while jemalloc's background threads are
-/// off, the default), so idle serve keeps no work area and [`CONCURRENT`]
-/// bounds the memory under load. The price is the page faults of a fresh
-/// area on every hash (measured in docs/BENCHMARKS.md, "Identity").
-/// glibc's malloc, after the first large free, raises its mmap threshold,
-/// serves later areas from per-thread arenas and keeps them resident;
-/// a pool of reused areas bounded that, at the price of keeping the
-/// start-up decoy hash's 19 MiB for good.
+/// During a burst of logins, a finished hash leaves its area to the next
+/// one: a fresh area costs its page faults, about 45% more time per hash
+/// (docs/BENCHMARKS.md, "Identity"). The last hash to finish wipes (the
+/// blocks are derived from passwords) and frees every area, so idle
+/// serve keeps none and [`CONCURRENT`] bounds the memory under load.
+/// This relies on serve's allocator: jemalloc hands allocations of
+/// 8 MiB or more back to the system as soon as they are freed (from its
+/// own arena, which purges at once while its background threads are off,
+/// the default). glibc's malloc kept them resident (after the first large
+/// free it raises its mmap threshold and serves later areas from
+/// per-thread arenas), which is why an earlier version pooled areas for
+/// good, the start-up decoy hash's 19 MiB included.
 fn hash_into(params: Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
-    let mut area = vec![Block::default(); params.block_count()];
+    let blocks = params.block_count();
+    let reused = {
+        let mut areas = lock_areas();
+        areas.running += 1;
+        let found = areas.spare.iter().position(|a| a.len() == blocks);
+        found.map(|i| areas.spare.swap_remove(i))
+    };
+    let mut area = reused.unwrap_or_else(|| vec![Block::default(); blocks]);
     let done = argon2(params)
         .hash_password_into_with_memory(password, salt, out, &mut area)
         .is_ok();
-    area.zeroize();
+    let retired = {
+        let mut areas = lock_areas();
+        areas.running -= 1;
+        if areas.running == 0 {
+            let mut all = std::mem::take(&mut areas.spare);
+            all.push(area);
+            all
+        } else if areas.spare.len() < CONCURRENT {
+            areas.spare.push(area);
+            Vec::new()
+        } else {
+            vec![area]
+        }
+    };
+    for mut area in retired {
+        area.zeroize();
+    }
     done
 }
 
@@ -183,6 +224,27 @@ impl PasswordPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn work_areas_are_kept_only_while_hashes_run() {
+        // A burst, then nothing: whatever other tests hash meanwhile, no
+        // area may stay when no hash runs, and never more than CONCURRENT.
+        let burst: Vec<_> = (0..8)
+            .map(|i| tokio::spawn(hash_password(format!("burst password {i}"))))
+            .collect();
+        for task in burst {
+            task.await.expect("join").expect("hash");
+        }
+        let areas = lock_areas();
+        assert!(areas.spare.len() <= CONCURRENT);
+        if areas.running == 0 {
+            assert!(
+                areas.spare.is_empty(),
+                "{} work areas kept with no hash running",
+                areas.spare.len()
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_only() {
