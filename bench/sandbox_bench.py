@@ -257,6 +257,9 @@ class OwnCpuGroup:
             log(f"cannot make a CPU cgroup for the plain app ({e}): not measured")
             group.remove()
             return None
+        except BaseException:
+            group.remove()
+            raise
 
     def _make(self, serve_pid):
         home = None

@@ -42,11 +42,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-# wrk runs in a session of its own and never sees the terminal's ^C;
-# without this the script would wait for it and go on with the next
-# round.
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 ports() {
     python3 -c 'import socket
