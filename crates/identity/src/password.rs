@@ -47,8 +47,11 @@ fn lock_areas() -> MutexGuard<'static, Areas> {
 /// Runs Argon2id into `out` in a work area (19 MiB with our parameters).
 ///
 /// During a burst of logins, a finished hash leaves its area to the next
-/// one: a fresh area costs its page faults, about 45% more time per hash
-/// (docs/BENCHMARKS.md, "Identity"). The last hash to finish wipes (the
+/// one (grown if that hash needs more): a fresh area costs its page
+/// faults, about 40% more time per hash (docs/BENCHMARKS.md, "Identity").
+/// Every area is either in a running hash or spare, and a hash takes a
+/// spare before it makes one, so there are never more areas than hashes
+/// that ran at once. The last hash to finish wipes (the
 /// blocks are derived from passwords) and frees every area, so idle
 /// serve keeps none and [`CONCURRENT`] bounds the memory under load.
 /// This relies on serve's allocator: jemalloc hands allocations of
@@ -63,12 +66,14 @@ fn hash_into(params: Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> bo
     let reused = {
         let mut areas = lock_areas();
         areas.running += 1;
-        let found = areas.spare.iter().position(|a| a.len() == blocks);
-        found.map(|i| areas.spare.swap_remove(i))
+        areas.spare.pop()
     };
-    let mut area = reused.unwrap_or_else(|| vec![Block::default(); blocks]);
+    let mut area = reused.unwrap_or_default();
+    if area.len() < blocks {
+        area.resize(blocks, Block::default());
+    }
     let done = argon2(params)
-        .hash_password_into_with_memory(password, salt, out, &mut area)
+        .hash_password_into_with_memory(password, salt, out, &mut area[..blocks])
         .is_ok();
     let retired = {
         let mut areas = lock_areas();
