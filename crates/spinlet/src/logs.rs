@@ -41,6 +41,15 @@ const BATCH: usize = 256;
 /// How long app output waits for a writer that has stopped keeping up before
 /// lines are dropped instead.
 const STALL: Duration = Duration::from_secs(2);
+/// Bytes a capture task reads from a pipe at a time.
+const PIPE_READ: usize = 64 * 1024;
+/// How long a capture task waits after a read that did not fill its buffer,
+/// so that an app printing a line per request is read a batch at a time
+/// rather than woken for every line. Measured with the Python example (a
+/// line per request): reading each line as it came cost serve about 55 µs
+/// per request, a third of its CPU time per proxied request. An app that
+/// fills the buffer is read again at once.
+const PIPE_PAUSE: Duration = Duration::from_millis(10);
 /// Bytes read per step when `tail` walks a file backwards.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
@@ -329,14 +338,21 @@ impl AppLog {
 
     /// Copies one pipe into the log until it closes.
     async fn copy_lines(self, pipe: impl AsyncRead + Unpin, stream: Stream) {
-        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, pipe);
+        let mut reader = tokio::io::BufReader::with_capacity(PIPE_READ, pipe);
         let mut line = Vec::with_capacity(256);
         let mut stalled = false;
         // True right after an overlong line was split at the limit, so the
         // newline that ends it does not also produce an empty line.
         let mut just_split = false;
+        // True after a read that found less than a buffer's worth.
+        let mut trickle = false;
 
         loop {
+            // `fill_buf` reads only once the buffer is used up.
+            let reads = reader.buffer().is_empty();
+            if reads && trickle {
+                tokio::time::sleep(PIPE_PAUSE).await;
+            }
             let available = match reader.fill_buf().await {
                 Ok(available) => available,
                 Err(e) => {
@@ -344,6 +360,9 @@ impl AppLog {
                     break;
                 }
             };
+            if reads {
+                trickle = available.len() < PIPE_READ;
+            }
             if available.is_empty() {
                 if !line.is_empty() {
                     self.send_line(&line, stream, &mut stalled).await;
@@ -980,6 +999,25 @@ mod tests {
             "é!".to_owned(),
             "no newline at the end".to_owned(),
         ];
+        assert_eq!(texts, expected);
+    }
+
+    #[tokio::test]
+    async fn output_in_pieces_and_in_bursts_arrives_whole_and_in_order() {
+        // A line split across the pause after a short read, then more than
+        // a buffer's worth at once (read again without a pause), then a
+        // trickle again.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = AppLog::open(dir.path(), LogConfig::default()).expect("open");
+        let script = "printf 'par'; sleep 0.05; printf 'tial\\n'; \
+                      seq 1 20000 | sed 's/^/burst /'; sleep 0.05; echo last";
+        run_captured(&log, script).await;
+
+        let lines = log.tail(30_000).expect("tail");
+        let texts: Vec<&str> = lines.iter().map(|line| text(line)).collect();
+        let mut expected = vec!["partial".to_owned()];
+        expected.extend((1..=20_000).map(|i| format!("burst {i}")));
+        expected.push("last".to_owned());
         assert_eq!(texts, expected);
     }
 
