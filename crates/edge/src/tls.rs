@@ -589,11 +589,7 @@ pub fn upstream_client_config(
     extra_ca_pem: Option<&str>,
     client_cert: Option<(&str, &str)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = system_roots().clone();
     if let Some(pem) = extra_ca_pem {
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -623,6 +619,25 @@ pub fn upstream_client_config(
         }
     };
     Ok(config)
+}
+
+/// The system's trusted roots, read once per process: they are a bundle
+/// or a folder of files, and every handler that builds a configuration
+/// (an upstream TLS setting saved through the API) would otherwise read
+/// them again on the async runtime. serve reads them at start, when it
+/// builds its default upstream client; an update of the system's store
+/// takes effect at the next start.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable or unparsable entries are skipped, as the system's
+        // own tools do; what remains is what the host trusts.
+        let (added, _skipped) =
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        tracing::debug!(roots = added, "read the system's trusted roots");
+        roots
+    })
 }
 
 /// [`upstream_client_config`] with the system's roots only.
