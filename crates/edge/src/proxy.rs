@@ -110,6 +110,9 @@ pub struct Proxy {
     plain: Arc<Http1Pool>,
     /// `https://` upstreams without a site setting of their own.
     client: PooledClient,
+    /// That pool's TLS configuration, also used by WebSocket upgrades to
+    /// such upstreams.
+    tls: Arc<ClientConfig>,
     policy: Arc<UpstreamPolicy>,
     config: ProxyConfig,
 }
@@ -127,10 +130,12 @@ enum Route<'a> {
 
 impl Proxy {
     pub fn new(config: ProxyConfig, policy: Arc<UpstreamPolicy>) -> Proxy {
-        let client = pooled_client(&config, &policy, upstream_tls_config(&config));
+        let tls = Arc::new(upstream_tls_config(&config));
+        let client = pooled_client(&config, &policy, ClientConfig::clone(&tls));
         Proxy {
             plain: Http1Pool::new(config.pool_max_idle, POOL_IDLE_TIMEOUT),
             client,
+            tls,
             policy,
             config,
         }
@@ -232,7 +237,7 @@ impl Proxy {
                     .await
             }
             Some(on_client) => {
-                self.send_upgrade(outgoing, upstream, &route, on_client)
+                self.send_upgrade(outgoing, upstream, &route, site_tls.as_deref(), on_client)
                     .await
             }
         };
@@ -321,32 +326,50 @@ impl Proxy {
     }
 
     /// A WebSocket handshake gets its own upstream connection, since the
-    /// connection leaves the pool once upgraded.
+    /// connection leaves the pool once upgraded. To an `https://`
+    /// upstream it speaks TLS with the same configuration as the site's
+    /// pool: the site's own, or the default.
     async fn send_upgrade(
         &self,
         mut req: Request<EdgeBody>,
         upstream: &Upstream,
         route: &Route<'_>,
+        site_tls: Option<&SiteTlsEntry<PooledClient>>,
         on_client: hyper::upgrade::OnUpgrade,
     ) -> Result<Sent, ProxyError> {
         // A bare connection writes the URI as given, and the absolute form
         // is meant for proxies: upstreams expect `/path?query`, as the pool
         // sends it. The Host header already names the upstream.
-        // Limitation: WebSockets to https:// upstreams are refused (the
-        // bare upgrade connection would need the TLS connector too).
-        if upstream.tls && !matches!(route, Route::App(_)) {
-            return Err(ProxyError::Upstream(
-                "WebSocket upgrades to https upstreams are not supported".into(),
-            ));
-        }
         let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         *req.uri_mut() = origin_form
             .parse()
             .map_err(|_| ProxyError::Upstream("bad upstream URI".into()))?;
-        let connect = self.connect(upstream, route);
-        let stream = tokio::time::timeout(self.config.connect_timeout, connect)
+        // One deadline for the TCP connection and the TLS handshake.
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, self.connect(upstream, route))
             .await
             .map_err(|_| ProxyError::Timeout)??;
+        if upstream.tls && !matches!(route, Route::App(_)) {
+            let config = site_tls.map_or(&*self.tls, SiteTlsEntry::config);
+            let stream = tokio::time::timeout_at(deadline, tls_connect(config, upstream, stream))
+                .await
+                .map_err(|_| ProxyError::Timeout)??;
+            return self.upgrade_over(stream, req, on_client).await;
+        }
+        self.upgrade_over(stream, req, on_client).await
+    }
+
+    /// Sends the upgrade request over `stream` and relays the answer; on
+    /// 101 the client's and the upstream's connections are handed over.
+    async fn upgrade_over<S>(
+        &self,
+        stream: S,
+        req: Request<EdgeBody>,
+        on_client: hyper::upgrade::OnUpgrade,
+    ) -> Result<Sent, ProxyError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::Connect(error_chain(&e)))?;
@@ -410,6 +433,25 @@ impl Proxy {
         }
         Err(last)
     }
+}
+
+/// A TLS connection over `stream` to `upstream`, verified with `config`
+/// and offering HTTP/1.1 only, which a WebSocket upgrade speaks.
+async fn tls_connect(
+    config: &ClientConfig,
+    upstream: &Upstream,
+    stream: tokio::net::TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProxyError> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // An IPv6 literal is verified as an address, without its brackets.
+    let host = upstream.host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| ProxyError::Upstream("the upstream host is not a TLS server name".into()))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| ProxyError::Connect(error_chain(&e)))
 }
 
 /// A pool whose connections resolve names through the upstream policy

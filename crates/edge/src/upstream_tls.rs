@@ -27,6 +27,12 @@ pub struct SiteTlsEntry<C> {
 }
 
 impl<C> SiteTlsEntry<C> {
+    /// The site's configuration, for connections outside the pool (a
+    /// WebSocket upgrade).
+    pub fn config(&self) -> &rustls::ClientConfig {
+        &self.config
+    }
+
     /// The site's pool, made by `build` from the configuration the first
     /// time it is asked for. Later calls never build again.
     pub fn client(&self, build: impl FnOnce(rustls::ClientConfig) -> C) -> &C {

@@ -2,7 +2,8 @@
 //! own CA and client certificate for an `https://` upstream that demands
 //! mutual TLS. The upstream is a real `openssl s_server` with
 //! `-Verify 1 -verify_return_error` on 127.0.0.1, its certificates from a
-//! private CA made here with rcgen.
+//! private CA made here with rcgen. WebSockets reach an `https://`
+//! upstream too: a tungstenite echo server behind rustls.
 
 mod common;
 mod keys_support;
@@ -12,6 +13,8 @@ use secrets::KeyKind;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 const PASSPHRASE: &str = "a long enough passphrase\n";
 
@@ -519,4 +522,120 @@ async fn bad_upstream_tls_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 200);
     assert_eq!(view["ca_set"], false, "{view}");
     assert!(view["client_cert"].is_null(), "{view}");
+}
+
+/// A WebSocket echo server behind TLS on 127.0.0.1, with a certificate for
+/// 127.0.0.1 from `ca`. Returns its port.
+async fn spawn_tls_websocket_echo(ca: &Ca) -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let (cert, key) = ca.issue("127.0.0.1", -1, 30);
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The edge's answer to a WebSocket handshake for `url`, and the socket
+/// when it upgraded.
+async fn websocket_through_edge(
+    server: &Server,
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request().expect("request");
+    let stream = tokio::net::TcpStream::connect(server.edge)
+        .await
+        .expect("connect edge");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .expect("handshake in time")
+    .map(|(ws, response)| {
+        assert_eq!(response.status(), 101);
+        ws
+    })
+}
+
+#[tokio::test]
+async fn websockets_reach_an_https_upstream_verified_with_the_site_ca() {
+    use tokio_tungstenite::tungstenite::{Error, Message};
+
+    let ca = Ca::new("websocket upstream CA");
+    let port = spawn_tls_websocket_echo(&ca).await;
+    let server = Server::start();
+    server.create_admin_and_login();
+    let token = server.login_token().await;
+    create_proxy_site(&server, &token, "wss.test", &format!("https://127.0.0.1:{port}")).await;
+
+    // The private CA is unknown: the upgrade is refused with 502, and the
+    // log says why.
+    match websocket_through_edge(&server, "ws://wss.test/chat").await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 502),
+        Err(other) => panic!("expected a 502 answer, got {other}"),
+        Ok(_) => panic!("an unverified upstream was reached"),
+    }
+    assert!(
+        server.log_shows("UnknownIssuer").await,
+        "the log says why the upstream was refused"
+    );
+
+    // With the site's CA the handshake verifies, and messages echo.
+    let (status, view) = upstream_tls(
+        &server,
+        &token,
+        reqwest::Method::PUT,
+        "wss.test",
+        Some(serde_json::json!({ "upstream_ca": ca.pem })),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    let mut ws = websocket_through_edge(&server, "ws://wss.test/chat")
+        .await
+        .expect("upgraded");
+    let messages = [
+        Message::text("hello over TLS to the upstream"),
+        Message::binary(vec![7u8; 70_000]),
+    ];
+    common::echo_then_close(&mut ws, &messages, Duration::from_secs(10)).await;
 }
