@@ -20,7 +20,9 @@
 # per request of serve and of the app's processes, which stays comparable
 # on a loaded host. serve and wrk each run in a session of their own, so
 # the kernel's autogroup scheduler never groups the load generator with
-# one side's app (see wrk() in sandbox_bench.py).
+# one side's app (see wrk() in sandbox_bench.py). What the sandbox's CPU
+# group alone costs, and what that depends on, is measured by
+# bench/sandbox_groups.py (run it with python3; its docstring says how).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
