@@ -24,6 +24,7 @@ use secrets::{KeyId, KeyKind, Secrets};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use store::{SiteKind, SiteUpstreamTls, Store, UpstreamClientCert};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -99,6 +100,35 @@ fn rfc3339(unix: i64) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
+}
+
+/// How long before a site's upstream client certificate ends the warnings
+/// start: 30 days, as ACME renews the edge's own certificates.
+const EXPIRY_WARNING_SECS: i64 = 30 * 24 * 3600;
+
+/// Audits `site.upstream_tls_expiring` when the leaf of `chain_pem` ends
+/// within [`EXPIRY_WARNING_SECS`] of `now`, or has ended; the upstream will
+/// refuse the edge once it has. True iff it did.
+fn warn_if_expiring(domain: &str, chain_pem: &str, now: i64) -> bool {
+    let Some((view, _, not_after)) = leaf_facts(chain_pem) else {
+        return false;
+    };
+    let left = not_after - now;
+    if left > EXPIRY_WARNING_SECS {
+        return false;
+    }
+    if left <= 0 {
+        tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
+            result = "failure", site = %domain, subject = %view.subject,
+            not_after = %view.not_after,
+            "the site's upstream client certificate has expired; set a new one");
+    } else {
+        tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
+            result = "failure", site = %domain, subject = %view.subject,
+            not_after = %view.not_after, days_left = left / 86_400,
+            "the site's upstream client certificate expires soon; set a new one");
+    }
+    true
 }
 
 /// Subject, issuer and validity (not before, not after; unix seconds)
@@ -276,6 +306,29 @@ impl UpstreamTls {
         Ok(rows.len())
     }
 
+    /// Checks every site's upstream client certificate now and then every
+    /// `every`, auditing those that end within 30 days or have ended
+    /// (`site.upstream_tls_expiring`), so that an operator hears of it
+    /// before the upstream starts refusing the edge.
+    pub fn watch_expiry(self: Arc<Self>, every: Duration) {
+        tokio::spawn(async move {
+            loop {
+                match self.store.list_upstream_tls().await {
+                    Ok(rows) => {
+                        for row in &rows {
+                            if let Some(client) = &row.client {
+                                warn_if_expiring(&row.domain, &client.chain_pem, now());
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e,
+                        "cannot list upstream TLS settings to check their expiry"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
     /// The edge configuration of a stored row. The error names the site
     /// and the rule, never key material.
     async fn config_of(&self, row: &SiteUpstreamTls) -> Result<rustls::ClientConfig, String> {
@@ -304,9 +357,7 @@ impl UpstreamTls {
             .zip(key_pem);
         // A stored certificate that has expired since still loads: the
         // upstream, not the edge, decides whether it is acceptable.
-        // Limitation: nothing warns before a site's client certificate
-        // expires (a check beside ACME's renewal loop, raising an audit
-        // event, would).
+        // `watch_expiry` audits it.
         tls::upstream_client_config(row.ca_pem.as_deref(), client)
             .map_err(|e| format!("the stored setting is unusable: {e}"))
     }
@@ -425,6 +476,9 @@ async fn set(
         action = "set", result = "success", site = %site.domain, user = %user(&caller),
         ca_set = row.ca_pem.is_some(), client_cert_subject = subject.unwrap_or("-"),
         "upstream TLS setting changed");
+    if let Some(client) = &row.client {
+        warn_if_expiring(&site.domain, &client.chain_pem, now());
+    }
     Ok(Json(UpstreamTlsView {
         domain: site.domain,
         ca_set: row.ca_pem.is_some(),
@@ -546,5 +600,16 @@ mod tests {
             message.starts_with("the certificate expired on 4096-"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn expiry_warnings_start_thirty_days_before_the_end() {
+        let (cert, _) = tls::self_signed(&["client.test"], "client").expect("gen");
+        let (_, _, not_after) = leaf_facts(&cert).expect("facts");
+        let day = 86_400;
+        assert!(!warn_if_expiring("a.test", &cert, not_after - 31 * day));
+        assert!(warn_if_expiring("a.test", &cert, not_after - 29 * day));
+        assert!(warn_if_expiring("a.test", &cert, not_after + day));
+        assert!(!warn_if_expiring("a.test", "not pem", not_after));
     }
 }

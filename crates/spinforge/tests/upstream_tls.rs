@@ -606,7 +606,13 @@ async fn websockets_reach_an_https_upstream_verified_with_the_site_ca() {
     let server = Server::start();
     server.create_admin_and_login();
     let token = server.login_token().await;
-    create_proxy_site(&server, &token, "wss.test", &format!("https://127.0.0.1:{port}")).await;
+    create_proxy_site(
+        &server,
+        &token,
+        "wss.test",
+        &format!("https://127.0.0.1:{port}"),
+    )
+    .await;
 
     // The private CA is unknown: the upgrade is refused with 502, and the
     // log says why.
@@ -638,4 +644,93 @@ async fn websockets_reach_an_https_upstream_verified_with_the_site_ca() {
         Message::binary(vec![7u8; 70_000]),
     ];
     common::echo_then_close(&mut ws, &messages, Duration::from_secs(10)).await;
+}
+
+/// The `site.upstream_tls_expiring` events for `domain` in the audit log.
+async fn expiry_events(server: &Server, token: &str, domain: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/api/v1/audit?type=site.upstream_tls_expiring&resource=site:{domain}",
+        server.api_url()
+    );
+    let response = http()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("audit");
+    let (status, body) = common::status_and_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls until `domain` has at least `n` expiry events (the audit writer
+/// makes an event durable a moment after it happens).
+async fn wait_for_expiry_events(
+    server: &Server,
+    token: &str,
+    domain: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = expiry_events(server, token, domain).await;
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} expiry events for {domain}: {events:?}",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_near_its_end_is_audited_when_set_and_at_start() {
+    let ca = Ca::new("client CA");
+    let (soon_cert, soon_key) = ca.issue("soon.client.test", -1, 5);
+    let (later_cert, later_key) = ca.issue("later.client.test", -1, 90);
+    let server = Server::start();
+    server.create_admin_and_login();
+    let token = server.login_token().await;
+    // The upstream is never reached: only the setting matters here.
+    for domain in ["soon.test", "later.test"] {
+        create_proxy_site(&server, &token, domain, "https://127.0.0.1:9").await;
+    }
+    for (domain, cert, key) in [
+        ("soon.test", &soon_cert, &soon_key),
+        ("later.test", &later_cert, &later_key),
+    ] {
+        let body = serde_json::json!({
+            "upstream_ca": ca.pem,
+            "upstream_client_cert": cert,
+            "upstream_client_key": key,
+        });
+        let (status, view) =
+            upstream_tls(&server, &token, reqwest::Method::PUT, domain, Some(body)).await;
+        assert_eq!(status, 200, "{view}");
+    }
+
+    // Setting a certificate that ends in 5 days is audited at once.
+    let events = wait_for_expiry_events(&server, &token, "soon.test", 1).await;
+    let event = &events[0];
+    assert_eq!(event["result"], "failure", "{event}");
+    assert_eq!(
+        event["metadata"]["subject"], "CN=soon.client.test",
+        "{event}"
+    );
+    // Five days from the issue, less the seconds since then.
+    let days_left = event["metadata"]["days_left"].as_i64();
+    assert!(matches!(days_left, Some(4 | 5)), "{event}");
+    assert_no_key("the audit event", &event.to_string(), &soon_key);
+
+    // A restart checks every stored setting again.
+    let server = server.restart();
+    let token = server.login_token().await;
+    wait_for_expiry_events(&server, &token, "soon.test", 2).await;
+    // One with 90 days left is not warned about, then or now.
+    assert!(expiry_events(&server, &token, "later.test")
+        .await
+        .is_empty());
 }
