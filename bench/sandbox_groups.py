@@ -22,12 +22,15 @@ where it was and the groups are removed at the end.
     python3 bench/sandbox_groups.py --bin target/release/spinforge \\
         --app examples/python-app [--rounds 3] [--variants plain,own,...]
 
+serve's processes and the app's, including any the app starts during a
+round, go back to serve's group after every round.
+
 Needs root, the cgroup v1 cpu controller and wrk. serve listens on
 127.0.0.1 only, every wrk run is 10 seconds, and nothing else is aimed
 anywhere.
 """
 
-import argparse, os, resource, statistics, sys, time
+import argparse, os, resource, signal, statistics, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_bench as sb  # noqa: E402
@@ -69,9 +72,16 @@ class Groups:
 
     def __init__(self, serve_pid):
         self.home = cpu_group_of(serve_pid).rstrip("/")
+        self.made = []
+        try:
+            self._make_all()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _make_all(self):
         tag = f"spinforge-groups-{os.getpid()}-{os.urandom(3).hex()}"
         base = f"{self.home}/{tag}"
-        self.made = []
         quota = sb.cpu_percent() * 1000  # of the kernel's 100 ms period
         self.app = {
             "own": self._make(f"{base}/own/scope/app", quota=quota),
@@ -98,7 +108,21 @@ class Groups:
                 f.write(str(shares))
         return group
 
+    def empty(self):
+        """Moves every process in any of the groups back to serve's."""
+        for path in self.made:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids = [int(x) for x in f.read().split()]
+            except FileNotFoundError:
+                continue
+            move(pids, self.home or "/")
+
     def remove(self):
+        try:
+            self.empty()
+        except (OSError, RuntimeError) as e:
+            sb.log(f"emptying the groups: {e}")
         for path in reversed(self.made):
             for _ in range(50):
                 try:
@@ -129,7 +153,9 @@ def round_in(server, groups, variant):
         rps, serve_us, app_us = sb.wrk(server)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
-        move([server.proc.pid, *app], groups.home or "/")
+        # Also whatever the app started during the round.
+        move([server.proc.pid], groups.home or "/")
+        groups.empty()
     if server.status().get("pid") != pid:
         raise RuntimeError("the app restarted during the round")
     wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -149,6 +175,10 @@ def main():
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "plain" not in variants:
         sys.exit(f"--variants: pick from {', '.join(VARIANTS)}, plain included")
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
+    # A plain `kill` unwinds like ^C, so the groups are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if not os.path.isfile(os.path.join(ROOT, "cgroup.procs")):
         sys.exit("no cgroup v1 cpu hierarchy here")
 
@@ -164,13 +194,16 @@ def main():
                 sb.log(f"round {i + 1}, {variant}: %.0f req/s, serve %.0f, app %.0f, "
                        "wrk %.0f µs per request" % results[variant][-1])
     finally:
-        server.stop()
-        if groups:
-            groups.remove()
+        try:
+            server.stop()
+        finally:
+            if groups:
+                groups.remove()
 
     base = statistics.median(r[0] for r in results["plain"])
     chosen = "" if variants == list(VARIANTS) else f" --variants {args.variants}"
-    print(f"`python3 bench/sandbox_groups.py --app {os.path.relpath(args.app)} "
+    print(f"`python3 bench/sandbox_groups.py --bin {os.path.relpath(args.bin)} "
+          f"--app {os.path.relpath(args.app)} "
           f"--rounds {args.rounds}{chosen}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"kernel {os.uname().release}, {os.cpu_count()} cores, load average at start "
           f"{sb.LOADAVG}; medians of {args.rounds} rounds of `wrk -t2 -c32 -d10s`)\n")

@@ -444,9 +444,9 @@ async fn tls_connect(
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProxyError> {
     let mut config = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // An IPv6 literal is verified as an address, without its brackets.
-    let host = upstream.host.trim_start_matches('[').trim_end_matches(']');
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+    // `host` has no brackets around an IPv6 literal (see Upstream::parse),
+    // so an address is verified as an address.
+    let name = rustls::pki_types::ServerName::try_from(upstream.host.clone())
         .map_err(|_| ProxyError::Upstream("the upstream host is not a TLS server name".into()))?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, stream)

@@ -635,7 +635,13 @@ fn system_roots() -> &'static rustls::RootCertStore {
         // own tools do; what remains is what the host trusts.
         let (added, _skipped) =
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        tracing::debug!(roots = added, "read the system's trusted roots");
+        if added == 0 {
+            // https:// upstreams then verify only against an operator's
+            // CA; every other one is refused (fail closed).
+            tracing::warn!("no trusted roots found in the system's certificate store");
+        } else {
+            tracing::debug!(roots = added, "read the system's trusted roots");
+        }
         roots
     })
 }

@@ -43,13 +43,20 @@ const BATCH: usize = 256;
 const STALL: Duration = Duration::from_secs(2);
 /// Bytes a capture task reads from a pipe at a time.
 const PIPE_READ: usize = 64 * 1024;
-/// How long a capture task waits after a read that did not fill its buffer,
-/// so that an app printing a line per request is read a batch at a time
-/// rather than woken for every line. Measured with the Python example (a
-/// line per request): reading each line as it came cost serve about 55 µs
-/// per request, a third of its CPU time per proxied request. An app that
-/// fills the buffer is read again at once.
+/// How long a capture task waits after a short read (less than
+/// [`PIPE_BUSY`]), so that an app printing a line per request is read a
+/// batch at a time rather than woken for every line. Measured with the
+/// Python example (a line per request): reading each line as it came cost
+/// serve about 55 µs per request, a third of its CPU time per proxied
+/// request.
 const PIPE_PAUSE: Duration = Duration::from_millis(10);
+/// A read of at least this many bytes is read again at once. Well below a
+/// full pipe on purpose: a pipe filled by small writes holds a little less
+/// than its 64 KiB, since each write starts on a page the last one left
+/// partly empty. So only an app writing less than about 1.6 MB/s is read
+/// in pauses, and such an app cannot fill a pipe during one; an app that
+/// writes faster is read as fast as the disk takes it.
+const PIPE_BUSY: usize = 16 * 1024;
 /// Bytes read per step when `tail` walks a file backwards.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
@@ -104,6 +111,9 @@ struct Shared {
     config: LogConfig,
     /// Lines dropped since the writer last said so.
     dropped: AtomicU64,
+    /// True once [`AppLog::close`] ran: nothing more is written. Held by
+    /// the writer for each batch, so no write outlasts the close.
+    closed: std::sync::Mutex<bool>,
     /// Held for writing while files are renamed and for reading while a
     /// reader opens them, so a reader sees one consistent set.
     files: RwLock<()>,
@@ -159,6 +169,7 @@ impl AppLog {
             dir: dir.to_owned(),
             config,
             dropped: AtomicU64::new(0),
+            closed: std::sync::Mutex::new(false),
             files: RwLock::new(()),
             masks: RwLock::new(Vec::new()),
         });
@@ -254,13 +265,28 @@ impl AppLog {
     }
 
     /// Waits until every line sent before this call is written to the file
-    /// (handed to the OS, not fsynced).
+    /// (handed to the OS, not fsynced). Output still in an app's pipe is
+    /// not covered: a capture task reads it up to [`PIPE_PAUSE`] later.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.control.send(Job::Flush(done)).await.is_ok() {
             // An error means the writer is gone; there is nothing to wait for.
             let _ = wait.await;
         }
+    }
+
+    /// Writes what is queued, then stops writing for good: output that
+    /// comes later (what is still in an app's pipes) is dropped. For a site
+    /// that goes away, so that its folder can be removed and a later site
+    /// of the same name never gets its lines.
+    pub async fn close(&self) {
+        self.flush().await;
+        *self
+            .inner
+            .shared
+            .closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
     }
 
     /// The last `n` lines across the current and rotated files, oldest first.
@@ -361,7 +387,7 @@ impl AppLog {
                 }
             };
             if reads {
-                trickle = available.len() < PIPE_READ;
+                trickle = available.len() < PIPE_BUSY;
             }
             if available.is_empty() {
                 if !line.is_empty() {
@@ -547,6 +573,12 @@ impl Writer {
     }
 
     fn write(&mut self, records: &[Record]) {
+        let shared = Arc::clone(&self.shared);
+        let closed = shared.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            self.file = None;
+            return;
+        }
         let max = self.shared.config.max_file_bytes;
         for record in records {
             self.line.clear();
@@ -1019,6 +1051,59 @@ mod tests {
         expected.extend((1..=20_000).map(|i| format!("burst {i}")));
         expected.push("last".to_owned());
         assert_eq!(texts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_read_pauses_the_next_and_a_busy_pipe_is_read_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = AppLog::open(dir.path(), LogConfig::default()).expect("open");
+        // A pipe that holds what the capture reads at once: a write beyond
+        // that waits until the capture reads.
+        let (mut app, pipe) = tokio::io::duplex(PIPE_READ);
+        let capture = tokio::spawn(log.clone().copy_lines(pipe, Stream::Stdout));
+
+        app.write_all(b"one line\n").await.expect("write");
+        // Time stands still until every task waits; the capture reads the
+        // short line and then pauses.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = tokio::time::Instant::now();
+        app.write_all(&[b'x'; 4 * PIPE_READ]).await.expect("write");
+        let waited = start.elapsed();
+        // The write waited out the pause (less the 1 ms slept) ...
+        assert!(
+            waited >= PIPE_PAUSE - Duration::from_millis(1),
+            "{waited:?}"
+        );
+        // ... and then no more: every read after it was a full one.
+        assert!(waited < 2 * PIPE_PAUSE, "{waited:?}");
+
+        drop(app);
+        capture.await.expect("capture task");
+        log.flush().await;
+        let lines = log.tail(100).expect("tail");
+        assert_eq!(
+            lines.len(),
+            1 + 4 * PIPE_READ / MAX_LINE_BYTES,
+            "{}",
+            lines.len()
+        );
+        assert_eq!(text(&lines[0]), "one line");
+    }
+
+    #[tokio::test]
+    async fn a_closed_log_writes_nothing_more() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = AppLog::open(dir.path(), LogConfig::default()).expect("open");
+        run_captured(&log, "echo before").await;
+        log.close().await;
+        run_captured(&log, "echo after").await;
+        log.note("a note after the close");
+        log.flush().await;
+
+        let lines = log.tail(10).expect("tail");
+        let texts: Vec<&str> = lines.iter().map(|line| text(line)).collect();
+        assert_eq!(texts, ["before"]);
     }
 
     #[tokio::test]

@@ -643,8 +643,8 @@ impl Supervisor {
                 self.stop_instance(&slot, &instance).await;
             }
             // A later site with the same domain must not see these logs,
-            // nor this one's data.
-            slot.log.flush().await;
+            // nor this one's data: nothing is written after the close.
+            slot.log.close().await;
             let spawner = self.inner.spawner.clone();
             let site = domain.to_owned();
             let _ = tokio::task::spawn_blocking(move || spawner.forget_site(&site)).await;
