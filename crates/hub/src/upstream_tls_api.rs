@@ -106,10 +106,19 @@ fn rfc3339(unix: i64) -> String {
 /// start: 30 days, as ACME renews the edge's own certificates.
 const EXPIRY_WARNING_SECS: i64 = 30 * 24 * 3600;
 
-/// Audits `site.upstream_tls_expiring` when the leaf of `chain_pem` ends
-/// within [`EXPIRY_WARNING_SECS`] of `now`, or has ended; the upstream will
-/// refuse the edge once it has. True iff it did.
-fn warn_if_expiring(domain: &str, chain_pem: &str, now: i64) -> bool {
+/// Whose upstream client certificate an expiry warning is about.
+#[derive(Debug, Clone, Copy)]
+enum Holder<'a> {
+    Site(&'a str),
+    /// `proxy.upstream_client_cert` in the configuration file.
+    Global,
+}
+
+/// Audits `site.upstream_tls_expiring` (a site's certificate) or
+/// `proxy.upstream_tls_expiring` (the configuration's) when the leaf of
+/// `chain_pem` ends within [`EXPIRY_WARNING_SECS`] of `now`, or has ended;
+/// the upstream will refuse the edge once it has. True iff it did.
+fn warn_if_expiring(holder: Holder<'_>, chain_pem: &str, now: i64) -> bool {
     let Some((view, _, not_after)) = leaf_facts(chain_pem) else {
         return false;
     };
@@ -117,16 +126,24 @@ fn warn_if_expiring(domain: &str, chain_pem: &str, now: i64) -> bool {
     if left > EXPIRY_WARNING_SECS {
         return false;
     }
-    if left <= 0 {
-        tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
-            result = "failure", site = %domain, subject = %view.subject,
-            not_after = %view.not_after,
-            "the site's upstream client certificate has expired; set a new one");
+    let days_left = left.max(0) / 86_400;
+    let message = if left <= 0 {
+        "the upstream client certificate has expired; set a new one"
     } else {
-        tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
-            result = "failure", site = %domain, subject = %view.subject,
-            not_after = %view.not_after, days_left = left / 86_400,
-            "the site's upstream client certificate expires soon; set a new one");
+        "the upstream client certificate expires soon; set a new one"
+    };
+    match holder {
+        Holder::Site(domain) => {
+            tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
+                result = "failure", site = %domain, subject = %view.subject,
+                not_after = %view.not_after, days_left, "{message}");
+        }
+        Holder::Global => {
+            tracing::warn!(target: "spinforge::audit", event = "proxy.upstream_tls_expiring",
+                result = "failure", resource = "config:proxy.upstream_client_cert",
+                subject = %view.subject, not_after = %view.not_after, days_left,
+                "{message}");
+        }
     }
     true
 }
@@ -306,18 +323,25 @@ impl UpstreamTls {
         Ok(rows.len())
     }
 
-    /// Checks every site's upstream client certificate now and then every
-    /// `every`, auditing those that end within 30 days or have ended
-    /// (`site.upstream_tls_expiring`), so that an operator hears of it
-    /// before the upstream starts refusing the edge.
-    pub fn watch_expiry(self: Arc<Self>, every: Duration) {
+    /// Checks every site's upstream client certificate, and `global` (the
+    /// configuration's, as PEM), now and then every `every`, auditing
+    /// those that end within 30 days or have ended, so that an operator
+    /// hears of it before the upstream starts refusing the edge.
+    pub fn watch_expiry(self: Arc<Self>, global: Option<String>, every: Duration) {
         tokio::spawn(async move {
             loop {
+                if let Some(chain) = &global {
+                    warn_if_expiring(Holder::Global, chain, now());
+                }
                 match self.store.list_upstream_tls().await {
                     Ok(rows) => {
                         for row in &rows {
                             if let Some(client) = &row.client {
-                                warn_if_expiring(&row.domain, &client.chain_pem, now());
+                                warn_if_expiring(
+                                    Holder::Site(&row.domain),
+                                    &client.chain_pem,
+                                    now(),
+                                );
                             }
                         }
                     }
@@ -477,7 +501,7 @@ async fn set(
         ca_set = row.ca_pem.is_some(), client_cert_subject = subject.unwrap_or("-"),
         "upstream TLS setting changed");
     if let Some(client) = &row.client {
-        warn_if_expiring(&site.domain, &client.chain_pem, now());
+        warn_if_expiring(Holder::Site(&site.domain), &client.chain_pem, now());
     }
     Ok(Json(UpstreamTlsView {
         domain: site.domain,
@@ -607,9 +631,16 @@ mod tests {
         let (cert, _) = tls::self_signed(&["client.test"], "client").expect("gen");
         let (_, _, not_after) = leaf_facts(&cert).expect("facts");
         let day = 86_400;
-        assert!(!warn_if_expiring("a.test", &cert, not_after - 31 * day));
-        assert!(warn_if_expiring("a.test", &cert, not_after - 29 * day));
-        assert!(warn_if_expiring("a.test", &cert, not_after + day));
-        assert!(!warn_if_expiring("a.test", "not pem", not_after));
+        let site = Holder::Site("a.test");
+        assert!(!warn_if_expiring(site, &cert, not_after - 31 * day));
+        assert!(warn_if_expiring(site, &cert, not_after - 29 * day));
+        assert!(warn_if_expiring(site, &cert, not_after + day));
+        assert!(!warn_if_expiring(site, "not pem", not_after));
+        assert!(warn_if_expiring(Holder::Global, &cert, not_after - day));
+        assert!(!warn_if_expiring(
+            Holder::Global,
+            &cert,
+            not_after - 31 * day
+        ));
     }
 }

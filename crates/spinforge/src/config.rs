@@ -373,6 +373,8 @@ pub struct Settings {
     /// `[secrets]` (issue 8).
     pub secrets: secrets::SecretsConfig,
     pub acme: hub::acme::AcmeConfig,
+    /// `proxy.upstream_client_cert`'s chain (PEM), for the expiry watch.
+    pub upstream_client_cert_pem: Option<String>,
 }
 
 fn addr(value: &str, name: &str) -> anyhow::Result<SocketAddr> {
@@ -447,7 +449,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = file.limits.max_files {
         hub.bundle.max_files = v;
     }
-    let proxy_tls = upstream_tls(&file.proxy)?;
+    let (proxy_tls, upstream_client_cert_pem) = upstream_tls(&file.proxy)?;
     let policy = edge::UpstreamPolicy {
         allow: file.proxy.allow_upstream_cidrs,
     };
@@ -499,14 +501,17 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         incidents: file.incidents,
         secrets: file.secrets,
         acme,
+        upstream_client_cert_pem,
     })
 }
 
 // ---- TLS to upstreams ([proxy] upstream_*) ----------------------------------
 
-fn upstream_tls(
-    file: &ProxyConfig,
-) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+/// The TLS configuration for `https://` upstreams from `[proxy]`, if it
+/// sets any, and the client certificate's chain, if it has one.
+type UpstreamTls = (Option<std::sync::Arc<rustls::ClientConfig>>, Option<String>);
+
+fn upstream_tls(file: &ProxyConfig) -> anyhow::Result<UpstreamTls> {
     let read = |path: &PathBuf, key: &str| {
         std::fs::read_to_string(path)
             .with_context(|| format!("proxy.{key}: cannot read {}", path.display()))
@@ -524,7 +529,7 @@ fn upstream_tls(
         _ => bail!("proxy.upstream_client_cert and proxy.upstream_client_key go together"),
     };
     if ca.is_none() && client.is_none() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let config = edge::tls::upstream_client_config(
         ca.as_deref(),
@@ -536,7 +541,8 @@ fn upstream_tls(
         }
         (_, e) => anyhow::anyhow!("proxy.upstream_client_cert/key: {e}"),
     })?;
-    Ok(Some(std::sync::Arc::new(config)))
+    let chain = client.map(|(chain, _key)| chain);
+    Ok((Some(std::sync::Arc::new(config)), chain))
 }
 
 // ---- [acme] ------------------------------------------------------------------

@@ -241,9 +241,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot load upstream TLS settings: {e}"))?;
     tracing::info!(sites = own, "per-site upstream TLS loaded");
     // Once a day, as certificates are counted in days.
-    upstream_tls
-        .clone()
-        .watch_expiry(std::time::Duration::from_secs(24 * 3600));
+    upstream_tls.clone().watch_expiry(
+        settings.upstream_client_cert_pem.clone(),
+        std::time::Duration::from_secs(24 * 3600),
+    );
     // ---- end upstream TLS --------------------------------------------------
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -734,3 +734,48 @@ async fn a_client_certificate_near_its_end_is_audited_when_set_and_at_start() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn the_configured_client_certificate_near_its_end_is_audited_at_start() {
+    let ca = Ca::new("client CA");
+    let (cert, key) = ca.issue("global.client.test", -1, 3);
+    let files = tempfile::tempdir().expect("tmp");
+    let cert_file = write_pem(files.path(), "client.crt", &cert);
+    let key_file = write_pem(files.path(), "client.key", &key);
+    let server = Server::start_with(&format!(
+        "[proxy]\nupstream_client_cert = {cert_file:?}\nupstream_client_key = {key_file:?}\n"
+    ));
+    server.create_admin_and_login();
+    let token = server.login_token().await;
+
+    let url = format!(
+        "{}/api/v1/audit?type=proxy.upstream_tls_expiring",
+        server.api_url()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let response = http()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("audit");
+        let (status, body) = common::status_and_json(response).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(event) = body["events"].as_array().and_then(|e| e.first()) {
+            break event.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no expiry event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(event["result"], "failure", "{event}");
+    assert_eq!(
+        event["resource"], "config:proxy.upstream_client_cert",
+        "{event}"
+    );
+    assert_eq!(
+        event["metadata"]["subject"], "CN=global.client.test",
+        "{event}"
+    );
+    assert_no_key("the audit event", &event.to_string(), &key);
+}
