@@ -131,7 +131,13 @@ class Groups:
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.1)  # a process moved out is still exiting
+                    # A process moved out is still exiting, or one was
+                    # started in the meantime.
+                    time.sleep(0.1)
+                    try:
+                        self.empty()
+                    except (OSError, RuntimeError):
+                        pass
             else:
                 sb.log(f"could not remove {path}; remove it by hand")
 
@@ -153,9 +159,13 @@ def round_in(server, groups, variant):
         rps, serve_us, app_us = sb.wrk(server)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
-        # Also whatever the app started during the round.
-        move([server.proc.pid], groups.home or "/")
-        groups.empty()
+        # Also whatever the app started during the round. An error here
+        # must not hide the round's own.
+        try:
+            move([server.proc.pid], groups.home or "/")
+            groups.empty()
+        except (OSError, RuntimeError) as e:
+            sb.log(f"moving the processes back: {e}")
     if server.status().get("pid") != pid:
         raise RuntimeError("the app restarted during the round")
     wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -177,8 +187,10 @@ def main():
         sys.exit(f"--variants: pick from {', '.join(VARIANTS)}, plain included")
     if args.rounds < 1:
         sys.exit("--rounds must be at least 1")
-    # A plain `kill` unwinds like ^C, so the groups are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # A plain `kill` or a closed terminal unwinds like ^C, so the groups
+    # are removed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(1))
     if not os.path.isfile(os.path.join(ROOT, "cgroup.procs")):
         sys.exit("no cgroup v1 cpu hierarchy here")
 

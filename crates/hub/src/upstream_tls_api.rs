@@ -106,6 +106,10 @@ fn rfc3339(unix: i64) -> String {
 /// start: 30 days, as ACME renews the edge's own certificates.
 const EXPIRY_WARNING_SECS: i64 = 30 * 24 * 3600;
 
+/// How soon the expiry check tries again when the store cannot list the
+/// sites' settings.
+const RETRY: Duration = Duration::from_secs(300);
+
 /// Whose upstream client certificate an expiry warning is about.
 #[derive(Debug, Clone, Copy)]
 enum Holder<'a> {
@@ -333,20 +337,22 @@ impl UpstreamTls {
                 if let Some(chain) = &global {
                     warn_if_expiring(Holder::Global, chain, now());
                 }
-                match self.store.list_upstream_tls().await {
-                    Ok(rows) => {
-                        for row in &rows {
-                            if let Some(client) = &row.client {
-                                warn_if_expiring(
-                                    Holder::Site(&row.domain),
-                                    &client.chain_pem,
-                                    now(),
-                                );
-                            }
+                // The sites' settings, retried sooner than a day while the
+                // store cannot list them.
+                let rows = loop {
+                    match self.store.list_upstream_tls().await {
+                        Ok(rows) => break rows,
+                        Err(e) => {
+                            tracing::warn!(error = %e,
+                                "cannot list upstream TLS settings to check their expiry");
+                            tokio::time::sleep(every.clamp(Duration::from_secs(1), RETRY)).await;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e,
-                        "cannot list upstream TLS settings to check their expiry"),
+                };
+                for row in &rows {
+                    if let Some(client) = &row.client {
+                        warn_if_expiring(Holder::Site(&row.domain), &client.chain_pem, now());
+                    }
                 }
                 tokio::time::sleep(every).await;
             }
