@@ -336,17 +336,28 @@ class OwnCpuGroup:
         except (OSError, RuntimeError) as e:
             log(f"emptying {self.top}: {e}")
         for path in (self.path, os.path.dirname(self.path), self.top):
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)  # a process moved out is still exiting
-            else:
-                log(f"could not remove {path}; remove it by hand")
+            if not remove_group_dir(path, self.leave):
                 return
+
+
+def remove_group_dir(path, empty):
+    """Removes the cgroup folder `path`, retrying for up to 5 seconds while
+    a process moved out is still exiting (calling `empty` again, in case
+    one was started meanwhile). False, said on stderr, if it stays."""
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(0.1)
+            try:
+                empty()
+            except (OSError, RuntimeError):
+                pass
+    log(f"could not remove {path}; remove it by hand")
+    return False
 
 
 def grouped_wrk(server, group):

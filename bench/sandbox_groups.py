@@ -124,22 +124,7 @@ class Groups:
         except (OSError, RuntimeError) as e:
             sb.log(f"emptying the groups: {e}")
         for path in reversed(self.made):
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    # A process moved out is still exiting, or one was
-                    # started in the meantime.
-                    time.sleep(0.1)
-                    try:
-                        self.empty()
-                    except (OSError, RuntimeError):
-                        pass
-            else:
-                sb.log(f"could not remove {path}; remove it by hand")
+            sb.remove_group_dir(path, self.empty)
 
 
 def round_in(server, groups, variant):

@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -362,16 +361,8 @@ async fn spawn_websocket_echo() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                // The close reply is queued by tungstenite itself; reading
-                // on until the stream ends flushes it.
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        break;
-                    }
+                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                    common::echo_messages(ws).await;
                 }
             });
         }

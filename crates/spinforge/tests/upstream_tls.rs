@@ -527,7 +527,6 @@ async fn bad_upstream_tls_input_gets_a_clear_error_and_changes_nothing() {
 /// A WebSocket echo server behind TLS on 127.0.0.1, with a certificate for
 /// 127.0.0.1 from `ca`. Returns its port.
 async fn spawn_tls_websocket_echo(ca: &Ca) -> u16 {
-    use futures_util::{SinkExt, StreamExt};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -556,14 +555,8 @@ async fn spawn_tls_websocket_echo(ca: &Ca) -> u16 {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        break;
-                    }
+                if let Ok(ws) = tokio_tungstenite::accept_async(tls).await {
+                    common::echo_messages(ws).await;
                 }
             });
         }

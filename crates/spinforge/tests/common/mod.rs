@@ -472,6 +472,22 @@ pub async fn upload(
     status_and_json(response).await
 }
 
+/// Answers every text and binary message on `ws` with itself until the
+/// peer closes: the upstream side of the WebSocket tests. The close reply
+/// is queued by tungstenite itself; reading on until the stream ends
+/// flushes it.
+pub async fn echo_messages<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Sends each message, asserts the same message comes back, then closes
 /// and asserts the peer's close frame arrives and the stream ends cleanly,
 /// each step within `step`.
