@@ -7,6 +7,8 @@
 //! error or audit event carries it. The edge gets a ready rustls
 //! configuration per site ([`edge::proxy::SiteTls`]). A site without
 //! settings uses the serve configuration's `proxy.upstream_*` settings.
+//! Client certificates near their end, the sites' and the configuration's,
+//! are audited ([`UpstreamTls::watch_expiry`]).
 
 use crate::access::Caller;
 use crate::api::ApiJson;
