@@ -9,7 +9,8 @@
 
 use crate::error::ApiError;
 use edge::tls::{self, HttpsMode as EdgeMode, SiteHttps, Tls};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secrets::{KeyId, KeyKind, Secrets};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -63,6 +64,19 @@ pub struct Checked {
     pub not_after: i64,
 }
 
+/// Refuses PEM text in `field` that holds a private key: certificates are
+/// stored as given, so a key inside (a combined certificate-and-key file)
+/// would be stored in the clear, beside the sealed copy of the key.
+pub(crate) fn no_private_key(field: &'static str, pem: &str) -> Result<(), ApiError> {
+    if PrivateKeyDer::from_pem_slice(pem.as_bytes()).is_ok() {
+        return Err(ApiError::Invalid {
+            field,
+            message: "must hold certificates only, not a private key".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a chain and key for `domain` at `now` (unix seconds): both
 /// parse, the key belongs to the leaf, the leaf covers the domain and is
 /// valid now. Errors name the field (`cert` or `key`) and the rule.
@@ -80,6 +94,7 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: i64) -> Result<C
             format!("the private key is larger than {MAX_PEM_BYTES} bytes"),
         ));
     }
+    no_private_key("cert", chain_pem)?;
     let key = tls::certified_key(chain_pem, key_pem).map_err(|e| match e {
         tls::TlsError::NoCertificate => invalid(
             "cert",
@@ -320,6 +335,15 @@ mod tests {
         let (f, message) = field(check("b.test", &cert, &key, now()).expect_err("other"));
         assert_eq!(f, "cert");
         assert_eq!(message, "the certificate does not cover b.test");
+    }
+
+    #[test]
+    fn a_certificate_file_holding_the_key_too_is_refused() {
+        let (cert, key) = tls::self_signed(&["a.test"], "a").expect("gen");
+        let combined = format!("{cert}{key}");
+        let (f, message) = field(check("a.test", &combined, &key, now()).expect_err("combined"));
+        assert_eq!(f, "cert");
+        assert_eq!(message, "must hold certificates only, not a private key");
     }
 
     #[test]

@@ -122,32 +122,37 @@ enum Holder<'a> {
 
 /// Audits `site.upstream_tls_expiring` (a site's certificate) or
 /// `proxy.upstream_tls_expiring` (the configuration's) when the leaf of
-/// `chain_pem` ends within [`EXPIRY_WARNING_SECS`] of `now`, or has ended;
-/// the upstream will refuse the edge once it has. True iff it did.
+/// `chain_pem` ends within [`EXPIRY_WARNING_SECS`] of `now`, has ended, or
+/// is not valid yet: an upstream refuses the edge for the last two. The
+/// subject goes in as a string, which the log prints escaped: it is the
+/// certificate maker's text.
+/// True iff it audited.
 fn warn_if_expiring(holder: Holder<'_>, chain_pem: &str, now: i64) -> bool {
-    let Some((view, _, not_after)) = leaf_facts(chain_pem) else {
+    let Some((view, not_before, not_after)) = leaf_facts(chain_pem) else {
         return false;
     };
     let left = not_after - now;
-    if left > EXPIRY_WARNING_SECS {
+    if left > EXPIRY_WARNING_SECS && not_before <= now {
         return false;
     }
     let days_left = left.max(0) / 86_400;
     let message = if left <= 0 {
         "the upstream client certificate has expired; set a new one"
+    } else if not_before > now {
+        "the upstream client certificate is not valid yet"
     } else {
         "the upstream client certificate expires soon; set a new one"
     };
     match holder {
         Holder::Site(domain) => {
             tracing::warn!(target: "spinforge::audit", event = "site.upstream_tls_expiring",
-                result = "failure", site = %domain, subject = %view.subject,
+                result = "failure", site = %domain, subject = view.subject.as_str(),
                 not_after = %view.not_after, days_left, "{message}");
         }
         Holder::Global => {
             tracing::warn!(target: "spinforge::audit", event = "proxy.upstream_tls_expiring",
                 result = "failure", resource = "config:proxy.upstream_client_cert",
-                subject = %view.subject, not_after = %view.not_after, days_left,
+                subject = view.subject.as_str(), not_after = %view.not_after, days_left,
                 "{message}");
         }
     }
@@ -192,6 +197,12 @@ fn check(
                 format!("must be at most {MAX_PEM_BYTES} bytes"),
             ));
         }
+    }
+    if let Some(pem) = ca_pem {
+        crate::certs::no_private_key("upstream_ca", pem)?;
+    }
+    if let Some((chain_pem, _)) = client {
+        crate::certs::no_private_key("upstream_client_cert", chain_pem)?;
     }
     if let Some(pem) = ca_pem {
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
@@ -614,6 +625,25 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_field_holding_a_private_key_is_refused() {
+        let (cert, key) = tls::self_signed(&["client.test"], "client").expect("gen");
+        let combined = format!("{cert}{key}");
+        let (f, message) = field(
+            check(None, Some((&combined, &key)), now())
+                .err()
+                .expect("combined client file"),
+        );
+        assert_eq!(f, "upstream_client_cert");
+        assert_eq!(message, "must hold certificates only, not a private key");
+        let (f, _) = field(
+            check(Some(&combined), None, now())
+                .err()
+                .expect("combined CA"),
+        );
+        assert_eq!(f, "upstream_ca");
+    }
+
+    #[test]
     fn an_expired_client_certificate_is_refused() {
         let (cert, key) = tls::self_signed(&["client.test"], "client").expect("gen");
         // rcgen's default validity ends in 4096; pretend it is later.
@@ -645,6 +675,9 @@ mod tests {
         assert!(warn_if_expiring(site, &cert, not_after + day));
         assert!(!warn_if_expiring(site, "not pem", not_after));
         assert!(warn_if_expiring(Holder::Global, &cert, not_after - day));
+        // Not valid yet (rcgen's certificates start in 1975).
+        let (_, not_before, _) = leaf_facts(&cert).expect("facts");
+        assert!(warn_if_expiring(site, &cert, not_before - day));
         assert!(!warn_if_expiring(
             Holder::Global,
             &cert,

@@ -409,6 +409,18 @@ async fn bad_upstream_tls_input_gets_a_clear_error_and_changes_nothing() {
             }),
             "upstream_client_cert",
         ),
+        // A combined certificate-and-key file would store the key in the
+        // clear: refused, in either certificate field.
+        (
+            serde_json::json!({
+                "upstream_client_cert": format!("{cert}{key}"), "upstream_client_key": key
+            }),
+            "upstream_client_cert",
+        ),
+        (
+            serde_json::json!({ "upstream_ca": format!("{}{key}", ca.pem) }),
+            "upstream_ca",
+        ),
     ];
     for (body, field) in cases {
         let (status, error) = upstream_tls(
