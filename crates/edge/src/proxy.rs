@@ -232,10 +232,10 @@ impl Proxy {
             Route::Trusted | Route::App(_) => None,
         };
         let result = match client_upgrade {
-            None => {
-                self.send_pooled(outgoing, upstream, &route, site_tls.as_deref())
-                    .await
-            }
+            None => self
+                .send_pooled(outgoing, upstream, &route, site_tls.as_deref())
+                .await
+                .and_then(refuse_unasked_switch),
             Some(on_client) => {
                 self.send_upgrade(outgoing, upstream, &route, site_tls.as_deref(), on_client)
                     .await
@@ -552,6 +552,18 @@ where
         response: Response::from_parts(parts, incoming.map_err(Into::into).boxed()),
         upgrade: None,
     }
+}
+
+/// A 101 answers only an upgrade the client asked for. To any other
+/// request it is the upstream's error: no tunnel would open, and the
+/// client would get a bare 101 and a closed connection.
+fn refuse_unasked_switch(sent: Sent) -> Result<Sent, ProxyError> {
+    if sent.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::Upstream(
+            "the upstream switched protocols without an upgrade request".into(),
+        ));
+    }
+    Ok(sent)
 }
 
 /// An app lease riding along with a proxied request.

@@ -458,6 +458,40 @@ async fn a_silent_upstream_gets_504_after_the_response_timeout() {
 }
 
 #[tokio::test]
+async fn an_upstream_switching_protocols_unasked_gets_502() {
+    // Answers any request, upgrade or not, with 101 and holds the
+    // connection open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            if let Ok(Ok((_, mut stream))) = tokio::time::timeout(STEP, read_request(stream)).await
+            {
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                          connection: upgrade\r\n\r\n",
+                    )
+                    .await;
+                held.push(stream);
+            }
+        }
+    });
+    let server = Server::start();
+    proxy_site(&server, "switch.localhost", &format!("http://{upstream}")).await;
+
+    let response = server.get("switch.localhost", "/").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.text().await.expect("text"), "502 Bad Gateway\n");
+    assert!(
+        wait_for_log(&server, "switched protocols without an upgrade request").await,
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
 async fn private_and_metadata_upstreams_are_refused_without_an_allowlist() {
     let port = free_port();
     let server = Server::start_with("");
