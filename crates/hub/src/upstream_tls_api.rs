@@ -198,13 +198,11 @@ fn check(
             ));
         }
     }
-    if let Some(pem) = ca_pem {
-        crate::certs::no_private_key("upstream_ca", pem)?;
-    }
     if let Some((chain_pem, _)) = client {
         crate::certs::no_private_key("upstream_client_cert", chain_pem)?;
     }
     if let Some(pem) = ca_pem {
+        crate::certs::no_private_key("upstream_ca", pem)?;
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
         let certs = certs.ok().filter(|c| !c.is_empty()).ok_or_else(|| {
             ApiError::invalid(
@@ -342,8 +340,9 @@ impl UpstreamTls {
 
     /// Checks every site's upstream client certificate, and `global` (the
     /// configuration's, as PEM), now and then every `every`, auditing
-    /// those that end within 30 days or have ended, so that an operator
-    /// hears of it before the upstream starts refusing the edge.
+    /// those that end within 30 days, have ended or are not valid yet
+    /// (see `warn_if_expiring`), so that an operator hears of it before
+    /// the upstream starts refusing the edge.
     pub fn watch_expiry(self: Arc<Self>, global: Option<String>, every: Duration) {
         tokio::spawn(async move {
             loop {

@@ -509,9 +509,9 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
 
 /// The TLS configuration for `https://` upstreams from `[proxy]`, if it
 /// sets any, and the client certificate's chain, if it has one.
-type UpstreamTls = (Option<std::sync::Arc<rustls::ClientConfig>>, Option<String>);
+type ProxyTls = (Option<std::sync::Arc<rustls::ClientConfig>>, Option<String>);
 
-fn upstream_tls(file: &ProxyConfig) -> anyhow::Result<UpstreamTls> {
+fn upstream_tls(file: &ProxyConfig) -> anyhow::Result<ProxyTls> {
     let read = |path: &PathBuf, key: &str| {
         std::fs::read_to_string(path)
             .with_context(|| format!("proxy.{key}: cannot read {}", path.display()))

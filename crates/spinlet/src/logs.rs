@@ -369,7 +369,7 @@ impl AppLog {
         // True right after an overlong line was split at the limit, so the
         // newline that ends it does not also produce an empty line.
         let mut just_split = false;
-        // True after a read that found less than a buffer's worth.
+        // True after a read of less than PIPE_BUSY: the next one waits.
         let mut trickle = false;
 
         loop {
