@@ -237,8 +237,14 @@ impl Proxy {
                 .await
                 .and_then(refuse_unasked_switch),
             Some(on_client) => {
-                self.send_upgrade(outgoing, upstream, &route, site_tls.as_deref(), on_client)
-                    .await
+                Box::pin(self.send_upgrade(
+                    outgoing,
+                    upstream,
+                    &route,
+                    site_tls.as_deref(),
+                    on_client,
+                ))
+                .await
             }
         };
         attach(result, lease)
@@ -260,7 +266,7 @@ impl Proxy {
                         .request(req),
                     None => self.client.request(req),
                 };
-                return self.send_legacy(request).await;
+                return Box::pin(self.send_legacy(request)).await;
             }
             Route::Trusted => Reach::Local,
             Route::Checked => Reach::Checked,
@@ -668,8 +674,18 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header
 /// the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages name nothing beyond the fixed list (`keep-alive`,
-    // `close`): then nothing is collected and nothing allocated.
+    // Most messages carry none of them: one pass over their names instead
+    // of nine lookups that find nothing. Without a `Connection` header
+    // nothing else is named.
+    let any = headers
+        .keys()
+        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
+    // Most `Connection` headers name nothing beyond the fixed list
+    // (`keep-alive`, `close`): then nothing is collected and nothing
+    // allocated.
     let mut named: Vec<HeaderName> = Vec::new();
     let tokens = headers
         .get_all(header::CONNECTION)
@@ -730,14 +746,14 @@ fn prepare_request_headers(
             }
         }
     }
-    if !ctx.peer_trusted {
-        // Other ways clients claim an address; only a trusted proxy's count.
-        for name in [
-            "true-client-ip",
-            "x-client-ip",
-            "x-forwarded-port",
-            "cf-connecting-ip",
-        ] {
+    // Other ways clients claim an address; only a trusted proxy's count.
+    // One pass over the names first: most requests carry none of them.
+    if !ctx.peer_trusted
+        && headers
+            .keys()
+            .any(|name| CLAIMED_ADDRESS.contains(&name.as_str()))
+    {
+        for name in CLAIMED_ADDRESS {
             headers.remove(name);
         }
     }
@@ -755,11 +771,17 @@ fn prepare_request_headers(
         ctx.request_id.header_value().clone(),
     );
     headers.insert(header::HOST, upstream.host_header.clone());
-    if !ctx.peer_trusted {
-        // Only a trusted proxy may speak for the client's address.
-        headers.remove("forwarded");
-    }
 }
+
+/// Headers in which a client names its own address, or a proxy's view of
+/// it (`Forwarded`): dropped unless a trusted proxy sent them.
+const CLAIMED_ADDRESS: [&str; 5] = [
+    "true-client-ip",
+    "x-client-ip",
+    "x-forwarded-port",
+    "cf-connecting-ip",
+    "forwarded",
+];
 
 /// An address as a header value, formatted on the stack.
 fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {

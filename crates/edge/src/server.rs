@@ -129,7 +129,9 @@ impl Edge {
             let edge = self.clone();
             service_fn(move |req| {
                 let edge = edge.clone();
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer, false).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(edge.handle(req, peer, false, None).await)
+                }
             })
         };
         listener::serve(listener, limits, open, make, shutdown).await;
@@ -169,16 +171,17 @@ impl Edge {
         let edge = self.clone();
         let make = move |peer: SocketAddr, info: listener::TlsInfo| {
             let edge = edge.clone();
-            let sni = info
+            let sni: Option<Arc<str>> = info
                 .server_name
                 .and_then(|name| host::normalize(&name))
-                .map(|name| TlsServerName(name.into()));
-            service_fn(move |mut req: Request<Incoming>| {
+                .map(Into::into);
+            service_fn(move |req: Request<Incoming>| {
                 let edge = edge.clone();
-                if let Some(sni) = &sni {
-                    req.extensions_mut().insert(sni.clone());
-                }
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer, true).await) }
+                let sni = sni.clone();
+                Box::pin(async move {
+                    let response = edge.handle(req, peer, true, sni.as_deref()).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                })
             })
         };
         listener::serve_tls(listener, limits, open, acceptor, make, shutdown).await;
@@ -189,11 +192,15 @@ impl Edge {
     /// The phases, in order: resolve the client, keep or make the request
     /// id, find the route, screen with the shield (bans first), serve,
     /// finish the response (shield headers and counters), log.
+    ///
+    /// `sni` is the server name of the TLS connection, normalised like a
+    /// Host, if it sent one.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         https: bool,
+        sni: Option<&str>,
     ) -> Response<EdgeBody> {
         let started = Instant::now();
         let inner = &self.inner;
@@ -248,7 +255,7 @@ impl Edge {
             }
             (Ok(_), None) => (not_found(), Origin::Edge),
             (Ok(admitted), Some(route)) => 'routed: {
-                if let Some(page) = self.misdirected(&req, requested_host.as_deref(), &route) {
+                if let Some(page) = self.misdirected(sni, requested_host.as_deref(), &route) {
                     break 'routed (page, Origin::Edge);
                 }
                 if !https {
@@ -275,8 +282,14 @@ impl Edge {
                 };
                 match &route.target {
                     Target::Static { root, spa } => {
-                        let response =
-                            static_files::serve(root, *spa, &method, path, req.headers()).await;
+                        let response = Box::pin(static_files::serve(
+                            root,
+                            *spa,
+                            &method,
+                            path,
+                            req.headers(),
+                        ))
+                        .await;
                         (response, Origin::Static)
                     }
                     Target::Proxy { upstream } => {
@@ -288,10 +301,13 @@ impl Edge {
                     }
                     Target::Balancer { pool } => match pool.pick() {
                         Some((upstream, lease)) => {
-                            let result = inner
-                                .proxy
-                                .forward_leased(req, &upstream, ctx, Box::new(lease))
-                                .await;
+                            let result = Box::pin(inner.proxy.forward_leased(
+                                req,
+                                &upstream,
+                                ctx,
+                                Box::new(lease),
+                            ))
+                            .await;
                             (
                                 self.proxied(result, &route.site, &request_id),
                                 Origin::Proxied,
@@ -304,7 +320,10 @@ impl Edge {
                             (page, Origin::Edge)
                         }
                     },
-                    Target::App => (self.to_app(req, &route.site, ctx).await, Origin::Proxied),
+                    Target::App => (
+                        Box::pin(self.to_app(req, &route.site, ctx)).await,
+                        Origin::Proxied,
+                    ),
                     Target::Maintenance => (maintenance_page(), Origin::Edge),
                 }
             }
@@ -358,13 +377,13 @@ impl Edge {
     /// coalescing) retries on a fresh one.
     fn misdirected(
         &self,
-        req: &Request<Incoming>,
+        sni: Option<&str>,
         host: Option<&str>,
         route: &Route,
     ) -> Option<Response<EdgeBody>> {
-        let TlsServerName(sni) = req.extensions().get::<TlsServerName>()?;
+        let sni = sni?;
         let host = host?;
-        if **sni == *host {
+        if sni == host {
             return None;
         }
         let snapshot = self.inner.routes.snapshot();
@@ -658,11 +677,6 @@ fn waf_page(request_id: &str) -> Response<EdgeBody> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
-
-/// The SNI of the TLS connection a request came over, normalised like a
-/// Host; a request extension set by [`Edge::serve_tls`].
-#[derive(Debug, Clone)]
-struct TlsServerName(Arc<str>);
 
 fn not_found() -> Response<EdgeBody> {
     let mut response = Response::new(body::full("404 Not Found\n"));

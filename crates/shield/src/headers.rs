@@ -4,7 +4,7 @@
 //! Values are parsed once from config; applying them clones a few
 //! reference-counted header values and allocates nothing.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Where a response came from, which decides the defaults it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +111,26 @@ impl SecurityHeaders {
         https: bool,
         site_csp: Option<Option<&HeaderValue>>,
     ) {
-        for name in &FINGERPRINTS {
-            headers.remove(name);
+        // One pass over the names first: most responses carry none of
+        // them, and seven lookups would each find nothing.
+        if headers.keys().any(|name| FINGERPRINTS.contains(name)) {
+            for name in &FINGERPRINTS {
+                headers.remove(name);
+            }
         }
         let keep_app_values = origin == Origin::Proxied;
+        // One lookup per header: the entry both answers whether the app
+        // set it and takes the value.
         let set = |headers: &mut HeaderMap, name: &HeaderName, value: Option<&HeaderValue>| {
             if let Some(value) = value {
-                if !(keep_app_values && headers.contains_key(name)) {
-                    headers.insert(name.clone(), value.clone());
+                match headers.entry(name) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(value.clone());
+                    }
+                    Entry::Occupied(_) if keep_app_values => {}
+                    Entry::Occupied(mut slot) => {
+                        slot.insert(value.clone());
+                    }
                 }
             }
         };
