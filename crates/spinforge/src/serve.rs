@@ -150,16 +150,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shield = start_shield(&settings, &data_dir)?;
     // ---- shield: edge rate limits keyed by valid API keys (shield2) ----
     let verifier_identity = identity.clone();
+    // The edge asks from its serving threads' runtimes; the lookup runs on
+    // this one, which owns the store's connections.
+    let main_runtime = tokio::runtime::Handle::current();
     shield.set_key_verifier(Arc::new(move |key: String| {
         let identity = verifier_identity.clone();
-        Box::pin(async move {
+        let lookup = main_runtime.spawn(async move {
             let principal = identity.authenticate(&key).await.ok()?;
             // One bucket per account, not per key: every key of a user
             // shares it, so minting more keys buys no more requests.
             principal
                 .api_key
                 .map(|_| format!("user:{}", principal.user_id.0))
-        })
+        });
+        Box::pin(async move { lookup.await.ok().flatten() })
     }));
     // ---- end shield2 ----
     let edge = Edge::new(
@@ -260,7 +264,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("API listening on http://{}", api_listener.local_addr()?);
     announce_setup(&hub, &data_dir).await;
 
-    let edge_task = tokio::spawn(edge.serve(edge_listener, wait_for(stop_rx.clone())));
+    let edge_task = tokio::spawn(edge::listener::on_threads(
+        edge_listener,
+        edge::listener::default_threads(),
+        "edge",
+        {
+            let (edge, stop) = (edge.clone(), stop_rx.clone());
+            move |listener| edge.clone().serve(listener, wait_for(stop.clone()))
+        },
+    ));
     // Single sign-on: providers that fail discovery are logged and left out.
     let sso = Arc::new(hub::oidc_api::Sso::discover(settings.oidc.clone()).await);
     let api = hub::router(hub.clone())
@@ -335,10 +347,11 @@ async fn start_https(
         let local = listener.local_addr()?;
         tls.set_https_port(local.port());
         tracing::info!("edge listening on https://{local}");
-        return Ok(tokio::spawn(edge.clone().serve_tls(
+        return Ok(tokio::spawn(serve_tls_threads(
+            edge.clone(),
             listener,
             config,
-            wait_for(stop),
+            stop,
         )));
     }
     tracing::info!("HTTPS ({addr}) waits for the first certificate");
@@ -357,11 +370,27 @@ async fn start_https(
                     tls.set_https_port(local.port());
                     tracing::info!("edge listening on https://{local}");
                 }
-                edge.serve_tls(listener, config, wait_for(stop)).await;
+                serve_tls_threads(edge, listener, config, stop).await;
             }
             Err(e) => tracing::error!(error = %e, %addr, "cannot bind the edge HTTPS listener"),
         }
     }))
+}
+
+/// Serves HTTPS on one thread per CPU, each with a runtime of its own (see
+/// `edge::listener::on_threads`), until `stop`.
+async fn serve_tls_threads(
+    edge: Edge,
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    let threads = edge::listener::default_threads();
+    edge::listener::on_threads(listener, threads, "edge-tls", move |listener| {
+        edge.clone()
+            .serve_tls(listener, config.clone(), wait_for(stop.clone()))
+    })
+    .await;
 }
 
 /// `--dev-tls`: serves `localhost` names with certificates of the local

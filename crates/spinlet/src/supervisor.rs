@@ -312,6 +312,10 @@ struct Inner {
     serials: AtomicU64,
     /// Where each start reads its site's secrets; none means no secrets.
     secret_env: std::sync::OnceLock<Arc<dyn SecretEnv>>,
+    /// The runtime the supervisor was made on. Its tasks (starts, stops,
+    /// drains, the reaper) run there even when a request served on an
+    /// edge thread's own runtime sets them off, so they outlive it.
+    runtime: tokio::runtime::Handle,
 }
 
 /// How long a failed site tells clients to wait.
@@ -334,11 +338,12 @@ impl Supervisor {
                 running: Mutex::new(HashMap::new()),
                 serials: AtomicU64::new(1),
                 secret_env: std::sync::OnceLock::new(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         supervisor.persist();
         let weak = Arc::downgrade(&supervisor.inner);
-        tokio::spawn(async move {
+        supervisor.spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let interval = inner.config.reap_interval;
@@ -347,6 +352,16 @@ impl Supervisor {
             }
         });
         Ok(supervisor)
+    }
+
+    /// Spawns `task` on the supervisor's own runtime, whichever runtime
+    /// the caller runs on.
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.runtime.spawn(task)
     }
 
     /// Plugs in the secret store; every later start reads the site's
@@ -436,7 +451,7 @@ impl Supervisor {
 
         let supervisor = self.clone();
         let slot = slot.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Some(not_before) = not_before {
                 // A crash backoff is running; wait it out (it is never
                 // longer than the configured maximum).
@@ -562,7 +577,7 @@ impl Supervisor {
     fn wake_in_background(&self, domain: &str) {
         let supervisor = self.clone();
         let domain = domain.to_owned();
-        tokio::spawn(async move {
+        self.spawn(async move {
             match supervisor.wake(&domain).await {
                 Ok(lease) => drop(lease),
                 Err(e) => tracing::warn!(site = %domain, error = %e, "background start failed"),
@@ -614,7 +629,7 @@ impl Supervisor {
             "spinlet promoted");
         if let Some(old) = old {
             let supervisor = self.clone();
-            tokio::spawn(async move { supervisor.drain(slot, old).await });
+            self.spawn(async move { supervisor.drain(slot, old).await });
         }
     }
 
@@ -734,9 +749,9 @@ impl Supervisor {
             for instance in instances {
                 let supervisor = self.clone();
                 let slot = slot.clone();
-                stops.push(tokio::spawn(async move {
-                    supervisor.stop_instance(&slot, &instance).await
-                }));
+                stops.push(
+                    self.spawn(async move { supervisor.stop_instance(&slot, &instance).await }),
+                );
             }
         }
         for stop in stops {
@@ -918,7 +933,7 @@ impl Supervisor {
         });
         let supervisor = self.clone();
         let (monitor_slot, monitor_instance) = (slot.clone(), instance.clone());
-        tokio::spawn(async move {
+        self.spawn(async move {
             let status = child.wait().await;
             let _ = exit_tx.send(true);
             supervisor
@@ -1079,7 +1094,7 @@ impl Supervisor {
             tracing::info!(site = %slot.domain, pid = current.pid, "spinlet idle; stopping");
             slot.log.note("idle; stopping");
             let supervisor = self.clone();
-            tokio::spawn(async move { supervisor.stop_instance(&slot, &current).await });
+            self.spawn(async move { supervisor.stop_instance(&slot, &current).await });
         }
     }
 
