@@ -49,6 +49,30 @@ pub(crate) enum Reach {
 struct Idle {
     sender: SendRequest<EdgeBody>,
     since: Instant,
+    home: Home,
+}
+
+/// The runtime a connection's task runs on (the one that dialled it).
+/// With the edge on one runtime per thread, a request sent on a
+/// connection of another runtime wakes that thread twice; checkout
+/// prefers connections of the caller's own runtime.
+type Home = Option<tokio::runtime::Id>;
+
+fn here() -> Home {
+    tokio::runtime::Handle::try_current().ok().map(|h| h.id())
+}
+
+/// Where in `list` (oldest first) the connection to lend is: the newest
+/// usable one of `home`, else the newest usable one.
+fn pick<T>(
+    list: &[T],
+    home: Home,
+    home_of: impl Fn(&T) -> Home,
+    usable: impl Fn(&T) -> bool,
+) -> Option<usize> {
+    list.iter()
+        .rposition(|item| home_of(item) == home && usable(item))
+        .or_else(|| list.iter().rposition(usable))
 }
 
 struct Lists {
@@ -121,12 +145,15 @@ impl Http1Pool {
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
-        while let Some(mut sender) = self.checkout(key) {
+        let home = here();
+        while let Some((mut sender, its_home)) = self.checkout(key, home) {
             if !ready(&mut sender, &mut may_wait).await {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lend(key, sender, response, request_ended)),
+                Ok(response) => {
+                    return Ok(self.lend(key, (sender, its_home), response, request_ended))
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Request(e.into_error())),
@@ -134,36 +161,44 @@ impl Http1Pool {
             }
         }
 
-        let stream = dial().await.map_err(SendError::Connect)?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        let response = sender.send_request(req).await.map_err(SendError::Request)?;
-        Ok(self.lend(key, sender, response, request_ended))
+        // Boxed: a new connection is rare next to a reused one, and its
+        // futures would make every request's future larger.
+        Box::pin(async move {
+            let stream = dial().await.map_err(SendError::Connect)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(SendError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            let response = sender.send_request(req).await.map_err(SendError::Request)?;
+            Ok(self.lend(key, (sender, home), response, request_ended))
+        })
+        .await
     }
 
-    /// The newest idle connection for `key` that is still young enough and
-    /// not closed; older or closed ones met on the way are dropped.
-    fn checkout(&self, key: &PoolKey) -> Option<SendRequest<EdgeBody>> {
+    /// The newest idle connection for `key` of runtime `home`, or else the
+    /// newest of any, that is still young enough and not closed. Older or
+    /// closed ones are left to the sweep.
+    fn checkout(&self, key: &PoolKey, home: Home) -> Option<(SendRequest<EdgeBody>, Home)> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let list = lists.by_key.get_mut(key)?;
-        while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed() {
-                return Some(idle.sender);
-            }
-        }
-        None
+        let now = Instant::now();
+        let usable = |idle: &Idle| {
+            now.duration_since(idle.since) < self.idle_timeout && !idle.sender.is_closed()
+        };
+        let at = pick(list, home, |idle| idle.home, usable)?;
+        let idle = list.remove(at);
+        Some((idle.sender, idle.home))
     }
 
     fn lend(
         self: &Arc<Self>,
         key: &PoolKey,
-        sender: SendRequest<EdgeBody>,
+        (sender, home): (SendRequest<EdgeBody>, Home),
         response: Response<Incoming>,
         request_ended: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
@@ -174,6 +209,7 @@ impl Http1Pool {
                     pool: Arc::downgrade(self),
                     key: key.clone(),
                     sender,
+                    home,
                     request_ended,
                 }),
             };
@@ -187,7 +223,7 @@ impl Http1Pool {
         })
     }
 
-    fn give_back(self: &Arc<Self>, key: PoolKey, sender: SendRequest<EdgeBody>) {
+    fn give_back(self: &Arc<Self>, key: PoolKey, sender: SendRequest<EdgeBody>, home: Home) {
         if sender.is_closed() {
             return;
         }
@@ -199,6 +235,7 @@ impl Http1Pool {
         list.push(Idle {
             sender,
             since: Instant::now(),
+            home,
         });
         if !lists.reaper {
             lists.reaper = true;
@@ -263,6 +300,7 @@ struct Lent {
     pool: Weak<Http1Pool>,
     key: PoolKey,
     sender: SendRequest<EdgeBody>,
+    home: Home,
     request_ended: Arc<AtomicBool>,
 }
 
@@ -324,7 +362,7 @@ impl PooledBody {
                 return;
             }
             if let Some(pool) = lent.pool.upgrade() {
-                pool.give_back(lent.key, lent.sender);
+                pool.give_back(lent.key, lent.sender, lent.home);
             }
         }
     }
@@ -364,6 +402,29 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    fn runtime_id() -> tokio::runtime::Id {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.handle().id()
+    }
+
+    #[test]
+    fn checkout_prefers_the_callers_runtime_then_the_newest() {
+        let (a, b) = (Some(runtime_id()), Some(runtime_id()));
+        assert_ne!(a, b);
+        // (home, usable), oldest first.
+        let list = [(a, true), (b, true), (a, false), (b, true)];
+        let pick_for = |home| pick(&list, home, |item| item.0, |item| item.1);
+        assert_eq!(pick_for(a), Some(0), "a's newest usable one");
+        assert_eq!(pick_for(b), Some(3));
+        // None of its own: the newest usable one of another runtime.
+        assert_eq!(pick_for(Some(runtime_id())), Some(3));
+        assert_eq!(pick_for(None), Some(3));
+        let spent = [(a, false), (b, false)];
+        assert_eq!(pick(&spent, a, |item| item.0, |item| item.1), None);
+    }
 
     /// A real HTTP/1.1 server on loopback, with keep-alive, that answers
     /// every request with `answer` and counts the connections it accepted.
