@@ -181,16 +181,17 @@ impl Http1Pool {
     }
 
     /// The newest idle connection for `key` of runtime `home`, or else the
-    /// newest of any, that is still young enough and not closed. Older or
-    /// closed ones are left to the sweep.
+    /// newest of any. Older or closed ones are dropped first: left in the
+    /// list, they would count against `max_idle` and keep live ones out
+    /// until the next sweep.
     fn checkout(&self, key: &PoolKey, home: Home) -> Option<(SendRequest<EdgeBody>, Home)> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let list = lists.by_key.get_mut(key)?;
         let now = Instant::now();
-        let usable = |idle: &Idle| {
+        list.retain(|idle| {
             now.duration_since(idle.since) < self.idle_timeout && !idle.sender.is_closed()
-        };
-        let at = pick(list, home, |idle| idle.home, usable)?;
+        });
+        let at = pick(list, home, |idle| idle.home, |_| true)?;
         let idle = list.remove(at);
         Some((idle.sender, idle.home))
     }
@@ -685,6 +686,26 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(&key(addr)), 1);
+    }
+
+    /// An expired idle connection must not hold the only idle place: the
+    /// connection that replaces it is kept for the request after.
+    #[tokio::test]
+    async fn an_expired_idle_connection_does_not_keep_a_live_one_out() {
+        let (addr, accepted) = upstream().await;
+        let pool = Http1Pool::new(1, Duration::from_millis(300));
+        // The sweep runs 300 ms after the first return; the connection is
+        // returned again 100 ms later, so it expires at 400 ms, between
+        // the sweeps at 300 and 600 ms.
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The expired one is replaced; its replacement serves the rest.
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, addr).await, "hello");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -997,6 +997,20 @@ mod tests {
         }
     }
 
+    /// Each name alone: the one pass over the names must see every one.
+    #[test]
+    fn each_claimed_address_header_alone_is_dropped_from_an_untrusted_peer() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        for name in CLAIMED_ADDRESS {
+            let mut map = headers(&[(name, "6.6.6.6")]);
+            prepare_request_headers(&mut map, &upstream, &ctx(false), None);
+            assert!(!map.contains_key(name), "{name}");
+            let mut kept = headers(&[(name, "6.6.6.6")]);
+            prepare_request_headers(&mut kept, &upstream, &ctx(true), None);
+            assert!(kept.contains_key(name), "{name} from a trusted proxy");
+        }
+    }
+
     #[test]
     fn only_websocket_upgrades_are_passed_through() {
         let ws = headers(&[
