@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod static_files;
+pub mod threads;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_tls;

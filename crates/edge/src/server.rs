@@ -129,9 +129,11 @@ impl Edge {
             let edge = self.clone();
             service_fn(move |req| {
                 let edge = edge.clone();
-                async move {
+                // Boxed: hyper keeps the request's future, which is large,
+                // and would move it by value otherwise.
+                Box::pin(async move {
                     Ok::<_, std::convert::Infallible>(edge.handle(req, peer, false, None).await)
-                }
+                })
             })
         };
         listener::serve(listener, limits, open, make, shutdown).await;

@@ -150,8 +150,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shield = start_shield(&settings, &data_dir)?;
     // ---- shield: edge rate limits keyed by valid API keys (shield2) ----
     let verifier_identity = identity.clone();
-    // The edge asks from its serving threads' runtimes; the lookup runs on
-    // this one, which owns the store's connections.
+    // The edge asks from its serving threads' runtimes. The lookup runs on
+    // this one, so whatever the store's pool spawns for it lives here and
+    // not on an edge thread; it is aborted if the request goes away first.
     let main_runtime = tokio::runtime::Handle::current();
     shield.set_key_verifier(Arc::new(move |key: String| {
         let identity = verifier_identity.clone();
@@ -163,6 +164,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .api_key
                 .map(|_| format!("user:{}", principal.user_id.0))
         });
+        let lookup = tokio_util::task::AbortOnDropHandle::new(lookup);
         Box::pin(async move { lookup.await.ok().flatten() })
     }));
     // ---- end shield2 ----
@@ -264,15 +266,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("API listening on http://{}", api_listener.local_addr()?);
     announce_setup(&hub, &data_dir).await;
 
-    let edge_task = tokio::spawn(edge::listener::on_threads(
-        edge_listener,
-        edge::listener::default_threads(),
-        "edge",
-        {
+    let edge_serving =
+        edge::threads::on_threads(edge_listener, edge::threads::default_threads(), "edge", {
             let (edge, stop) = (edge.clone(), stop_rx.clone());
             move |listener| edge.clone().serve(listener, wait_for(stop.clone()))
-        },
-    ));
+        })
+        .await
+        .context("cannot start the edge's serving threads")?;
+    let edge_task = tokio::spawn(edge_serving.wait());
     // Single sign-on: providers that fail discovery are logged and left out.
     let sso = Arc::new(hub::oidc_api::Sso::discover(settings.oidc.clone()).await);
     let api = hub::router(hub.clone())
@@ -347,12 +348,10 @@ async fn start_https(
         let local = listener.local_addr()?;
         tls.set_https_port(local.port());
         tracing::info!("edge listening on https://{local}");
-        return Ok(tokio::spawn(serve_tls_threads(
-            edge.clone(),
-            listener,
-            config,
-            stop,
-        )));
+        let serving = serve_tls_threads(edge.clone(), listener, config, stop)
+            .await
+            .context("cannot start the edge's HTTPS serving threads")?;
+        return Ok(tokio::spawn(serving.wait()));
     }
     tracing::info!("HTTPS ({addr}) waits for the first certificate");
     let (edge, tls) = (edge.clone(), tls.clone());
@@ -370,27 +369,32 @@ async fn start_https(
                     tls.set_https_port(local.port());
                     tracing::info!("edge listening on https://{local}");
                 }
-                serve_tls_threads(edge, listener, config, stop).await;
+                match serve_tls_threads(edge, listener, config, stop).await {
+                    Ok(serving) => serving.wait().await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the edge's HTTPS serving threads")
+                    }
+                }
             }
             Err(e) => tracing::error!(error = %e, %addr, "cannot bind the edge HTTPS listener"),
         }
     }))
 }
 
-/// Serves HTTPS on one thread per CPU, each with a runtime of its own (see
-/// `edge::listener::on_threads`), until `stop`.
+/// Starts serving HTTPS on one thread per CPU, each with a runtime of its
+/// own (see `edge::threads`), until `stop`.
 async fn serve_tls_threads(
     edge: Edge,
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     stop: watch::Receiver<bool>,
-) {
-    let threads = edge::listener::default_threads();
-    edge::listener::on_threads(listener, threads, "edge-tls", move |listener| {
+) -> std::io::Result<edge::threads::Serving> {
+    let threads = edge::threads::default_threads();
+    edge::threads::on_threads(listener, threads, "edge-tls", move |listener| {
         edge.clone()
             .serve_tls(listener, config.clone(), wait_for(stop.clone()))
     })
-    .await;
+    .await
 }
 
 /// `--dev-tls`: serves `localhost` names with certificates of the local
