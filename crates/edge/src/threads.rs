@@ -85,6 +85,7 @@ where
     let spread = Arc::new(Spread {
         open: AtomicUsize::new(0),
         live: AtomicUsize::new(0),
+        ended: tokio::sync::Notify::new(),
     });
     let mut finished = Vec::new();
     let mut ready = Vec::new();
@@ -162,10 +163,17 @@ fn run_one<F, Fut>(
             }
         };
         // Counted as live while it serves, also if `serve` panics.
-        let _live = seat.spread.live_guard();
+        let live = seat.spread.live_guard();
+        let spread = seat.spread.clone();
         SEAT.with(|slot| *slot.borrow_mut() = Some(seat));
         let _ = started.send(Ok(()));
         serve(listener).await;
+        drop(live);
+        // Requests still served on other threads may be using upstream
+        // connections whose tasks run on this runtime (the pool and the
+        // https client are shared): it keeps running them until every
+        // thread is done.
+        spread.all_done().await;
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
 }
@@ -175,12 +183,28 @@ fn run_one<F, Fut>(
 struct Spread {
     open: AtomicUsize,
     live: AtomicUsize,
+    /// Told when `live` falls.
+    ended: tokio::sync::Notify,
 }
 
 impl Spread {
     fn live_guard(self: &Arc<Spread>) -> Live {
         self.live.fetch_add(1, Relaxed);
         Live(self.clone())
+    }
+
+    /// Returns once no thread serves any more.
+    async fn all_done(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so a fall in between wakes it.
+            ended.as_mut().enable();
+            if self.live.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
     }
 }
 
@@ -189,7 +213,10 @@ struct Live(Arc<Spread>);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Relaxed);
+        self.0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
+        self.0.ended.notify_waiters();
     }
 }
 
@@ -248,6 +275,7 @@ mod tests {
         Arc::new(Spread {
             open: AtomicUsize::new(0),
             live: AtomicUsize::new(live),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -294,6 +322,54 @@ mod tests {
         assert!(!a.crowded(), "six of six, alone");
         drop((held, alive));
         assert_eq!(spread.live.load(Relaxed), 0);
+    }
+
+    /// A thread whose `serve` has returned keeps running its runtime's
+    /// tasks until every thread is done: a request on another thread may
+    /// still need them (a pooled upstream connection's task).
+    #[tokio::test]
+    async fn a_thread_done_first_keeps_its_tasks_running_for_the_others() {
+        use std::sync::Mutex;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (tx, rx) = (
+            Arc::new(Mutex::new(Some(tx))),
+            Arc::new(Mutex::new(Some(rx))),
+        );
+        let got = Arc::new(Mutex::new(None));
+        let seen = got.clone();
+        let serving = on_threads(listener, 2, "handoff", move |_listener| {
+            let mut stopped = stopped.clone();
+            let first = std::thread::current().name() == Some("handoff-0");
+            let (tx, rx, got) = (tx.clone(), rx.clone(), got.clone());
+            async move {
+                if first {
+                    // A task of this runtime that the other thread needs
+                    // after this one has stopped serving.
+                    let tx = tx.lock().expect("lock").take().expect("sender");
+                    let mut later = stopped.clone();
+                    tokio::spawn(async move {
+                        let _ = later.wait_for(|s| *s).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = tx.send(42);
+                    });
+                    let _ = stopped.wait_for(|s| *s).await;
+                } else {
+                    let rx = rx.lock().expect("lock").take().expect("receiver");
+                    let _ = stopped.wait_for(|s| *s).await;
+                    let value = tokio::time::timeout(Duration::from_secs(5), rx).await;
+                    *got.lock().expect("lock") = Some(value.ok().and_then(Result::ok));
+                }
+            }
+        })
+        .await
+        .expect("threads start");
+        stop.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), serving.wait())
+            .await
+            .expect("ends");
+        assert_eq!(*seen.lock().expect("lock"), Some(Some(42)));
     }
 
     /// Every thread serves with a listener of its own, and the whole
