@@ -687,22 +687,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // (`keep-alive`, `close`): then nothing is collected and nothing
     // allocated.
     let mut named: Vec<HeaderName> = Vec::new();
+    // Bytes, not text: a value with one non-ASCII byte elsewhere must not
+    // hide the names it lists.
     let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim);
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
     for token in tokens {
-        let removed_anyway = token.eq_ignore_ascii_case("close")
-            || token.eq_ignore_ascii_case(header::UPGRADE.as_str())
+        let removed_anyway = token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(header::UPGRADE.as_str().as_bytes())
             || HOP_BY_HOP
                 .iter()
-                .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+                .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()));
         if removed_anyway {
             continue;
         }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+        if let Ok(name) = HeaderName::from_bytes(token) {
             named.push(name);
         }
     }
@@ -754,6 +755,19 @@ fn prepare_request_headers(
             .any(|name| CLAIMED_ADDRESS.contains(&name.as_str()))
     {
         for name in CLAIMED_ADDRESS {
+            headers.remove(name);
+        }
+    }
+    // Names with an underscore are dropped, as nginx does by default: CGI
+    // and WSGI servers turn `-` and `_` into the same variable, so
+    // `X_Forwarded_For` would reach an app as our `X-Forwarded-For`.
+    if headers.keys().any(|name| name.as_str().contains('_')) {
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
             headers.remove(name);
         }
     }
@@ -995,6 +1009,36 @@ mod tests {
         for gone in ["true-client-ip", "x-client-ip", "x-forwarded-port"] {
             assert!(!map.contains_key(gone), "{gone}");
         }
+    }
+
+    #[test]
+    fn header_names_with_an_underscore_are_not_forwarded() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let mut map = headers(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x-app-token", "kept"),
+        ]);
+        prepare_request_headers(&mut map, &upstream, &ctx(true), None);
+        assert!(!map.contains_key("x_forwarded_for"));
+        assert!(!map.contains_key("x_real_ip"));
+        assert_eq!(map["x-app-token"], "kept");
+        assert_eq!(map["x-real-ip"], "203.0.113.9");
+    }
+
+    #[test]
+    fn a_connection_value_with_a_non_ascii_byte_still_names_its_headers() {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop-secret, \xff").expect("value"),
+        );
+        map.insert("x-hop-secret", HeaderValue::from_static("internal"));
+        map.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut map);
+        assert!(!map.contains_key("x-hop-secret"));
+        assert!(!map.contains_key(header::CONNECTION));
+        assert_eq!(map["x-kept"], "1");
     }
 
     /// Each name alone: the one pass over the names must see every one.
