@@ -412,7 +412,7 @@ impl Edge {
         let Some(config) = admitted.waf() else {
             return Ok(req.map(|b| b.map_err(Into::into).boxed()));
         };
-        let (parts, mut incoming) = req.into_parts();
+        let (mut parts, mut incoming) = req.into_parts();
         let mut buffered = BytesMut::new();
         let mut trailers = None;
         let mut ended = incoming.is_end_stream();
@@ -430,27 +430,40 @@ impl Edge {
             }
         }
         let buffered = buffered.freeze();
-        let headers: Vec<(&str, &[u8])> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        let view = RequestView {
-            method: parts.method.as_str(),
-            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-            headers: &headers,
-            body: &buffered,
+        let shield = &self.inner.shield;
+        let verdict = if buffered.len() <= INSPECT_IN_PLACE {
+            inspect(
+                shield, client, admitted, &parts, &buffered, site, request_id,
+            )
+        } else {
+            // A large body takes milliseconds to inspect: off this
+            // thread, whose other connections would wait meanwhile (the
+            // edge's threads do not steal work from each other).
+            let (shield, client, admitted) = (shield.clone(), *client, admitted.clone());
+            let (site, id, body) = (site.to_owned(), request_id.to_owned(), buffered.clone());
+            let inspected = tokio::task::spawn_blocking(move || {
+                let verdict = inspect(&shield, &client, &admitted, &parts, &body, &site, &id);
+                (parts, verdict)
+            })
+            .await;
+            match inspected {
+                Ok((back, verdict)) => {
+                    parts = back;
+                    verdict
+                }
+                Err(e) => {
+                    // Fail closed: a request the WAF could not finish
+                    // with is not forwarded.
+                    tracing::error!(request_id, error = %e, "WAF inspection failed");
+                    return Err(proxy::error_page(StatusCode::INTERNAL_SERVER_ERROR));
+                }
+            }
         };
-        if let Err(refusal) = self
-            .inner
-            .shield
-            .inspect(client, admitted, &view, site, request_id)
-        {
+        if let Err(refusal) = verdict {
             tracing::debug!(request_id, client_ip = %client.addr, refusal = %refusal,
                 "request refused by the shield");
             return Err(waf_page(request_id));
         }
-        drop(headers);
         let body = match (ended, trailers) {
             (true, None) if buffered.is_empty() => body::empty(),
             (true, None) => body::full(buffered),
@@ -630,6 +643,34 @@ impl Edge {
             RequestId::generate(self.inner.id_prefix, n)
         })
     }
+}
+
+/// Bodies up to this size are inspected on the request's own thread;
+/// larger ones on the blocking pool.
+const INSPECT_IN_PLACE: usize = 16 * 1024;
+
+/// The WAF's verdict on a request head and its buffered body.
+fn inspect(
+    shield: &Shield,
+    client: &ClientIp,
+    admitted: &Admitted,
+    parts: &http::request::Parts,
+    body: &[u8],
+    site: &str,
+    request_id: &str,
+) -> Result<(), Refusal> {
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    let view = RequestView {
+        method: parts.method.as_str(),
+        target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        headers: &headers,
+        body,
+    };
+    shield.inspect(client, admitted, &view, site, request_id)
 }
 
 /// The page of an isolated site: 503, not cached, retry much later.

@@ -130,6 +130,7 @@ pub struct SiteShield {
 pub struct AuthReceipt(Option<(RateKey, crate::budget::Charge)>);
 
 /// The outcome of screening an admitted request.
+#[derive(Clone)]
 pub struct Admitted {
     /// Stop the body after this many bytes (`u64::MAX`: no cap).
     pub body_limit: u64,

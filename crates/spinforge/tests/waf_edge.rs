@@ -321,6 +321,18 @@ async fn bodies_past_the_inspection_limit_follow_the_sites_action() {
     let padded_json = json!({"pad": "a".repeat(130 * 1024), "q": SQLI}).to_string();
     let r = post(&server, "application/json", padded_json).await;
     assert_blocked_by(&server, r, "1011").await;
+    // Past 16 KiB and within the limit, the body is inspected off the
+    // request's thread: forwarded whole when clean, refused with an attack.
+    let mut mid = b"pad=".to_vec();
+    mid.resize(20 * 1024, b'a');
+    let len = mid.len();
+    assert_forwarded(
+        post(&server, "application/x-www-form-urlencoded", mid.clone()).await,
+        len,
+    )
+    .await;
+    mid.extend_from_slice(format!("&q={}", urlencode(SQLI)).as_bytes());
+    assert_blocked(post(&server, "application/x-www-form-urlencoded", mid).await).await;
     // An upload past the limit is not refused: only its prefix is read.
     let (ct, body) = multipart("title", "photo", &vec![b'x'; 200 * 1024]);
     let len = body.len();
