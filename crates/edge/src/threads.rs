@@ -5,9 +5,10 @@
 //! ([`crate::listener`]) asks [`Seat`] whether its thread holds too many
 //! connections before it accepts the next one.
 //!
-//! The trade-off is that of nginx: no work stealing. A CPU-heavy request
-//! (a full handshake, a WAF pass over a large body) holds up the other
-//! connections of its thread, and the spread counts connections, not load.
+//! The trade-off is that of nginx: no work stealing. CPU-heavy work on a
+//! thread (a full handshake; the edge sends WAF passes over bodies past
+//! 16 KiB to the blocking pool) holds up the other connections of that
+//! thread, and the spread counts connections, not load.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -60,9 +61,10 @@ impl Serving {
 /// once each has its listener registered; an error if none could start.
 /// [`Serving::wait`] then waits for them to end.
 ///
-/// Tasks a request spawns stay on its thread and end with it. Whatever
-/// must outlive a connection (app processes, ACME orders) belongs on the
-/// runtime that owns it, not spawned with `tokio::spawn` from a request.
+/// Tasks a request spawns stay on its thread; they end once every thread
+/// of the listener has finished serving. Whatever must outlive that (app
+/// processes, ACME orders) belongs on the runtime that owns it, not
+/// spawned with `tokio::spawn` from a request.
 ///
 /// Every thread waits on the shared socket, so each new connection wakes
 /// all of a listener's threads and one accepts it. One that holds more
