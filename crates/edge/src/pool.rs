@@ -63,16 +63,11 @@ fn here() -> Home {
 }
 
 /// Where in `list` (oldest first) the connection to lend is: the newest
-/// usable one of `home`, else the newest usable one.
-fn pick<T>(
-    list: &[T],
-    home: Home,
-    home_of: impl Fn(&T) -> Home,
-    usable: impl Fn(&T) -> bool,
-) -> Option<usize> {
+/// one of `home`, else the newest.
+fn pick<T>(list: &[T], home: Home, home_of: impl Fn(&T) -> Home) -> Option<usize> {
     list.iter()
-        .rposition(|item| home_of(item) == home && usable(item))
-        .or_else(|| list.iter().rposition(usable))
+        .rposition(|item| home_of(item) == home)
+        .or_else(|| list.len().checked_sub(1))
 }
 
 struct Lists {
@@ -191,7 +186,7 @@ impl Http1Pool {
         list.retain(|idle| {
             now.duration_since(idle.since) < self.idle_timeout && !idle.sender.is_closed()
         });
-        let at = pick(list, home, |idle| idle.home, |_| true)?;
+        let at = pick(list, home, |idle| idle.home)?;
         let idle = list.remove(at);
         Some((idle.sender, idle.home))
     }
@@ -415,16 +410,15 @@ mod tests {
     fn checkout_prefers_the_callers_runtime_then_the_newest() {
         let (a, b) = (Some(runtime_id()), Some(runtime_id()));
         assert_ne!(a, b);
-        // (home, usable), oldest first.
-        let list = [(a, true), (b, true), (a, false), (b, true)];
-        let pick_for = |home| pick(&list, home, |item| item.0, |item| item.1);
-        assert_eq!(pick_for(a), Some(0), "a's newest usable one");
+        // Homes, oldest first.
+        let list = [a, b, a, b];
+        let pick_for = |home| pick(&list, home, |item| *item);
+        assert_eq!(pick_for(a), Some(2), "a's newest");
         assert_eq!(pick_for(b), Some(3));
-        // None of its own: the newest usable one of another runtime.
+        // None of its own: the newest of another runtime.
         assert_eq!(pick_for(Some(runtime_id())), Some(3));
         assert_eq!(pick_for(None), Some(3));
-        let spent = [(a, false), (b, false)];
-        assert_eq!(pick(&spent, a, |item| item.0, |item| item.1), None);
+        assert_eq!(pick(&[], a, |item: &Home| *item), None);
     }
 
     /// A real HTTP/1.1 server on loopback, with keep-alive, that answers
