@@ -325,31 +325,49 @@ pub const FRAGMENT_MAX: usize = 64;
 
 /// The matched part of `text`, widened a little for context, capped at
 /// [`FRAGMENT_MAX`] characters, with control characters shown as `?` and
-/// long letter-digit runs (tokens, keys) replaced by `[redacted]`.
+/// long letter-digit runs (tokens, keys) replaced by `[redacted]`. A run
+/// is measured in all of `text`, not only in the widened part: a token cut
+/// by the widening shows none of its characters.
 pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
     let start = floor_char(text, at.start.saturating_sub(8));
     let end = floor_char(text, (at.end + 8).min(text.len())).max(start);
-    let slice = &text[start..end];
 
     let mut out = String::new();
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() >= 16 {
+    let mut run = start..start;
+    let flush = |run: &std::ops::Range<usize>, out: &mut String| {
+        if run.is_empty() {
+            return;
+        }
+        // The whole run the shown part belongs to.
+        let before = text[..run.start]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric())
+            .count();
+        let after = text[run.end..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric())
+            .count();
+        if text[run.clone()].chars().count() + before + after >= 16 {
             out.push_str("[redacted]");
         } else {
-            out.push_str(run);
+            out.push_str(&text[run.clone()]);
         }
-        run.clear();
     };
-    for c in slice.chars() {
+    for (i, c) in text[start..end].char_indices() {
+        let i = start + i;
         if c.is_alphanumeric() {
-            run.push(c);
+            if run.is_empty() {
+                run = i..i;
+            }
+            run.end = i + c.len_utf8();
             continue;
         }
-        flush(&mut run, &mut out);
+        flush(&run, &mut out);
+        run = i..i;
         out.push(if c.is_control() { '?' } else { c });
     }
-    flush(&mut run, &mut out);
+    flush(&run, &mut out);
     if out.chars().count() > FRAGMENT_MAX {
         out = out.chars().take(FRAGMENT_MAX - 1).collect();
         out.push('…');
@@ -382,6 +400,17 @@ mod tests {
         assert!(f.contains("[redacted]"), "{f}");
         assert!(!f.contains("abcdefghijkl"));
         assert!(f.ends_with('?'));
+        // A token the widening cuts shows none of its characters, on
+        // either side of the match.
+        let secret = "Zq7Xw2Lp9Rt4Vn8K";
+        let text = format!("auth={secret}' OR 1=1--{secret}");
+        let at = text.find('\'').unwrap()..text.find("--").unwrap() + 2;
+        let f = redact_fragment(&text, &at);
+        assert_eq!(f, "[redacted]' OR 1=1--[redacted]");
+        // Short words around the match stay readable.
+        let text = "name=bob' OR 1=1-- x";
+        let f = redact_fragment(text, &(8..18));
+        assert_eq!(f, "name=bob' OR 1=1-- x");
         let long = "<".repeat(500);
         assert_eq!(
             redact_fragment(&long, &(0..500)).chars().count(),
