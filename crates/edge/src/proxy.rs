@@ -747,7 +747,8 @@ fn prepare_request_headers(
             }
         }
     }
-    // Other ways clients claim an address; only a trusted proxy's count.
+    // Other ways clients claim an address or scheme; only a trusted
+    // proxy's count.
     // One pass over the names first: most requests carry none of them.
     if !ctx.peer_trusted
         && headers
@@ -787,14 +788,26 @@ fn prepare_request_headers(
     headers.insert(header::HOST, upstream.host_header.clone());
 }
 
-/// Headers in which a client names its own address, or a proxy's view of
-/// it (`Forwarded`): dropped unless a trusted proxy sent them.
-const CLAIMED_ADDRESS: [&str; 5] = [
+/// Headers in which a client names its own address, a proxy's view of it
+/// (`Forwarded`), or the scheme it came over: dropped unless a trusted
+/// proxy sent them. Frameworks read these (Rails `X-Forwarded-Ssl`, PHP
+/// apps `Client-IP`), so a client on plain HTTP could claim HTTPS or
+/// another address past the edge's own `X-Forwarded-*` headers.
+const CLAIMED_ADDRESS: [&str; 14] = [
     "true-client-ip",
     "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
     "x-forwarded-port",
     "cf-connecting-ip",
+    "fastly-client-ip",
     "forwarded",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "front-end-https",
 ];
 
 /// An address as a header value, formatted on the stack.
