@@ -18,7 +18,7 @@ use crate::{host, static_files};
 use bytes::BytesMut;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
@@ -255,6 +255,10 @@ impl Edge {
                     refusal = %refusal, "request refused by the shield");
                 (refusal_page(refusal), Origin::Edge)
             }
+            // The edge is no forward proxy: forwarding a CONNECT would
+            // send the upstream `CONNECT /`, and a tunnel would relay to
+            // whatever address the client named.
+            (Ok(_), _) if method == Method::CONNECT => (connect_refused(), Origin::Edge),
             (Ok(_), None) => (not_found(), Origin::Edge),
             (Ok(admitted), Some(route)) => 'routed: {
                 if let Some(page) = self.misdirected(sni, requested_host.as_deref(), &route) {
@@ -718,6 +722,16 @@ fn waf_page(request_id: &str) -> Response<EdgeBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 405 to a CONNECT, with the methods the edge does pass on.
+fn connect_refused() -> Response<EdgeBody> {
+    let mut response = proxy::error_page(StatusCode::METHOD_NOT_ALLOWED);
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
     response
 }
 

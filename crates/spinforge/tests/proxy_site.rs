@@ -266,6 +266,8 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
         .header("keep-alive", "timeout=5")
         .header("te", "trailers")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("client-ip", "6.6.6.6")
+        .header("x-forwarded-ssl", "on")
         .header("x-end-to-end", "kept")
         .send()
         .await
@@ -305,6 +307,8 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
         "te",
         "proxy-authorization",
         "forwarded",
+        "client-ip",
+        "x-forwarded-ssl",
     ] {
         assert!(
             !sent.contains_key(dropped),
@@ -675,4 +679,19 @@ async fn a_request_with_two_host_headers_is_not_routed() {
     let two = "GET / HTTP/1.1\r\nHost: hello.localhost\r\nHost: other.localhost\r\n\
                Connection: close\r\n\r\n";
     assert_ne!(raw_status(&server, two).await, 200);
+}
+
+#[tokio::test]
+async fn connect_is_refused_not_forwarded() {
+    // The upstream would answer anything it got with 200.
+    let upstream = spawn_upstream(|received| received.head.into_bytes()).await;
+    let server = Server::start();
+    proxy_site(&server, "tunnel.localhost", &format!("http://{upstream}")).await;
+    let get = "GET / HTTP/1.1\r\nHost: tunnel.localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&server, get).await, 200);
+    for target in ["tunnel.localhost:80", "127.0.0.1:22", "example.com:443"] {
+        let connect =
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(&server, &connect).await, 405, "{target}");
+    }
 }
