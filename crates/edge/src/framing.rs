@@ -3,12 +3,22 @@
 //! hyper would repair (Content-Length with Transfer-Encoding, repeated
 //! identical Content-Length) are answered 400 instead (see
 //! `shield::framing`). Each refusal is an audit event.
+//!
+//! After a request that asks for an upgrade, the guard hands hyper no
+//! more bytes until the service has answered it ([`Watched`] tells it
+//! through [`UpgradeAnswer`]): after a 101 the connection carries another
+//! protocol and is not scanned; after anything else the next head is.
 
-use shield::framing::{FramingScanner, SPOILED_END};
+use futures_util::future::Either;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use shield::framing::{FramingScanner, Scanned, SPOILED_END};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct FramingGuard<T> {
@@ -18,16 +28,87 @@ pub struct FramingGuard<T> {
     /// After a refused head: what is still to be handed to hyper in place
     /// of the client's bytes; then the input ends.
     spoiled: Option<&'static [u8]>,
+    /// Bytes read after a request that asked for an upgrade, not scanned
+    /// yet: handed over once its response is known.
+    held: Vec<u8>,
+    answer: Arc<UpgradeAnswer>,
 }
 
 impl<T> FramingGuard<T> {
-    pub fn new(inner: T, peer: SocketAddr) -> FramingGuard<T> {
+    /// `answer` is the one the connection's [`Watched`] service gives.
+    pub fn new(inner: T, peer: SocketAddr, answer: Arc<UpgradeAnswer>) -> FramingGuard<T> {
         FramingGuard {
             inner,
             scanner: FramingScanner::new(),
             peer,
             spoiled: None,
+            held: Vec::new(),
+            answer,
         }
+    }
+}
+
+/// Whether the response to a request that asked for an upgrade switched
+/// protocols; from the connection's service to its guard.
+#[derive(Debug, Default)]
+pub struct UpgradeAnswer {
+    state: Mutex<(Option<bool>, Option<Waker>)>,
+}
+
+impl UpgradeAnswer {
+    fn set(&self, switched: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = Some(switched);
+        if let Some(waker) = state.1.take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.0.take() {
+            Some(switched) => Poll::Ready(switched),
+            None => {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A connection's service, telling its guard how each request that asked
+/// for an upgrade was answered. Other requests pass untouched.
+pub struct Watched<S> {
+    pub inner: S,
+    pub answer: Arc<UpgradeAnswer>,
+}
+
+type Answered<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Watched<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    B: 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Answered<Response<B>, S::Error>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if !req.headers().contains_key(header::UPGRADE) {
+            return Either::Left(self.inner.call(req));
+        }
+        let answer = self.answer.clone();
+        let response = self.inner.call(req);
+        Either::Right(Box::pin(async move {
+            let response = response.await;
+            let switched = matches!(&response,
+                Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS);
+            answer.set(switched);
+            response
+        }))
     }
 }
 
@@ -46,22 +127,49 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             this.spoiled = Some(&rest[n..]);
             return Poll::Ready(Ok(()));
         }
+        if this.scanner.awaiting_response() {
+            match this.answer.poll_take(cx) {
+                Poll::Ready(switched) => this.scanner.answered(switched),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = if this.held.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.held.len().min(buf.remaining());
+            buf.put_slice(&this.held[..n]);
+            this.held.drain(..n);
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = &result {
             if !this.scanner.is_done() {
-                if let Some(refused) = this.scanner.scan(&buf.filled()[before..]) {
-                    tracing::warn!(
-                        target: "spinforge::audit", event = "shield.framing_refused",
-                        peer = %this.peer, reason = refused.reason,
-                        "request with smuggling framing refused (400)"
-                    );
-                    // Keep the head up to its final line feed, drop the
-                    // rest of this read, and hand over the spoiled end.
-                    buf.set_filled(before + refused.at);
-                    let n = SPOILED_END.len().min(buf.remaining());
-                    buf.put_slice(&SPOILED_END[..n]);
-                    this.spoiled = Some(&SPOILED_END[n..]);
+                match this.scanner.scan(&buf.filled()[before..]) {
+                    Scanned::Pass => {}
+                    Scanned::Refused(refused) => {
+                        tracing::warn!(
+                            target: "spinforge::audit", event = "shield.framing_refused",
+                            peer = %this.peer, reason = refused.reason,
+                            "request with smuggling framing refused (400)"
+                        );
+                        // Keep the head up to its final line feed, drop the
+                        // rest, and hand over the spoiled end.
+                        this.held.clear();
+                        buf.set_filled(before + refused.at);
+                        let n = SPOILED_END.len().min(buf.remaining());
+                        buf.put_slice(&SPOILED_END[..n]);
+                        this.spoiled = Some(&SPOILED_END[n..]);
+                    }
+                    Scanned::Paused { at } => {
+                        // The request that asked for an upgrade is handed
+                        // over (at least its last byte: never an empty read,
+                        // which hyper would take for the end); what follows
+                        // waits for its answer.
+                        let keep = before + at;
+                        let rest = buf.filled()[keep..].to_vec();
+                        this.held.splice(0..0, rest);
+                        buf.set_filled(keep);
+                    }
                 }
             }
         }

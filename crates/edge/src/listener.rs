@@ -5,6 +5,7 @@
 //!
 //! It knows nothing about routing: each caller brings its own service.
 
+use crate::framing::{FramingGuard, UpgradeAnswer, Watched};
 use crate::idle::IdleTimeout;
 use crate::threads::{Seat, SeatTaken, SPREAD_WAIT};
 use http::{Request, Response};
@@ -83,9 +84,14 @@ pub async fn serve<F, S, B>(
     tokio::pin!(shutdown);
 
     while let Some((io, peer, held)) = admit(&listener, &permits, &limits, &mut shutdown).await {
-        let io = crate::framing::FramingGuard::new(io, peer);
+        let answer = Arc::<UpgradeAnswer>::default();
+        let io = FramingGuard::new(io, peer, answer.clone());
+        let service = Watched {
+            inner: make(peer),
+            answer,
+        };
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), make(peer))
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let connection = graceful.watch(connection);
         let open = open.clone();
@@ -239,12 +245,17 @@ pub async fn serve_tls<F, S, B>(
             };
             // The same smuggling guard as on plain HTTP, over the
             // decrypted bytes.
-            let tls = crate::framing::FramingGuard::new(tls, peer);
+            let answer = Arc::<UpgradeAnswer>::default();
+            let tls = FramingGuard::new(tls, peer, answer.clone());
             if let Some(gauge) = &open {
                 gauge.inc();
             }
+            let service = Watched {
+                inner: make(peer, info),
+                answer,
+            };
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), make(peer, info))
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

@@ -14,9 +14,18 @@
 //! the head and answers 400 itself, before any service or upstream sees
 //! the request.
 //!
-//! Once it cannot follow the connection any more (HTTP/2, an upgrade, a
-//! head or a chunk it does not understand, which hyper refuses anyway) it
-//! stops looking: hyper's own rules still hold from there.
+//! A request that asks for an upgrade (`Upgrade:`) may or may not switch
+//! the connection to another protocol, which only its response tells.
+//! The scanner pauses after such a request ([`Scanned::Paused`]): the
+//! connection wrapper holds back the bytes after it until the response is
+//! known, then says [`FramingScanner::answered`]. A refused upgrade is
+//! followed on as HTTP/1; before, one `Upgrade` header switched the
+//! scanner off for the rest of the connection.
+//!
+//! Once it cannot follow the connection any more (HTTP/2, a switched
+//! protocol, a head or a chunk it does not understand, which hyper
+//! refuses anyway) it stops looking: hyper's own rules still hold from
+//! there.
 
 /// The largest head followed; past it hyper refuses the head itself.
 const MAX_HEAD: usize = 128 * 1024;
@@ -37,11 +46,27 @@ pub struct Refused {
     pub reason: Reason,
 }
 
+/// What [`FramingScanner::scan`] found in the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanned {
+    /// Nothing to do: hand all the bytes over.
+    Pass,
+    /// A head broke a rule; the scanner stops following.
+    Refused(Refused),
+    /// A request that asked for an upgrade ended at this index: the bytes
+    /// from here on were not scanned. Hold them back until
+    /// [`FramingScanner::answered`], then scan them.
+    Paused { at: usize },
+}
+
 #[derive(Debug)]
 enum State {
     Head,
     Body(u64),
     Chunk(Chunk),
+    /// After a request that asked for an upgrade, until its response says
+    /// whether the protocol switched.
+    AwaitResponse,
     /// Not followed any more.
     Done,
 }
@@ -71,6 +96,8 @@ enum Chunk {
 pub struct FramingScanner {
     state: State,
     head: Vec<u8>,
+    /// The request being followed asked for an upgrade.
+    upgrade: bool,
 }
 
 impl Default for FramingScanner {
@@ -84,6 +111,34 @@ impl FramingScanner {
         FramingScanner {
             state: State::Head,
             head: Vec::new(),
+            upgrade: false,
+        }
+    }
+
+    /// True while a request that asked for an upgrade waits for its
+    /// response: no bytes may be scanned (or handed over) until
+    /// [`FramingScanner::answered`].
+    pub fn awaiting_response(&self) -> bool {
+        matches!(self.state, State::AwaitResponse)
+    }
+
+    /// The response to the request that asked for an upgrade: with
+    /// `switched` (101) the connection speaks another protocol from here
+    /// on and is not followed any more; otherwise the next head follows.
+    pub fn answered(&mut self, switched: bool) {
+        if self.awaiting_response() {
+            self.upgrade = false;
+            self.state = if switched { State::Done } else { State::Head };
+        }
+    }
+
+    /// The state once a request has ended: the next head, or the wait for
+    /// the response of one that asked for an upgrade.
+    fn after_request(&self) -> State {
+        if self.upgrade {
+            State::AwaitResponse
+        } else {
+            State::Head
         }
     }
 
@@ -92,20 +147,22 @@ impl FramingScanner {
         matches!(self.state, State::Done)
     }
 
-    /// Follows `bytes`, just read from the client. Returns where a head
-    /// that breaks a framing rule ends; the scanner stops following then
-    /// (the connection ends with the 400).
-    pub fn scan(&mut self, bytes: &[u8]) -> Option<Refused> {
+    /// Follows `bytes`, just read from the client. Finds where a head that
+    /// breaks a framing rule ends (the scanner stops following then: the
+    /// connection ends with the 400), or where a request that asked for
+    /// an upgrade ends.
+    pub fn scan(&mut self, bytes: &[u8]) -> Scanned {
         let mut i = 0;
         while i < bytes.len() {
             match &mut self.state {
-                State::Done => return None,
+                State::Done => return Scanned::Pass,
+                State::AwaitResponse => return Scanned::Paused { at: i },
                 State::Body(left) => {
                     let take = (*left).min((bytes.len() - i) as u64);
                     *left -= take;
                     i += take as usize;
                     if *left == 0 {
-                        self.state = State::Head;
+                        self.state = self.after_request();
                     }
                 }
                 State::Chunk(chunk) => {
@@ -113,7 +170,7 @@ impl FramingScanner {
                     i += used;
                     self.state = match next {
                         Some(Some(chunk)) => State::Chunk(chunk),
-                        Some(None) => State::Head,
+                        Some(None) => self.after_request(),
                         None => State::Done,
                     };
                 }
@@ -134,14 +191,15 @@ impl FramingScanner {
                     if !ended {
                         continue;
                     }
-                    let verdict = judge(&self.head);
+                    let (verdict, upgrade) = judge(&self.head);
                     self.head.clear();
+                    self.upgrade = upgrade;
                     match verdict {
                         Verdict::Refuse(reason) => {
                             self.state = State::Done;
-                            return Some(Refused { at: i - 1, reason });
+                            return Scanned::Refused(Refused { at: i - 1, reason });
                         }
-                        Verdict::Length(0) => self.state = State::Head,
+                        Verdict::Length(0) => self.state = self.after_request(),
                         Verdict::Length(n) => self.state = State::Body(n),
                         Verdict::Chunked => {
                             self.state = State::Chunk(Chunk::Size {
@@ -155,7 +213,11 @@ impl FramingScanner {
                 }
             }
         }
-        None
+        // A request that ended with the last byte: the next read waits.
+        if self.awaiting_response() {
+            return Scanned::Paused { at: i };
+        }
+        Scanned::Pass
     }
 }
 
@@ -166,20 +228,21 @@ enum Verdict {
     StopFollowing,
 }
 
-fn judge(head: &[u8]) -> Verdict {
+/// The framing of a request head, and whether it asks for an upgrade.
+fn judge(head: &[u8]) -> (Verdict, bool) {
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
-        return Verdict::StopFollowing;
+        return (Verdict::StopFollowing, false);
     }
     let mut lengths = Vec::new();
     let mut codings = Vec::new();
     let mut upgrade = false;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Verdict::StopFollowing;
+            return (Verdict::StopFollowing, false);
         };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -190,14 +253,15 @@ fn judge(head: &[u8]) -> Verdict {
             upgrade = true;
         }
     }
+    (framing(&lengths, &codings), upgrade)
+}
+
+fn framing(lengths: &[&[u8]], codings: &[&[u8]]) -> Verdict {
     if !lengths.is_empty() && !codings.is_empty() {
         return Verdict::Refuse("Content-Length together with Transfer-Encoding");
     }
     if lengths.len() > 1 {
         return Verdict::Refuse("repeated Content-Length");
-    }
-    if upgrade {
-        return Verdict::StopFollowing;
     }
     if let Some(coding) = codings.first() {
         // Anything but one plain `chunked` is refused by the shield's
@@ -303,18 +367,40 @@ fn step_chunk(chunk: Chunk, bytes: &[u8]) -> (Option<Option<Chunk>>, usize) {
 mod tests {
     use super::*;
 
-    /// Scans `input` split into reads of `step` bytes; returns the offset
-    /// in `input` of each refused head's end, and the reasons.
-    fn scan(input: &str, step: usize) -> (Vec<usize>, Vec<Reason>) {
+    /// Scans `input` split into reads of `step` bytes, answering each
+    /// request that asked for an upgrade with `switched`; returns the
+    /// offset in `input` of each refused head's end, and the reasons.
+    fn scan_answering(input: &str, step: usize, switched: bool) -> (Vec<usize>, Vec<Reason>) {
         let mut scanner = FramingScanner::new();
         let (mut ends, mut reasons) = (Vec::new(), Vec::new());
         for (n, piece) in input.as_bytes().chunks(step).enumerate() {
-            if let Some(refused) = scanner.scan(piece) {
-                ends.push(n * step + refused.at);
-                reasons.push(refused.reason);
+            let mut offset = n * step;
+            let mut rest = piece;
+            loop {
+                match scanner.scan(rest) {
+                    Scanned::Pass => break,
+                    Scanned::Refused(refused) => {
+                        ends.push(offset + refused.at);
+                        reasons.push(refused.reason);
+                        break;
+                    }
+                    Scanned::Paused { at } => {
+                        assert!(scanner.awaiting_response());
+                        scanner.answered(switched);
+                        rest = &rest[at..];
+                        offset += at;
+                        if rest.is_empty() {
+                            break;
+                        }
+                    }
+                }
             }
         }
         (ends, reasons)
+    }
+
+    fn scan(input: &str, step: usize) -> (Vec<usize>, Vec<Reason>) {
+        scan_answering(input, step, false)
     }
 
     const POST: &str = "POST / HTTP/1.1\r\nHost: a\r\n";
@@ -374,17 +460,76 @@ mod tests {
     }
 
     #[test]
-    fn plain_requests_http2_and_upgrades_pass() {
+    fn plain_requests_http2_and_switched_protocols_pass() {
         for input in [
             format!("{POST}Content-Length: 3\r\n\r\nabc"),
             "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
-             Content-Length: 1\r\nContent-Length: 1\r\n\r\n"
-                .to_owned(),
         ] {
             let (_, reasons) = scan(&input, 2);
             assert!(reasons.is_empty(), "{input:?}");
         }
+        // After a 101 the bytes are another protocol's, whatever they
+        // look like.
+        let switched = "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
+                        Content-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        for step in [1, 5, switched.len()] {
+            assert!(
+                scan_answering(switched, step, true).1.is_empty(),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_upgrade_does_not_switch_the_rules_off() {
+        // The upgrade is answered with a normal response: the connection
+        // stays HTTP/1 and the next head is judged as any other.
+        let smuggled = format!("{POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for upgrade in [
+            "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n".to_owned(),
+            format!("{POST}Upgrade: websocket\r\nContent-Length: 4\r\n\r\nbody"),
+            format!("{POST}upgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\n"),
+        ] {
+            let input = format!("{upgrade}{smuggled}");
+            let end = input.len() - 1;
+            for step in [1, 3, upgrade.len(), input.len()] {
+                let (ends, reasons) = scan(&input, step);
+                assert_eq!(
+                    reasons,
+                    vec!["Content-Length together with Transfer-Encoding"],
+                    "{upgrade:?} step {step}"
+                );
+                assert_eq!(ends, vec![end], "{upgrade:?} step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_scanner_pauses_right_after_a_request_that_asks_for_an_upgrade() {
+        let upgrade = format!("{POST}Upgrade: websocket\r\nContent-Length: 2\r\n\r\nhi");
+        let input = format!("{upgrade}GET /next HTTP/1.1\r\n\r\n");
+        let mut scanner = FramingScanner::new();
+        assert_eq!(
+            scanner.scan(input.as_bytes()),
+            Scanned::Paused { at: upgrade.len() }
+        );
+        assert!(scanner.awaiting_response());
+        // Nothing is scanned while it waits.
+        assert_eq!(scanner.scan(b"xyz"), Scanned::Paused { at: 0 });
+        scanner.answered(false);
+        assert!(!scanner.awaiting_response());
+        assert_eq!(
+            scanner.scan(&input.as_bytes()[upgrade.len()..]),
+            Scanned::Pass
+        );
+        // Ending exactly at the end of a read pauses too.
+        let mut scanner = FramingScanner::new();
+        assert_eq!(
+            scanner.scan(upgrade.as_bytes()),
+            Scanned::Paused { at: upgrade.len() }
+        );
+        scanner.answered(true);
+        assert!(scanner.is_done());
     }
 }

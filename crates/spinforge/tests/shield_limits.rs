@@ -249,6 +249,35 @@ async fn smuggling_shapes_are_refused_and_never_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_upgrade_answered_without_switching_keeps_the_framing_rules_on() {
+    let (server, upstream, _token) = limited_server("").await;
+    // Each asks for an upgrade the upstream (plain HTTP) does not grant:
+    // the connection stays HTTP/1, so the head behind it is judged as any
+    // other. Before, one Upgrade header switched the guard off and hyper
+    // repaired the smuggled shape and forwarded it.
+    let smuggled = "POST /x HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 3\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let upgrades = [
+        "POST /x HTTP/1.1\r\nHost: echo.localhost\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc",
+        "GET /x HTTP/1.1\r\nHost: echo.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ];
+    for (n, upgrade) in (1u64..).zip(upgrades) {
+        let answer = raw(server.edge, format!("{upgrade}{smuggled}").as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{upgrade:?} got: {answer}"
+        );
+        assert!(answer.contains("HTTP/1.1 400"), "{upgrade:?} got: {answer}");
+        assert_eq!(
+            upstream.count().await,
+            n,
+            "only the upgrade request arrived: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn slow_clients_are_cut_off_while_others_keep_being_served() {
     let (server, _upstream, _token) =
         limited_server("[edge]\nheader_read_timeout_secs = 1\n").await;
