@@ -18,6 +18,8 @@ pub struct IdleTimeout<T> {
     first_byte_timeout: Option<Duration>,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Whatever must live exactly as long as the connection.
+    _holding: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl<T> IdleTimeout<T> {
@@ -29,7 +31,17 @@ impl<T> IdleTimeout<T> {
             first_byte_timeout: None,
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            _holding: None,
         }
+    }
+
+    /// Keeps `value` until the connection is dropped. The connection's
+    /// permits (its place under the connection caps) live here rather
+    /// than in the task that serves HTTP on it: an upgraded (WebSocket)
+    /// connection leaves that task but keeps this I/O, so it still counts.
+    pub fn holding(mut self, value: impl std::any::Any + Send) -> IdleTimeout<T> {
+        self._holding = Some(Box::new(value));
+        self
     }
 
     /// Fails the connection if its first byte takes longer than `timeout`.

@@ -83,7 +83,7 @@ pub async fn serve<F, S, B>(
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    while let Some((io, peer, held)) = admit(&listener, &permits, &limits, &mut shutdown).await {
+    while let Some((io, peer)) = admit(&listener, &permits, &limits, &mut shutdown).await {
         let answer = Arc::<UpgradeAnswer>::default();
         let io = FramingGuard::new(io, peer, answer.clone());
         let service = Watched {
@@ -105,7 +105,6 @@ pub async fn serve<F, S, B>(
             if let Some(gauge) = open {
                 gauge.dec();
             }
-            drop(held);
         });
     }
 
@@ -118,24 +117,25 @@ pub async fn serve<F, S, B>(
     }
 }
 
-/// What a connection holds while it is open: its place under the global
-/// cap, under its client's cap, and in its serving thread's count (on the
-/// threads of [`crate::threads::on_threads`]). Dropping it frees all three.
+/// What a connection holds while it is open, upgraded or not: its place
+/// under the global cap, under its client's cap, and in its serving
+/// thread's count (on the threads of [`crate::threads::on_threads`]). Its
+/// I/O keeps it ([`IdleTimeout::holding`]); dropping it frees all three.
 type Held = (
     Option<tokio::sync::OwnedSemaphorePermit>,
     Option<shield::conn::ConnectionPermit>,
     Option<SeatTaken>,
 );
 
-/// The next connection both caps admit, with its timeouts applied; `None`
-/// once `shutdown` resolves. Shared by the HTTP and HTTPS listeners so
-/// neither can skip a cap.
+/// The next connection both caps admit, with its timeouts applied and
+/// its [`Held`] places; `None` once `shutdown` resolves. Shared by the
+/// HTTP and HTTPS listeners so neither can skip a cap.
 async fn admit<Sd: Future<Output = ()> + Unpin>(
     listener: &TcpListener,
     permits: &Option<Arc<Semaphore>>,
     limits: &ConnectionLimits,
     shutdown: &mut Sd,
-) -> Option<(IdleTimeout<tokio::net::TcpStream>, SocketAddr, Held)> {
+) -> Option<(IdleTimeout<tokio::net::TcpStream>, SocketAddr)> {
     let seat = Seat::current();
     loop {
         if let Some(seat) = &seat {
@@ -176,10 +176,12 @@ async fn admit<Sd: Future<Output = ()> + Unpin>(
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let io = IdleTimeout::new(stream, limits.idle_timeout)
-            .with_first_byte_timeout(limits.header_read_timeout);
         let taken = seat.as_ref().map(Seat::take);
-        return Some((io, peer, (permit, client_permit, taken)));
+        let held: Held = (permit, client_permit, taken);
+        let io = IdleTimeout::new(stream, limits.idle_timeout)
+            .with_first_byte_timeout(limits.header_read_timeout)
+            .holding(held);
+        return Some((io, peer));
     }
 }
 
@@ -217,7 +219,7 @@ pub async fn serve_tls<F, S, B>(
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    while let Some((io, peer, held)) = admit(&listener, &permits, &limits, &mut shutdown).await {
+    while let Some((io, peer)) = admit(&listener, &permits, &limits, &mut shutdown).await {
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let make = make.clone();
@@ -263,7 +265,6 @@ pub async fn serve_tls<F, S, B>(
             if let Some(gauge) = open {
                 gauge.dec();
             }
-            drop(held);
         });
     }
 

@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -402,6 +403,87 @@ async fn websocket_messages_echo_through_the_edge() {
         Message::text("ünïcödé ✓"),
     ];
     echo_then_close(&mut ws, &messages, STEP).await;
+}
+
+/// Sends a GET for `host` on a new connection and returns what came back
+/// before the edge closed it (at most STEP).
+async fn raw_get(edge: SocketAddr, host: &str) -> String {
+    let mut stream = TcpStream::connect(edge).await.expect("connect");
+    let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    // A refused connection may be closed before the request is written.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(STEP, stream.read_to_end(&mut reply));
+    let _ = read.await.expect("the edge answered or closed in time");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn websockets_count_against_the_per_client_connection_cap() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let upstream = spawn_websocket_echo().await;
+    let server = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[shield]\nmax_connections_per_ip = 2\n"
+    ));
+    proxy_site(&server, "ws.localhost", &format!("http://{upstream}")).await;
+
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let request = "ws://ws.localhost/chat"
+            .into_client_request()
+            .expect("request");
+        let stream = TcpStream::connect(server.edge).await.expect("connect edge");
+        let (mut ws, response) =
+            tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+        assert_eq!(response.status(), 101);
+        echo_once(&mut ws).await;
+        sockets.push(ws);
+    }
+    // Both are upgraded and open: a third connection is over the cap.
+    // Before, an upgraded connection no longer counted.
+    assert_eq!(raw_get(server.edge, "ws.localhost").await, "");
+
+    // Closing one makes room again.
+    let mut ws = sockets.pop().expect("socket");
+    ws.close(None).await.expect("close");
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let answer = raw_get(server.edge, "ws.localhost").await;
+        if !answer.is_empty() {
+            assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after closing a WebSocket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other one still works.
+    let mut ws = sockets.pop().expect("socket");
+    echo_then_close(&mut ws, &[Message::text("still here")], STEP).await;
+}
+
+/// One message echoed on `ws`, which stays open.
+async fn echo_once<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text("ping")).await.expect("send");
+    let echoed = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("echo in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(echoed, Message::text("ping"));
 }
 
 #[tokio::test]
