@@ -216,6 +216,18 @@ impl Proxy {
         parts.uri = upstream_uri(std::mem::take(&mut parts.uri), upstream)?;
         parts.version = Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, upstream, &ctx, upgrade.as_ref());
+        // Many servers never read the body of a GET (or HEAD, ...): on a
+        // reused connection they would parse it as the next request (a
+        // CL.0 desync, which smuggles a request past the edge's checks).
+        // Such a request gets a connection that is closed after it.
+        if !http_body::Body::is_end_stream(&incoming)
+            && upgrade.is_none()
+            && ignored_body(&parts.method)
+        {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // The declared length was checked by the shield; this stops a
         // chunked body that grows past the cap while it streams. A body
         // that has already ended cannot grow.
@@ -786,6 +798,19 @@ fn prepare_request_headers(
         ctx.request_id.header_value().clone(),
     );
     headers.insert(header::HOST, upstream.host_header.clone());
+}
+
+/// Methods whose request body many servers leave unread.
+fn ignored_body(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// Headers in which a client names its own address, a proxy's view of it

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -403,6 +404,88 @@ async fn websocket_messages_echo_through_the_edge() {
         Message::text("ünïcödé ✓"),
     ];
     echo_then_close(&mut ws, &messages, STEP).await;
+}
+
+/// A keep-alive upstream that, like many servers, never reads the body
+/// of a GET: it answers each head and reads the next one from what
+/// follows, unless the request said `Connection: close` (which HTTP/1.1
+/// servers must honour). Returns its address and the request lines it has
+/// parsed.
+async fn spawn_body_ignoring_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Ok(Some(request_line))) =
+                    tokio::time::timeout(STEP, lines.next_line()).await
+                {
+                    if request_line.is_empty() {
+                        continue;
+                    }
+                    log.lock().expect("log").push(request_line);
+                    let mut close = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line.is_empty() {
+                            break;
+                        }
+                        close |= line.eq_ignore_ascii_case("connection: close");
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if write.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_get_body_cannot_smuggle_a_request_on_a_reused_upstream_connection() {
+    let (upstream, seen) = spawn_body_ignoring_upstream().await;
+    let server = Server::start();
+    let token = server.admin_token().await;
+    let upstream_url = format!("http://{upstream}");
+    let (status, body) = create_proxy_site(&server, &token, "cl0.localhost", &upstream_url).await;
+    assert_eq!(status, 201, "{body}");
+    // This test is about the proxy, not the WAF, which might flag the
+    // body first.
+    let off = http()
+        .put(format!(
+            "{}/api/v1/sites/cl0.localhost/shield",
+            server.api_url()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"waf": {"mode": "off"}}))
+        .send()
+        .await
+        .expect("waf off");
+    assert_eq!(off.status(), 200);
+
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: cl0.localhost\r\n\r\n";
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: cl0.localhost\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    assert_eq!(raw_status(&server, &request).await, 200);
+    // Other requests after it, which would reuse a pooled connection.
+    for _ in 0..3 {
+        assert_eq!(server.get("cl0.localhost", "/after").await.status(), 200);
+    }
+    let seen = seen.lock().expect("log").clone();
+    assert!(
+        !seen.iter().any(|line| line.contains("/smuggled")),
+        "the body was parsed as a request: {seen:?}"
+    );
+    assert_eq!(seen.len(), 4, "{seen:?}");
 }
 
 /// Sends a GET for `host` on a new connection and returns what came back
