@@ -247,7 +247,7 @@ impl Edge {
         let site = route.as_ref().map(|r| r.site.clone());
 
         // Rate limits count a valid API key's requests against the key.
-        let credential = shield.verified_key(req.headers()).await;
+        let credential = shield.verified_key(&client, req.headers()).await;
         let admitted = shield.screen_as(&client, credential.as_ref(), &req, site.as_deref());
         let (mut response, origin) = match (&admitted, route) {
             (Err(refusal), _) => {

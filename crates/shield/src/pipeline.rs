@@ -636,15 +636,21 @@ impl Shield {
     /// what its rate limits are keyed by. Verified keys are remembered
     /// (by their hash) for [`crate::keyed::KEY_CACHE_TTL`]; an invalid key
     /// answers `None`, so its requests count against the address.
+    ///
+    /// A banned client's key is not looked up: its request is refused
+    /// anyway, and each made-up key would cost the store a query.
     // Limitation: a revoked key keeps its own bucket for up to the cache
     // TTL (30 s); it gains no access by it, only its own rate bucket
     // (revocation pushing to the shield would lift this).
-    pub async fn verified_key(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+    pub async fn verified_key(&self, client: &ClientIp, headers: &HeaderMap) -> Option<Arc<str>> {
         let inner = &*self.inner;
         if !inner.enabled {
             return None;
         }
         let key = crate::keyed::bearer_api_key(headers)?;
+        if !self.is_allowlisted(client.addr) && inner.bans.is_banned(&client.key) {
+            return None;
+        }
         let verifier = inner.key_verifier.get()?;
         let digest = KeyCache::digest(key);
         let now = inner.clock.unix_now();
@@ -1016,6 +1022,42 @@ mod tests {
     ) -> Result<(), Refusal> {
         let client = s.resolve(peer.parse().expect("ip"), req.headers());
         s.screen(&client, req, site).map(|_| ())
+    }
+
+    #[test]
+    fn a_banned_clients_api_key_is_not_looked_up() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll, Waker};
+        let s = shield(&config());
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = lookups.clone();
+        s.set_key_verifier(Arc::new(move |_key| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            // Every key is valid and new, so nothing comes from the cache.
+            Box::pin(std::future::ready(Some(format!("key:{n}"))))
+        }));
+        let verified = |peer: &str, key: &str| {
+            let mut headers = HeaderMap::new();
+            let value = format!("Bearer {key}");
+            headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&value).expect("value"),
+            );
+            let client = s.resolve(peer.parse().expect("ip"), &headers);
+            let future = std::pin::pin!(s.verified_key(&client, &headers));
+            match future.poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(id) => id,
+                Poll::Pending => panic!("the verifier answers at once"),
+            }
+        };
+        assert_eq!(verified("192.0.2.1", "sf_one").as_deref(), Some("key:0"));
+        s.ban("192.0.2.1", None, "", "test").expect("ban");
+        assert_eq!(verified("192.0.2.1", "sf_two"), None);
+        assert_eq!(verified("192.0.2.1", "sf_three"), None);
+        assert_eq!(lookups.load(Ordering::SeqCst), 1, "no lookup once banned");
+        // Others are still looked up.
+        assert_eq!(verified("192.0.2.2", "sf_four").as_deref(), Some("key:1"));
     }
 
     #[test]
