@@ -65,15 +65,21 @@ impl Default for HeaderSettings {
     }
 }
 
-/// Response headers that only name software and versions.
-static FINGERPRINTS: [HeaderName; 7] = [
+/// Response headers that only name software, versions or the proxies
+/// and caches behind the edge (`Via: 1.1 varnish (Varnish/7.1)`).
+static FINGERPRINTS: [HeaderName; 12] = [
     header::SERVER,
+    header::VIA,
     HeaderName::from_static("x-powered-by"),
     HeaderName::from_static("x-aspnet-version"),
     HeaderName::from_static("x-aspnetmvc-version"),
     HeaderName::from_static("x-generator"),
     HeaderName::from_static("x-runtime"),
     HeaderName::from_static("x-version"),
+    HeaderName::from_static("x-varnish"),
+    HeaderName::from_static("x-backend-server"),
+    HeaderName::from_static("x-drupal-cache"),
+    HeaderName::from_static("x-mod-pagespeed"),
 ];
 
 static PERMISSIONS_POLICY: HeaderName = HeaderName::from_static("permissions-policy");
@@ -190,6 +196,11 @@ mod tests {
             HeaderValue::from_static("Apache/2.4.1 (Debian)"),
         );
         h.insert("x-powered-by", HeaderValue::from_static("PHP/8.1"));
+        h.insert(
+            header::VIA,
+            HeaderValue::from_static("1.1 varnish (Varnish/7.1)"),
+        );
+        h.insert("x-varnish", HeaderValue::from_static("32770 3"));
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         h
     }
@@ -200,6 +211,8 @@ mod tests {
         policy().apply(&mut h, Origin::Proxied, false, None);
         assert!(h.get(header::SERVER).is_none());
         assert!(h.get("x-powered-by").is_none());
+        assert!(h.get(header::VIA).is_none());
+        assert!(h.get("x-varnish").is_none());
         assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(
