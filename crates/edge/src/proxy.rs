@@ -92,8 +92,11 @@ impl ProxyError {
 /// What the edge knows about the client, for the forwarding headers.
 pub struct ClientContext<'a> {
     pub client_ip: IpAddr,
-    /// True iff the peer is a trusted proxy, so its `X-Forwarded-For` is kept.
+    /// True iff the peer is a trusted proxy, so its `X-Forwarded-For`
+    /// (extended with its address) and its `X-Forwarded-Proto` are kept.
     pub peer_trusted: bool,
+    /// The address the connection came from.
+    pub peer: IpAddr,
     /// The normalised host the client asked for.
     pub host: &'a str,
     pub request_id: &'a RequestId,
@@ -747,11 +750,13 @@ fn prepare_request_headers(
 
     // One buffer for the client's address, shared by both headers.
     let client_ip = ip_header_value(ctx.client_ip);
+    // A trusted proxy's list gets the proxy itself appended, as each
+    // proxy appends the address it heard from.
     match prior_forwarded_for {
         Some(prior) => set(
             headers,
             "x-forwarded-for",
-            &format!("{prior}, {}", ctx.client_ip),
+            &format!("{prior}, {}", ctx.peer),
         ),
         None => {
             if let Some(value) = &client_ip {
@@ -787,7 +792,13 @@ fn prepare_request_headers(
     if let Some(value) = client_ip {
         headers.insert(HeaderName::from_static("x-real-ip"), value);
     }
-    let proto = if ctx.https { "https" } else { "http" };
+    // The scheme the client used: a trusted proxy that terminated TLS
+    // says so; otherwise the edge's own listener.
+    let proto = match ctx.peer_trusted.then(|| claimed_proto(headers)).flatten() {
+        Some(proto) => proto,
+        None if ctx.https => "https",
+        None => "http",
+    };
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(proto),
@@ -798,6 +809,35 @@ fn prepare_request_headers(
         ctx.request_id.header_value().clone(),
     );
     headers.insert(header::HOST, upstream.host_header.clone());
+}
+
+/// The scheme a proxy says the client used: its `X-Forwarded-Proto`, else
+/// the `proto=` of the first `Forwarded` element; only `http` or `https`.
+fn claimed_proto(headers: &HeaderMap) -> Option<&'static str> {
+    let known = |value: &str| {
+        let value = value.trim().trim_matches('"');
+        if value.eq_ignore_ascii_case("https") {
+            Some("https")
+        } else if value.eq_ignore_ascii_case("http") {
+            Some("http")
+        } else {
+            None
+        }
+    };
+    let first = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        Some(value.split(',').next().unwrap_or(value).to_owned())
+    };
+    if let Some(proto) = first("x-forwarded-proto") {
+        return known(&proto);
+    }
+    let forwarded = first("forwarded")?;
+    forwarded.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("proto")
+            .then(|| known(value))?
+    })
 }
 
 /// Methods whose request body many servers leave unread.
@@ -914,6 +954,9 @@ mod tests {
         ClientContext {
             client_ip: "203.0.113.9".parse().expect("ip"),
             peer_trusted: trusted,
+            peer: if trusted { "10.0.0.2" } else { "203.0.113.9" }
+                .parse()
+                .expect("ip"),
             host: "app.example.com",
             request_id: &REQUEST_ID,
             https: false,
@@ -1012,7 +1055,40 @@ mod tests {
         let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
         let mut map = headers(&[("x-forwarded-for", "1.2.3.4")]);
         prepare_request_headers(&mut map, &upstream, &ctx(true), None);
-        assert_eq!(map["x-forwarded-for"], "1.2.3.4, 203.0.113.9");
+        // The proxy's list, then the proxy itself.
+        assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+    }
+
+    #[test]
+    fn only_a_trusted_peer_says_which_scheme_the_client_used() {
+        let upstream = Upstream::parse("http://10.0.0.1:9000").expect("upstream");
+        let proto = |pairs: &[(&str, &str)], trusted: bool| {
+            let mut map = headers(pairs);
+            prepare_request_headers(&mut map, &upstream, &ctx(trusted), None);
+            map["x-forwarded-proto"].to_str().expect("ascii").to_owned()
+        };
+        assert_eq!(proto(&[("x-forwarded-proto", "https")], true), "https");
+        assert_eq!(
+            proto(&[("x-forwarded-proto", "HTTPS, http")], true),
+            "https"
+        );
+        assert_eq!(
+            proto(&[("forwarded", "for=1.2.3.4;proto=https")], true),
+            "https"
+        );
+        assert_eq!(
+            proto(
+                &[("forwarded", "for=1.2.3.4; Proto=\"https\", for=5.6.7.8")],
+                true
+            ),
+            "https"
+        );
+        // Nothing usable: the edge's own scheme (plain HTTP here).
+        assert_eq!(proto(&[("x-forwarded-proto", "gopher")], true), "http");
+        assert_eq!(proto(&[], true), "http");
+        // From anyone else the claim is ignored.
+        assert_eq!(proto(&[("x-forwarded-proto", "https")], false), "http");
+        assert_eq!(proto(&[("forwarded", "proto=https")], false), "http");
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl Edge {
                 let ctx = ClientContext {
                     client_ip: client.addr,
                     peer_trusted: client.peer_trusted,
+                    peer: peer.ip(),
                     host: requested_host.as_deref().unwrap_or(""),
                     request_id: &request_id,
                     https,

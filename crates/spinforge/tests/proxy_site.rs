@@ -319,6 +319,45 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     }
 }
 
+#[tokio::test]
+async fn a_trusted_proxy_is_appended_to_forwarded_for_and_names_the_scheme() {
+    let upstream = spawn_upstream(|received| received.head.into_bytes()).await;
+    let server = Server::start_with(&format!(
+        "{LOOPBACK_UPSTREAMS}[edge]\ntrusted_proxies = [\"127.0.0.2/32\"]\n"
+    ));
+    proxy_site(&server, "echo.localhost", &format!("http://{upstream}")).await;
+    let sent = |source: &'static str| {
+        let url = server.edge_url("/");
+        async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .local_address(source.parse::<std::net::IpAddr>().expect("ip"))
+                .timeout(STEP)
+                .build()
+                .expect("client");
+            let response = client
+                .get(url)
+                .header("host", "echo.localhost")
+                .header("x-forwarded-for", "198.51.100.7")
+                .header("x-forwarded-proto", "https")
+                .send()
+                .await
+                .expect("edge request");
+            assert_eq!(response.status(), 200);
+            parse_headers(&response.text().await.expect("echoed head"))
+        }
+    };
+    // From the trusted proxy: its list, then the proxy itself; the scheme
+    // the proxy's client used.
+    let head = sent("127.0.0.2").await;
+    assert_eq!(head["x-forwarded-for"], ["198.51.100.7, 127.0.0.2"]);
+    assert_eq!(head["x-forwarded-proto"], ["https"]);
+    // From anyone else both are the edge's own view.
+    let head = sent("127.0.0.1").await;
+    assert_eq!(head["x-forwarded-for"], ["127.0.0.1"]);
+    assert_eq!(head["x-forwarded-proto"], ["http"]);
+}
+
 /// Size of the uploaded request bodies (bytes).
 const UPLOAD: usize = 2 * 1024 * 1024;
 
