@@ -358,6 +358,27 @@ async fn a_trusted_proxy_is_appended_to_forwarded_for_and_names_the_scheme() {
     assert_eq!(head["x-forwarded-proto"], ["http"]);
 }
 
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let upstream = spawn_upstream(|_| b"answered".to_vec()).await;
+    let server = Server::start();
+    proxy_site(&server, "half.localhost", &format!("http://{upstream}")).await;
+    let mut stream = TcpStream::connect(server.edge).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: half.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut reply = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut reply))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("answered"), "{reply}");
+}
+
 /// Size of the uploaded request bodies (bytes).
 const UPLOAD: usize = 2 * 1024 * 1024;
 
