@@ -561,7 +561,9 @@ struct Sent {
 }
 
 /// An upstream's response as the client gets it: hop-by-hop headers
-/// removed, the body boxed, no upgrade.
+/// removed, the body boxed, no upgrade. Its HTTP version is the edge's
+/// own: an HTTP/1.0 upstream's answer would otherwise go out as HTTP/1.0
+/// and end the client's keep-alive connection.
 fn relayed<B>(response: Response<B>) -> Sent
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -569,6 +571,7 @@ where
 {
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::default();
     Sent {
         response: Response::from_parts(parts, incoming.map_err(Into::into).boxed()),
         upgrade: None,

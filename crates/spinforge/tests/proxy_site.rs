@@ -379,6 +379,60 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     assert!(reply.ends_with("answered"), "{reply}");
 }
 
+#[tokio::test]
+async fn an_http_1_0_upstream_does_not_end_the_clients_keep_alive() {
+    // Answers each connection once, in HTTP/1.0, and closes it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(Ok((_, mut stream))) =
+                    tokio::time::timeout(STEP, read_request(stream)).await
+                {
+                    let _ = stream
+                        .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let server = Server::start();
+    proxy_site(&server, "old.localhost", &format!("http://{upstream}")).await;
+    let stream = TcpStream::connect(server.edge).await.expect("connect");
+    let mut stream = BufReader::new(stream);
+    for round in 0..2 {
+        stream
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: old.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut status = String::new();
+        tokio::time::timeout(STEP, stream.read_line(&mut status))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "round {round}: {status:?}"
+        );
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.expect("header");
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().expect("length");
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.expect("body");
+        assert_eq!(body, b"ok");
+    }
+}
+
 /// Size of the uploaded request bodies (bytes).
 const UPLOAD: usize = 2 * 1024 * 1024;
 
