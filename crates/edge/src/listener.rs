@@ -42,6 +42,26 @@ pub struct ConnectionLimits {
     pub http2: Http2Limits,
 }
 
+/// Connections the kernel queues for a listener until they are accepted.
+/// tokio, like the standard library, asks for 128, which a burst of new
+/// clients overflows: the kernel then drops their SYNs and they retry a
+/// second later. nginx asks for 511; the kernel caps the value at
+/// `net.core.somaxconn`.
+pub const BACKLOG: u32 = 1024;
+
+/// A listening socket on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it). Needs a Tokio runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// HTTP/1.1 and HTTP/2 with the listener's timeouts and h2 limits.
 fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -278,5 +298,51 @@ pub async fn serve_tls<F, S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace ran out with connections still open");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections waiting in the kernel's accept queue of the listening
+    /// socket on 127.0.0.1 at `port` (`/proc/net/tcp` shows it as the
+    /// receive queue of a socket in state LISTEN, 0A).
+    fn queued(port: u16) -> Option<u32> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        let local = format!("0100007F:{port:04X}");
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+                return None;
+            }
+            let (_tx, rx) = fields.get(4)?.split_once(':')?;
+            u32::from_str_radix(rx, 16).ok()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_clients_waits_in_the_queue_instead_of_being_dropped() {
+        // Past 129 (tokio's backlog of 128, plus one) the kernel would
+        // drop the SYNs of the rest, whose connects would then hang in
+        // retries.
+        const CLIENTS: u32 = 300;
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..CLIENTS {
+            connects.spawn(tokio::net::TcpStream::connect(addr));
+        }
+        let mut open = Vec::new();
+        let all = async {
+            while let Some(connected) = connects.join_next().await {
+                open.push(connected.expect("task").expect("connect"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("every client connected without being accepted");
+        assert_eq!(queued(addr.port()), Some(CLIENTS));
+        drop(listener);
     }
 }

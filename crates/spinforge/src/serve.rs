@@ -363,7 +363,7 @@ async fn start_https(
                 () = wait_for(stop.clone()) => return,
             }
         }
-        match TcpListener::bind(addr).await {
+        match edge::listener::bind(addr) {
             Ok(listener) => {
                 if let Ok(local) = listener.local_addr() {
                     tls.set_https_port(local.port());
@@ -479,9 +479,7 @@ async fn bind(
     addr: std::net::SocketAddr,
     what: &str,
 ) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind the {what} to {addr}"))
+    edge::listener::bind(addr).with_context(|| format!("cannot bind the {what} to {addr}"))
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
