@@ -69,11 +69,7 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(64 * 1024)
-        // A client may shut down its sending side after its request and
-        // still wait for the answer (as `nc -N` does); without this hyper
-        // closed such a connection unanswered.
-        .half_close(true);
+        .max_buf_size(64 * 1024);
     let h2 = limits.http2;
     builder
         .http2()
