@@ -4,13 +4,13 @@
 //! identical Content-Length) are answered 400 instead (see
 //! `shield::framing`). Each refusal is an audit event.
 //!
-//! After a request that asks for an upgrade, the guard hands hyper no
-//! more bytes until the service has answered it ([`Watched`] tells it
+//! After a request that asks for an upgrade (or CONNECT), the guard hands
+//! hyper no more bytes until the service has answered it ([`Watched`] tells it
 //! through [`UpgradeAnswer`]): after a 101 the connection carries another
 //! protocol and is not scanned; after anything else the next head is.
 
 use futures_util::future::Either;
-use http::{header, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use shield::framing::{FramingScanner, Scanned, SPOILED_END};
 use std::future::Future;
@@ -52,35 +52,57 @@ impl<T> FramingGuard<T> {
 /// protocols; from the connection's service to its guard.
 #[derive(Debug, Default)]
 pub struct UpgradeAnswer {
-    state: Mutex<(Option<bool>, Option<Waker>)>,
+    state: Mutex<AnswerState>,
+}
+
+#[derive(Debug, Default)]
+struct AnswerState {
+    /// The answer, until the guard takes it: true iff it switched.
+    switched: Option<bool>,
+    /// The guard's read, waiting for the answer.
+    reader: Option<Waker>,
 }
 
 impl UpgradeAnswer {
     fn set(&self, switched: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = Some(switched);
-        if let Some(waker) = state.1.take() {
-            waker.wake();
+        state.switched = Some(switched);
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
         }
     }
 
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.0.take() {
+        match state.switched.take() {
             Some(switched) => Poll::Ready(switched),
             None => {
-                state.1 = Some(cx.waker().clone());
+                state.reader = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
     }
 }
 
+/// `io` behind a framing guard, and `service` watched for that guard.
+pub fn guarded<I, S>(io: I, peer: SocketAddr, service: S) -> (FramingGuard<I>, Watched<S>) {
+    let answer = Arc::<UpgradeAnswer>::default();
+    let io = FramingGuard::new(io, peer, answer.clone());
+    (
+        io,
+        Watched {
+            inner: service,
+            answer,
+        },
+    )
+}
+
 /// A connection's service, telling its guard how each request that asked
-/// for an upgrade was answered. Other requests pass untouched.
+/// for an upgrade (an `Upgrade` header, or CONNECT) was answered: switched
+/// with a 101, or a 2xx to a CONNECT. Other requests pass untouched.
 pub struct Watched<S> {
-    pub inner: S,
-    pub answer: Arc<UpgradeAnswer>,
+    inner: S,
+    answer: Arc<UpgradeAnswer>,
 }
 
 type Answered<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
@@ -97,15 +119,18 @@ where
     type Future = Either<S::Future, Answered<Response<B>, S::Error>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if !req.headers().contains_key(header::UPGRADE) {
+        let connect = req.method() == Method::CONNECT;
+        if !connect && !req.headers().contains_key(header::UPGRADE) {
             return Either::Left(self.inner.call(req));
         }
         let answer = self.answer.clone();
         let response = self.inner.call(req);
         Either::Right(Box::pin(async move {
             let response = response.await;
-            let switched = matches!(&response,
-                Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS);
+            let switched = response.as_ref().is_ok_and(|r| {
+                r.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && r.status().is_success())
+            });
             answer.set(switched);
             response
         }))

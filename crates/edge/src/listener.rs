@@ -5,7 +5,7 @@
 //!
 //! It knows nothing about routing: each caller brings its own service.
 
-use crate::framing::{FramingGuard, UpgradeAnswer, Watched};
+use crate::framing::guarded;
 use crate::idle::IdleTimeout;
 use crate::threads::{Seat, SeatTaken, SPREAD_WAIT};
 use http::{Request, Response};
@@ -103,27 +103,15 @@ pub async fn serve<F, S, B>(
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    while let Some((io, peer)) = admit(&listener, &permits, &limits, &mut shutdown).await {
-        let answer = Arc::<UpgradeAnswer>::default();
-        let io = FramingGuard::new(io, peer, answer.clone());
-        let service = Watched {
-            inner: make(peer),
-            answer,
-        };
+    while let Some((io, peer)) = admit(&listener, &permits, &limits, &open, &mut shutdown).await {
+        let (io, service) = guarded(io, peer, make(peer));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        let open = open.clone();
-        if let Some(gauge) = &open {
-            gauge.inc();
-        }
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-            if let Some(gauge) = open {
-                gauge.dec();
             }
         });
     }
@@ -138,14 +126,32 @@ pub async fn serve<F, S, B>(
 }
 
 /// What a connection holds while it is open, upgraded or not: its place
-/// under the global cap, under its client's cap, and in its serving
-/// thread's count (on the threads of [`crate::threads::on_threads`]). Its
-/// I/O keeps it ([`IdleTimeout::holding`]); dropping it frees all three.
+/// under the global cap, under its client's cap, in its serving thread's
+/// count (on the threads of [`crate::threads::on_threads`]) and in the
+/// open-connections gauge. Its I/O keeps it ([`IdleTimeout::holding`]);
+/// dropping it frees all four.
 type Held = (
     Option<tokio::sync::OwnedSemaphorePermit>,
     Option<shield::conn::ConnectionPermit>,
     Option<SeatTaken>,
+    Option<Counted>,
 );
+
+/// One connection in the open-connections gauge, for as long as it lives.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The next connection both caps admit, with its timeouts applied and
 /// its [`Held`] places; `None` once `shutdown` resolves. Shared by the
@@ -154,6 +160,7 @@ async fn admit<Sd: Future<Output = ()> + Unpin>(
     listener: &TcpListener,
     permits: &Option<Arc<Semaphore>>,
     limits: &ConnectionLimits,
+    open: &Option<Gauge>,
     shutdown: &mut Sd,
 ) -> Option<(IdleTimeout<tokio::net::TcpStream>, SocketAddr)> {
     let seat = Seat::current();
@@ -197,7 +204,8 @@ async fn admit<Sd: Future<Output = ()> + Unpin>(
         };
         let _ = stream.set_nodelay(true);
         let taken = seat.as_ref().map(Seat::take);
-        let held: Held = (permit, client_permit, taken);
+        let counted = open.as_ref().map(Counted::new);
+        let held: Held = (permit, client_permit, taken, counted);
         let io = IdleTimeout::new(stream, limits.idle_timeout)
             .with_first_byte_timeout(limits.header_read_timeout)
             .holding(held);
@@ -239,12 +247,11 @@ pub async fn serve_tls<F, S, B>(
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
-    while let Some((io, peer)) = admit(&listener, &permits, &limits, &mut shutdown).await {
+    while let Some((io, peer)) = admit(&listener, &permits, &limits, &open, &mut shutdown).await {
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let make = make.clone();
         let watcher = graceful.watcher();
-        let open = open.clone();
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
@@ -267,23 +274,12 @@ pub async fn serve_tls<F, S, B>(
             };
             // The same smuggling guard as on plain HTTP, over the
             // decrypted bytes.
-            let answer = Arc::<UpgradeAnswer>::default();
-            let tls = FramingGuard::new(tls, peer, answer.clone());
-            if let Some(gauge) = &open {
-                gauge.inc();
-            }
-            let service = Watched {
-                inner: make(peer, info),
-                answer,
-            };
+            let (tls, service) = guarded(tls, peer, make(peer, info));
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-            if let Some(gauge) = open {
-                gauge.dec();
             }
         });
     }

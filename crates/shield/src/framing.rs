@@ -14,8 +14,9 @@
 //! the head and answers 400 itself, before any service or upstream sees
 //! the request.
 //!
-//! A request that asks for an upgrade (`Upgrade:`) may or may not switch
-//! the connection to another protocol, which only its response tells.
+//! A request that asks for an upgrade (an `Upgrade` header, or CONNECT)
+//! may or may not switch the connection to another protocol, which only
+//! its response tells.
 //! The scanner pauses after such a request ([`Scanned::Paused`]): the
 //! connection wrapper holds back the bytes after it until the response is
 //! known, then says [`FramingScanner::answered`]. A refused upgrade is
@@ -234,12 +235,14 @@ fn judge(head: &[u8]) -> (Verdict, bool) {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
-    if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
+    if request_line.starts_with(b"PRI * HTTP/2.0") {
         return (Verdict::StopFollowing, false);
     }
     let mut lengths = Vec::new();
     let mut codings = Vec::new();
-    let mut upgrade = false;
+    // A CONNECT asks to switch the connection to a tunnel, as an upgrade
+    // does; refused, the connection stays HTTP/1.
+    let mut upgrade = request_line.starts_with(b"CONNECT ");
     for line in lines.filter(|l| !l.is_empty()) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return (Verdict::StopFollowing, false);
@@ -342,12 +345,18 @@ fn step_chunk(chunk: Chunk, bytes: &[u8]) -> (Option<Option<Chunk>>, usize) {
                     let Some(d) = (b as char).to_digit(16) else {
                         return (None, 0);
                     };
-                    if digits >= 15 {
+                    // Leading zeros are allowed, however many (hyper
+                    // takes them); only a size past u64 is not followed,
+                    // and hyper refuses that too.
+                    let Some(size) = size
+                        .checked_mul(16)
+                        .and_then(|size| size.checked_add(u64::from(d)))
+                    else {
                         return (None, 0);
-                    }
+                    };
                     Chunk::Size {
-                        size: size * 16 + u64::from(d),
-                        digits: digits + 1,
+                        size,
+                        digits: digits.saturating_add(1),
                         ext,
                     }
                 }
@@ -502,6 +511,37 @@ mod tests {
                 );
                 assert_eq!(ends, vec![end], "{upgrade:?} step {step}");
             }
+        }
+    }
+
+    #[test]
+    fn a_refused_connect_does_not_switch_the_rules_off() {
+        let input = format!(
+            "CONNECT a:1 HTTP/1.1\r\nHost: a\r\n\r\n\
+             {POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        for step in [1, 4, input.len()] {
+            assert_eq!(
+                scan(&input, step).1,
+                vec!["Content-Length together with Transfer-Encoding"],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_with_many_leading_zeros_are_followed() {
+        let input = format!(
+            "{POST}Transfer-Encoding: chunked\r\n\r\n\
+             00000000000000000000001\r\nx\r\n0000\r\n\r\n\
+             {POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        for step in [1, 5, input.len()] {
+            assert_eq!(
+                scan(&input, step).1,
+                vec!["Content-Length together with Transfer-Encoding"],
+                "step {step}"
+            );
         }
     }
 

@@ -645,7 +645,10 @@ async fn websockets_count_against_the_per_client_connection_cap() {
     let server = Server::start_with(&format!(
         "{LOOPBACK_UPSTREAMS}[shield]\nmax_connections_per_ip = 2\n"
     ));
-    proxy_site(&server, "ws.localhost", &format!("http://{upstream}")).await;
+    let token = server.admin_token().await;
+    let upstream_url = format!("http://{upstream}");
+    let (status, body) = create_proxy_site(&server, &token, "ws.localhost", &upstream_url).await;
+    assert_eq!(status, 201, "{body}");
 
     let mut sockets = Vec::new();
     for _ in 0..2 {
@@ -665,6 +668,22 @@ async fn websockets_count_against_the_per_client_connection_cap() {
     // Both are upgraded and open: a third connection is over the cap.
     // Before, an upgraded connection no longer counted.
     assert_eq!(raw_get(server.edge, "ws.localhost").await, "");
+    // The gauge agrees with the cap: the two WebSockets are open.
+    let metrics = http()
+        .get(format!("{}/metrics", server.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "spinforge_edge_open_connections 2"),
+        "{metrics}"
+    );
 
     // Closing one makes room again.
     let mut ws = sockets.pop().expect("socket");
@@ -687,6 +706,57 @@ async fn websockets_count_against_the_per_client_connection_cap() {
     // The other one still works.
     let mut ws = sockets.pop().expect("socket");
     echo_then_close(&mut ws, &[Message::text("still here")], STEP).await;
+}
+
+#[tokio::test]
+async fn websocket_bytes_sent_with_the_handshake_arrive_after_it_in_order() {
+    // The edge holds back what follows an upgrade request until the
+    // answer is known; a client that sends its first frames right behind
+    // the handshake must still have them delivered, in order.
+    let upstream = spawn_websocket_echo().await;
+    let server = Server::start();
+    proxy_site(&server, "early.localhost", &format!("http://{upstream}")).await;
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let frame = |text: &[u8]| {
+        // A masked text frame, as clients send them.
+        let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("short")];
+        frame.extend(mask);
+        frame.extend(text.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        frame
+    };
+    let mut bytes = b"GET /chat HTTP/1.1\r\nHost: early.localhost\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    bytes.extend(frame(b"first"));
+    bytes.extend(frame(b"second"));
+    let mut stream = TcpStream::connect(server.edge).await.expect("connect");
+    stream.write_all(&bytes).await.expect("write");
+    // The 101 head, then the two echoed (unmasked) frames.
+    let want_tail = [&[0x81u8, 5][..], b"first", &[0x81, 6], b"second"].concat();
+    let mut reply = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !reply.ends_with(&want_tail) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(STEP, read)
+        .await
+        .expect("echoes in time");
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(&reply[head_end..], &want_tail[..]);
 }
 
 /// One message echoed on `ws`, which stays open.
