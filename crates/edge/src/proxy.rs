@@ -223,6 +223,9 @@ impl Proxy {
         // reused connection they would parse it as the next request (a
         // CL.0 desync, which smuggles a request past the edge's checks).
         // Such a request gets a connection that is closed after it.
+        // Limitation: a POST to an endpoint that ignores its body (a
+        // redirect, a static file) is not covered; closing after every
+        // request with a body would cost POSTs their pooled connections.
         if !http_body::Body::is_end_stream(&incoming)
             && upgrade.is_none()
             && ignored_body(&parts.method)
@@ -737,11 +740,10 @@ fn prepare_request_headers(
     ctx: &ClientContext<'_>,
     upgrade: Option<&HeaderValue>,
 ) {
+    // Every line of it: a proxy may add its own line (HAProxy's
+    // `option forwardfor`) rather than extend the client's.
     let prior_forwarded_for = if ctx.peer_trusted {
-        headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        joined(headers, "x-forwarded-for")
     } else {
         None
     };
@@ -814,8 +816,22 @@ fn prepare_request_headers(
     headers.insert(header::HOST, upstream.host_header.clone());
 }
 
-/// The scheme a proxy says the client used: its `X-Forwarded-Proto`, else
-/// the `proto=` of the first `Forwarded` element; only `http` or `https`.
+/// Every value of header `name`, joined by `, ` as one list; `None`
+/// without one, or with a value that is not text.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut all = headers.get_all(name).iter();
+    let mut list = all.next()?.to_str().ok()?.to_owned();
+    for value in all {
+        list.push_str(", ");
+        list.push_str(value.to_str().ok()?);
+    }
+    Some(list)
+}
+
+/// The scheme the trusted proxy says the client used: the last element of
+/// its `X-Forwarded-Proto`, else the `proto=` of the last `Forwarded`
+/// element (what the proxy next to the edge wrote; earlier ones may come
+/// from the client); only `http` or `https`.
 fn claimed_proto(headers: &HeaderMap) -> Option<&'static str> {
     let known = |value: &str| {
         let value = value.trim().trim_matches('"');
@@ -827,14 +843,14 @@ fn claimed_proto(headers: &HeaderMap) -> Option<&'static str> {
             None
         }
     };
-    let first = |name: &str| {
-        let value = headers.get(name)?.to_str().ok()?;
-        Some(value.split(',').next().unwrap_or(value).to_owned())
+    let last = |name: &str| {
+        let list = joined(headers, name)?;
+        list.rsplit(',').next().map(str::to_owned)
     };
-    if let Some(proto) = first("x-forwarded-proto") {
+    if let Some(proto) = last("x-forwarded-proto") {
         return known(&proto);
     }
-    let forwarded = first("forwarded")?;
+    let forwarded = last("forwarded")?;
     forwarded.split(';').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
         name.trim()
@@ -861,7 +877,7 @@ fn ignored_body(method: &http::Method) -> bool {
 /// proxy sent them. Frameworks read these (Rails `X-Forwarded-Ssl`, PHP
 /// apps `Client-IP`), so a client on plain HTTP could claim HTTPS or
 /// another address past the edge's own `X-Forwarded-*` headers.
-const CLAIMED_ADDRESS: [&str; 14] = [
+const CLAIMED_ADDRESS: [&str; 22] = [
     "true-client-ip",
     "x-client-ip",
     "client-ip",
@@ -869,12 +885,20 @@ const CLAIMED_ADDRESS: [&str; 14] = [
     "x-originating-ip",
     "x-remote-ip",
     "x-remote-addr",
+    "x-proxyuser-ip",
+    "forwarded-for",
+    "x-forwarded",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
     "x-forwarded-port",
     "cf-connecting-ip",
     "fastly-client-ip",
     "forwarded",
     "x-forwarded-ssl",
     "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-scheme",
+    "x-url-scheme",
     "front-end-https",
 ];
 
@@ -1060,6 +1084,14 @@ mod tests {
         prepare_request_headers(&mut map, &upstream, &ctx(true), None);
         // The proxy's list, then the proxy itself.
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+        // A proxy that adds a line of its own instead of extending.
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        prepare_request_headers(&mut map, &upstream, &ctx(true), None);
+        let all: Vec<_> = map.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["6.6.6.6, 203.0.113.7, 10.0.0.2"]);
     }
 
     #[test]
@@ -1072,19 +1104,30 @@ mod tests {
         };
         assert_eq!(proto(&[("x-forwarded-proto", "https")], true), "https");
         assert_eq!(
-            proto(&[("x-forwarded-proto", "HTTPS, http")], true),
-            "https"
-        );
-        assert_eq!(
             proto(&[("forwarded", "for=1.2.3.4;proto=https")], true),
             "https"
         );
         assert_eq!(
             proto(
-                &[("forwarded", "for=1.2.3.4; Proto=\"https\", for=5.6.7.8")],
+                &[("forwarded", "for=5.6.7.8, for=1.2.3.4; Proto=\"HTTPS\"")],
                 true
             ),
             "https"
+        );
+        // The proxy next to the edge wrote the last element; earlier ones
+        // may be the client's, on one line or on lines of their own.
+        assert_eq!(proto(&[("x-forwarded-proto", "https, http")], true), "http");
+        let two_lines = [
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ];
+        assert_eq!(proto(&two_lines, true), "http");
+        assert_eq!(
+            proto(
+                &[("forwarded", "proto=https, for=1.2.3.4;proto=http")],
+                true
+            ),
+            "http"
         );
         // Nothing usable: the edge's own scheme (plain HTTP here).
         assert_eq!(proto(&[("x-forwarded-proto", "gopher")], true), "http");
