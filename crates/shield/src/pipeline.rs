@@ -376,6 +376,13 @@ impl Shield {
         !list.is_empty() && list.iter().any(|net| net.contains(&addr))
     }
 
+    /// True iff the ban table refuses `client`: its address (group) is
+    /// banned and it is not `allowlisted` (as [`Shield::is_allowlisted`]
+    /// answers for it, which the caller may have at hand).
+    fn ban_refuses(&self, client: &ClientIp, allowlisted: bool) -> bool {
+        !allowlisted && self.inner.bans.is_banned(&client.key)
+    }
+
     // ---- the request path ---------------------------------------------
 
     /// Runs [`REQUEST_STAGES`] in order for a request to `site`, with
@@ -425,7 +432,7 @@ impl Shield {
         for stage in REQUEST_STAGES {
             match stage {
                 Stage::BanTable => {
-                    if !allowlisted && inner.bans.is_banned(&client.key) {
+                    if self.ban_refuses(client, allowlisted) {
                         return Err(Refusal::Banned);
                     }
                 }
@@ -648,7 +655,7 @@ impl Shield {
             return None;
         }
         let key = crate::keyed::bearer_api_key(headers)?;
-        if !self.is_allowlisted(client.addr) && inner.bans.is_banned(&client.key) {
+        if self.ban_refuses(client, self.is_allowlisted(client.addr)) {
             return None;
         }
         let verifier = inner.key_verifier.get()?;

@@ -325,9 +325,10 @@ pub const FRAGMENT_MAX: usize = 64;
 
 /// The matched part of `text`, widened a little for context, capped at
 /// [`FRAGMENT_MAX`] characters, with control characters shown as `?` and
-/// long letter-digit runs (tokens, keys) replaced by `[redacted]`. A run
-/// is measured in all of `text`, not only in the widened part: a token cut
-/// by the widening shows none of its characters.
+/// runs of 16 or more letters, digits, `-` and `_` (tokens, keys, UUIDs)
+/// replaced by `[redacted]`. A run is measured in all of `text`, not only
+/// in the widened part: a token cut by the widening shows none of its
+/// characters.
 pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
     let start = floor_char(text, at.start.saturating_sub(8));
     let end = floor_char(text, (at.end + 8).min(text.len())).max(start);
@@ -338,17 +339,19 @@ pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
         if run.is_empty() {
             return;
         }
-        // The whole run the shown part belongs to.
+        // The whole run the shown part belongs to (as far as it matters).
         let before = text[..run.start]
-            .chars()
+            .char_indices()
             .rev()
-            .take_while(|c| c.is_alphanumeric())
+            .take_while(|&(i, _)| in_token(text, i))
+            .take(TOKEN_MIN)
             .count();
         let after = text[run.end..]
-            .chars()
-            .take_while(|c| c.is_alphanumeric())
+            .char_indices()
+            .take_while(|&(i, _)| in_token(text, run.end + i))
+            .take(TOKEN_MIN)
             .count();
-        if text[run.clone()].chars().count() + before + after >= 16 {
+        if text[run.clone()].chars().count() + before + after >= TOKEN_MIN {
             out.push_str("[redacted]");
         } else {
             out.push_str(&text[run.clone()]);
@@ -356,7 +359,7 @@ pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
     };
     for (i, c) in text[start..end].char_indices() {
         let i = start + i;
-        if c.is_alphanumeric() {
+        if in_token(text, i) {
             if run.is_empty() {
                 run = i..i;
             }
@@ -373,6 +376,27 @@ pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
         out.push('…');
     }
     out
+}
+
+/// Runs of at least this many token characters are redacted.
+const TOKEN_MIN: usize = 16;
+
+/// True iff the character at byte `i` of `text` belongs to a token (key,
+/// session id, UUID): a letter or digit, or a single `-` or `_` between
+/// two of them. A `--` (an SQL comment) is not part of one.
+fn in_token(text: &str, i: usize) -> bool {
+    let Some(c) = text[i..].chars().next() else {
+        return false;
+    };
+    if c.is_alphanumeric() {
+        return true;
+    }
+    if c != '-' && c != '_' {
+        return false;
+    }
+    let before = text[..i].chars().next_back();
+    let after = text[i + c.len_utf8()..].chars().next();
+    before.is_some_and(char::is_alphanumeric) && after.is_some_and(char::is_alphanumeric)
 }
 
 fn floor_char(s: &str, mut i: usize) -> usize {
@@ -407,6 +431,10 @@ mod tests {
         let at = text.find('\'').expect("quote")..text.find("--").expect("comment") + 2;
         let f = redact_fragment(&text, &at);
         assert_eq!(f, "[redacted]' OR 1=1--[redacted]");
+        // A UUID's groups are short, the UUID is not.
+        let text = "q=550e8400-e29b-41d4-a716-446655440000' OR 1=1--";
+        let at = text.find('\'').expect("quote")..text.len();
+        assert_eq!(redact_fragment(text, &at), "[redacted]' OR 1=1--");
         // Short words around the match stay readable.
         let text = "name=bob' OR 1=1-- x";
         let f = redact_fragment(text, &(8..18));
