@@ -513,22 +513,13 @@ async fn spawn_websocket_echo() -> SocketAddr {
 
 #[tokio::test]
 async fn websocket_messages_echo_through_the_edge() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
     let upstream = spawn_websocket_echo().await;
     let server = Server::start();
     proxy_site(&server, "ws.localhost", &format!("http://{upstream}")).await;
 
-    let request = "ws://ws.localhost/chat"
-        .into_client_request()
-        .expect("request");
-    let stream = TcpStream::connect(server.edge).await.expect("connect edge");
-    let (mut ws, response) =
-        tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
+    let (mut ws, response) = ws_connect(&server, "ws://ws.localhost/chat").await;
     assert_eq!(response.status(), 101);
     assert!(response.headers().contains_key("x-request-id"));
 
@@ -638,7 +629,6 @@ async fn raw_get(edge: SocketAddr, host: &str) -> String {
 
 #[tokio::test]
 async fn websockets_count_against_the_per_client_connection_cap() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
     let upstream = spawn_websocket_echo().await;
@@ -652,15 +642,7 @@ async fn websockets_count_against_the_per_client_connection_cap() {
 
     let mut sockets = Vec::new();
     for _ in 0..2 {
-        let request = "ws://ws.localhost/chat"
-            .into_client_request()
-            .expect("request");
-        let stream = TcpStream::connect(server.edge).await.expect("connect edge");
-        let (mut ws, response) =
-            tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
-                .await
-                .expect("handshake in time")
-                .expect("handshake");
+        let (mut ws, response) = ws_connect(&server, "ws://ws.localhost/chat").await;
         assert_eq!(response.status(), 101);
         echo_once(&mut ws).await;
         sockets.push(ws);
@@ -757,6 +739,24 @@ async fn websocket_bytes_sent_with_the_handshake_arrive_after_it_in_order() {
         String::from_utf8_lossy(&reply)
     );
     assert_eq!(&reply[head_end..], &want_tail[..]);
+}
+
+/// A WebSocket handshake with the edge for `url` (its host picks the
+/// site).
+async fn ws_connect(
+    server: &Server,
+    url: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request().expect("request");
+    let stream = TcpStream::connect(server.edge).await.expect("connect edge");
+    tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
 }
 
 /// One message echoed on `ws`, which stays open.
