@@ -758,11 +758,12 @@ fn prepare_request_headers(
     // A trusted proxy's list gets the proxy itself appended, as each
     // proxy appends the address it heard from.
     match prior_forwarded_for {
-        Some(prior) => set(
-            headers,
-            "x-forwarded-for",
-            &format!("{prior}, {}", ctx.peer),
-        ),
+        Some(mut list) => {
+            list.extend_from_slice(format!(", {}", ctx.peer).as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&list) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+            }
+        }
         None => {
             if let Some(value) = &client_ip {
                 headers.insert(HeaderName::from_static("x-forwarded-for"), value.clone());
@@ -816,22 +817,25 @@ fn prepare_request_headers(
     headers.insert(header::HOST, upstream.host_header.clone());
 }
 
-/// Every value of header `name`, joined by `, ` as one list; `None`
-/// without one, or with a value that is not text.
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+/// Every value of header `name`, joined by `, ` as one list (as bytes: a
+/// line that is not text must not lose the others); `None` without one.
+fn joined(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     let mut all = headers.get_all(name).iter();
-    let mut list = all.next()?.to_str().ok()?.to_owned();
+    let mut list = all.next()?.as_bytes().to_vec();
     for value in all {
-        list.push_str(", ");
-        list.push_str(value.to_str().ok()?);
+        list.extend_from_slice(b", ");
+        list.extend_from_slice(value.as_bytes());
     }
     Some(list)
 }
 
 /// The scheme the trusted proxy says the client used: the last element of
-/// its `X-Forwarded-Proto`, else the `proto=` of the last `Forwarded`
-/// element (what the proxy next to the edge wrote; earlier ones may come
-/// from the client); only `http` or `https`.
+/// the last `X-Forwarded-Proto` line, or without that header, the `proto=`
+/// of the last `Forwarded` element; only `http` or `https`. The last is
+/// what the proxy next to the edge wrote; earlier ones may come from the
+/// client. A header that is present but unusable gives no scheme (the
+/// edge's own is used) rather than falling back to the other header,
+/// which the client may have sent.
 fn claimed_proto(headers: &HeaderMap) -> Option<&'static str> {
     let known = |value: &str| {
         let value = value.trim().trim_matches('"');
@@ -843,19 +847,42 @@ fn claimed_proto(headers: &HeaderMap) -> Option<&'static str> {
             None
         }
     };
-    let last = |name: &str| {
-        let list = joined(headers, name)?;
-        list.rsplit(',').next().map(str::to_owned)
-    };
-    if let Some(proto) = last("x-forwarded-proto") {
-        return known(&proto);
+    let last_line = |name: &str| headers.get_all(name).iter().next_back();
+    if let Some(line) = last_line("x-forwarded-proto") {
+        return known(last_element(line.to_str().ok()?)?);
     }
-    let forwarded = last("forwarded")?;
-    forwarded.split(';').find_map(|pair| {
+    let forwarded = last_element(last_line("forwarded")?.to_str().ok()?)?;
+    split_unquoted(forwarded, ';').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
         name.trim()
             .eq_ignore_ascii_case("proto")
             .then(|| known(value))?
+    })
+}
+
+/// The last non-empty element of a comma-separated list, commas inside
+/// quoted strings not counting.
+fn last_element(list: &str) -> Option<&str> {
+    split_unquoted(list, ',')
+        .filter(|element| !element.trim().is_empty())
+        .last()
+}
+
+/// `text` split at `separator` where it is not inside a quoted string.
+fn split_unquoted(text: &str, separator: char) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    text.split(move |c: char| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => return c == separator && !quoted,
+        }
+        false
     })
 }
 
@@ -873,8 +900,9 @@ fn ignored_body(method: &http::Method) -> bool {
 }
 
 /// Headers in which a client names its own address, a proxy's view of it
-/// (`Forwarded`), or the scheme it came over: dropped unless a trusted
-/// proxy sent them. Frameworks read these (Rails `X-Forwarded-Ssl`, PHP
+/// (`Forwarded`, `X-Forwarded-Server`, `X-Forwarded-Prefix`: the path the
+/// app is mounted at), or the scheme it came over: dropped unless a
+/// trusted proxy sent them. Frameworks read these (Rails `X-Forwarded-Ssl`, PHP
 /// apps `Client-IP`), so a client on plain HTTP could claim HTTPS or
 /// another address past the edge's own `X-Forwarded-*` headers.
 const CLAIMED_ADDRESS: [&str; 22] = [
@@ -1092,6 +1120,17 @@ mod tests {
         prepare_request_headers(&mut map, &upstream, &ctx(true), None);
         let all: Vec<_> = map.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["6.6.6.6, 203.0.113.7, 10.0.0.2"]);
+        // A line that is not text does not cost the others.
+        let mut map = headers(&[("x-forwarded-for", "203.0.113.7")]);
+        map.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff").expect("value"),
+        );
+        prepare_request_headers(&mut map, &upstream, &ctx(true), None);
+        assert_eq!(
+            map["x-forwarded-for"].as_bytes(),
+            b"203.0.113.7, \xff, 10.0.0.2"
+        );
     }
 
     #[test]
@@ -1129,6 +1168,21 @@ mod tests {
             ),
             "http"
         );
+        // Empty elements do not count; quoted commas do not split.
+        assert_eq!(proto(&[("x-forwarded-proto", "https,")], true), "https");
+        assert_eq!(
+            proto(&[("forwarded", "for=1.2.3.4;proto=https;by=\"a,b\"")], true),
+            "https"
+        );
+        // A present but unusable X-Forwarded-Proto does not fall back to a
+        // Forwarded header the client may have sent.
+        let mut map = headers(&[("x-forwarded-proto", "http"), ("forwarded", "proto=https")]);
+        map.append(
+            "x-forwarded-proto",
+            HeaderValue::from_bytes(b"\xff").expect("value"),
+        );
+        prepare_request_headers(&mut map, &upstream, &ctx(true), None);
+        assert_eq!(map["x-forwarded-proto"], "http");
         // Nothing usable: the edge's own scheme (plain HTTP here).
         assert_eq!(proto(&[("x-forwarded-proto", "gopher")], true), "http");
         assert_eq!(proto(&[], true), "http");
