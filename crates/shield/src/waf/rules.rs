@@ -325,10 +325,10 @@ pub const FRAGMENT_MAX: usize = 64;
 
 /// The matched part of `text`, widened a little for context, capped at
 /// [`FRAGMENT_MAX`] characters, with control characters shown as `?` and
-/// runs of 16 or more letters, digits, `-` and `_` (tokens, keys, UUIDs)
-/// replaced by `[redacted]`. A run is measured in all of `text`, not only
-/// in the widened part: a token cut by the widening shows none of its
-/// characters.
+/// tokens that look like keys or ids (see `looks_secret`) replaced by
+/// `[redacted]`. A token is judged by all of it in `text`, not only by
+/// its part in the widened window: a token cut by the widening shows none
+/// of its characters.
 pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
     let start = floor_char(text, at.start.saturating_sub(8));
     let end = floor_char(text, (at.end + 8).min(text.len())).max(start);
@@ -339,19 +339,22 @@ pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
         if run.is_empty() {
             return;
         }
-        // The whole run the shown part belongs to (as far as it matters).
-        let before = text[..run.start]
+        // The whole token the shown part belongs to (as far as it
+        // matters: up to TOKEN_LOOK characters on each side).
+        let start = text[..run.start]
             .char_indices()
             .rev()
             .take_while(|&(i, _)| in_token(text, i))
-            .take(TOKEN_MIN)
-            .count();
-        let after = text[run.end..]
+            .take(TOKEN_LOOK)
+            .last()
+            .map_or(run.start, |(i, _)| i);
+        let end = text[run.end..]
             .char_indices()
             .take_while(|&(i, _)| in_token(text, run.end + i))
-            .take(TOKEN_MIN)
-            .count();
-        if text[run.clone()].chars().count() + before + after >= TOKEN_MIN {
+            .take(TOKEN_LOOK)
+            .last()
+            .map_or(run.end, |(i, c)| run.end + i + c.len_utf8());
+        if looks_secret(&text[start..end]) {
             out.push_str("[redacted]");
         } else {
             out.push_str(&text[run.clone()]);
@@ -378,8 +381,25 @@ pub fn redact_fragment(text: &str, at: &std::ops::Range<usize>) -> String {
     out
 }
 
-/// Runs of at least this many token characters are redacted.
+/// Tokens of at least this many characters may be secrets.
 const TOKEN_MIN: usize = 16;
+
+/// How far past the shown part a token is followed.
+const TOKEN_LOOK: usize = 64;
+
+/// True iff `token` looks like a key or an id: 16 or more letters and
+/// digits in a row, or 16 or more characters with a digit among them (a
+/// UUID, a key with `-` or `_`). Names such as `information_schema` stay
+/// readable: what the WAF matched must show.
+fn looks_secret(token: &str) -> bool {
+    let longest_plain = token
+        .split(['-', '_'])
+        .map(|part| part.chars().count())
+        .max()
+        .unwrap_or(0);
+    longest_plain >= TOKEN_MIN
+        || (token.chars().count() >= TOKEN_MIN && token.chars().any(|c| c.is_ascii_digit()))
+}
 
 /// True iff the character at byte `i` of `text` belongs to a token (key,
 /// session id, UUID): a letter or digit, or a single `-` or `_` between
@@ -435,6 +455,12 @@ mod tests {
         let text = "q=550e8400-e29b-41d4-a716-446655440000' OR 1=1--";
         let at = text.find('\'').expect("quote")..text.len();
         assert_eq!(redact_fragment(text, &at), "[redacted]' OR 1=1--");
+        // Names joined by `_` stay readable, as does what `--` separates.
+        let text = "x' union select table_name from information_schema.tables--";
+        let at = 0..text.len();
+        assert!(redact_fragment(text, &at).contains("information_schema"));
+        let text = "abcdefgh--ijklmnop";
+        assert_eq!(redact_fragment(text, &(8..10)), text);
         // Short words around the match stay readable.
         let text = "name=bob' OR 1=1-- x";
         let f = redact_fragment(text, &(8..18));
