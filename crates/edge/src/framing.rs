@@ -4,10 +4,11 @@
 //! identical Content-Length) are answered 400 instead (see
 //! `shield::framing`). Each refusal is an audit event.
 //!
-//! After a request that asks for an upgrade (or CONNECT), the guard hands
-//! hyper no more bytes until the service has answered it ([`Watched`] tells it
-//! through [`UpgradeAnswer`]): after a 101 the connection carries another
-//! protocol and is not scanned; after anything else the next head is.
+//! After a request that asks for an upgrade (or a CONNECT), the guard
+//! hands hyper no more bytes until the service has answered it
+//! ([`Watched`] tells it through [`UpgradeAnswer`]): after a 101 (or a 2xx
+//! to a CONNECT) the connection carries another protocol and is not
+//! scanned; after anything else the next head is.
 
 use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
@@ -35,8 +36,9 @@ pub struct FramingGuard<T> {
 }
 
 impl<T> FramingGuard<T> {
-    /// `answer` is the one the connection's [`Watched`] service gives.
-    pub fn new(inner: T, peer: SocketAddr, answer: Arc<UpgradeAnswer>) -> FramingGuard<T> {
+    /// `answer` is the one the connection's [`Watched`] service gives
+    /// (see [`guarded`]).
+    fn new(inner: T, peer: SocketAddr, answer: Arc<UpgradeAnswer>) -> FramingGuard<T> {
         FramingGuard {
             inner,
             scanner: FramingScanner::new(),
@@ -229,5 +231,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the guard is told after a CONNECT that the service answers
+    /// with `status`, over a real HTTP/1 connection.
+    async fn answer_to_connect(status: u16) -> Option<bool> {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let answer = Arc::<UpgradeAnswer>::default();
+        let service = Watched {
+            inner: hyper::service::service_fn(move |_req| async move {
+                let response = Response::builder()
+                    .status(status)
+                    .body(crate::body::empty())
+                    .expect("response");
+                Ok::<_, std::convert::Infallible>(response)
+            }),
+            answer: answer.clone(),
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), service)
+            .with_upgrades();
+        let served = tokio::spawn(connection);
+        client
+            .write_all(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_exact(&mut head),
+        )
+        .await
+        .expect("answer in time")
+        .expect("read");
+        assert_eq!(&head[9..12], status.to_string().as_bytes());
+        served.abort();
+        let switched = answer.state.lock().expect("lock").switched;
+        switched
+    }
+
+    #[tokio::test]
+    async fn a_connect_counts_as_switched_only_when_answered_2xx() {
+        assert_eq!(answer_to_connect(200).await, Some(true));
+        assert_eq!(answer_to_connect(405).await, Some(false));
     }
 }

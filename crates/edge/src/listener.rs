@@ -70,6 +70,11 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(64 * 1024);
+    // Limitation: a client that shuts down its sending side after its
+    // request (`nc -N`) may get no answer: hyper closes when it reads the
+    // FIN while the request is in flight. Allowing half-closure would stop
+    // hyper from noticing clients that go away (their upstream request
+    // would run to the response timeout); nginx answers 499 there too.
     let h2 = limits.http2;
     builder
         .http2()
@@ -318,12 +323,16 @@ mod tests {
         // Past 129 (tokio's backlog of 128, plus one) the kernel would
         // drop the SYNs of the rest, whose connects would then hang in
         // retries. The kernel caps any backlog at net.core.somaxconn
-        // (4096 since Linux 5.4; 128 before, where this shows nothing).
+        // (4096 since Linux 5.4; 128 before, where this cannot show it).
         let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .expect("somaxconn")
             .trim()
             .parse()
             .expect("number");
+        if somaxconn < 130 {
+            eprintln!("skipped: net.core.somaxconn is {somaxconn}, below tokio's 128 + 1");
+            return;
+        }
         let clients = somaxconn.min(300);
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -16,12 +16,11 @@
 //!
 //! A request that asks for an upgrade (an `Upgrade` header, or CONNECT)
 //! may or may not switch the connection to another protocol, which only
-//! its response tells.
-//! The scanner pauses after such a request ([`Scanned::Paused`]): the
-//! connection wrapper holds back the bytes after it until the response is
-//! known, then says [`FramingScanner::answered`]. A refused upgrade is
-//! followed on as HTTP/1; before, one `Upgrade` header switched the
-//! scanner off for the rest of the connection.
+//! its response tells. The scanner pauses after such a request
+//! ([`Scanned::Paused`]): the connection wrapper holds back the bytes
+//! after it until the response is known, then says
+//! [`FramingScanner::answered`]. A refused upgrade is followed on as
+//! HTTP/1.
 //!
 //! Once it cannot follow the connection any more (HTTP/2, a switched
 //! protocol, a head or a chunk it does not understand, which hyper
@@ -124,8 +123,9 @@ impl FramingScanner {
     }
 
     /// The response to the request that asked for an upgrade: with
-    /// `switched` (101) the connection speaks another protocol from here
-    /// on and is not followed any more; otherwise the next head follows.
+    /// `switched` (a 101, or a 2xx to a CONNECT) the connection speaks
+    /// another protocol from here on and is not followed any more;
+    /// otherwise the next head follows.
     pub fn answered(&mut self, switched: bool) {
         if self.awaiting_response() {
             self.upgrade = false;

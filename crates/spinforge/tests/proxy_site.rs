@@ -361,24 +361,25 @@ async fn a_trusted_proxy_is_appended_to_forwarded_for_and_names_the_scheme() {
 #[tokio::test]
 async fn a_client_that_goes_away_ends_its_upstream_request() {
     // An upstream that reads a request, never answers, and reports when
-    // the edge closes the connection.
+    // the request has arrived and when the edge closes the connection.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let upstream = listener.local_addr().expect("addr");
-    let (closed_tx, mut closed) = tokio::sync::mpsc::channel(4);
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let closed_tx = closed_tx.clone();
+            let events_tx = events_tx.clone();
             tokio::spawn(async move {
                 let Ok(Ok((_, mut stream))) =
                     tokio::time::timeout(STEP, read_request(stream)).await
                 else {
                     return;
                 };
+                let _ = events_tx.send("arrived").await;
                 let mut rest = Vec::new();
                 let _ =
                     tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut rest))
                         .await;
-                let _ = closed_tx.send(()).await;
+                let _ = events_tx.send("closed").await;
             });
         }
     });
@@ -389,15 +390,16 @@ async fn a_client_that_goes_away_ends_its_upstream_request() {
         .write_all(b"GET / HTTP/1.1\r\nHost: slow.localhost\r\n\r\n")
         .await
         .expect("write");
-    // Give the request time to reach the upstream, then leave.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = tokio::time::timeout(STEP, events.recv()).await;
+    assert_eq!(arrived.expect("request in time"), Some("arrived"));
     drop(client);
-    // The upstream's wait is 60 s (the response timeout); the edge must
-    // give up long before, when it sees its client gone.
-    tokio::time::timeout(STEP, closed.recv())
-        .await
-        .expect("the upstream request ended when its client went away")
-        .expect("report");
+    // The edge would wait 60 s for the answer (its response timeout); it
+    // must give up long before, when it sees its client gone.
+    let closed = tokio::time::timeout(STEP, events.recv()).await;
+    assert_eq!(
+        closed.expect("the upstream request ended when its client went away"),
+        Some("closed")
+    );
 }
 
 #[tokio::test]
