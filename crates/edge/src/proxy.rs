@@ -902,9 +902,10 @@ fn ignored_body(method: &http::Method) -> bool {
 /// Headers in which a client names its own address, a proxy's view of it
 /// (`Forwarded`, `X-Forwarded-Server`, `X-Forwarded-Prefix`: the path the
 /// app is mounted at), or the scheme it came over: dropped unless a
-/// trusted proxy sent them. Frameworks read these (Rails `X-Forwarded-Ssl`, PHP
-/// apps `Client-IP`), so a client on plain HTTP could claim HTTPS or
-/// another address past the edge's own `X-Forwarded-*` headers.
+/// trusted proxy sent them. Frameworks read these (Rails
+/// `X-Forwarded-Ssl`, PHP apps `Client-IP`), so a client on plain HTTP
+/// could claim HTTPS or another address past the edge's own
+/// `X-Forwarded-*` headers.
 const CLAIMED_ADDRESS: [&str; 22] = [
     "true-client-ip",
     "x-client-ip",

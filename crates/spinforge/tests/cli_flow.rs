@@ -287,15 +287,7 @@ async fn api_serves_health_metrics_and_openapi() {
     // Metrics name every site: they need a login with system:metrics.
     assert_eq!(get("/metrics").await.expect("metrics").status(), 401);
     let token = server.admin_token().await;
-    let metrics = client
-        .get(format!("{}/metrics", server.api_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(&token).await;
     assert!(
         metrics.contains(r#"spinforge_edge_requests_total{site="hello.localhost",status="200"} 1"#),
         "{metrics}"

@@ -585,17 +585,7 @@ async fn a_get_body_cannot_smuggle_a_request_on_a_reused_upstream_connection() {
     assert_eq!(status, 201, "{body}");
     // This test is about the proxy, not the WAF, which might flag the
     // body first.
-    let off = http()
-        .put(format!(
-            "{}/api/v1/sites/cl0.localhost/shield",
-            server.api_url()
-        ))
-        .bearer_auth(&token)
-        .json(&json!({"waf": {"mode": "off"}}))
-        .send()
-        .await
-        .expect("waf off");
-    assert_eq!(off.status(), 200);
+    server.waf_off(&token, "cl0.localhost").await;
 
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: cl0.localhost\r\n\r\n";
     let request = format!(
@@ -616,17 +606,22 @@ async fn a_get_body_cannot_smuggle_a_request_on_a_reused_upstream_connection() {
     assert_eq!(seen.len(), 4, "{seen:?}");
 }
 
-/// Sends a GET for `host` on a new connection and returns what came back
+/// Sends `head` as-is on a new connection and returns what came back
 /// before the edge closed it (at most STEP).
-async fn raw_get(edge: SocketAddr, host: &str) -> String {
+async fn raw_reply(edge: SocketAddr, head: &str) -> String {
     let mut stream = TcpStream::connect(edge).await.expect("connect");
-    let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     // A refused connection may be closed before the request is written.
     let _ = stream.write_all(head.as_bytes()).await;
     let mut reply = Vec::new();
     let read = tokio::time::timeout(STEP, stream.read_to_end(&mut reply));
     let _ = read.await.expect("the edge answered or closed in time");
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// What the edge sent back to a GET for `host` on a new connection.
+async fn raw_get(edge: SocketAddr, host: &str) -> String {
+    let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    raw_reply(edge, &head).await
 }
 
 #[tokio::test]
@@ -653,15 +648,7 @@ async fn websockets_count_against_the_per_client_connection_cap() {
     // Before, an upgraded connection no longer counted.
     assert_eq!(raw_get(server.edge, "ws.localhost").await, "");
     // The gauge agrees with the cap: the two WebSockets are open.
-    let metrics = http()
-        .get(format!("{}/metrics", server.api_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(&token).await;
     assert!(
         metrics
             .lines()
@@ -972,14 +959,9 @@ async fn a_connection_that_never_speaks_is_cut_off() {
 
 /// Sends `head` as-is over a new connection and returns the status code.
 async fn raw_status(server: &Server, head: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(server.edge).await.expect("connect");
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let mut reply = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply));
-    read.await.expect("reply in time").expect("read");
-    let text = String::from_utf8_lossy(&reply);
-    text.split_whitespace()
+    raw_reply(server.edge, head)
+        .await
+        .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("status line")
@@ -1027,17 +1009,7 @@ async fn dot_segments_cannot_climb_out_of_an_upstream_base_path() {
     };
     // The WAF (on by default) answers 403 to some of these first; this
     // test is about the proxy's own rule, so the site's WAF is off.
-    let off = http()
-        .put(format!(
-            "{}/api/v1/sites/pb.localhost/shield",
-            server.api_url()
-        ))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"waf": {"mode": "off"}}))
-        .send()
-        .await
-        .expect("waf off");
-    assert_eq!(off.status(), 200);
+    server.waf_off(&token, "pb.localhost").await;
     for path in paths {
         assert_eq!(raw_status(&server, &head(path)).await, 400, "{path}");
     }

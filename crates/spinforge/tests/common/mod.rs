@@ -299,6 +299,19 @@ impl Server {
         body["access_token"].as_str().expect("token").to_owned()
     }
 
+    /// The Prometheus text of `/metrics`, read with `token` (which needs
+    /// system:metrics).
+    pub async fn metrics(&self, token: &str) -> String {
+        let response = http()
+            .get(format!("{}/metrics", self.api_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("text")
+    }
+
     /// Turns a site's WAF off, for tests of the layers behind it (the WAF
     /// answers 403 first to many attack-shaped paths).
     pub async fn waf_off(&self, token: &str, domain: &str) {
