@@ -49,29 +49,25 @@ pub(crate) enum Reach {
 struct Idle {
     sender: SendRequest<EdgeBody>,
     since: Instant,
-    home: Home,
 }
 
 /// The runtime a connection's task runs on (the one that dialled it).
 /// With the edge on one runtime per thread, a request sent on a
-/// connection of another runtime wakes that thread twice; checkout
-/// prefers connections of the caller's own runtime.
+/// connection of another runtime would wake that thread and be woken
+/// back by it, through the kernel, twice per request; so each runtime
+/// keeps idle lists of its own, as each nginx worker keeps its own
+/// upstream keep-alive cache.
 type Home = Option<tokio::runtime::Id>;
 
 fn here() -> Home {
     tokio::runtime::Handle::try_current().ok().map(|h| h.id())
 }
 
-/// Where in `list` (oldest first) the connection to lend is: the newest
-/// one of `home`, else the newest.
-fn pick<T>(list: &[T], home: Home, home_of: impl Fn(&T) -> Home) -> Option<usize> {
-    list.iter()
-        .rposition(|item| home_of(item) == home)
-        .or_else(|| list.len().checked_sub(1))
-}
+/// One idle list: connections to one upstream, of one runtime.
+type ListKey = (PoolKey, Home);
 
 struct Lists {
-    by_key: HashMap<PoolKey, Vec<Idle>>,
+    by_key: HashMap<ListKey, Vec<Idle>>,
     /// True once the task that closes expired connections runs.
     reaper: bool,
 }
@@ -81,7 +77,8 @@ struct Lists {
 // would lift it).
 pub(crate) struct Http1Pool {
     lists: Mutex<Lists>,
-    /// Idle connections kept per key; more are closed when they finish.
+    /// Idle connections kept per key and runtime; more are closed when
+    /// they finish.
     max_idle: usize,
     /// An idle connection older than this is closed, not reused.
     idle_timeout: Duration,
@@ -140,15 +137,13 @@ impl Http1Pool {
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
-        let home = here();
-        while let Some((mut sender, its_home)) = self.checkout(key, home) {
+        let list = (key.clone(), here());
+        while let Some(mut sender) = self.checkout(&list) {
             if !ready(&mut sender, &mut may_wait).await {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(self.lend(key, (sender, its_home), response, request_ended))
-                }
+                Ok(response) => return Ok(self.lend(list, sender, response, request_ended)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Request(e.into_error())),
@@ -170,31 +165,30 @@ impl Http1Pool {
                 }
             });
             let response = sender.send_request(req).await.map_err(SendError::Request)?;
-            Ok(self.lend(key, (sender, home), response, request_ended))
+            Ok(self.lend(list, sender, response, request_ended))
         })
         .await
     }
 
-    /// The newest idle connection for `key` of runtime `home`, or else the
-    /// newest of any. Older or closed ones are dropped first: left in the
-    /// list, they would count against `max_idle` and keep live ones out
-    /// until the next sweep.
-    fn checkout(&self, key: &PoolKey, home: Home) -> Option<(SendRequest<EdgeBody>, Home)> {
+    /// The newest live idle connection of `list`. Closed ones met on the
+    /// way are dropped; once the newest has expired, all have.
+    fn checkout(&self, list: &ListKey) -> Option<SendRequest<EdgeBody>> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let list = lists.by_key.get_mut(key)?;
-        let now = Instant::now();
-        list.retain(|idle| {
-            now.duration_since(idle.since) < self.idle_timeout && !idle.sender.is_closed()
-        });
-        let at = pick(list, home, |idle| idle.home)?;
-        let idle = list.remove(at);
-        Some((idle.sender, idle.home))
+        let idle = lists.by_key.get_mut(list)?;
+        while let Some(newest) = idle.pop() {
+            if newest.since.elapsed() >= self.idle_timeout {
+                idle.clear();
+            } else if !newest.sender.is_closed() {
+                return Some(newest.sender);
+            }
+        }
+        None
     }
 
     fn lend(
         self: &Arc<Self>,
-        key: &PoolKey,
-        (sender, home): (SendRequest<EdgeBody>, Home),
+        list: ListKey,
+        sender: SendRequest<EdgeBody>,
         response: Response<Incoming>,
         request_ended: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
@@ -203,9 +197,8 @@ impl Http1Pool {
                 inner,
                 lent: Some(Lent {
                     pool: Arc::downgrade(self),
-                    key: key.clone(),
+                    list,
                     sender,
-                    home,
                     request_ended,
                 }),
             };
@@ -219,19 +212,25 @@ impl Http1Pool {
         })
     }
 
-    fn give_back(self: &Arc<Self>, key: PoolKey, sender: SendRequest<EdgeBody>, home: Home) {
+    /// Keeps `sender` in `list` for the next request, unless it is closed
+    /// or the list is full of live connections. Expired or closed ones
+    /// are dropped to make room: left in, they would keep a live one out
+    /// until the next sweep.
+    fn give_back(self: &Arc<Self>, list: ListKey, sender: SendRequest<EdgeBody>) {
         if sender.is_closed() {
             return;
         }
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let list = lists.by_key.entry(key).or_default();
-        if list.len() >= self.max_idle {
-            return;
+        let idle = lists.by_key.entry(list).or_default();
+        if idle.len() >= self.max_idle {
+            idle.retain(|old| self.usable(old));
+            if idle.len() >= self.max_idle {
+                return;
+            }
         }
-        list.push(Idle {
+        idle.push(Idle {
             sender,
             since: Instant::now(),
-            home,
         });
         if !lists.reaper {
             lists.reaper = true;
@@ -244,17 +243,26 @@ impl Http1Pool {
     fn sweep(&self) {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         lists.by_key.retain(|_, list| {
-            list.retain(|idle| {
-                idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed()
-            });
+            list.retain(|idle| self.usable(idle));
             !list.is_empty()
         });
     }
 
+    /// True iff `idle` may still be lent: not expired, not closed.
+    fn usable(&self, idle: &Idle) -> bool {
+        idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed()
+    }
+
+    /// Idle connections to `key`, of all runtimes.
     #[cfg(test)]
     fn idle_count(&self, key: &PoolKey) -> usize {
         let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        lists.by_key.get(key).map_or(0, Vec::len)
+        lists
+            .by_key
+            .iter()
+            .filter(|((k, _), _)| k == key)
+            .map(|(_, list)| list.len())
+            .sum()
     }
 }
 
@@ -294,9 +302,8 @@ async fn reap(pool: Weak<Http1Pool>, period: Duration) {
 
 struct Lent {
     pool: Weak<Http1Pool>,
-    key: PoolKey,
+    list: ListKey,
     sender: SendRequest<EdgeBody>,
-    home: Home,
     request_ended: Arc<AtomicBool>,
 }
 
@@ -358,7 +365,7 @@ impl PooledBody {
                 return;
             }
             if let Some(pool) = lent.pool.upgrade() {
-                pool.give_back(lent.key, lent.sender, lent.home);
+                pool.give_back(lent.list, lent.sender);
             }
         }
     }
@@ -399,26 +406,38 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    fn runtime_id() -> tokio::runtime::Id {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        runtime.handle().id()
-    }
-
     #[test]
-    fn checkout_prefers_the_callers_runtime_then_the_newest() {
-        let (a, b) = (Some(runtime_id()), Some(runtime_id()));
-        assert_ne!(a, b);
-        // Homes, oldest first.
-        let list = [a, b, a, b];
-        let pick_for = |home| pick(&list, home, |item| *item);
-        assert_eq!(pick_for(a), Some(2), "a's newest");
-        assert_eq!(pick_for(b), Some(3));
-        // None of its own: the newest of another runtime.
-        assert_eq!(pick_for(Some(runtime_id())), Some(3));
-        assert_eq!(pick_for(None), Some(3));
-        assert_eq!(pick(&[], a, |item: &Home| *item), None);
+    fn each_runtime_reuses_only_its_own_connections() {
+        // The upstream on a runtime with threads of its own; two edge
+        // threads' runtimes, each driven only while it serves a request.
+        let upstream_rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (addr, accepted) = upstream_rt.block_on(upstream());
+        let edge = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        let (a, b) = (edge(), edge());
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        // A connection of the other runtime has its task there, which does
+        // not run meanwhile: borrowing it would hang.
+        let fetch_on = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), fetch(&pool, addr))
+                    .await
+                    .expect("served on a connection of this runtime")
+            })
+        };
+        let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(fetch_on(&a), "hello");
+        assert_eq!(fetch_on(&b), "hello");
+        assert_eq!(accepted(), 2, "b dialled its own");
+        for rt in [&a, &b, &a, &b] {
+            assert_eq!(fetch_on(rt), "hello");
+        }
+        assert_eq!(accepted(), 2, "each reused its own");
+        assert_eq!(pool.idle_count(&key(addr)), 2);
     }
 
     /// A real HTTP/1.1 server on loopback, with keep-alive, that answers
