@@ -10,6 +10,7 @@ use crate::idle::IdleTimeout;
 use crate::threads::{Seat, SeatTaken, SPREAD_WAIT};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,10 +19,13 @@ pub use shield::config::Http2Limits;
 use shield::conn::ConnectionGate;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Per-connection limits of one listener.
 #[derive(Debug, Clone)]
@@ -62,28 +66,57 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// HTTP/1.1 and HTTP/2 with the listener's timeouts and h2 limits.
+// hyper's HTTP/1 and HTTP/2 builders and hyper-util's views of them in
+// its auto builder are different types with the same setters; one list
+// of settings for all.
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+            .max_buf_size(64 * 1024)
+        // Limitation: a client that shuts down its sending side after its
+        // request (`nc -N`) may get no answer: hyper closes when it reads
+        // the FIN while the request is in flight. Allowing half-closure
+        // would stop hyper from noticing clients that go away (their
+        // upstream request would run to the response timeout); nginx
+        // answers 499 there too.
+    };
+}
+
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams($limits.http2.max_concurrent_streams)
+            .max_pending_accept_reset_streams($limits.http2.max_pending_reset_streams)
+            .max_header_list_size($limits.http2.max_header_list_bytes)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    };
+}
+
+/// HTTP/1.1 and HTTP/2 with the listener's timeouts and h2 limits, told
+/// apart by the first bytes a client sends (the HTTP/2 preface): for
+/// plain HTTP, where a client may speak HTTP/2 with prior knowledge.
 fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    http1_settings!(builder.http1(), limits);
+    http2_settings!(builder.http2(), limits);
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    // Limitation: a client that shuts down its sending side after its
-    // request (`nc -N`) may get no answer: hyper closes when it reads the
-    // FIN while the request is in flight. Allowing half-closure would stop
-    // hyper from noticing clients that go away (their upstream request
-    // would run to the response timeout); nginx answers 499 there too.
-    let h2 = limits.http2;
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
-        .max_header_list_size(h2.max_header_list_bytes)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+}
+
+/// The HTTP/1.1 side of [`http_builder`] alone, and the HTTP/2 side: over
+/// TLS, ALPN has chosen the protocol before the first byte (HTTP/2 over
+/// TLS requires ALPN, RFC 9113 section 3.2), so nothing is sniffed.
+// Limitation: an HTTP/2 connection (ALPN h2 here, prior knowledge on
+// plain HTTP) has no timeout for its preface and first SETTINGS; only
+// the idle timeout applies, per byte.
+fn tls_builders(limits: &ConnectionLimits) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
+    http1_settings!(&mut h1, limits);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    http2_settings!(&mut h2, limits);
+    (h1, h2)
 }
 
 /// Serves connections from `listener` with the service `make(peer)` builds
@@ -227,6 +260,25 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
 }
 
+/// Serves `connection` until it ends; once `stop` is cancelled, lets it
+/// finish the requests in flight and close (`graceful` starts that).
+async fn until_stopped<C, E>(
+    connection: C,
+    stop: &CancellationToken,
+    graceful: fn(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        () = stop.cancelled() => {}
+    }
+    graceful(connection.as_mut());
+    connection.await
+}
+
 /// Like [`serve`], with a TLS handshake (bounded by the header-read
 /// timeout) before HTTP. A connection that negotiated `acme-tls/1` is a
 /// TLS-ALPN-01 validation and is closed right after its handshake.
@@ -246,19 +298,22 @@ pub async fn serve_tls<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(http_builder(&limits));
+    let builders = Arc::new(tls_builders(&limits));
     let make = Arc::new(make);
-    let graceful = GracefulShutdown::new();
+    // hyper-util's graceful shutdown only watches its own connection
+    // types; these two are hyper's.
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
     while let Some((io, peer)) = admit(&listener, &permits, &limits, &open, &mut shutdown).await {
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let make = make.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let handshake_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -274,23 +329,32 @@ pub async fn serve_tls<F, S, B>(
             if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
                 return;
             }
+            let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
             let info = TlsInfo {
                 server_name: session.server_name().map(str::to_ascii_lowercase),
             };
             // The same smuggling guard as on plain HTTP, over the
             // decrypted bytes.
             let (tls, service) = guarded(tls, peer, make(peer, info));
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            let io = TokioIo::new(tls);
+            let (h1_builder, h2_builder) = &*builders;
+            let ended = if h2 {
+                let connection = h2_builder.serve_connection(io, service);
+                until_stopped(connection, &stop, |c| c.graceful_shutdown()).await
+            } else {
+                let connection = h1_builder.serve_connection(io, service).with_upgrades();
+                until_stopped(connection, &stop, |c| c.graceful_shutdown()).await
+            };
+            if let Err(e) = ended {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
 
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
         .await
         .is_err()
     {

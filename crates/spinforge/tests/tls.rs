@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The harness config plus an HTTPS listener on a free loopback port.
 fn tls_config() -> String {
@@ -783,4 +785,179 @@ async fn https_upstreams_are_verified_and_can_get_a_client_certificate() {
     server.create_admin_and_login();
     create_proxy_site(&server, "mutual.test", &mtls_url).await;
     assert_eq!(server.get("mutual.test", "/").await.status(), 502);
+}
+
+/// An upstream on loopback that takes `n` connections, tells `arrived`
+/// when each has sent its request head, and answers each a second later.
+fn slow_upstream(n: usize, arrived: std::sync::mpsc::Sender<()>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let arrived = arrived.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let _ = arrived.send(());
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+                );
+            });
+        }
+    });
+    addr
+}
+
+// Two workers: this test blocks one on the upstream's channel while the
+// requests run on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_over_https_finish_when_serve_stops() {
+    // One over HTTP/1.1 and one over HTTP/2 (ALPN picks the protocol).
+    let (arrived, arrivals) = std::sync::mpsc::channel();
+    let upstream = slow_upstream(2, arrived);
+    let ca = TestCa::new();
+    let files = tempfile::tempdir().expect("tmp");
+    let mut server = Server::start_with(&tls_config());
+    server.create_admin_and_login();
+    create_proxy_site(&server, "slow.test", &format!("http://{upstream}")).await;
+    let pair = ca.leaf("slow.test", -1, 30);
+    assert_ok(&upload(
+        &server,
+        "slow.test",
+        &pem_files(files.path(), "slow", &pair),
+    ));
+    let tls = server.tls.expect("HTTPS listener");
+
+    let mut pending = Vec::new();
+    for (version, client) in [
+        (
+            reqwest::Version::HTTP_11,
+            reqwest::Client::builder().http1_only(),
+        ),
+        (
+            reqwest::Version::HTTP_2,
+            reqwest::Client::builder().http2_prior_knowledge(),
+        ),
+    ] {
+        let client = client
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("ca")])
+            .resolve("slow.test", tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        pending.push(tokio::spawn(async move {
+            let response = client
+                .get("https://slow.test/")
+                .send()
+                .await
+                .expect("an answer");
+            let answered = response.version();
+            let status = response.status();
+            let closing = response.headers().get("connection").cloned();
+            let body = response.text().await.expect("body");
+            (version, answered, status, closing, body)
+        }));
+    }
+    for _ in 0..2 {
+        arrivals
+            .recv_timeout(Duration::from_secs(10))
+            .expect("both requests reached the upstream");
+    }
+
+    // SIGTERM while both wait for their upstream.
+    let pid = server.pid().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(status.expect("kill").success());
+    for request in pending {
+        let (version, answered, status, closing, body) = request.await.expect("request task");
+        assert_eq!(answered, version);
+        assert_eq!(status, 200, "{version:?}");
+        assert_eq!(body, "slow", "{version:?}");
+        // HTTP/1.1 is told the connection ends (HTTP/2 gets a GOAWAY).
+        if version == reqwest::Version::HTTP_11 {
+            assert_eq!(closing.as_ref().map(|v| v.as_bytes()), Some(&b"close"[..]));
+        }
+    }
+    // No new connection is taken once serve stops.
+    server.stop();
+    assert!(TcpStream::connect(tls).is_err(), "still listening");
+}
+
+#[tokio::test]
+async fn an_http2_preface_dribbled_without_alpn_gets_the_header_read_timeout() {
+    // Over TLS, ALPN picks the protocol: without it the connection is
+    // HTTP/1.1 and the header-read timeout (1 s here) counts from the
+    // first byte. The preface sent a byte every 250 ms would take 6 s;
+    // sniffed for, it was waited for byte by byte.
+    let ca = TestCa::new();
+    let files = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&format!(
+        "{}[edge]\nheader_read_timeout_secs = 1\n",
+        tls_config()
+    ));
+    server.create_admin_and_login();
+    deploy_static(&server, "alpha.test");
+    let pair = ca.leaf("alpha.test", -1, 30);
+    assert_ok(&upload(
+        &server,
+        "alpha.test",
+        &pem_files(files.path(), "alpha", &pair),
+    ));
+    let tls = server.tls.expect("HTTPS listener");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes());
+    roots.add(ca_der.expect("ca der")).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(tls).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("alpha.test").expect("name");
+    let stream = connector.connect(name, tcp).await.expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let closed = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut sent = 0;
+    for byte in preface {
+        if closed.is_finished() || writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Cut by the timeout after about 4 bytes; at 16 the request line
+    // would be complete, and rejected as HTTP/2.0 instead.
+    assert!(
+        sent < 16,
+        "the server read {sent} bytes of a dribbled preface"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the server closed the connection")
+        .expect("reader");
 }
