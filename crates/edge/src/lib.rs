@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod request_id;
 pub mod routes;
 pub mod server;
+mod shutdown;
 pub mod static_files;
 pub mod threads;
 pub mod tls;

@@ -7,24 +7,22 @@
 
 use crate::framing::guarded;
 use crate::idle::IdleTimeout;
+use crate::shutdown::{until_stopped, Stop};
 use crate::threads::{Seat, SeatTaken, SPREAD_WAIT};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 pub use shield::config::Http2Limits;
 use shield::conn::ConnectionGate;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Per-connection limits of one listener.
@@ -137,7 +135,8 @@ pub async fn serve<F, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = http_builder(&limits);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stop = Stop::default();
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
@@ -146,16 +145,19 @@ pub async fn serve<F, S, B>(
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let ended = until_stopped(connection, &stop, |c| c.graceful_shutdown()).await;
+            if let Err(e) = ended {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
 
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    stop.stop();
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
         .await
         .is_err()
     {
@@ -260,25 +262,6 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
 }
 
-/// Serves `connection` until it ends; once `stop` is cancelled, lets it
-/// finish the requests in flight and close (`graceful` starts that).
-async fn until_stopped<C, E>(
-    connection: C,
-    stop: &CancellationToken,
-    graceful: fn(Pin<&mut C>),
-) -> Result<(), E>
-where
-    C: Future<Output = Result<(), E>>,
-{
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        ended = connection.as_mut() => return ended,
-        () = stop.cancelled() => {}
-    }
-    graceful(connection.as_mut());
-    connection.await
-}
-
 /// Like [`serve`], with a TLS handshake (bounded by the header-read
 /// timeout) before HTTP. A connection that negotiated `acme-tls/1` is a
 /// TLS-ALPN-01 validation and is closed right after its handshake.
@@ -300,10 +283,8 @@ pub async fn serve_tls<F, S, B>(
 {
     let builders = Arc::new(tls_builders(&limits));
     let make = Arc::new(make);
-    // hyper-util's graceful shutdown only watches its own connection
-    // types; these two are hyper's.
     let connections = TaskTracker::new();
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     tokio::pin!(shutdown);
 
@@ -352,7 +333,7 @@ pub async fn serve_tls<F, S, B>(
     }
 
     drop(listener);
-    stop.cancel();
+    stop.stop();
     connections.close();
     if tokio::time::timeout(limits.shutdown_grace, connections.wait())
         .await

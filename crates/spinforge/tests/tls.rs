@@ -821,15 +821,18 @@ fn slow_upstream(n: usize, arrived: std::sync::mpsc::Sender<()>) -> SocketAddr {
 // Two workers: this test blocks one on the upstream's channel while the
 // requests run on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_over_https_finish_when_serve_stops() {
-    // One over HTTP/1.1 and one over HTTP/2 (ALPN picks the protocol).
+async fn requests_in_flight_finish_when_serve_stops() {
+    // Over TLS one over HTTP/1.1 and one over HTTP/2 (ALPN picks the
+    // protocol), and one over plain HTTP/1.1 to a site without a
+    // certificate (a site with one is redirected to HTTPS).
     let (arrived, arrivals) = std::sync::mpsc::channel();
-    let upstream = slow_upstream(2, arrived);
+    let upstream = slow_upstream(3, arrived);
     let ca = TestCa::new();
     let files = tempfile::tempdir().expect("tmp");
     let mut server = Server::start_with(&tls_config());
     server.create_admin_and_login();
     create_proxy_site(&server, "slow.test", &format!("http://{upstream}")).await;
+    create_proxy_site(&server, "plain.test", &format!("http://{upstream}")).await;
     let pair = ca.leaf("slow.test", -1, 30);
     assert_ok(&upload(
         &server,
@@ -839,28 +842,32 @@ async fn requests_in_flight_over_https_finish_when_serve_stops() {
     let tls = server.tls.expect("HTTPS listener");
 
     let mut pending = Vec::new();
-    for (version, client) in [
+    for (version, client, url) in [
         (
             reqwest::Version::HTTP_11,
             reqwest::Client::builder().http1_only(),
+            "https://slow.test/",
         ),
         (
             reqwest::Version::HTTP_2,
             reqwest::Client::builder().http2_prior_knowledge(),
+            "https://slow.test/",
+        ),
+        (
+            reqwest::Version::HTTP_11,
+            reqwest::Client::builder().http1_only(),
+            "http://plain.test/",
         ),
     ] {
         let client = client
             .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("ca")])
             .resolve("slow.test", tls)
+            .resolve("plain.test", server.edge)
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
         pending.push(tokio::spawn(async move {
-            let response = client
-                .get("https://slow.test/")
-                .send()
-                .await
-                .expect("an answer");
+            let response = client.get(url).send().await.expect("an answer");
             let answered = response.version();
             let status = response.status();
             let closing = response.headers().get("connection").cloned();
@@ -868,13 +875,13 @@ async fn requests_in_flight_over_https_finish_when_serve_stops() {
             (version, answered, status, closing, body)
         }));
     }
-    for _ in 0..2 {
+    for _ in 0..3 {
         arrivals
             .recv_timeout(Duration::from_secs(10))
-            .expect("both requests reached the upstream");
+            .expect("all requests reached the upstream");
     }
 
-    // SIGTERM while both wait for their upstream.
+    // SIGTERM while all wait for their upstream.
     let pid = server.pid().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(status.expect("kill").success());
@@ -891,6 +898,7 @@ async fn requests_in_flight_over_https_finish_when_serve_stops() {
     // No new connection is taken once serve stops.
     server.stop();
     assert!(TcpStream::connect(tls).is_err(), "still listening");
+    assert!(TcpStream::connect(server.edge).is_err(), "still listening");
 }
 
 #[tokio::test]
