@@ -155,10 +155,15 @@ impl Http1Pool {
         // futures would make every request's future larger.
         Box::pin(async move {
             let stream = dial().await.map_err(SendError::Connect)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(SendError::Handshake)?;
+            // Each write is one buffer (flattened), so it goes out with
+            // `send`: most requests are one head, and the kernel's writev
+            // path costs more per call (the iovec import and the file
+            // layer) than copying a body chunk into the buffer does.
+            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                .writev(false)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(SendError::Handshake)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "upstream connection ended");
