@@ -124,6 +124,10 @@ impl SecurityHeaders {
                 headers.remove(name);
             }
         }
+        // Room for the headers below at once: an upstream's answer is
+        // parsed into a map sized for its own few headers, which would
+        // otherwise grow (rehash and move) once or twice here.
+        headers.reserve(8);
         let keep_app_values = origin == Origin::Proxied;
         // One lookup per header: the entry both answers whether the app
         // set it and takes the value.
