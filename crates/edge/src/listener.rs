@@ -19,8 +19,11 @@ pub use shield::config::Http2Limits;
 use shield::conn::ConnectionGate;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -105,10 +108,12 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
 
 /// The HTTP/1.1 side of [`http_builder`] alone, and the HTTP/2 side: over
 /// TLS, ALPN has chosen the protocol before the first byte (HTTP/2 over
-/// TLS requires ALPN, RFC 9113 section 3.2), so nothing is sniffed.
-// Limitation: an HTTP/2 connection (ALPN h2 here, prior knowledge on
-// plain HTTP) has no timeout for its preface and first SETTINGS; only
-// the idle timeout applies, per byte.
+/// TLS requires ALPN, RFC 9113 section 3.2), so nothing is sniffed. The
+/// HTTP/2 preface is read under the header-read timeout first.
+// Limitation: on plain HTTP an HTTP/2 client with prior knowledge has no
+// timeout for its preface, which hyper-util's sniff reads; only the idle
+// timeout applies, per byte (reading the first bytes here, as over TLS,
+// would lift it).
 fn tls_builders(limits: &ConnectionLimits) -> (http1::Builder, http2::Builder<TokioExecutor>) {
     let mut h1 = http1::Builder::new();
     http1_settings!(&mut h1, limits);
@@ -262,6 +267,81 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
 }
 
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// True iff `io` sends the HTTP/2 preface within `timeout` (the
+/// header-read timeout) and before the listener stops.
+async fn preface<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration, stop: &Stop) -> bool {
+    let mut first = [0u8; PREFACE.len()];
+    tokio::select! {
+        read = tokio::time::timeout(timeout, io.read_exact(&mut first)) => {
+            matches!(read, Ok(Ok(_))) && first == *PREFACE
+        }
+        () = stop.stopped() => false,
+    }
+}
+
+/// `inner`, whose reads first give back `head` (bytes already taken from
+/// it and checked).
+struct Replayed<I> {
+    head: &'static [u8],
+    inner: I,
+}
+
+impl<I> Replayed<I> {
+    fn new(inner: I, head: &'static [u8]) -> Replayed<I> {
+        Replayed { head, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replayed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.head.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.head.len().min(buf.remaining());
+        buf.put_slice(&this.head[..n]);
+        this.head = &this.head[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Like [`serve`], with a TLS handshake (bounded by the header-read
 /// timeout) before HTTP. A connection that negotiated `acme-tls/1` is a
 /// TLS-ALPN-01 validation and is closed right after its handshake.
@@ -316,13 +396,20 @@ pub async fn serve_tls<F, S, B>(
             };
             // The same smuggling guard as on plain HTTP, over the
             // decrypted bytes.
-            let (tls, service) = guarded(tls, peer, make(peer, info));
-            let io = TokioIo::new(tls);
+            let (mut tls, service) = guarded(tls, peer, make(peer, info));
             let (h1_builder, h2_builder) = &*builders;
             let ended = if h2 {
+                // hyper's HTTP/2 server waits for the preface without a
+                // deadline, and a stop does not end that wait.
+                if !preface(&mut tls, handshake_timeout, &stop).await {
+                    tracing::debug!(peer = %peer, "no HTTP/2 preface in time");
+                    return;
+                }
+                let io = TokioIo::new(Replayed::new(tls, PREFACE));
                 let connection = h2_builder.serve_connection(io, service);
                 until_stopped(connection, &stop, |c| c.graceful_shutdown()).await
             } else {
+                let io = TokioIo::new(tls);
                 let connection = h1_builder.serve_connection(io, service).with_upgrades();
                 until_stopped(connection, &stop, |c| c.graceful_shutdown()).await
             };

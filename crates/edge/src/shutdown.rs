@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 /// One listener's stop signal; clones share it.
 #[derive(Clone, Default)]
@@ -43,7 +43,7 @@ impl Stop {
         }
     }
 
-    fn stopped(&self) -> bool {
+    fn stopped_now(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
     }
 
@@ -63,6 +63,23 @@ impl Stop {
         }
     }
 
+    /// Resolves once [`Stop::stop`] has been called. Like
+    /// [`until_stopped`], it keeps the waker of its first poll.
+    pub async fn stopped(&self) {
+        let mut seat = None;
+        std::future::poll_fn(|cx| {
+            if seat.is_none() && !self.stopped_now() {
+                seat = Some(self.join(cx.waker()));
+            }
+            if self.stopped_now() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     #[cfg(test)]
     fn waiting_count(&self) -> usize {
         self.waiting().wakers.len()
@@ -77,7 +94,12 @@ struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.stop.waiting().wakers.remove(&self.key);
+        let mut waiting = self.stop.waiting();
+        waiting.wakers.remove(&self.key);
+        // After a burst of connections, give the room back.
+        if waiting.wakers.is_empty() && waiting.wakers.capacity() > 64 {
+            waiting.wakers.shrink_to_fit();
+        }
     }
 }
 
@@ -98,12 +120,12 @@ where
     let mut asked = false;
     std::future::poll_fn(|cx| {
         if !asked {
-            if seat.is_none() && !stop.stopped() {
+            if seat.is_none() && !stop.stopped_now() {
                 seat = Some(stop.join(cx.waker()));
             }
             // Checked again after joining: a stop between the first check
             // and the join woke the list without this task on it.
-            if stop.stopped() {
+            if stop.stopped_now() {
                 graceful(connection.as_mut());
                 asked = true;
                 seat = None;
@@ -117,7 +139,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Context, Poll};
+    use std::task::Context;
 
     /// A connection that serves until asked to finish, then ends at its
     /// next poll.
@@ -160,6 +182,23 @@ mod tests {
             let ended = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
             assert_eq!(ended.expect("woken").expect("task"), Ok(()));
         }
+        assert_eq!(stop.waiting_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn stopped_resolves_when_the_stop_comes_and_at_once_after() {
+        let stop = Stop::default();
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move { stop.stopped().await }
+        });
+        while stop.waiting_count() < 1 {
+            tokio::task::yield_now().await;
+        }
+        stop.stop();
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        woken.expect("woken").expect("task");
+        stop.stopped().await;
         assert_eq!(stop.waiting_count(), 0);
     }
 

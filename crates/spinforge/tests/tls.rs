@@ -881,10 +881,30 @@ async fn requests_in_flight_finish_when_serve_stops() {
             .expect("all requests reached the upstream");
     }
 
+    // Two connections that send nothing: one chose h2 and owes its
+    // preface, one HTTP/1.1.
+    let mut silent = Vec::new();
+    for alpn in [Some("h2"), Some("http/1.1")] {
+        let stream = tls_connect(&ca, "slow.test", tls, alpn).await;
+        silent.push(tokio::spawn(until_closed(stream)));
+    }
+
     // SIGTERM while all wait for their upstream.
-    let pid = server.pid().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status();
+    let pid = server.pid();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     assert!(status.expect("kill").success());
+    // The listeners close at once; the requests are still waiting.
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect(tls).is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the HTTPS listener still takes connections");
     for request in pending {
         let (version, answered, status, closing, body) = request.await.expect("request task");
         assert_eq!(answered, version);
@@ -895,18 +915,36 @@ async fn requests_in_flight_finish_when_serve_stops() {
             assert_eq!(closing.as_ref().map(|v| v.as_bytes()), Some(&b"close"[..]));
         }
     }
-    // No new connection is taken once serve stops.
-    server.stop();
-    assert!(TcpStream::connect(tls).is_err(), "still listening");
     assert!(TcpStream::connect(server.edge).is_err(), "still listening");
+    // The silent connections are closed without waiting out the shutdown
+    // grace (10 s), and serve exits.
+    for connection in silent {
+        tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("a silent connection held the shutdown")
+            .expect("reader");
+    }
+    let stat = format!("/proc/{pid}/stat");
+    let mut exited = false;
+    for _ in 0..100 {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z ") {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited, "serve still runs 5 s after its last request");
+    server.stop();
 }
 
 #[tokio::test]
-async fn an_http2_preface_dribbled_without_alpn_gets_the_header_read_timeout() {
-    // Over TLS, ALPN picks the protocol: without it the connection is
+async fn a_dribbled_http2_preface_gets_the_header_read_timeout() {
+    // Over TLS, ALPN picks the protocol. Without it the connection is
     // HTTP/1.1 and the header-read timeout (1 s here) counts from the
-    // first byte. The preface sent a byte every 250 ms would take 6 s;
-    // sniffed for, it was waited for byte by byte.
+    // first byte; with h2 the preface is read under the same timeout. The
+    // preface sent a byte every 250 ms would take 6 s; sniffed for, it was
+    // waited for byte by byte.
     let ca = TestCa::new();
     let files = tempfile::tempdir().expect("tmp");
     let server = Server::start_with(&format!(
@@ -923,49 +961,61 @@ async fn an_http2_preface_dribbled_without_alpn_gets_the_header_read_timeout() {
     ));
     let tls = server.tls.expect("HTTPS listener");
 
+    for alpn in [None, Some("h2")] {
+        let stream = tls_connect(&ca, "alpha.test", tls, alpn).await;
+        let (reader, mut writer) = tokio::io::split(stream);
+        let closed = tokio::spawn(until_closed(reader));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut sent = 0;
+        for byte in preface {
+            if closed.is_finished() || writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Cut by the timeout after about 4 bytes; at 16 the request line
+        // would be complete (and rejected as HTTP/2.0 on HTTP/1.1).
+        assert!(
+            sent < 16,
+            "{alpn:?}: the server read {sent} bytes of a dribbled preface"
+        );
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the server closed the connection")
+            .expect("reader");
+    }
+}
+
+/// A TLS connection to `addr` for `name`, trusting `ca`, offering `alpn`.
+async fn tls_connect(
+    ca: &TestCa,
+    name: &str,
+    addr: SocketAddr,
+    alpn: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes());
     roots.add(ca_der.expect("ca der")).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(tls).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("alpha.test").expect("name");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
     let stream = connector.connect(name, tcp).await.expect("handshake");
-    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let agreed = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    assert_eq!(agreed, alpn.map(|p| p.as_bytes().to_vec()));
+    stream
+}
 
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let closed = tokio::spawn(async move {
-        let mut buf = [0u8; 1024];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    });
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut sent = 0;
-    for byte in preface {
-        if closed.is_finished() || writer.write_all(&[*byte]).await.is_err() {
-            break;
-        }
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Cut by the timeout after about 4 bytes; at 16 the request line
-    // would be complete, and rejected as HTTP/2.0 instead.
-    assert!(
-        sent < 16,
-        "the server read {sent} bytes of a dribbled preface"
-    );
-    tokio::time::timeout(Duration::from_secs(10), closed)
-        .await
-        .expect("the server closed the connection")
-        .expect("reader");
+/// Reads from `reader` until the connection ends.
+async fn until_closed(mut reader: impl tokio::io::AsyncRead + Unpin) {
+    let mut buf = [0u8; 1024];
+    while let Ok(1..) = reader.read(&mut buf).await {}
 }
