@@ -55,19 +55,40 @@ struct Idle {
 /// With the edge on one runtime per thread, a request sent on a
 /// connection of another runtime would wake that thread and be woken
 /// back by it, through the kernel, twice per request; so each runtime
-/// keeps idle lists of its own, as each nginx worker keeps its own
-/// upstream keep-alive cache.
+/// has an idle list of its own per upstream, as each nginx worker keeps
+/// its own upstream keep-alive cache.
 type Home = Option<tokio::runtime::Id>;
 
 fn here() -> Home {
     tokio::runtime::Handle::try_current().ok().map(|h| h.id())
 }
 
-/// One idle list: connections to one upstream, of one runtime.
-type ListKey = (PoolKey, Home);
+/// The idle connections to one upstream: a list per runtime (a few, one
+/// per edge thread), and how many they hold together.
+#[derive(Default)]
+struct KeyLists {
+    idle: usize,
+    by_home: Vec<(Home, Vec<Idle>)>,
+}
+
+impl KeyLists {
+    fn list(&mut self, home: Home) -> Option<&mut Vec<Idle>> {
+        let at = self.by_home.iter().position(|(h, _)| *h == home)?;
+        Some(&mut self.by_home[at].1)
+    }
+
+    /// Drops expired and closed connections from every list.
+    fn prune(&mut self, usable: impl Fn(&Idle) -> bool) {
+        for (_, list) in &mut self.by_home {
+            list.retain(&usable);
+        }
+        self.by_home.retain(|(_, list)| !list.is_empty());
+        self.idle = self.by_home.iter().map(|(_, list)| list.len()).sum();
+    }
+}
 
 struct Lists {
-    by_key: HashMap<ListKey, Vec<Idle>>,
+    by_key: HashMap<PoolKey, KeyLists>,
     /// True once the task that closes expired connections runs.
     reaper: bool,
 }
@@ -77,8 +98,8 @@ struct Lists {
 // would lift it).
 pub(crate) struct Http1Pool {
     lists: Mutex<Lists>,
-    /// Idle connections kept per key and runtime; more are closed when
-    /// they finish.
+    /// Idle connections kept per key, all runtimes together; more are
+    /// closed when they finish.
     max_idle: usize,
     /// An idle connection older than this is closed, not reused.
     idle_timeout: Duration,
@@ -137,13 +158,13 @@ impl Http1Pool {
         // At most one READY_WAIT per request, however many idle
         // connections are still busy: past it, busy ones are dropped.
         let mut may_wait = true;
-        let list = (key.clone(), here());
-        while let Some(mut sender) = self.checkout(&list) {
+        let home = here();
+        while let Some(mut sender) = self.checkout(key, home) {
             if !ready(&mut sender, &mut may_wait).await {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lend(list, sender, response, request_ended)),
+                Ok(response) => return Ok(self.lend(key, home, sender, response, request_ended)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Request(e.into_error())),
@@ -170,29 +191,37 @@ impl Http1Pool {
                 }
             });
             let response = sender.send_request(req).await.map_err(SendError::Request)?;
-            Ok(self.lend(list, sender, response, request_ended))
+            Ok(self.lend(key, home, sender, response, request_ended))
         })
         .await
     }
 
-    /// The newest live idle connection of `list`. Closed ones met on the
-    /// way are dropped; once the newest has expired, all have.
-    fn checkout(&self, list: &ListKey) -> Option<SendRequest<EdgeBody>> {
+    /// The newest live idle connection to `key` of runtime `home`. Closed
+    /// ones met on the way are dropped; once the newest has expired, all
+    /// have.
+    fn checkout(&self, key: &PoolKey, home: Home) -> Option<SendRequest<EdgeBody>> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = lists.by_key.get_mut(list)?;
-        while let Some(newest) = idle.pop() {
+        let lists = lists.by_key.get_mut(key)?;
+        let list = lists.list(home)?;
+        let before = list.len();
+        let mut found = None;
+        while let Some(newest) = list.pop() {
             if newest.since.elapsed() >= self.idle_timeout {
-                idle.clear();
+                list.clear();
             } else if !newest.sender.is_closed() {
-                return Some(newest.sender);
+                found = Some(newest.sender);
+                break;
             }
         }
-        None
+        let taken = before - list.len();
+        lists.idle -= taken;
+        found
     }
 
     fn lend(
         self: &Arc<Self>,
-        list: ListKey,
+        key: &PoolKey,
+        home: Home,
         sender: SendRequest<EdgeBody>,
         response: Response<Incoming>,
         request_ended: Arc<AtomicBool>,
@@ -202,7 +231,8 @@ impl Http1Pool {
                 inner,
                 lent: Some(Lent {
                     pool: Arc::downgrade(self),
-                    list,
+                    key: key.clone(),
+                    home,
                     sender,
                     request_ended,
                 }),
@@ -217,26 +247,31 @@ impl Http1Pool {
         })
     }
 
-    /// Keeps `sender` in `list` for the next request, unless it is closed
-    /// or the list is full of live connections. Expired or closed ones
-    /// are dropped to make room: left in, they would keep a live one out
-    /// until the next sweep.
-    fn give_back(self: &Arc<Self>, list: ListKey, sender: SendRequest<EdgeBody>) {
+    /// Keeps `sender` in runtime `home`'s list for `key`, unless it is
+    /// closed or the key already has `max_idle` live idle connections.
+    /// Expired or closed ones are dropped to make room: left in, they
+    /// would keep a live one out until the next sweep.
+    fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, sender: SendRequest<EdgeBody>) {
         if sender.is_closed() {
             return;
         }
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = lists.by_key.entry(list).or_default();
-        if idle.len() >= self.max_idle {
-            idle.retain(|old| self.usable(old));
-            if idle.len() >= self.max_idle {
+        let of_key = lists.by_key.entry(key).or_default();
+        if of_key.idle >= self.max_idle {
+            of_key.prune(|old| self.usable(old));
+            if of_key.idle >= self.max_idle {
                 return;
             }
         }
-        idle.push(Idle {
+        let idle = Idle {
             sender,
             since: Instant::now(),
-        });
+        };
+        match of_key.list(home) {
+            Some(list) => list.push(idle),
+            None => of_key.by_home.push((home, vec![idle])),
+        }
+        of_key.idle += 1;
         if !lists.reaper {
             lists.reaper = true;
             tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
@@ -247,9 +282,9 @@ impl Http1Pool {
     /// its upstream, and forgets empty lists.
     fn sweep(&self) {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        lists.by_key.retain(|_, list| {
-            list.retain(|idle| self.usable(idle));
-            !list.is_empty()
+        lists.by_key.retain(|_, of_key| {
+            of_key.prune(|idle| self.usable(idle));
+            of_key.idle > 0
         });
     }
 
@@ -262,12 +297,12 @@ impl Http1Pool {
     #[cfg(test)]
     fn idle_count(&self, key: &PoolKey) -> usize {
         let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        lists
-            .by_key
-            .iter()
-            .filter(|((k, _), _)| k == key)
-            .map(|(_, list)| list.len())
-            .sum()
+        let counted = lists.by_key.get(key).map_or(0, |of_key| of_key.idle);
+        let listed = lists.by_key.get(key).map_or(0, |of_key| {
+            of_key.by_home.iter().map(|(_, list)| list.len()).sum()
+        });
+        assert_eq!(counted, listed, "the count agrees with the lists");
+        counted
     }
 }
 
@@ -307,7 +342,8 @@ async fn reap(pool: Weak<Http1Pool>, period: Duration) {
 
 struct Lent {
     pool: Weak<Http1Pool>,
-    list: ListKey,
+    key: PoolKey,
+    home: Home,
     sender: SendRequest<EdgeBody>,
     request_ended: Arc<AtomicBool>,
 }
@@ -370,7 +406,7 @@ impl PooledBody {
                 return;
             }
             if let Some(pool) = lent.pool.upgrade() {
-                pool.give_back(lent.list, lent.sender);
+                pool.give_back(lent.key, lent.home, lent.sender);
             }
         }
     }
@@ -443,6 +479,30 @@ mod tests {
         }
         assert_eq!(accepted(), 2, "each reused its own");
         assert_eq!(pool.idle_count(&key(addr)), 2);
+    }
+
+    #[test]
+    fn the_idle_cap_counts_every_runtimes_connections_together() {
+        let upstream_rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (addr, accepted) = upstream_rt.block_on(upstream());
+        let edge = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        let (a, b) = (edge(), edge());
+        let pool = Http1Pool::new(1, Duration::from_secs(60));
+        let fetch_on = |rt: &tokio::runtime::Runtime| rt.block_on(fetch(&pool, addr));
+        assert_eq!(fetch_on(&a), "hello");
+        assert_eq!(pool.idle_count(&key(addr)), 1);
+        // b's connection finds the one place taken by a's and is closed.
+        assert_eq!(fetch_on(&b), "hello");
+        assert_eq!(pool.idle_count(&key(addr)), 1);
+        assert_eq!(fetch_on(&b), "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(fetch_on(&a), "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// A real HTTP/1.1 server on loopback, with keep-alive, that answers

@@ -26,8 +26,7 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the upstream's response headers.
     pub response_timeout: Duration,
-    /// Idle upstream connections kept per host (for plain `http://`
-    /// upstreams, per host and edge thread).
+    /// Idle upstream connections kept per host.
     pub pool_max_idle: usize,
     /// How `https://` upstreams are verified (and the client certificate
     /// for mutual TLS). `None`: the system's roots, no client certificate.
