@@ -375,7 +375,13 @@ pub async fn serve_tls<F, S, B>(
         let stop = stop.clone();
         let handshake_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+            // A shutdown ends a handshake still under way.
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(io));
+            let accepted = tokio::select! {
+                accepted = handshake => accepted,
+                () = stop.stopped() => return,
+            };
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");

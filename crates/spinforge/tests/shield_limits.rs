@@ -348,10 +348,23 @@ async fn a_client_gets_its_connection_cap_and_not_one_more() {
     ));
     server.create_admin_and_login();
     static_site(&server, "static.localhost");
+    let token = server.login_token().await;
 
     let mut open = Vec::new();
     for _ in 0..3 {
         open.push(connect_from(server.edge, "127.0.0.1").await);
+    }
+    // A connect returns once the kernel has the connection; wait until
+    // the edge has taken all three, or the fourth could be taken first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .metrics(&token)
+        .await
+        .lines()
+        .any(|l| l == "spinforge_edge_open_connections 3")
+    {
+        assert!(Instant::now() < deadline, "the edge never took the three");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The fourth from the same address is closed without an answer...
     let answer = raw_from(

@@ -881,13 +881,15 @@ async fn requests_in_flight_finish_when_serve_stops() {
             .expect("all requests reached the upstream");
     }
 
-    // Two connections that send nothing: one chose h2 and owes its
-    // preface, one HTTP/1.1.
+    // Connections that send nothing: one chose h2 and owes its preface,
+    // one HTTP/1.1, one has not even begun its TLS handshake.
     let mut silent = Vec::new();
     for alpn in [Some("h2"), Some("http/1.1")] {
         let stream = tls_connect(&ca, "slow.test", tls, alpn).await;
         silent.push(tokio::spawn(until_closed(stream)));
     }
+    let bare = tokio::net::TcpStream::connect(tls).await.expect("connect");
+    silent.push(tokio::spawn(until_closed(bare)));
 
     // SIGTERM while all wait for their upstream.
     let pid = server.pid();
