@@ -407,6 +407,10 @@ pub async fn serve_tls<F, S, B>(
             let ended = if h2 {
                 // hyper's HTTP/2 server waits for the preface without a
                 // deadline, and a stop does not end that wait.
+                // Limitation: one that sends the preface and then no
+                // SETTINGS still holds a shutdown for the grace (hyper
+                // waits for SETTINGS alike); reading the first frame here
+                // too would lift it.
                 if !preface(&mut tls, handshake_timeout, &stop).await {
                     tracing::debug!(peer = %peer, "no HTTP/2 preface in time");
                     return;

@@ -55,8 +55,7 @@ struct Idle {
 /// With the edge on one runtime per thread, a request sent on a
 /// connection of another runtime would wake that thread and be woken
 /// back by it, through the kernel, twice per request; so each runtime
-/// has an idle list of its own per upstream, as each nginx worker keeps
-/// its own upstream keep-alive cache.
+/// has an idle list of its own per upstream (under one cap for all).
 type Home = Option<tokio::runtime::Id>;
 
 fn here() -> Home {
@@ -75,6 +74,25 @@ impl KeyLists {
     fn list(&mut self, home: Home) -> Option<&mut Vec<Idle>> {
         let at = self.by_home.iter().position(|(h, _)| *h == home)?;
         Some(&mut self.by_home[at].1)
+    }
+
+    /// Drops the connection that has been idle longest, of any runtime.
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .by_home
+            .iter()
+            .enumerate()
+            .filter_map(|(at, (_, list))| Some((at, list.first()?.since)))
+            .min_by_key(|&(_, since)| since);
+        if let Some((at, _)) = oldest {
+            self.by_home[at].1.remove(0);
+            self.idle -= 1;
+            if self.by_home[at].1.is_empty() {
+                self.by_home.swap_remove(at);
+            }
+        } else {
+            self.idle = 0;
+        }
     }
 
     /// Drops expired and closed connections from every list.
@@ -248,20 +266,22 @@ impl Http1Pool {
     }
 
     /// Keeps `sender` in runtime `home`'s list for `key`, unless it is
-    /// closed or the key already has `max_idle` live idle connections.
-    /// Expired or closed ones are dropped to make room: left in, they
-    /// would keep a live one out until the next sweep.
+    /// closed. When the key already has `max_idle` idle connections,
+    /// expired or closed ones are dropped first (left in, they would keep
+    /// a live one out until the next sweep), and then the oldest of any
+    /// runtime: one runtime's idle connections must not keep the others'
+    /// out.
     fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, sender: SendRequest<EdgeBody>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.max_idle == 0 {
             return;
         }
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let of_key = lists.by_key.entry(key).or_default();
         if of_key.idle >= self.max_idle {
             of_key.prune(|old| self.usable(old));
-            if of_key.idle >= self.max_idle {
-                return;
-            }
+        }
+        while of_key.idle >= self.max_idle {
+            of_key.drop_oldest();
         }
         let idle = Idle {
             sender,
@@ -494,15 +514,18 @@ mod tests {
         let (a, b) = (edge(), edge());
         let pool = Http1Pool::new(1, Duration::from_secs(60));
         let fetch_on = |rt: &tokio::runtime::Runtime| rt.block_on(fetch(&pool, addr));
+        let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(fetch_on(&a), "hello");
         assert_eq!(pool.idle_count(&key(addr)), 1);
-        // b's connection finds the one place taken by a's and is closed.
+        // b's connection takes the one place; a's, idle longer, goes.
         assert_eq!(fetch_on(&b), "hello");
         assert_eq!(pool.idle_count(&key(addr)), 1);
+        assert_eq!(accepted(), 2);
         assert_eq!(fetch_on(&b), "hello");
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(accepted(), 2, "b reused its own");
         assert_eq!(fetch_on(&a), "hello");
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(accepted(), 3, "a's was closed");
+        assert_eq!(pool.idle_count(&key(addr)), 1);
     }
 
     /// A real HTTP/1.1 server on loopback, with keep-alive, that answers

@@ -3,7 +3,9 @@
 //!
 //! A connection checks it on every poll, so checking takes no lock: a
 //! flag. To be woken when it flips, a connection's task joins a list of
-//! wakers once, at its first poll, and leaves it when the connection ends.
+//! wakers at the first poll of each wait (a TLS connection waits for its
+//! handshake, for an HTTP/2 preface and then serves), not per request,
+//! and leaves it when that wait ends.
 //! (hyper-util's graceful shutdown watches only its own connection types,
 //! and polls a watch channel's change on every poll of every connection:
 //! it cost the HTTPS keep-alive proxy bench about 0.5 us per request.)
@@ -64,7 +66,8 @@ impl Stop {
     }
 
     /// Resolves once [`Stop::stop`] has been called. Like
-    /// [`until_stopped`], it keeps the waker of its first poll.
+    /// [`until_stopped`], it keeps the waker of its first poll: poll it
+    /// from one task only.
     pub async fn stopped(&self) {
         let mut seat = None;
         std::future::poll_fn(|cx| {
