@@ -467,10 +467,15 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    #[test]
-    fn each_runtime_reuses_only_its_own_connections() {
-        // The upstream on a runtime with threads of its own; two edge
-        // threads' runtimes, each driven only while it serves a request.
+    /// Two edge threads' runtimes, each driven only while it serves a
+    /// request, and an upstream on a runtime with threads of its own (kept
+    /// alive by the returned runtime). The last value counts accepted
+    /// connections.
+    fn two_edge_runtimes() -> (
+        [tokio::runtime::Runtime; 3],
+        std::net::SocketAddr,
+        Arc<AtomicUsize>,
+    ) {
         let upstream_rt = tokio::runtime::Runtime::new().expect("runtime");
         let (addr, accepted) = upstream_rt.block_on(upstream());
         let edge = || {
@@ -479,7 +484,12 @@ mod tests {
                 .build()
                 .expect("runtime")
         };
-        let (a, b) = (edge(), edge());
+        ([edge(), edge(), upstream_rt], addr, accepted)
+    }
+
+    #[test]
+    fn each_runtime_reuses_only_its_own_connections() {
+        let ([a, b, _upstream], addr, accepted) = two_edge_runtimes();
         let pool = Http1Pool::new(4, Duration::from_secs(60));
         // A connection of the other runtime has its task there, which does
         // not run meanwhile: borrowing it would hang.
@@ -503,15 +513,7 @@ mod tests {
 
     #[test]
     fn the_idle_cap_counts_every_runtimes_connections_together() {
-        let upstream_rt = tokio::runtime::Runtime::new().expect("runtime");
-        let (addr, accepted) = upstream_rt.block_on(upstream());
-        let edge = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-        };
-        let (a, b) = (edge(), edge());
+        let ([a, b, _upstream], addr, accepted) = two_edge_runtimes();
         let pool = Http1Pool::new(1, Duration::from_secs(60));
         let fetch_on = |rt: &tokio::runtime::Runtime| rt.block_on(fetch(&pool, addr));
         let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
