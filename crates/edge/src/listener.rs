@@ -1,7 +1,9 @@
 //! The accept loop shared by the edge and the API socket: HTTP/1.1 and
-//! h2c on one port, header-read and idle timeouts on every connection, an
-//! optional cap on open connections (in all and per client address),
-//! HTTP/2 abuse limits, and a graceful shutdown.
+//! h2c on one port, or over TLS the protocol ALPN chose (the HTTP/2
+//! preface read under the header-read timeout), header-read and idle
+//! timeouts on every connection, an optional cap on open connections (in
+//! all and per client address), HTTP/2 abuse limits, and a graceful
+//! shutdown (`crate::shutdown`).
 //!
 //! It knows nothing about routing: each caller brings its own service.
 

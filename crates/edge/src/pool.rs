@@ -1,6 +1,7 @@
 //! The keep-alive pool for plain `http://` upstreams: idle HTTP/1
 //! connections (`hyper::client::conn::http1::SendRequest`) kept per
-//! upstream authority, bounded in count and age.
+//! upstream authority in a list per runtime (edge thread), bounded in
+//! count (all runtimes together) and age.
 //!
 //! It only keeps and hands out connections; how a new one is dialled
 //! (and which addresses the policy allows, or which sandboxed app's

@@ -135,6 +135,12 @@ fn https_client(ca_pem: &str, domain: &str, addr: SocketAddr) -> reqwest::Client
         .expect("client")
 }
 
+/// Uploads a leaf certificate from `ca` for `domain` (files in `dir`).
+fn certify(server: &Server, ca: &TestCa, dir: &Path, domain: &str) {
+    let pair = ca.leaf(domain, -1, 30);
+    assert_ok(&upload(server, domain, &pem_files(dir, domain, &pair)));
+}
+
 /// A server with `alpha.test` and `beta.test` deployed and given
 /// certificates from `ca`.
 fn two_sites(ca: &TestCa, files: &Path) -> Server {
@@ -142,8 +148,7 @@ fn two_sites(ca: &TestCa, files: &Path) -> Server {
     server.create_admin_and_login();
     for domain in ["alpha.test", "beta.test"] {
         deploy_static(&server, domain);
-        let pair = ca.leaf(domain, -1, 30);
-        assert_ok(&upload(&server, domain, &pem_files(files, domain, &pair)));
+        certify(&server, ca, files, domain);
     }
     server
 }
@@ -833,12 +838,7 @@ async fn requests_in_flight_finish_when_serve_stops() {
     server.create_admin_and_login();
     create_proxy_site(&server, "slow.test", &format!("http://{upstream}")).await;
     create_proxy_site(&server, "plain.test", &format!("http://{upstream}")).await;
-    let pair = ca.leaf("slow.test", -1, 30);
-    assert_ok(&upload(
-        &server,
-        "slow.test",
-        &pem_files(files.path(), "slow", &pair),
-    ));
+    certify(&server, &ca, files.path(), "slow.test");
     let tls = server.tls.expect("HTTPS listener");
 
     let mut pending = Vec::new();
@@ -955,12 +955,7 @@ async fn a_dribbled_http2_preface_gets_the_header_read_timeout() {
     ));
     server.create_admin_and_login();
     deploy_static(&server, "alpha.test");
-    let pair = ca.leaf("alpha.test", -1, 30);
-    assert_ok(&upload(
-        &server,
-        "alpha.test",
-        &pem_files(files.path(), "alpha", &pair),
-    ));
+    certify(&server, &ca, files.path(), "alpha.test");
     let tls = server.tls.expect("HTTPS listener");
 
     for alpn in [None, Some("h2")] {
