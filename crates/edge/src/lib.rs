@@ -9,6 +9,7 @@ pub mod app;
 pub mod balancer;
 pub mod body;
 mod framing;
+mod h1;
 pub mod host;
 mod idle;
 pub mod listener;

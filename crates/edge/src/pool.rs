@@ -1,6 +1,6 @@
 //! The keep-alive pool for plain `http://` upstreams: idle HTTP/1
-//! connections (`hyper::client::conn::http1::SendRequest`) kept per
-//! upstream authority in a list per runtime (edge thread), bounded in
+//! connections (`h1::Conn`, on which the request's own task speaks) kept
+//! per upstream authority in a list per runtime (edge thread), bounded in
 //! count (all runtimes together) and age.
 //!
 //! It only keeps and hands out connections; how a new one is dialled
@@ -11,9 +11,6 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, EdgeBody};
-use http_body_util::BodyExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::h1::{self, Conn, ExchangeError, Outgoing, UpstreamBody};
 
 /// Which idle list a connection belongs to. A connection dialled for a
 /// trusted local app never serves a policy-checked site, even at the same
@@ -48,15 +44,15 @@ pub(crate) enum Reach {
 }
 
 struct Idle {
-    sender: SendRequest<EdgeBody>,
+    conn: Conn,
     since: Instant,
 }
 
-/// The runtime a connection's task runs on (the one that dialled it).
-/// With the edge on one runtime per thread, a request sent on a
-/// connection of another runtime would wake that thread and be woken
-/// back by it, through the kernel, twice per request; so each runtime
-/// has an idle list of its own per upstream (under one cap for all).
+/// The runtime whose reactor a connection is registered with (the one
+/// that dialled it). With the edge on one runtime per thread, a request
+/// on a connection of another runtime would be woken by that thread,
+/// through the kernel; so each runtime has an idle list of its own per
+/// upstream (under one cap for all).
 type Home = Option<tokio::runtime::Id>;
 
 fn here() -> Home {
@@ -128,11 +124,14 @@ pub(crate) struct Http1Pool {
 pub(crate) enum SendError<E> {
     /// Dialling a new connection failed (the closure's error).
     Connect(E),
-    /// The HTTP/1 handshake on a new connection failed.
-    Handshake(hyper::Error),
-    /// The request was sent, or its connection failed mid-way.
-    Request(hyper::Error),
+    /// The exchange failed once the request was on its way.
+    Request(ExchangeError),
 }
+
+/// Pooled connections a request tries before it dials a new one, when
+/// each turns out closed by its upstream (a restarted upstream leaves
+/// every idle connection dead; each try costs one round trip).
+const REUSE_TRIES: usize = 3;
 
 impl Http1Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
@@ -147,9 +146,11 @@ impl Http1Pool {
     }
 
     /// Sends `req` on an idle connection for `key`, or on a new one from
-    /// `dial`. A request that an idle connection closed before sending
-    /// (the upstream's keep-alive ran out) is tried on the next one. The
-    /// response body hands the connection back once it has ended.
+    /// `dial`. A request that a pooled connection's upstream closed
+    /// before answering goes out again on the next one, or a new one, if
+    /// it may (see [`Outgoing::may_resend`]): an upstream's keep-alive
+    /// may run out just as a request is sent. The response body hands
+    /// the connection back once it has ended.
     pub async fn send<E, F>(
         self: &Arc<Self>,
         key: &PoolKey,
@@ -159,35 +160,18 @@ impl Http1Pool {
     where
         F: Future<Output = Result<TcpStream, E>>,
     {
-        // Whether the request body was sent to its end: only then can the
-        // connection carry another request once the response is over.
-        // A request without a body (most GETs) has nothing to track.
-        let request_ended = Arc::new(AtomicBool::new(req.body().is_end_stream()));
-        let mut req = if request_ended.load(Ordering::Relaxed) {
-            req
-        } else {
-            req.map(|inner| {
-                Tracked {
-                    inner,
-                    ended: request_ended.clone(),
-                }
-                .boxed()
-            })
-        };
-        // At most one READY_WAIT per request, however many idle
-        // connections are still busy: past it, busy ones are dropped.
-        let mut may_wait = true;
         let home = here();
-        while let Some(mut sender) = self.checkout(key, home) {
-            if !ready(&mut sender, &mut may_wait).await {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lend(key, home, sender, response, request_ended)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Request(e.into_error())),
-                },
+        let mut outgoing = Outgoing::new(req);
+        for _ in 0..REUSE_TRIES {
+            let Some(conn) = self.checkout(key, home) else {
+                break;
+            };
+            match h1::exchange(conn, &mut outgoing).await {
+                Ok(response) => return Ok(self.lend(key, home, response)),
+                Err(e) if outgoing.may_resend(&e) => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; sending again");
+                }
+                Err(e) => return Err(SendError::Request(e)),
             }
         }
 
@@ -195,22 +179,10 @@ impl Http1Pool {
         // futures would make every request's future larger.
         Box::pin(async move {
             let stream = dial().await.map_err(SendError::Connect)?;
-            // Each write is one buffer (flattened), so it goes out with
-            // `send`: most requests are one head, and the kernel's writev
-            // path costs more per call (the iovec import and the file
-            // layer) than copying a body chunk into the buffer does.
-            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-                .writev(false)
-                .handshake(TokioIo::new(stream))
+            let response = h1::exchange(Conn::new(stream), &mut outgoing)
                 .await
-                .map_err(SendError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            let response = sender.send_request(req).await.map_err(SendError::Request)?;
-            Ok(self.lend(key, home, sender, response, request_ended))
+                .map_err(SendError::Request)?;
+            Ok(self.lend(key, home, response))
         })
         .await
     }
@@ -218,7 +190,7 @@ impl Http1Pool {
     /// The newest live idle connection to `key` of runtime `home`. Closed
     /// ones met on the way are dropped; once the newest has expired, all
     /// have.
-    fn checkout(&self, key: &PoolKey, home: Home) -> Option<SendRequest<EdgeBody>> {
+    fn checkout(&self, key: &PoolKey, home: Home) -> Option<Conn> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let lists = lists.by_key.get_mut(key)?;
         let list = lists.list(home)?;
@@ -227,8 +199,8 @@ impl Http1Pool {
         while let Some(newest) = list.pop() {
             if newest.since.elapsed() >= self.idle_timeout {
                 list.clear();
-            } else if !newest.sender.is_closed() {
-                found = Some(newest.sender);
+            } else if !newest.conn.is_closed() {
+                found = Some(newest.conn);
                 break;
             }
         }
@@ -241,9 +213,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         key: &PoolKey,
         home: Home,
-        sender: SendRequest<EdgeBody>,
-        response: Response<Incoming>,
-        request_ended: Arc<AtomicBool>,
+        response: Response<UpstreamBody>,
     ) -> Response<PooledBody> {
         response.map(|inner| {
             let mut body = PooledBody {
@@ -252,13 +222,10 @@ impl Http1Pool {
                     pool: Arc::downgrade(self),
                     key: key.clone(),
                     home,
-                    sender,
-                    request_ended,
                 }),
             };
             // A body that is already over (HEAD, 204, empty) frees the
-            // connection now; hyper makes it ready once it has read the
-            // end of the response.
+            // connection now.
             if body.inner.is_end_stream() {
                 body.give_back();
             }
@@ -266,14 +233,15 @@ impl Http1Pool {
         })
     }
 
-    /// Keeps `sender` in runtime `home`'s list for `key`, unless it is
-    /// closed. When the key already has `max_idle` idle connections,
+    /// Keeps `conn` in runtime `home`'s list for `key`. When the key already has `max_idle` idle connections,
     /// expired or closed ones are dropped first (left in, they would keep
     /// a live one out until the next sweep), and then the oldest of any
     /// runtime: one runtime's idle connections must not keep the others'
     /// out.
-    fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, sender: SendRequest<EdgeBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, conn: Conn) {
+        // It has just ended an exchange cleanly; whether its upstream
+        // closed it since is checked when it is taken.
+        if self.max_idle == 0 {
             return;
         }
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
@@ -285,7 +253,7 @@ impl Http1Pool {
             of_key.drop_oldest();
         }
         let idle = Idle {
-            sender,
+            conn,
             since: Instant::now(),
         };
         match of_key.list(home) {
@@ -311,7 +279,7 @@ impl Http1Pool {
 
     /// True iff `idle` may still be lent: not expired, not closed.
     fn usable(&self, idle: &Idle) -> bool {
-        idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed()
+        idle.since.elapsed() < self.idle_timeout && !idle.conn.is_closed()
     }
 
     /// Idle connections to `key`, of all runtimes.
@@ -324,27 +292,6 @@ impl Http1Pool {
         });
         assert_eq!(counted, listed, "the count agrees with the lists");
         counted
-    }
-}
-
-/// How long a pooled connection may take to become ready. A connection
-/// comes back when its response body ends, usually a moment before hyper
-/// has read that end; it stays busy longer only while the previous
-/// client still streams a request body the upstream answered early.
-const READY_WAIT: Duration = Duration::from_millis(100);
-
-/// True iff `sender` can take a request now, or within [`READY_WAIT`]
-/// if `may_wait` (which the wait then uses up); a connection that cannot
-/// is dropped (it closes once its exchange ends).
-async fn ready(sender: &mut SendRequest<EdgeBody>, may_wait: &mut bool) -> bool {
-    let now = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
-    match now {
-        Poll::Ready(result) => result.is_ok(),
-        Poll::Pending if std::mem::take(may_wait) => matches!(
-            tokio::time::timeout(READY_WAIT, sender.ready()).await,
-            Ok(Ok(()))
-        ),
-        Poll::Pending => false,
     }
 }
 
@@ -361,31 +308,32 @@ async fn reap(pool: Weak<Http1Pool>, period: Duration) {
     }
 }
 
+/// Where a lent connection goes back to.
 struct Lent {
     pool: Weak<Http1Pool>,
     key: PoolKey,
     home: Home,
-    sender: SendRequest<EdgeBody>,
-    request_ended: Arc<AtomicBool>,
 }
 
-/// True iff `polled` ended its body: no frame left, or the last one
-/// (the body now reports `at_end`). An error does not count.
-fn ended<T, E>(polled: &Poll<Option<Result<T, E>>>, at_end: bool) -> bool {
-    match polled {
-        Poll::Ready(None) => true,
-        Poll::Ready(Some(Ok(_))) => at_end,
-        _ => false,
+/// An upstream response body that returns its connection to the pool
+/// when the exchange ended cleanly. Dropped before its end, it closes the
+/// connection: the rest of the response would still be on the wire.
+pub(crate) struct PooledBody {
+    inner: UpstreamBody,
+    lent: Option<Lent>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(lent) = self.lent.take() {
+            if let (Some(conn), Some(pool)) = (self.inner.take_reusable(), lent.pool.upgrade()) {
+                pool.give_back(lent.key, lent.home, conn);
+            }
+        }
     }
 }
 
-/// A request body that notes when it has been sent to its end.
-struct Tracked {
-    inner: EdgeBody,
-    ended: Arc<AtomicBool>,
-}
-
-impl Body for Tracked {
+impl Body for PooledBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -394,59 +342,8 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if ended(&polled, self.inner.is_end_stream()) {
-            self.ended.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// An upstream response body that returns its connection to the pool
-/// when it ends. Dropped before its end, it closes the connection: the
-/// rest of the response would still be on the wire.
-pub(crate) struct PooledBody {
-    inner: Incoming,
-    lent: Option<Lent>,
-}
-
-impl PooledBody {
-    /// Returns the connection to the pool, unless its request body was
-    /// not sent to the end (the upstream answered early): the rest of
-    /// that body could then be read as a next request.
-    fn give_back(&mut self) {
-        if let Some(lent) = self.lent.take() {
-            if !lent.request_ended.load(Ordering::Acquire) {
-                return;
-            }
-            if let Some(pool) = lent.pool.upgrade() {
-                pool.give_back(lent.key, lent.home, lent.sender);
-            }
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if ended(&polled, self.inner.is_end_stream()) {
+        if self.inner.is_end_stream() {
             self.give_back();
-        } else if let Poll::Ready(Some(Err(_))) = polled {
-            // An error ends the exchange; the connection is not reused.
-            self.lent = None;
         }
         polled
     }
@@ -464,6 +361,8 @@ impl Body for PooledBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -668,6 +567,55 @@ mod tests {
         assert_eq!(fetch(&pool, addr).await, "hello");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fetch(&pool, addr).await, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_get_goes_out_again_when_its_pooled_connection_closes_unanswered() {
+        // Answers the first request on each connection, then reads the
+        // second and closes without an answer: its keep-alive ran out
+        // just as the request came.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                        .await;
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        assert_eq!(
+            fetch(&pool, addr).await,
+            "hello",
+            "sent again on a new connection"
+        );
+        assert_eq!(accepted(), 2);
+        // A POST may have been acted on: it is not sent twice.
+        let post = Request::post("/")
+            .header("host", "upstream.test")
+            .body(crate::body::empty())
+            .expect("request");
+        let sent = pool
+            .send(&key(addr), post, || TcpStream::connect(addr))
+            .await;
+        assert!(matches!(
+            sent,
+            Err(SendError::Request(ExchangeError::Unanswered(_)))
+        ));
+        assert_eq!(accepted(), 2);
     }
 
     /// A request body that never ends.

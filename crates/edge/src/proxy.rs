@@ -319,9 +319,6 @@ impl Proxy {
         let response = match tokio::time::timeout(self.config.response_timeout, sent).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(pool::SendError::Connect(e))) => return Err(e),
-            Ok(Err(pool::SendError::Handshake(e))) => {
-                return Err(ProxyError::Connect(error_chain(&e)))
-            }
             Ok(Err(pool::SendError::Request(e))) if body_too_large(&e) => {
                 return Err(ProxyError::BodyTooLarge)
             }
