@@ -518,6 +518,11 @@ fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exchange
     };
     let keep_alive = keeps_alive(&headers, version);
     let (framing, clear) = framing(&headers, status, head_only)?;
+    // Transfer-Encoding overrides a Content-Length, which then does not
+    // describe the body the client gets: it must not reach the client.
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     Ok(Some(Parsed::Final(Answer {
         status,
         version,
@@ -903,10 +908,18 @@ mod tests {
         addr: SocketAddr,
         req: Request<EdgeBody>,
     ) -> Result<(StatusCode, Result<Bytes, String>, bool), ExchangeError> {
+        let (parts, body, reusable) = send_for_parts(addr, req).await?;
+        Ok((parts.status, body, reusable))
+    }
+
+    /// As [`send`], with the whole head of the answer.
+    async fn send_for_parts(
+        addr: SocketAddr,
+        req: Request<EdgeBody>,
+    ) -> Result<(http::response::Parts, Result<Bytes, String>, bool), ExchangeError> {
         let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"));
         let response = exchange(conn, &mut Outgoing::new(req)).await?;
-        let status = response.status();
-        let mut body = response.into_body();
+        let (parts, mut body) = response.into_parts();
         let mut data = Vec::new();
         let outcome = loop {
             match body.frame().await {
@@ -915,7 +928,7 @@ mod tests {
                 Some(Err(e)) => break Err(e.to_string()),
             }
         };
-        Ok((status, outcome, body.take_reusable().is_some()))
+        Ok((parts, outcome, body.take_reusable().is_some()))
     }
 
     #[tokio::test]
@@ -970,6 +983,20 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body.expect("body"), "hello world");
         assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn a_content_length_beside_transfer_encoding_is_dropped() {
+        let (addr, _served) = scripted(
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
+        let (parts, body, reusable) = send_for_parts(addr, get()).await.expect("answer");
+        assert!(parts.headers.get(CONTENT_LENGTH).is_none());
+        assert_eq!(body.expect("body"), "ok");
+        assert!(!reusable, "the connection ends after it");
     }
 
     #[tokio::test]
