@@ -569,11 +569,14 @@ mod tests {
         assert_eq!(fetch(&pool, addr).await, "hello");
     }
 
-    #[tokio::test]
-    async fn a_get_goes_out_again_when_its_pooled_connection_closes_unanswered() {
-        // Answers the first request on each connection, then reads the
-        // second and closes without an answer: its keep-alive ran out
-        // just as the request came.
+    /// A raw upstream that takes up to four connections (and counts
+    /// them), answers the first request on each `hello` at once without
+    /// reading a body, and then leaves the connection to `after`.
+    async fn answering_once<F, Fut>(after: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Copy + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -590,10 +593,22 @@ mod tests {
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
                         .await;
-                    let _ = stream.read(&mut buf).await;
+                    after(stream).await;
                 });
             }
         });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_get_goes_out_again_when_its_pooled_connection_closes_unanswered() {
+        // The second request on each connection is read, and the
+        // connection closed without an answer: its keep-alive ran out
+        // just as the request came.
+        let (addr, accepted) = answering_once(|mut stream| async move {
+            let _ = stream.read(&mut [0u8; 1024]).await;
+        })
+        .await;
         let pool = Http1Pool::new(4, Duration::from_secs(60));
         let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(fetch(&pool, addr).await, "hello");
@@ -637,26 +652,11 @@ mod tests {
     async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
         // Answers every request at once, without reading its body, and
         // keeps each connection open.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            for _ in 0..4 {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = stream.read(&mut buf).await;
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                        .await;
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                });
-            }
-        });
+        let (addr, accepted) = answering_once(|stream| async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(stream);
+        })
+        .await;
         let pool = Http1Pool::new(4, Duration::from_secs(60));
         let streaming = Request::post("/")
             .header("host", "upstream.test")
