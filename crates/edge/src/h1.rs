@@ -234,7 +234,8 @@ impl Sending {
             Some(Err(e)) => return Poll::Ready(Err(Stopped::Body(e))),
             None => return Poll::Ready(self.end()),
         };
-        // Limitation: request trailers are not forwarded.
+        // Limitation: request trailers are not forwarded (written after
+        // the last chunk of a chunked body, they could be).
         if let Ok(data) = frame.into_data() {
             self.pending = self.encode(data)?;
         }
@@ -357,7 +358,10 @@ pub(crate) async fn exchange(
     let written = match request.body.as_mut() {
         None => conn.io.write_all(&request.head).await,
         Some(body) => {
-            let mut first = request.head.clone();
+            // Taken, not copied: once its body is touched, a request is
+            // never sent again (see `may_resend`).
+            let mut first = std::mem::take(&mut request.head);
+            // A first frame not at hand yet follows the head later.
             let taken = std::future::poll_fn(|cx| match body.poll_first(cx, &mut first) {
                 Poll::Pending => Poll::Ready(Ok(())),
                 done => done,
@@ -517,7 +521,7 @@ fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exchange
         _ => Version::HTTP_11,
     };
     let keep_alive = keeps_alive(&headers, version);
-    let (framing, clear) = framing(&headers, status, head_only)?;
+    let (framing, clear) = framing(&headers, status, head_only, version)?;
     // Transfer-Encoding overrides a Content-Length, which then does not
     // describe the body the client gets: it must not reach the client.
     if headers.contains_key(TRANSFER_ENCODING) {
@@ -548,12 +552,23 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
 }
 
 /// How the answer's body is delimited (RFC 9112 6.3), and whether that is
-/// clear enough to reuse the connection after it.
+/// clear enough to reuse the connection after it. The only transfer
+/// coding taken is `chunked`, from HTTP/1.1: another (gzip, ...) would
+/// reach the client still coded and unlabelled once the hop-by-hop
+/// header is gone, and HTTP/1.0 has none (RFC 9112 6.1). nginx refuses
+/// both too.
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_only: bool,
+    version: Version,
 ) -> Result<(Framing, bool), ExchangeError> {
+    let has_codings = headers.contains_key(TRANSFER_ENCODING);
+    if has_codings && version == Version::HTTP_10 {
+        return Err(ExchangeError::Invalid(
+            "transfer-encoding in an HTTP/1.0 answer",
+        ));
+    }
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -562,29 +577,24 @@ fn framing(
         return Ok((Framing::Length(0), true));
     }
     let has_length = headers.contains_key(CONTENT_LENGTH);
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if has_codings {
         let mut codings = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-            .peekable();
-        let mut chunked_last = false;
-        while let Some(coding) = codings.next() {
-            let chunked = coding.eq_ignore_ascii_case(b"chunked");
-            if chunked && codings.peek().is_some() {
-                return Err(ExchangeError::Invalid("chunked is not the last coding"));
-            }
-            chunked_last = chunked;
+            .map(<[u8]>::trim_ascii);
+        let only_chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !only_chunked {
+            return Err(ExchangeError::Invalid(
+                "a transfer coding other than chunked",
+            ));
         }
         // With a Content-Length as well, Transfer-Encoding wins, and the
         // connection is closed after (RFC 9112 6.3, item 3).
-        return Ok(if chunked_last {
-            (Framing::Chunked(Chunk::Size), !has_length)
-        } else {
-            (Framing::UntilClose, false)
-        });
+        return Ok((Framing::Chunked(Chunk::Size), !has_length));
     }
     if has_length {
         return Ok((Framing::Length(content_length(headers)?), true));
@@ -719,7 +729,8 @@ impl Chunk {
                     *self = Chunk::Size;
                 }
                 // Limitation: trailers are read and dropped, as nginx
-                // drops an upstream's.
+                // drops an upstream's (a trailers frame for a client that
+                // sent `TE: trailers` would pass them on).
                 Chunk::Trailers(seen) => {
                     let room = MAX_TRAILERS.saturating_sub(*seen);
                     let Some(end) = line(buf, room)? else {
@@ -739,11 +750,16 @@ impl Chunk {
 }
 
 /// The size on a chunk-size line: hex digits, then optional extensions
-/// after `;` (ignored).
+/// after `;` (ignored), with spaces or tabs between. A CR anywhere in
+/// the line is an error.
 fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = line[digits..].trim_ascii_start();
-    let extensions_ok = rest.is_empty() || (rest[0] == b';' && !rest.contains(&b'\r'));
+    let gap = line[digits..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &line[digits + gap..];
+    let extensions_ok = (rest.is_empty() || rest[0] == b';') && !line.contains(&b'\r');
     if digits == 0 || digits > 15 || !extensions_ok {
         return Err(ExchangeError::Invalid("bad chunk size"));
     }
@@ -869,28 +885,32 @@ mod tests {
     /// A raw upstream on loopback that accepts one connection, reads what
     /// arrives until `request_end` has been seen, writes `answer`, then
     /// holds the connection open for a moment (or closes it at once if
-    /// `answer` is empty). Returns what it read.
+    /// `answer` is empty). Returns what it read, and how much of that the
+    /// first read brought.
     async fn scripted(
         request_end: &'static [u8],
         answer: &'static [u8],
-    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    ) -> (SocketAddr, tokio::task::JoinHandle<(Vec<u8>, usize)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let served = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
             let mut seen = Vec::new();
+            let mut first = None;
             let mut buf = [0u8; 4096];
             while !seen.windows(request_end.len()).any(|w| w == request_end) {
                 match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return seen,
+                    Ok(0) | Err(_) => break,
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
+                first.get_or_insert(seen.len());
             }
             if !answer.is_empty() {
                 stream.write_all(answer).await.expect("answer");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            seen
+            let first = first.unwrap_or(0);
+            (seen, first)
         });
         (addr, served)
     }
@@ -950,7 +970,7 @@ mod tests {
         assert_eq!(status, StatusCode::NO_CONTENT);
         assert_eq!(body.expect("body"), "");
         assert!(reusable);
-        let seen = served.await.expect("served");
+        let (seen, _) = served.await.expect("served");
         assert_eq!(
             String::from_utf8_lossy(&seen),
             "POST /upload HTTP/1.1\r\nhost: upstream.test\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -964,10 +984,15 @@ mod tests {
             .expect("request");
         let (_, body, _) = send(addr, req).await.expect("answer");
         assert_eq!(body.expect("body"), "");
+        let (seen, first_read) = served.await.expect("served");
         assert_eq!(
-            String::from_utf8_lossy(&served.await.expect("served")),
+            String::from_utf8_lossy(&seen),
             "PUT / HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 9\r\n\r\nform data",
-            "head and a small body go out in one write, with their length"
+        );
+        assert_eq!(
+            first_read,
+            seen.len(),
+            "head and a small body go out in one write"
         );
     }
 
@@ -997,6 +1022,23 @@ mod tests {
         assert!(parts.headers.get(CONTENT_LENGTH).is_none());
         assert_eq!(body.expect("body"), "ok");
         assert!(!reusable, "the connection ends after it");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_asked_to_close_does_not_keep_its_connection() {
+        let (addr, _served) = scripted(
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        let req = Request::get("/")
+            .header("host", "upstream.test")
+            .header("connection", "close")
+            .body(crate::body::empty())
+            .expect("request");
+        let (_, body, reusable) = send(addr, req).await.expect("answer");
+        assert_eq!(body.expect("body"), "ok");
+        assert!(!reusable);
     }
 
     #[tokio::test]
@@ -1104,7 +1146,7 @@ mod tests {
     fn framed(
         pairs: &[(&'static str, &'static str)],
     ) -> Result<(&'static str, u64, bool), &'static str> {
-        match framing(&headers(pairs), StatusCode::OK, false) {
+        match framing(&headers(pairs), StatusCode::OK, false, Version::HTTP_11) {
             Ok((Framing::Length(n), clear)) => Ok(("length", n, clear)),
             Ok((Framing::Chunked(_), clear)) => Ok(("chunked", 0, clear)),
             Ok((Framing::UntilClose, clear)) => Ok(("close", 0, clear)),
@@ -1136,7 +1178,7 @@ mod tests {
             Ok(("chunked", 0, true))
         );
         assert_eq!(
-            framed(&[("transfer-encoding", "gzip, Chunked")]),
+            framed(&[("transfer-encoding", "Chunked")]),
             Ok(("chunked", 0, true))
         );
         // Transfer-Encoding wins over Content-Length; the connection ends.
@@ -1144,14 +1186,26 @@ mod tests {
             framed(&[("transfer-encoding", "chunked"), ("content-length", "5")]),
             Ok(("chunked", 0, false))
         );
-        assert_eq!(
-            framed(&[("transfer-encoding", "gzip")]),
-            Ok(("close", 0, false))
-        );
-        assert_eq!(
-            framed(&[("transfer-encoding", "chunked, gzip")]),
-            Err("chunked is not the last coding")
-        );
+        for other in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, gzip",
+            "chunked, chunked",
+            "",
+        ] {
+            assert_eq!(
+                framed(&[("transfer-encoding", other)]),
+                Err("a transfer coding other than chunked"),
+                "{other:?}"
+            );
+        }
+        let chunked = headers(&[("transfer-encoding", "chunked")]);
+        assert!(matches!(
+            framing(&chunked, StatusCode::OK, false, Version::HTTP_10),
+            Err(ExchangeError::Invalid(
+                "transfer-encoding in an HTTP/1.0 answer"
+            ))
+        ));
         assert_eq!(framed(&[]), Ok(("close", 0, false)));
         // No body, whatever is declared: a HEAD's answer, 204, 304.
         let declared = headers(&[("content-length", "5")]);
@@ -1160,7 +1214,8 @@ mod tests {
             (StatusCode::NO_CONTENT, false),
             (StatusCode::NOT_MODIFIED, false),
         ] {
-            let (framing, clear) = framing(&declared, status, head_only).expect("framed");
+            let (framing, clear) =
+                framing(&declared, status, head_only, Version::HTTP_11).expect("framed");
             assert!(matches!(framing, Framing::Length(0)) && clear, "{status}");
         }
     }
@@ -1184,6 +1239,7 @@ mod tests {
         assert_eq!(chunk_size(b"A").ok(), Some(10));
         assert_eq!(chunk_size(b"5;name=value").ok(), Some(5));
         assert_eq!(chunk_size(b"5 ;x").ok(), Some(5));
+        assert_eq!(chunk_size(b"5\t;x").ok(), Some(5));
         for bad in [
             &b""[..],
             b"g",
@@ -1191,6 +1247,9 @@ mod tests {
             b"-5",
             b"1234567890abcdef",
             b"5;a\rb",
+            b"5\r;x",
+            b"5\r",
+            b"5\x0c",
         ] {
             assert!(
                 chunk_size(bad).is_err(),

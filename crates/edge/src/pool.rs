@@ -169,7 +169,10 @@ impl Http1Pool {
             match h1::exchange(conn, &mut outgoing).await {
                 Ok(response) => return Ok(self.lend(key, home, response)),
                 Err(e) if outgoing.may_resend(&e) => {
-                    tracing::debug!(error = %e, "pooled upstream connection was closed; sending again");
+                    tracing::debug!(
+                        error = %e,
+                        "pooled upstream connection was closed; sending again"
+                    );
                 }
                 Err(e) => return Err(SendError::Request(e)),
             }
@@ -233,9 +236,10 @@ impl Http1Pool {
         })
     }
 
-    /// Keeps `conn` in runtime `home`'s list for `key`. When the key already has `max_idle` idle connections,
-    /// expired or closed ones are dropped first (left in, they would keep
-    /// a live one out until the next sweep), and then the oldest of any
+    /// Keeps `conn` in runtime `home`'s list for `key`. When the key
+    /// already has `max_idle` idle connections, expired or closed ones are
+    /// dropped first (left in, they would keep a live one out until the
+    /// next sweep), and then the oldest of any
     /// runtime: one runtime's idle connections must not keep the others'
     /// out.
     fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, conn: Conn) {
@@ -324,6 +328,8 @@ pub(crate) struct PooledBody {
 }
 
 impl PooledBody {
+    /// Returns the connection to the pool if the exchange ended cleanly
+    /// (see [`UpstreamBody::take_reusable`]); otherwise it is closed.
     fn give_back(&mut self) {
         if let Some(lent) = self.lent.take() {
             if let (Some(conn), Some(pool)) = (self.inner.take_reusable(), lent.pool.upgrade()) {
@@ -391,8 +397,9 @@ mod tests {
     fn each_runtime_reuses_only_its_own_connections() {
         let ([a, b, _upstream], addr, accepted) = two_edge_runtimes();
         let pool = Http1Pool::new(4, Duration::from_secs(60));
-        // A connection of the other runtime has its task there, which does
-        // not run meanwhile: borrowing it would hang.
+        // A connection of the other runtime is registered with that
+        // runtime's reactor, which does not run meanwhile: borrowing it
+        // would hang.
         let fetch_on = |rt: &tokio::runtime::Runtime| {
             rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), fetch(&pool, addr))
@@ -633,6 +640,50 @@ mod tests {
         assert_eq!(accepted(), 2);
     }
 
+    #[tokio::test]
+    async fn bytes_an_idle_connection_receives_never_reach_the_next_request() {
+        // After its answer, the upstream sends one nobody asked for, and
+        // answers every later request on that connection the same way.
+        const EVIL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil";
+        let (addr, accepted) = answering_once(|mut stream| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = stream.write_all(EVIL).await;
+            let mut buf = [0u8; 1024];
+            for _ in 0..4 {
+                if matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {
+                    return;
+                }
+                let _ = stream.write_all(EVIL).await;
+            }
+        })
+        .await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_not_sent_on_a_connection_closed_while_idle() {
+        // A POST is never sent twice, so it must not meet the closed
+        // connection at all.
+        let (addr, accepted) = answering_once(|stream| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(stream);
+        })
+        .await;
+        let pool = Http1Pool::new(4, Duration::from_secs(60));
+        assert_eq!(fetch(&pool, addr).await, "hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let post = Request::post("/")
+            .header("host", "upstream.test")
+            .body(crate::body::empty())
+            .expect("request");
+        assert_eq!(exchange(&pool, addr, post).await, "hello");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     /// A request body that never ends.
     struct Endless;
 
@@ -649,7 +700,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
+    async fn a_connection_whose_request_body_never_ended_is_not_reused() {
         // Answers every request at once, without reading its body, and
         // keeps each connection open.
         let (addr, accepted) = answering_once(|stream| async move {
