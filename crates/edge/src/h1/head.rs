@@ -36,7 +36,24 @@ pub(super) struct Answer {
 
 /// Parses the head at the start of `buf` and takes it out, or returns
 /// `None` if it has not all arrived.
-pub(super) fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
+///
+/// `scanned` is how much of `buf` earlier calls saw without finding the
+/// head's end (0 to start): a head that arrives a few bytes at a time is
+/// parsed again only once its end may be among the new bytes, not from
+/// its start after every read, which would cost time quadratic in its
+/// length.
+pub(super) fn parse(
+    buf: &mut BytesMut,
+    head_only: bool,
+    scanned: &mut usize,
+) -> Result<Option<Parsed>, ExchangeError> {
+    if *scanned > 0 && !may_end_head(buf, *scanned) {
+        *scanned = buf.len();
+        if buf.len() >= MAX_HEAD {
+            return Err(ExchangeError::Invalid("the head is too large"));
+        }
+        return Ok(None);
+    }
     // Where each name and value lies in `buf`, so the values can share
     // the head's bytes instead of each being copied.
     // (A head is at most MAX_HEAD bytes, so u32 offsets; the array is
@@ -51,7 +68,10 @@ pub(super) fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed
         let config = httparse::ParserConfig::default();
         let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                *scanned = buf.len();
+                return Ok(None);
+            }
             Ok(_) => return Err(ExchangeError::Invalid("the head is too large")),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(ExchangeError::Invalid("too many header lines"))
@@ -72,6 +92,7 @@ pub(super) fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed
         (len, parsed.code, parsed.version, parsed.headers.len())
     };
     let head = buf.split_to(len).freeze();
+    *scanned = 0;
     let status = code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(ExchangeError::Invalid("bad status code"))?;
@@ -94,9 +115,13 @@ pub(super) fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed
     let keep_alive = keeps_alive(&headers, version);
     let (framing, clear) = framing(&headers, status, head_only, version)?;
     // Transfer-Encoding overrides a Content-Length, which then does not
-    // describe the body the client gets: it must not reach the client.
+    // describe the body the client gets: it must not reach the client. A
+    // length given as a list of equal values goes on as one value.
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
+    } else if is_list(&headers, CONTENT_LENGTH) {
+        let length = content_length(&headers)?;
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(Some(Parsed::Final(Answer {
         status,
@@ -105,6 +130,21 @@ pub(super) fn parse(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed
         framing,
         reusable: keep_alive && clear && status != StatusCode::SWITCHING_PROTOCOLS,
     })))
+}
+
+/// True iff the bytes of `buf` from about `from` on hold a blank line,
+/// which ends a head (`\n\n` or `\n\r\n`; the three bytes before
+/// `from` are looked at again, in case it fell inside one).
+fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let new = &buf[from.saturating_sub(3).min(buf.len())..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// True iff header `name` has more than one line, or a comma in its one.
+fn is_list(headers: &HeaderMap, name: http::header::HeaderName) -> bool {
+    let mut values = headers.get_all(&name).iter();
+    let first = values.next();
+    values.next().is_some() || first.is_some_and(|v| v.as_bytes().contains(&b','))
 }
 
 /// True iff the connection may carry another request after this answer:
@@ -140,14 +180,18 @@ fn framing(
             "transfer-encoding in an HTTP/1.0 answer",
         ));
     }
+    let has_length = headers.contains_key(CONTENT_LENGTH);
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        // No body, but a declared length still has to be one.
+        if has_length && !has_codings {
+            content_length(headers)?;
+        }
         return Ok((Framing::Length(0), true));
     }
-    let has_length = headers.contains_key(CONTENT_LENGTH);
     if has_codings {
         let mut codings = headers
             .get_all(TRANSFER_ENCODING)
@@ -435,6 +479,51 @@ mod tests {
                 framing(&declared, status, head_only, Version::HTTP_11).expect("framed");
             assert!(matches!(framing, Framing::Length(0)) && clear, "{status}");
         }
+    }
+
+    #[test]
+    fn a_head_is_found_however_its_end_is_cut() {
+        let wire = b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nbody";
+        for step in 1..=wire.len() {
+            let mut buf = BytesMut::new();
+            let mut scanned = 0;
+            let mut found = None;
+            for piece in wire.chunks(step) {
+                buf.extend_from_slice(piece);
+                if let Some(Parsed::Final(answer)) =
+                    parse(&mut buf, false, &mut scanned).expect("parses")
+                {
+                    found = Some(answer);
+                    break;
+                }
+            }
+            let answer = found.unwrap_or_else(|| panic!("step {step}: no head"));
+            assert_eq!(answer.headers["x-a"], "1", "step {step}");
+            // Only the head was taken: what is left is the body's start.
+            assert!(b"body".starts_with(&buf), "step {step}");
+        }
+        // A head that never ends is refused at the cap, also a byte at a
+        // time.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        let mut scanned = 0;
+        let refused = (0..MAX_HEAD).find_map(|_| {
+            buf.extend_from_slice(b"a");
+            parse(&mut buf, false, &mut scanned).err()
+        });
+        assert!(matches!(
+            refused,
+            Some(ExchangeError::Invalid("the head is too large"))
+        ));
+    }
+
+    #[test]
+    fn a_declared_length_without_a_body_must_still_be_a_number() {
+        let bad = headers(&[("content-length", "abc")]);
+        let framed = framing(&bad, StatusCode::NOT_MODIFIED, false, Version::HTTP_11);
+        assert!(matches!(framed, Err(ExchangeError::Invalid(_))));
+        let good = headers(&[("content-length", "1234")]);
+        let framed = framing(&good, StatusCode::OK, true, Version::HTTP_11);
+        assert!(matches!(framed, Ok((Framing::Length(0), true))));
     }
 
     #[test]

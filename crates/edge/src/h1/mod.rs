@@ -133,6 +133,7 @@ pub(crate) async fn exchange(
     written.map_err(ExchangeError::Unsent)?;
     let mut stopped_taking = false;
     let mut informational = 0;
+    let mut scanned = 0;
     let head_only = request.head_only;
     let sending = &mut request.body;
     let answer = std::future::poll_fn(|cx| {
@@ -147,7 +148,7 @@ pub(crate) async fn exchange(
             }
         }
         loop {
-            match parse(&mut conn.buf, head_only)? {
+            match parse(&mut conn.buf, head_only, &mut scanned)? {
                 Some(Parsed::Informational) => {
                     informational += 1;
                     if informational > MAX_INFORMATIONAL {
@@ -395,17 +396,12 @@ mod tests {
     #[tokio::test]
     async fn the_request_goes_out_with_its_own_framing() {
         let (addr, served) = scripted(b"0\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n").await;
-        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"hello"))),
-            Ok(Frame::data(Bytes::from_static(b" world!"))),
-        ];
-        let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
-        // The client's own framing headers are replaced, not forwarded.
+        // A body with no size of its own and no declared length goes
+        // chunked; the client's other framing headers are not forwarded.
         let req = Request::post("/upload")
             .header("host", "upstream.test")
-            .header("content-length", "999")
             .header("transfer-encoding", "gzip")
-            .body(streamed.boxed())
+            .body(streamed())
             .expect("request");
         let (status, body, reusable) = send(addr, req).await.expect("answer");
         assert_eq!(status, StatusCode::NO_CONTENT);
@@ -435,6 +431,67 @@ mod tests {
             seen.len(),
             "head and a small body go out in one write"
         );
+    }
+
+    /// "hello world!" in two frames, with no size of its own (as a body
+    /// the WAF has read and passes on).
+    fn streamed() -> EdgeBody {
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::data(Bytes::from_static(b" world!"))),
+        ];
+        http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_goes_out_with_a_body_that_has_no_size() {
+        let (addr, served) = scripted(b"world!", b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let req = Request::post("/upload")
+            .header("host", "upstream.test")
+            .header("content-length", "12")
+            .body(streamed())
+            .expect("request");
+        let (_, _, reusable) = send(addr, req).await.expect("answer");
+        assert!(reusable);
+        let (seen, _) = served.await.expect("served");
+        assert_eq!(
+            String::from_utf8_lossy(&seen),
+            "POST /upload HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 12\r\n\r\n\
+             hello world!"
+        );
+
+        // A body shorter than declared fails; nothing is answered for it.
+        let (addr, _served) = scripted(b"world!", b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let req = Request::post("/upload")
+            .header("host", "upstream.test")
+            .header("content-length", "999")
+            .body(streamed())
+            .expect("request");
+        let error = send(addr, req).await.expect_err("short body");
+        assert!(matches!(error, ExchangeError::Body(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_head_that_arrives_a_byte_at_a_time_is_read_whole() {
+        // Split everywhere, also inside the blank line that ends it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let _ = stream.read(&mut [0u8; 1024]).await;
+            let answer = b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2, 2\r\n\r\nok";
+            for byte in answer {
+                stream.write_all(&[*byte]).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let (parts, body, reusable) = send_for_parts(addr, get()).await.expect("answer");
+        assert_eq!(parts.headers["x-a"], "1");
+        // A list of equal lengths goes on as one.
+        assert_eq!(parts.headers[CONTENT_LENGTH], "2");
+        assert_eq!(body.expect("body"), "ok");
+        assert!(reusable);
     }
 
     #[tokio::test]

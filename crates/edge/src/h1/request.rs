@@ -66,7 +66,15 @@ impl Outgoing {
             }
             None
         } else {
-            let length = body.size_hint().exact();
+            // The body's own length, or else the one the client declared:
+            // a body the WAF read and passes on again knows none, and
+            // many servers read only Content-Length (a body that turns
+            // out another length fails, see `Sending::encode`).
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let length = body.size_hint().exact().or(declared);
             match length {
                 Some(length) => {
                     let _ = write!(head, "content-length: {length}\r\n");
