@@ -239,9 +239,8 @@ impl Http1Pool {
     /// Keeps `conn` in runtime `home`'s list for `key`. When the key
     /// already has `max_idle` idle connections, expired or closed ones are
     /// dropped first (left in, they would keep a live one out until the
-    /// next sweep), and then the oldest of any
-    /// runtime: one runtime's idle connections must not keep the others'
-    /// out.
+    /// next sweep), and then the oldest of any runtime: one runtime's idle
+    /// connections must not keep the others' out.
     fn give_back(self: &Arc<Self>, key: PoolKey, home: Home, conn: Conn) {
         // It has just ended an exchange cleanly; whether its upstream
         // closed it since is checked when it is taken.

@@ -7,7 +7,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
-use super::ExchangeError;
+use super::{has_token, ExchangeError};
+
+#[cfg(test)]
+thread_local! {
+    /// Full parses of a head by httparse on this thread (tests count
+    /// them to show a dribbled head is not parsed after every read).
+    pub(super) static FULL_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// Header lines an answer may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -47,6 +54,15 @@ pub(super) fn parse(
     head_only: bool,
     scanned: &mut usize,
 ) -> Result<Option<Parsed>, ExchangeError> {
+    // httparse skips empty lines before a status line; each would look
+    // like a head's end below, and a run of them sent a byte at a time
+    // would have the whole buffer parsed after every read. nginx refuses
+    // such an answer too.
+    if buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+        return Err(ExchangeError::Invalid(
+            "an empty line before the status line",
+        ));
+    }
     if *scanned > 0 && !may_end_head(buf, *scanned) {
         *scanned = buf.len();
         if buf.len() >= MAX_HEAD {
@@ -66,6 +82,8 @@ pub(super) fn parse(
             [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
+        #[cfg(test)]
+        FULL_PARSES.with(|n| n.set(n.get() + 1));
         let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
@@ -132,11 +150,11 @@ pub(super) fn parse(
     })))
 }
 
-/// True iff the bytes of `buf` from about `from` on hold a blank line,
-/// which ends a head (`\n\n` or `\n\r\n`; the three bytes before
-/// `from` are looked at again, in case it fell inside one).
+/// True iff `\n\n` or `\n\r\n`, one of which ends every head, ends
+/// in `buf[from..]`: the search starts two bytes before `from`, in case
+/// one began in the bytes seen before.
 fn may_end_head(buf: &[u8], from: usize) -> bool {
-    let new = &buf[from.saturating_sub(3).min(buf.len())..];
+    let new = &buf[from.saturating_sub(2).min(buf.len())..];
     new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
 }
 
@@ -166,8 +184,8 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
 /// clear enough to reuse the connection after it. The only transfer
 /// coding taken is `chunked`, from HTTP/1.1: another (gzip, ...) would
 /// reach the client still coded and unlabelled once the hop-by-hop
-/// header is gone, and HTTP/1.0 has none (RFC 9112 6.1). nginx refuses
-/// both too.
+/// header is gone (nginx 1.23 and later refuse it too), and HTTP/1.0
+/// has none (RFC 9112 6.1).
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
@@ -298,6 +316,10 @@ fn take(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
 
 /// The length of the line at the start of `buf`, without its CRLF, or
 /// `None` if it has not all arrived. A bare LF is an error.
+// Limitation: a line that arrives a few bytes at a time is searched from
+// its start after each read; `max` (4 KiB for a chunk-size line, what is
+// left of 16 KiB of trailers) bounds that cost, which remembering how far
+// the search got would remove.
 fn line(buf: &[u8], max: usize) -> Result<Option<usize>, ExchangeError> {
     let window = &buf[..buf.len().min(max)];
     match window.iter().position(|b| *b == b'\n') {
@@ -381,13 +403,6 @@ fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
     let hex = std::str::from_utf8(&line[..digits])
         .map_err(|_| ExchangeError::Invalid("bad chunk size"))?;
     u64::from_str_radix(hex, 16).map_err(|_| ExchangeError::Invalid("bad chunk size"))
-}
-
-/// True iff the comma-separated list `value` holds `token`, in any case.
-pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -514,6 +529,50 @@ mod tests {
             refused,
             Some(ExchangeError::Invalid("the head is too large"))
         ));
+    }
+
+    #[test]
+    fn a_dribbled_head_is_parsed_whole_only_once_its_end_may_be_there() {
+        let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..200 {
+            wire.extend_from_slice(format!("x-h{i}: {}\r\n", "v".repeat(30)).as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::new();
+        let mut scanned = 0;
+        FULL_PARSES.with(|n| n.set(0));
+        let mut outcome = Ok(None);
+        for byte in &wire {
+            buf.extend_from_slice(&[*byte]);
+            outcome = parse(&mut buf, false, &mut scanned);
+            if !matches!(outcome, Ok(None)) {
+                break;
+            }
+        }
+        // 200 lines are too many; what counts is that it was found out
+        // once, at the end, not after each of the 8,000 bytes.
+        assert!(matches!(
+            outcome,
+            Err(ExchangeError::Invalid("too many header lines"))
+        ));
+        assert!(FULL_PARSES.with(|n| n.get()) <= 2);
+    }
+
+    #[test]
+    fn an_empty_line_before_the_status_line_is_refused() {
+        for wire in [&b"\r\nHTTP/1.1 200 OK\r\n\r\n"[..], b"\n", b"\r"] {
+            let mut scanned = 0;
+            let refused = parse(&mut BytesMut::from(wire), false, &mut scanned);
+            assert!(
+                matches!(
+                    refused,
+                    Err(ExchangeError::Invalid(
+                        "an empty line before the status line"
+                    ))
+                ),
+                "{wire:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! An HTTP/1.1 client for the pool's plain upstream connections, spoken
-//! by the request's own task: it writes the request, reads the answer as
-//! the client takes it, and frees the connection only after a clean end.
-//! It does not dial, pool, speak TLS or upgrade: `pool.rs`, `proxy.rs`
-//! and hyper do.
+//! by the request's own task (no connection task and no channel, which
+//! hyper's client costs per request): it writes the request, reads the
+//! answer as the client takes it, and frees the connection only after an
+//! answer that ended exactly where its framing said. It does not dial,
+//! pool, speak TLS or upgrade: `pool.rs`, `proxy.rs` and hyper do.
 
 mod head;
 mod request;
@@ -21,6 +22,13 @@ use crate::body::BoxError;
 use head::{parse, Decoded, Framing, Parsed};
 pub(crate) use request::Outgoing;
 use request::{Sending, Stopped};
+
+/// True iff the comma-separated list `value` holds `token`, in any case.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
 
 /// Informational (1xx) answers skipped before the final one.
 const MAX_INFORMATIONAL: usize = 16;
@@ -185,9 +193,7 @@ pub(crate) async fn exchange(
     // stopped taking, or not yet ended, keeps the connection from reuse
     // (the rest of it could be read as a next request).
     let body = request.body.take();
-    let finished = body
-        .as_ref()
-        .is_none_or(|b| b.ended && b.pending.is_empty());
+    let finished = body.as_ref().is_none_or(Sending::is_written);
     let upstream = UpstreamBody {
         conn: Some(conn),
         ended: answer.framing.is_done(),
@@ -327,32 +333,28 @@ mod tests {
     /// A raw upstream on loopback that accepts one connection, reads what
     /// arrives until `request_end` has been seen, writes `answer`, then
     /// holds the connection open for a moment (or closes it at once if
-    /// `answer` is empty). Returns what it read, and how much of that the
-    /// first read brought.
+    /// `answer` is empty). Returns what it read.
     async fn scripted(
         request_end: &'static [u8],
         answer: &'static [u8],
-    ) -> (SocketAddr, tokio::task::JoinHandle<(Vec<u8>, usize)>) {
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let served = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
             let mut seen = Vec::new();
-            let mut first = None;
             let mut buf = [0u8; 4096];
             while !seen.windows(request_end.len()).any(|w| w == request_end) {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
-                first.get_or_insert(seen.len());
             }
             if !answer.is_empty() {
                 stream.write_all(answer).await.expect("answer");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            let first = first.unwrap_or(0);
-            (seen, first)
+            seen
         });
         (addr, served)
     }
@@ -407,7 +409,7 @@ mod tests {
         assert_eq!(status, StatusCode::NO_CONTENT);
         assert_eq!(body.expect("body"), "");
         assert!(reusable);
-        let (seen, _) = served.await.expect("served");
+        let seen = served.await.expect("served");
         assert_eq!(
             String::from_utf8_lossy(&seen),
             "POST /upload HTTP/1.1\r\nhost: upstream.test\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -421,16 +423,28 @@ mod tests {
             .expect("request");
         let (_, body, _) = send(addr, req).await.expect("answer");
         assert_eq!(body.expect("body"), "");
-        let (seen, first_read) = served.await.expect("served");
         assert_eq!(
-            String::from_utf8_lossy(&seen),
+            String::from_utf8_lossy(&served.await.expect("served")),
             "PUT / HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 9\r\n\r\nform data",
         );
-        assert_eq!(
-            first_read,
-            seen.len(),
-            "head and a small body go out in one write"
-        );
+    }
+
+    #[test]
+    fn a_small_body_at_hand_goes_out_with_the_head() {
+        let req = Request::put("/")
+            .header("host", "upstream.test")
+            .body(crate::body::full("form data"))
+            .expect("request");
+        let mut outgoing = Outgoing::new(req);
+        let mut first = outgoing.head.clone();
+        let body = outgoing.body.as_mut().expect("a body");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            body.poll_first(&mut cx, &mut first),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(first.ends_with(b"content-length: 9\r\n\r\nform data"));
+        assert!(body.is_written(), "nothing is left to write after the head");
     }
 
     /// "hello world!" in two frames, with no size of its own (as a body
@@ -453,7 +467,7 @@ mod tests {
             .expect("request");
         let (_, _, reusable) = send(addr, req).await.expect("answer");
         assert!(reusable);
-        let (seen, _) = served.await.expect("served");
+        let seen = served.await.expect("served");
         assert_eq!(
             String::from_utf8_lossy(&seen),
             "POST /upload HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 12\r\n\r\n\
@@ -469,6 +483,23 @@ mod tests {
             .expect("request");
         let error = send(addr, req).await.expect_err("short body");
         assert!(matches!(error, ExchangeError::Body(_)), "{error}");
+
+        // One longer than declared: the upstream gets the declared bytes
+        // and no more, then the connection ends; nothing is smuggled.
+        let (addr, served) = scripted(b"hello", b"").await;
+        let req = Request::post("/upload")
+            .header("host", "upstream.test")
+            .header("content-length", "5")
+            .body(streamed())
+            .expect("request");
+        let error = send(addr, req).await.expect_err("long body");
+        assert!(matches!(error, ExchangeError::Body(_)), "{error}");
+        let seen = served.await.expect("served");
+        assert!(
+            seen.ends_with(b"content-length: 5\r\n\r\nhello"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
     }
 
     #[tokio::test]

@@ -13,8 +13,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::head::has_token;
-use super::ExchangeError;
+use super::{has_token, ExchangeError};
 use crate::body::{BoxError, EdgeBody};
 
 /// Bytes of a request body's first frame copied to go out with its head.
@@ -30,7 +29,7 @@ pub(crate) struct Outgoing {
     /// The request asked the upstream to close the connection after it.
     pub(super) close: bool,
     /// The method may be sent twice (RFC 9110 9.2.2).
-    pub(super) idempotent: bool,
+    idempotent: bool,
 }
 
 impl Outgoing {
@@ -128,15 +127,15 @@ impl Outgoing {
 
 /// A request body being written, chunked when `left` is `None`.
 pub(super) struct Sending {
-    pub(super) body: EdgeBody,
+    body: EdgeBody,
     /// Bytes the declared length still expects.
-    pub(super) left: Option<u64>,
+    left: Option<u64>,
     /// Encoded bytes of the current frame not yet written.
-    pub(super) pending: Bytes,
+    pending: Bytes,
     /// A frame has been taken from the body.
-    pub(super) started: bool,
+    started: bool,
     /// The body has ended; `pending` holds its last bytes.
-    pub(super) ended: bool,
+    ended: bool,
 }
 
 /// Why a request body stopped before its end.
@@ -148,6 +147,11 @@ pub(super) enum Stopped {
 }
 
 impl Sending {
+    /// True iff the whole body has been written.
+    pub(super) fn is_written(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+
     /// Writes the body until it has all been written, or until the body
     /// or the socket has nothing to go on with.
     pub(super) fn poll_send(
