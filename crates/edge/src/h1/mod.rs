@@ -376,6 +376,14 @@ mod tests {
         Ok((parts.status, body, reusable))
     }
 
+    /// [`send`]s a GET to an upstream that answers it with `answer`.
+    async fn answered(
+        answer: &'static [u8],
+    ) -> Result<(StatusCode, Result<Bytes, String>, bool), ExchangeError> {
+        let (addr, _served) = scripted(b"\r\n\r\n", answer).await;
+        send(addr, get()).await
+    }
+
     /// As [`send`], with the whole head of the answer.
     async fn send_for_parts(
         addr: SocketAddr,
@@ -527,13 +535,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunked_answer_is_decoded_and_its_connection_kept() {
-        let (addr, _served) = scripted(
-            b"\r\n\r\n",
+        let (status, body, reusable) = answered(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
               5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
         )
-        .await;
-        let (status, body, reusable) = send(addr, get()).await.expect("answer");
+        .await
+        .expect("answer");
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body.expect("body"), "hello world");
         assert!(reusable);
@@ -572,13 +579,12 @@ mod tests {
 
     #[tokio::test]
     async fn informational_answers_are_skipped() {
-        let (addr, _served) = scripted(
-            b"\r\n\r\n",
+        let (status, body, reusable) = answered(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
               HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         )
-        .await;
-        let (status, body, reusable) = send(addr, get()).await.expect("answer");
+        .await
+        .expect("answer");
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body.expect("body"), "ok");
         assert!(reusable);
@@ -588,21 +594,21 @@ mod tests {
     async fn bytes_after_an_answer_keep_its_connection_from_reuse() {
         // A second answer nobody asked for, right behind the first: on a
         // reused connection it would be the next client's answer.
-        let (addr, _served) = scripted(
-            b"\r\n\r\n",
+        let (_, body, reusable) = answered(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
               HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
         )
-        .await;
-        let (_, body, reusable) = send(addr, get()).await.expect("answer");
+        .await
+        .expect("answer");
         assert_eq!(body.expect("body"), "ok");
         assert!(!reusable);
     }
 
     #[tokio::test]
     async fn an_answer_until_close_is_read_to_its_end_and_not_reused() {
-        let (addr, _served) = scripted(b"\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
-        let (_, body, reusable) = send(addr, get()).await.expect("answer");
+        let (_, body, reusable) = answered(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+            .await
+            .expect("answer");
         assert_eq!(body.expect("body"), "until the end");
         assert!(!reusable);
     }
@@ -633,15 +639,15 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
         big.resize(MAX_HEAD + 100, b'a');
         let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-        let (addr, _served) = scripted(b"\r\n\r\n", big).await;
-        let error = send(addr, get()).await.expect_err("too large");
+        let error = answered(big).await.expect_err("too large");
         assert!(
             matches!(error, ExchangeError::Invalid("the head is too large")),
             "{error}"
         );
 
-        let (addr, _served) = scripted(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n").await;
-        let error = send(addr, get()).await.expect_err("malformed");
+        let error = answered(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n")
+            .await
+            .expect_err("malformed");
         assert!(
             matches!(error, ExchangeError::Invalid("malformed head")),
             "{error}"
