@@ -7,25 +7,11 @@
 mod common;
 mod keys_support;
 
-use common::{assert_ok, write_tree, Server};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use common::{assert_ok, free_port, free_udp_port, write_tree, Server};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
 
 /// pebble and its challenge test server (used as DNS only), killed on drop.
 struct Pebble {

@@ -74,11 +74,6 @@ fn spawn_http_server(dir: &std::path::Path, port: u16) -> Child {
         .expect("python3")
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 async fn create(server: &Server, token: &str, body: Value) -> reqwest::Response {
     http()
         .post(format!("{}/api/v1/sites", server.api_url()))

