@@ -1,8 +1,8 @@
 //! Security headers on every edge response, and the removal of headers
 //! that tell an attacker which software and version sit behind the edge.
 //!
-//! Values are parsed once from config; applying them clones a few
-//! reference-counted header values and allocates nothing.
+//! Values are parsed once from config; applying them clones a few header
+//! values (static ones for the defaults) and allocates nothing.
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
@@ -46,20 +46,37 @@ pub struct HeaderSettings {
     pub nosniff: bool,
 }
 
+const DEFAULT_HSTS: &str = "max-age=31536000";
+const DEFAULT_CSP_STATIC: &str = "default-src 'self'; img-src 'self' data:; style-src 'self' \
+                                  'unsafe-inline'; object-src 'none'; base-uri 'self'; \
+                                  frame-ancestors 'self'";
+const DEFAULT_FRAME_OPTIONS: &str = "SAMEORIGIN";
+const DEFAULT_REFERRER_POLICY: &str = "strict-origin-when-cross-origin";
+const DEFAULT_PERMISSIONS_POLICY: &str = "camera=(), microphone=(), geolocation=(), payment=()";
+
+/// The default values, which become static header values: cloning one
+/// for a response copies two pointers, where a value parsed from config
+/// text is reference-counted, and both edge threads would bump the same
+/// count for every response.
+const DEFAULT_VALUES: [&str; 5] = [
+    DEFAULT_HSTS,
+    DEFAULT_CSP_STATIC,
+    DEFAULT_FRAME_OPTIONS,
+    DEFAULT_REFERRER_POLICY,
+    DEFAULT_PERMISSIONS_POLICY,
+];
+
 impl Default for HeaderSettings {
     fn default() -> HeaderSettings {
         HeaderSettings {
             // includeSubDomains and preload are per site and opt-in (the
             // edge adds them): one tenant must not pin its neighbours.
-            hsts: "max-age=31536000".into(),
-            csp_static: "default-src 'self'; img-src 'self' data:; style-src 'self' \
-                         'unsafe-inline'; object-src 'none'; base-uri 'self'; \
-                         frame-ancestors 'self'"
-                .into(),
+            hsts: DEFAULT_HSTS.into(),
+            csp_static: DEFAULT_CSP_STATIC.into(),
             csp_proxied: String::new(),
-            frame_options: "SAMEORIGIN".into(),
-            referrer_policy: "strict-origin-when-cross-origin".into(),
-            permissions_policy: "camera=(), microphone=(), geolocation=(), payment=()".into(),
+            frame_options: DEFAULT_FRAME_OPTIONS.into(),
+            referrer_policy: DEFAULT_REFERRER_POLICY.into(),
+            permissions_policy: DEFAULT_PERMISSIONS_POLICY.into(),
             nosniff: true,
         }
     }
@@ -89,10 +106,14 @@ impl SecurityHeaders {
     /// valid header value.
     pub fn new(settings: &HeaderSettings) -> Result<SecurityHeaders, String> {
         let value = |field: &str, text: &str| -> Result<Option<HeaderValue>, String> {
-            if text.trim().is_empty() {
+            let text = text.trim();
+            if text.is_empty() {
                 return Ok(None);
             }
-            HeaderValue::from_str(text.trim())
+            if let Some(default) = DEFAULT_VALUES.iter().find(|d| **d == text) {
+                return Ok(Some(HeaderValue::from_static(default)));
+            }
+            HeaderValue::from_str(text)
                 .map(Some)
                 .map_err(|_| format!("shield.headers.{field}: not a valid header value"))
         };
@@ -117,12 +138,23 @@ impl SecurityHeaders {
         https: bool,
         site_csp: Option<Option<&HeaderValue>>,
     ) {
-        // One pass over the names first: most responses carry none of
-        // them, and seven lookups would each find nothing.
-        if headers.keys().any(|name| FINGERPRINTS.contains(name)) {
-            for name in &FINGERPRINTS {
-                headers.remove(name);
+        // One pass over the names notes which of them are there: most
+        // responses carry none or one (`Server`), and removing a header
+        // that is not there still hashes its name for the lookup.
+        let mut present = [false; FINGERPRINTS.len()];
+        for name in headers.keys() {
+            // All but two of them start with `x-`: most names are passed
+            // over without a comparison with each.
+            let text = name.as_str();
+            if !(text.starts_with("x-") || text == "server" || text == "via") {
+                continue;
             }
+            if let Some(slot) = FINGERPRINTS.iter().position(|known| known == name) {
+                present[slot] = true;
+            }
+        }
+        for (name, _) in FINGERPRINTS.iter().zip(present).filter(|(_, there)| *there) {
+            headers.remove(name);
         }
         // Room for the headers below at once: an upstream's answer is
         // parsed into a map sized for its own few headers, which would
@@ -231,6 +263,27 @@ mod tests {
             h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
             "plain HTTP"
         );
+    }
+
+    /// Each name alone, and every one twice: the pass over the names must
+    /// mark every one it finds, and removal takes all its lines.
+    #[test]
+    fn every_fingerprint_is_removed_alone_or_repeated() {
+        for name in &FINGERPRINTS {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("v"));
+            h.append(name, HeaderValue::from_static("w"));
+            policy().apply(&mut h, Origin::Proxied, false, None);
+            assert!(h.get(name).is_none(), "{name} was kept");
+        }
+        let mut h = upstream_headers();
+        for name in &FINGERPRINTS {
+            h.append(name, HeaderValue::from_static("v"));
+        }
+        policy().apply(&mut h, Origin::Proxied, false, None);
+        for name in &FINGERPRINTS {
+            assert!(h.get(name).is_none(), "{name} was kept");
+        }
     }
 
     #[test]
