@@ -689,15 +689,37 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Where `name` is in [`HOP_BY_HOP`], or one past its end for `Upgrade`.
+/// One match on the text: comparing every name of a message with nine
+/// header names cost more than the rest of the removal.
+fn hop_slot(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => HOP_BY_HOP.len(),
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header
 /// the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over their names instead
-    // of nine lookups that find nothing. Without a `Connection` header
-    // nothing else is named.
-    let any = headers
-        .keys()
-        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    // One pass over the names notes which of them are there: most
+    // messages carry none, the rest one or two (`Connection: keep-alive`),
+    // and removing a header that is not there still costs a lookup.
+    // The last slot is `Upgrade`.
+    let mut present = [false; HOP_BY_HOP.len() + 1];
+    let mut any = false;
+    for slot in headers.keys().filter_map(hop_slot) {
+        present[slot] = true;
+        any = true;
+    }
     if !any {
         return;
     }
@@ -725,10 +747,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             named.push(name);
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    let fixed = HOP_BY_HOP.iter().chain([&header::UPGRADE]);
+    for (name, _) in fixed.zip(present).filter(|(_, there)| *there) {
+        headers.remove(name);
+    }
 }
 
 fn prepare_request_headers(
@@ -745,6 +770,10 @@ fn prepare_request_headers(
         None
     };
     strip_hop_by_hop(headers);
+    // Room for the headers set below at once: the map hyper parsed a
+    // request into is sized for the client's few headers and would
+    // otherwise grow (rehash and move) once or twice here.
+    headers.reserve(8);
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade.clone());
@@ -931,6 +960,29 @@ const CLAIMED_ADDRESS: [&str; 22] = [
 /// An address as a header value, formatted on the stack.
 fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
     use std::io::Write as _;
+    // An IPv4 address by hand: through the formatting machinery it cost
+    // about as much as all the other forwarding headers together.
+    if let IpAddr::V4(v4) = ip {
+        let mut buf = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                buf[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                buf[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            buf[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        return HeaderValue::from_bytes(&buf[..len]).ok();
+    }
     // The longest text form, an IPv6 address with an IPv4 tail, is 45.
     let mut buf = [0u8; 64];
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
@@ -1089,6 +1141,56 @@ mod tests {
         strip_hop_by_hop(&mut map);
         assert_eq!(map.len(), 1);
         assert!(map.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_slots_match_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_slot(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_slot(&header::UPGRADE), Some(HOP_BY_HOP.len()));
+        assert_eq!(hop_slot(&header::HOST), None);
+        assert_eq!(hop_slot(&HeaderName::from_static("x-connection")), None);
+    }
+
+    #[test]
+    fn ip_header_values_read_as_the_address_does() {
+        let octets = [0u8, 1, 9, 10, 99, 100, 101, 199, 200, 249, 250, 255];
+        for a in octets {
+            for b in octets {
+                let ip = IpAddr::from([a, b, 255 - a, 7]);
+                let value = ip_header_value(ip).expect("value");
+                assert_eq!(value.to_str().expect("text"), ip.to_string());
+            }
+        }
+        for text in ["::1", "2001:db8::7", "::ffff:192.0.2.1", "fe80::1:2:3:4"] {
+            let ip: IpAddr = text.parse().expect("ip");
+            assert_eq!(
+                ip_header_value(ip).expect("value").to_str().ok(),
+                Some(text)
+            );
+        }
+    }
+
+    /// Each name alone, and all at once: the pass over the names must
+    /// mark every one it finds.
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        let names = HOP_BY_HOP.iter().chain([&header::UPGRADE]);
+        for name in names.clone() {
+            let mut map = headers(&[(name.as_str(), "1"), ("x-kept", "1")]);
+            strip_hop_by_hop(&mut map);
+            assert!(!map.contains_key(name), "{name} was kept");
+            assert_eq!(map.len(), 1, "{name}: {map:?}");
+        }
+        let mut map = HeaderMap::new();
+        for name in names {
+            map.append(name, HeaderValue::from_static("1"));
+            map.append(name, HeaderValue::from_static("2"));
+        }
+        map.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1, "{map:?}");
     }
 
     #[test]
