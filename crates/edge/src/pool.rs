@@ -26,10 +26,30 @@ use crate::h1::{self, Conn, ExchangeError, Outgoing, UpstreamBody};
 /// trusted local app never serves a policy-checked site, even at the same
 /// address, and one made inside a sandboxed app's network namespace
 /// serves only that instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub(crate) struct PoolKey {
     pub authority: http::uri::Authority,
     pub reach: Reach,
+}
+
+// Compared and hashed as the exact text of the authority: `Authority`
+// hashes itself a lowercased byte at a time (fifteen hasher calls for
+// `127.0.0.1:8080`, at every checkout and return). Upstream addresses
+// are configured text, so two spellings of one host only mean two idle
+// lists.
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &PoolKey) -> bool {
+        self.authority.as_str() == other.authority.as_str() && self.reach == other.reach
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.authority.as_str().hash(state);
+        self.reach.hash(state);
+    }
 }
 
 /// How a pooled connection was made.

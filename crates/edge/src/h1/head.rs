@@ -9,6 +9,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::{has_token, ExchangeError};
 
+/// How many headers the edge may add to an answer on its way out.
+const EDGE_ADDS: usize = 8;
+
 #[cfg(test)]
 thread_local! {
     /// Full parses of a head by httparse on this thread (tests count
@@ -117,7 +120,9 @@ pub(super) fn parse(
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Informational));
     }
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the edge adds to every answer (security headers,
+    // request id): growing the map there would rehash and move it.
+    let mut headers = HeaderMap::with_capacity(count + EDGE_ADDS);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| ExchangeError::Invalid("bad header name"))?;
