@@ -195,8 +195,12 @@ impl FramingScanner {
                         None => rest,
                     };
                     i += line.len();
-                    self.head.extend_from_slice(line);
+                    // One byte past the limit is enough to know the head is
+                    // not followed; the buffer is let go then.
+                    let room = MAX_HEAD + 1 - self.head.len();
+                    self.head.extend_from_slice(&line[..line.len().min(room)]);
                     if self.head.len() > MAX_HEAD {
+                        self.head = Vec::new();
                         self.state = State::Done;
                         continue;
                     }
@@ -459,18 +463,36 @@ mod tests {
         }
     }
 
-    /// A head past the limit is not followed, however it arrives; hyper
-    /// refuses it on its own.
+    /// A head of the limit's length is followed; one byte more is not,
+    /// however it arrives (hyper refuses it on its own), and the buffer
+    /// holds no more than the limit and a byte meanwhile.
     #[test]
     fn a_head_past_the_limit_is_not_followed() {
-        let filler = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD));
-        let input = format!("{POST}{filler}Content-Length: 1\r\nContent-Length: 1\r\n\r\nx");
-        for step in [1000, 4096, input.len()] {
+        let bad = "Content-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        let head_of = |len: usize| {
+            let filler = "a".repeat(len - POST.len() - "X-Filler: \r\n".len() - bad.len());
+            format!("{POST}X-Filler: {filler}\r\n{bad}")
+        };
+        let at_limit = head_of(MAX_HEAD);
+        assert_eq!(at_limit.len(), MAX_HEAD);
+        for step in [1, 4096, MAX_HEAD] {
+            let (ends, reasons) = scan(&at_limit, step);
+            assert_eq!(reasons, vec!["repeated Content-Length"], "step {step}");
+            assert_eq!(ends, vec![MAX_HEAD - 1], "step {step}");
+        }
+        let past = head_of(MAX_HEAD + 1);
+        for step in [1, 4096, past.len()] {
             let mut scanner = FramingScanner::new();
-            for piece in input.as_bytes().chunks(step) {
+            for piece in past.as_bytes().chunks(step) {
                 assert_eq!(scanner.scan(piece), Scanned::Pass, "step {step}");
+                assert!(scanner.head.len() <= MAX_HEAD + 1, "step {step}");
             }
             assert!(scanner.is_done(), "step {step}");
+            assert_eq!(
+                scanner.head.capacity(),
+                0,
+                "step {step}: the buffer is kept"
+            );
         }
     }
 
