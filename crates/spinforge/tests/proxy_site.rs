@@ -23,7 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// Longest any single upstream or client step may take in these tests.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A free loopback port: bound, read, released.
 /// `python3 -m http.server` on a free port, killed when dropped.
 struct PythonServer {
     child: Child,

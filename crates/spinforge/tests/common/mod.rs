@@ -19,38 +19,48 @@ pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 /// upstreams allowed, since test upstreams run on 127.0.0.1.
 pub const LOOPBACK_UPSTREAMS: &str = "[proxy]\nallow_upstream_cidrs = [\"127.0.0.0/8\"]\n";
 
-/// A loopback TCP port that is free now and that nothing else will take
-/// before the caller's server binds it.
+/// A loopback TCP port for a server a test starts, free when picked.
 ///
 /// Binding port 0 and dropping the socket is not enough: the port goes
 /// back to the kernel's ephemeral range, and a test server started
 /// meanwhile with `--listen 127.0.0.1:0`, or any outgoing connection, may
 /// be given it (an ACME test failed in CI with "Address already in use"
-/// that way). These ports come from below that range
-/// (`net.ipv4.ip_local_port_range`), which the kernel never hands out on
-/// its own, and each one at most once per test process.
+/// that way). These ports come from 10000-19999: below the ephemeral
+/// range (`net.ipv4.ip_local_port_range`), which the kernel draws from
+/// on its own, and below the ports `serve` gives apps (20000-29999). Each
+/// is handed out once per test process.
+///
+/// Limitation: another process could still bind the port between the
+/// pick and the caller's bind; nothing in this suite but this function
+/// picks ports in that range.
 pub fn free_port() -> u16 {
     pick_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
-/// Like [`free_port`], for a UDP socket.
+/// Like [`free_port`], free for both UDP and TCP (a DNS server serves
+/// both on one port).
 pub fn free_udp_port() -> u16 {
-    pick_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+    pick_port(|port| {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    })
 }
 
 fn pick_port(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::OnceLock;
+    const LOW: u32 = 10_000;
+    const APP_PORTS: u32 = 20_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    static RANGE: OnceLock<(u32, u32, u32)> = OnceLock::new();
-    let &(low, span, start) = RANGE.get_or_init(|| {
+    static RANGE: OnceLock<(u32, u32)> = OnceLock::new();
+    let &(span, start) = RANGE.get_or_init(|| {
         let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
             .unwrap_or(32768);
-        let low = 10_000;
+        let high = ephemeral_low.min(APP_PORTS);
         assert!(
-            ephemeral_low >= low + 1_000,
+            high >= LOW + 1_000,
             "the ephemeral port range starts at {ephemeral_low}: no room below it for test ports"
         );
         // Another test process (a parallel runner) starts elsewhere.
@@ -59,16 +69,16 @@ fn pick_port(free: impl Fn(u16) -> bool) -> u16 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|t| t.subsec_nanos())
                 .unwrap_or(0);
-        (low, ephemeral_low - low, seed % (ephemeral_low - low))
+        (high - LOW, seed % (high - LOW))
     });
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (low + (start + n) % span) as u16;
+        let port = (LOW + (start + n) % span) as u16;
         if free(port) {
             return port;
         }
     }
-    panic!("no free loopback port between {low} and {}", low + span);
+    panic!("no free loopback port between {LOW} and {}", LOW + span);
 }
 
 pub struct Server {
