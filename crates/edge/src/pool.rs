@@ -392,6 +392,28 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    #[test]
+    fn pool_keys_are_equal_and_hash_alike_exactly_when_their_text_and_reach_are() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let key = |authority: &str, reach| PoolKey {
+            authority: authority.parse().expect("authority"),
+            reach,
+        };
+        let a = key("app.internal:8080", Reach::Checked);
+        let same = key("app.internal:8080", Reach::Checked);
+        assert_eq!(a, same);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&same));
+        for other in [
+            key("App.internal:8080", Reach::Checked),
+            key("app.internal:8081", Reach::Checked),
+            key("app.internal:8080", Reach::Local),
+            key("app.internal:8080", Reach::App(1)),
+        ] {
+            assert_ne!(a, other, "{other:?}");
+        }
+    }
+
     /// Two edge threads' runtimes, each driven only while it serves a
     /// request, and an upstream on a runtime with threads of its own (kept
     /// alive by the returned runtime). The last value counts accepted

@@ -55,9 +55,9 @@ const DEFAULT_REFERRER_POLICY: &str = "strict-origin-when-cross-origin";
 const DEFAULT_PERMISSIONS_POLICY: &str = "camera=(), microphone=(), geolocation=(), payment=()";
 
 /// The default values, which become static header values: cloning one
-/// for a response copies two pointers, where a value parsed from config
-/// text is reference-counted, and both edge threads would bump the same
-/// count for every response.
+/// for a response touches no shared count, where a value parsed from
+/// config text is reference-counted, and both edge threads would bump
+/// the same count for every response.
 const DEFAULT_VALUES: [&str; 5] = [
     DEFAULT_HSTS,
     DEFAULT_CSP_STATIC,
@@ -262,6 +262,34 @@ mod tests {
         assert!(
             h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
             "plain HTTP"
+        );
+    }
+
+    /// A default spelled out in config, even with spaces around it, is
+    /// the same header as the default itself; another value is its own.
+    #[test]
+    fn a_configured_default_is_the_default() {
+        let defaults = policy();
+        let spelled_out = SecurityHeaders::new(&HeaderSettings {
+            hsts: format!("  {DEFAULT_HSTS} "),
+            frame_options: DEFAULT_FRAME_OPTIONS.to_owned(),
+            ..HeaderSettings::default()
+        })
+        .expect("parses");
+        let own = SecurityHeaders::new(&HeaderSettings {
+            hsts: "max-age=60".into(),
+            ..HeaderSettings::default()
+        })
+        .expect("parses");
+        let applied = |policy: &SecurityHeaders| {
+            let mut h = HeaderMap::new();
+            policy.apply(&mut h, Origin::Static, true, None);
+            h
+        };
+        assert_eq!(applied(&spelled_out), applied(&defaults));
+        assert_eq!(
+            applied(&own)[header::STRICT_TRANSPORT_SECURITY],
+            "max-age=60"
         );
     }
 
