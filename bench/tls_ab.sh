@@ -19,7 +19,12 @@
 #
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_THREADS (2),
 # BENCH_CONNECTIONS (64), BENCH_DURATION (5s), BENCH_PLAIN (unset; 1: the
-# same comparison over plain HTTP, nginx as bench/run.sh configures it).
+# same comparison over plain HTTP, nginx as bench/run.sh configures it),
+# BENCH_CALLGRIND (unset; 1: instead of wrk rounds, count the user-space
+# instructions each SpinForge binary executes per proxied request under
+# valgrind's callgrind, BENCH_REQUESTS (2000) requests over 4 keep-alive
+# connections after 200 to warm up; the count repeats to within about
+# 0.5% whatever else the host does, where requests/s swing by 10%).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -150,6 +155,48 @@ for side in nginx old new; do
     fi | grep -q spinforge-bench-upstream ||
         { echo "no upstream page from $side" >&2; exit 1; }
 done
+
+if [[ -n "${BENCH_CALLGRIND:-}" ]]; then
+    command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
+    cat >"$WORK/client.py" <<'PY'
+import http.client, ssl, sys
+port, n, plain = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+conns = [http.client.HTTPConnection("127.0.0.1", port) if plain
+         else http.client.HTTPSConnection("127.0.0.1", port, context=ctx) for _ in range(4)]
+for i in range(n):
+    conns[i % 4].request("GET", "/", headers={"Host": "bench.test"})
+    response = conns[i % 4].getresponse()
+    response.read()
+    assert response.status == 200, response.status
+PY
+    requests="${BENCH_REQUESTS:-2000}"
+    echo "user-space instructions per request (callgrind, $requests requests):"
+    declare -A BIN=([old]="${BINS[0]}" [new]="${BINS[1]}")
+    for side in old new; do
+        kill -TERM "${SERVER_PID[$side]}"
+        wait "${SERVER_PID[$side]}" 2>/dev/null || true
+        dir="$WORK/sf$side"
+        SPINFORGE_LOG=warn setsid valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
+            "${BIN[$side]}" serve --config "$dir/spinforge.toml" \
+            --data-dir "$dir/data" --listen "127.0.0.1:${HTTP_PORT[$side]}" \
+            --api-listen "127.0.0.1:$(ports 1)" >"$dir/valgrind.log" 2>&1 &
+        PIDS+=("$!")
+        SERVER_PID[$side]=$!
+        port=${TLS_PORT[$side]}
+        [[ -n "$PLAIN" ]] && port=${HTTP_PORT[$side]}
+        wait_port "$port"
+        python3 "$WORK/client.py" "$port" 200 "${PLAIN:-0}"
+        callgrind_control -z "${SERVER_PID[$side]}" >/dev/null 2>&1
+        python3 "$WORK/client.py" "$port" "$requests" "${PLAIN:-0}"
+        callgrind_control -d "${SERVER_PID[$side]}" >/dev/null 2>&1
+        sleep 1
+        total=$(awk '/^summary:/ { print $2 }' "$dir/cg.out.1")
+        echo "$side: $((total / requests)) (${BIN[$side]})"
+    done
+    exit 0
+fi
 
 # cpu_ticks PID: user + system clock ticks of PID and its children
 # (nginx's workers).
