@@ -402,6 +402,17 @@ impl Proxy {
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
+        // The client asked for a WebSocket and nothing else: a switch to
+        // another protocol would open the tunnel all the same, and what the
+        // client sends next would reach the upstream as raw bytes, past
+        // the framing guard and the WAF.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !websocket_accepted(response.headers())
+        {
+            return Err(ProxyError::Upstream(
+                "the upstream switched to another protocol than the WebSocket asked for".into(),
+            ));
+        }
         let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| (on_client, hyper::upgrade::on(&mut response)));
         let (mut parts, incoming) = response.into_parts();
@@ -676,6 +687,16 @@ fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .to_str()
         .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     (wants_upgrade && is_websocket).then(|| upgrade.clone())
+}
+
+/// True iff a 101's one `Upgrade` header names the WebSocket protocol.
+fn websocket_accepted(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let upgrade = upgrades.next();
+    upgrades.next().is_none()
+        && upgrade
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -1141,6 +1162,23 @@ mod tests {
         strip_hop_by_hop(&mut map);
         assert_eq!(map.len(), 1);
         assert!(map.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_one_websocket_upgrade_header_accepts_the_switch() {
+        for (value, accepted) in [
+            ("websocket", true),
+            (" WebSocket ", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("", false),
+        ] {
+            let map = headers(&[("upgrade", value)]);
+            assert_eq!(websocket_accepted(&map), accepted, "{value:?}");
+        }
+        assert!(!websocket_accepted(&HeaderMap::new()));
+        let twice = headers(&[("upgrade", "websocket"), ("upgrade", "websocket")]);
+        assert!(!websocket_accepted(&twice));
     }
 
     #[test]

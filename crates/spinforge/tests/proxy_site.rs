@@ -865,6 +865,64 @@ async fn an_upstream_switching_protocols_unasked_gets_502() {
 }
 
 #[tokio::test]
+async fn a_switch_to_another_protocol_than_the_websocket_asked_for_gets_502() {
+    // Answers a WebSocket handshake with a switch to h2c, then echoes
+    // whatever arrives (a tunnel would carry the client's next bytes).
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(Ok((_, mut stream))) =
+                    tokio::time::timeout(STEP, read_request(stream)).await
+                else {
+                    return;
+                };
+                let head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\
+                             connection: upgrade\r\n\r\n";
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(Ok(n @ 1..)) = tokio::time::timeout(STEP, stream.read(&mut buf)).await
+                {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = Server::start();
+    proxy_site(&server, "h2c.localhost", &format!("http://{upstream}")).await;
+
+    let mut client = TcpStream::connect(server.edge).await.expect("connect");
+    client
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: h2c.localhost\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(STEP, client.read_u8())
+            .await
+            .expect("an answer in time")
+            .unwrap_or_else(|e| panic!("{e} after {:?}", String::from_utf8_lossy(&head)));
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        wait_for_log(&server, "another protocol than the WebSocket asked for").await,
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
 async fn private_and_metadata_upstreams_are_refused_without_an_allowlist() {
     let port = free_port();
     let server = Server::start_with("");
