@@ -177,6 +177,12 @@ PY
     for side in old new; do
         kill -TERM "${SERVER_PID[$side]}"
         wait "${SERVER_PID[$side]}" 2>/dev/null || true
+        # Ended and reaped: its number may be reused, so cleanup forgets it.
+        kept=()
+        for pid in "${PIDS[@]}"; do
+            [[ $pid == "${SERVER_PID[$side]}" ]] || kept+=("$pid")
+        done
+        PIDS=("${kept[@]}")
         dir="$WORK/sf$side"
         SPINFORGE_LOG=warn setsid valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
             "${BIN[$side]}" serve --config "$dir/spinforge.toml" \
